@@ -1,0 +1,40 @@
+// pylth._C: one pybind11 module; each kernel family registers its functions from its own file.
+#include <omp.h>
+#include <pybind11/pybind11.h>
+
+#ifdef PYLTH_WITH_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+namespace py = pybind11;
+
+namespace pylth {
+void register_adam(py::module_& m);
+void register_select(py::module_& m);
+void register_cka(py::module_& m);
+}  // namespace pylth
+
+static py::dict build_info() {
+  py::dict info;
+#ifdef PYLTH_WITH_CUDA
+  info["cuda"] = true;
+  info["cuda_archs"] = std::string(PYLTH_CUDA_ARCHS);
+  info["cuda_runtime_version"] = CUDART_VERSION;
+#else
+  info["cuda"] = false;
+  info["cuda_archs"] = std::string();
+  info["cuda_runtime_version"] = 0;
+#endif
+  info["openmp"] = true;
+  info["openmp_version"] = _OPENMP;
+  info["omp_max_threads"] = omp_get_max_threads();
+  return info;
+}
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "pylth native kernels (C++/OpenMP, CUDA when built with it); called through pylth.ops";
+  m.def("build_info", &build_info, "How this extension was built: CUDA, its architectures, OpenMP.");
+  pylth::register_adam(m);
+  pylth::register_select(m);
+  pylth::register_cka(m);
+}
