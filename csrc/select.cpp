@@ -125,12 +125,13 @@ class Group {
     for (const Segment& s : segs_) total_ += s.size;
   }
 
-  // Returns false when a weight is inf or NaN.
-  bool run(double ratio, uint64_t seed) {
+  // Returns false when a weight is inf or NaN. Without the sampled bracket the radix select
+  // decides alone (tests use this to exercise it).
+  bool run(double ratio, uint64_t seed, bool use_bracket) {
     uint32_t lo = 0, hi = 0;
     if (ratio >= 1.0) {
       lo = hi = kKeyEnd;  // everything active is pruned
-    } else if (ratio > 0.0) {
+    } else if (ratio > 0.0 && use_bracket) {
       bracket(ratio, seed, lo, hi);
     }
     PassCounts counts;
@@ -291,7 +292,7 @@ void check_ratio(double r) { require(r >= 0.0 && r <= 1.0, "select: ratios must 
 int64_t select_segments_cpu(const std::vector<std::uintptr_t>& weights,
                             const std::vector<std::uintptr_t>& masks,
                             const std::vector<std::uintptr_t>& outs, const std::vector<int64_t>& sizes,
-                            const std::vector<double>& ratios) {
+                            const std::vector<double>& ratios, bool use_bracket) {
   std::vector<Segment> segs = make_segments(weights, masks, outs, sizes);
   const int64_t count = static_cast<int64_t>(segs.size());
   require(int64_t(ratios.size()) == count, "select: one ratio per segment");
@@ -307,7 +308,7 @@ int64_t select_segments_cpu(const std::vector<std::uintptr_t>& weights,
     for (int64_t n = 0; n < count; ++n) {
       const int64_t i = order[n];
       Group group({segs[i]}, false);
-      bad[i] = !group.run(ratios[i], 0x5eed0000ull + uint64_t(i));
+      bad[i] = !group.run(ratios[i], 0x5eed0000ull + uint64_t(i), use_bracket);
     }
   }
   for (int64_t i = 0; i < count; ++i)
@@ -319,7 +320,7 @@ int64_t select_segments_cpu(const std::vector<std::uintptr_t>& weights,
 int64_t select_global_cpu(const std::vector<std::uintptr_t>& weights,
                           const std::vector<std::uintptr_t>& masks,
                           const std::vector<std::uintptr_t>& outs, const std::vector<int64_t>& sizes,
-                          double ratio) {
+                          double ratio, bool use_bracket) {
   std::vector<Segment> segs = make_segments(weights, masks, outs, sizes);
   check_ratio(ratio);
   int64_t base = 0;
@@ -332,7 +333,7 @@ int64_t select_global_cpu(const std::vector<std::uintptr_t>& weights,
   {
     pybind11::gil_scoped_release release;
     Group group(segs, true);
-    ok = group.run(ratio, 0x5eedull);
+    ok = group.run(ratio, 0x5eedull, use_bracket);
   }
   if (ok) return -1;
   // Name the first offending segment (a rare, slow path).
@@ -347,10 +348,12 @@ int64_t select_global_cpu(const std::vector<std::uintptr_t>& weights,
 void register_select(pybind11::module_& m) {
   m.def("select_segments_cpu", &select_segments_cpu, pybind11::arg("weights"), pybind11::arg("masks"),
         pybind11::arg("outs"), pybind11::arg("sizes"), pybind11::arg("ratios"),
+        pybind11::arg("use_bracket") = true,
         "Per-segment magnitude selection (fp32 weights, uint8 masks or 0, uint8 outputs); "
         "returns the first segment with a non-finite weight or -1.");
   m.def("select_global_cpu", &select_global_cpu, pybind11::arg("weights"), pybind11::arg("masks"),
         pybind11::arg("outs"), pybind11::arg("sizes"), pybind11::arg("ratio"),
+        pybind11::arg("use_bracket") = true,
         "Global magnitude selection over all segments; returns a segment with a non-finite weight or -1.");
 #ifdef PYLTH_WITH_CUDA
   bind_select_cuda(m);
