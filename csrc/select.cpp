@@ -356,7 +356,13 @@ void register_select(pybind11::module_& m) {
         pybind11::arg("use_bracket") = true,
         "Global magnitude selection over all segments; returns a segment with a non-finite weight or -1.");
 #ifdef PYLTH_WITH_CUDA
-  bind_select_cuda(m);
+  m.attr("SELECT_CUDA_CHUNK") = kSelectCudaChunk;
+  m.def("select_cuda_workspace_words", &select_cuda_workspace_words, pybind11::arg("segments"),
+        pybind11::arg("groups"), pybind11::arg("chunks"), "int64 words of zeroed workspace select_cuda needs.");
+  m.def("select_cuda", &select_cuda, pybind11::arg("meta"), pybind11::arg("ratios"), pybind11::arg("workspace"),
+        pybind11::arg("bad"), pybind11::arg("segments"), pybind11::arg("chunks"), pybind11::arg("global_mode"),
+        pybind11::arg("stream"),
+        "Segmented (or global) magnitude selection on the GPU; see csrc/select.h for the layout.");
 #endif
 }
 
