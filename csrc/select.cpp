@@ -50,8 +50,11 @@ struct PassCounts {
   bool nonfinite = false;
 };
 
+// The product is stored before the add so no FMA contraction changes k: Python and CUDA round the
+// multiply and the add separately too.
 int64_t count_to_prune(double ratio, int64_t active) {
-  return static_cast<int64_t>(std::floor(ratio * static_cast<double>(active) + 0.5));
+  volatile double product = ratio * static_cast<double>(active);
+  return static_cast<int64_t>(std::floor(product + 0.5));
 }
 
 uint64_t splitmix64(uint64_t& state) {

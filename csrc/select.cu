@@ -128,7 +128,8 @@ __global__ void find_digit_kernel(const double* ratios, Workspace w) {
   __shared__ int found;
   const int g = blockIdx.x;
   int64_t* hist = w.hist + int64_t(g) * kBins;
-  const int64_t rank = kLevel == 0 ? static_cast<int64_t>(floor(ratios[g] * double(w.active[g]) + 0.5))
+  // Separately rounded multiply and add (no FMA contraction), exactly as the CPU and Python compute k.
+  const int64_t rank = kLevel == 0 ? static_cast<int64_t>(floor(__dadd_rn(__dmul_rn(ratios[g], double(w.active[g])), 0.5)))
                                    : w.remaining[g];
   if (threadIdx.x == 0) found = 0;  // rank 0 (nothing to prune) keeps digit 0
   static_assert(per_thread >= 1 && bins % kFindThreads == 0, "bins must be a multiple of the block");
