@@ -136,6 +136,11 @@ def test_compute_masks_bad_input():
         compute_masks(model, "uniform", 0.2, masks={"head.bias_typo": torch.ones(8, dtype=torch.bool)})
     with pytest.raises(TypeError, match="seed"):
         compute_masks(model, "random", 0.2, seed=0.5)
+    with torch.no_grad():
+        model.down[2].weight[0, 0, 0, 0] = float("nan")
+    for strategy in ("layerwise", "global"):
+        with pytest.raises(ValueError, match=r"down\.2\.weight"):
+            compute_masks(model, strategy, 0.2)
 
 
 def test_sparsity_report_by_hand():

@@ -1,8 +1,8 @@
 """Pruning strategies of Algorithm 1 and its controls, and compute_masks over a model.
 
 Every strategy has the signature ``(weights, masks, group_index, *, prune_ratio, increment, cap,
-seed) -> list[BoolTensor]`` where ``group_index[i]`` is the module (block) number of tensor i in
-forward order.
+seed, names) -> list[BoolTensor]`` where ``group_index[i]`` is the module (block) number of tensor i
+in forward order and ``names`` label errors.
 """
 from __future__ import annotations
 
@@ -21,23 +21,23 @@ def layerwise_ratios(group_index, prune_ratio: float, increment: float, cap: flo
     return [min(max(prune_ratio + j * increment, 0.0), cap) for j in group_index]
 
 
-def layerwise(weights, masks, group_index, *, prune_ratio, increment, cap, seed):
-    return magnitude_masks(weights, layerwise_ratios(group_index, prune_ratio, increment, cap), masks)
+def layerwise(weights, masks, group_index, *, prune_ratio, increment, cap, seed, names):
+    return magnitude_masks(weights, layerwise_ratios(group_index, prune_ratio, increment, cap), masks, names=names)
 
 
-def uniform(weights, masks, group_index, *, prune_ratio, increment, cap, seed):
-    return magnitude_masks(weights, [prune_ratio] * len(weights), masks)
+def uniform(weights, masks, group_index, *, prune_ratio, increment, cap, seed, names):
+    return magnitude_masks(weights, [prune_ratio] * len(weights), masks, names=names)
 
 
-def global_(weights, masks, group_index, *, prune_ratio, increment, cap, seed):
-    return global_magnitude_masks(weights, prune_ratio, masks)
+def global_(weights, masks, group_index, *, prune_ratio, increment, cap, seed, names):
+    return global_magnitude_masks(weights, prune_ratio, masks, names=names)
 
 
-def random(weights, masks, group_index, *, prune_ratio, increment, cap, seed):
+def random(weights, masks, group_index, *, prune_ratio, increment, cap, seed, names):
     """Prune as many entries as layerwise would, chosen uniformly at random (seeded, device-independent)."""
     gen = torch.Generator().manual_seed(seed)
     scores = [torch.rand(w.shape, generator=gen).to(w.device) for w in weights]
-    return magnitude_masks(scores, layerwise_ratios(group_index, prune_ratio, increment, cap), masks)
+    return magnitude_masks(scores, layerwise_ratios(group_index, prune_ratio, increment, cap), masks, names=names)
 
 
 STRATEGIES = {"layerwise": layerwise, "uniform": uniform, "global": global_, "random": random}
@@ -84,5 +84,5 @@ def compute_masks(model: nn.Module, strategy: str, prune_ratio: float, increment
             group_of[n] = j
     weights = [params[n] for n in names]
     new = STRATEGIES[strategy](weights, current, [group_of[n] for n in names], prune_ratio=prune_ratio,
-                               increment=float(increment), cap=cap, seed=seed)
+                               increment=float(increment), cap=cap, seed=seed, names=names)
     return OrderedDict(zip(names, new))
