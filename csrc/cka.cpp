@@ -1,5 +1,278 @@
-// Placeholder: filled in by the cka kernel work.
+// CKA on the CPU, batched over pairs: squared distances from Gram matrices, the median bandwidth by
+// selection, the RBF (or linear) kernel and the HSIC sums with float64 accumulation (OpenMP over
+// pairs); and a sparse Gram for mostly-zero matrices that only touches rows sharing a column.
 #include <pybind11/pybind11.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <numeric>
+#include <vector>
+
+#include "cka.h"
+#include "common.h"
+
+namespace py = pybind11;
+
 namespace pylth {
-void register_cka(pybind11::module_& m) { (void)m; }
+namespace {
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+// Overwrites the strict upper triangle of g with squared distances G_ii + G_jj - 2 G_ij (clamped at 0,
+// rounding can make them negative) and copies them, row by row, into u.
+void upper_distances(double* g, const double* diag, int64_t n, double* u) {
+  for (int64_t i = 0; i < n; ++i) {
+    double* row = g + i * n;
+    const double gii = diag[i];
+    for (int64_t j = i + 1; j < n; ++j) row[j] = std::max(gii + diag[j] - 2.0 * row[j], 0.0);
+    u = std::copy(row + i + 1, row + n, u);
+  }
+}
+
+// The q-th smallest of u (reordering u); -1 means one of the diagonal zeros.
+double order_statistic(std::vector<double>& u, int64_t q) {
+  if (q < 0) return 0.0;
+  std::nth_element(u.begin(), u.begin() + q, u.end());
+  return u[q];
+}
+
+// Mean of the lo-th and hi-th smallest of u (hi is lo or lo + 1): one selection for hi, then the
+// maximum of the part below it for lo.
+double middle_pair(std::vector<double>& u, int64_t lo, int64_t hi) {
+  const double upper = order_statistic(u, hi);
+  if (lo == hi) return upper;
+  const double lower = lo < 0 ? 0.0 : *std::max_element(u.begin(), u.begin() + hi);
+  return 0.5 * (lower + upper);
+}
+
+// Median of all n*n squared distances (Kornblith et al. 2019); when it is 0, the median of the
+// positive ones; NaN when there are none (all rows identical). u: the strict upper triangle.
+double median_squared_distance(std::vector<double>& u, int64_t n) {
+  const MedianIndices mid = median_indices(n);
+  const double median = middle_pair(u, mid.lo, mid.hi);
+  if (median > 0.0) return median;
+  // The positives' median: each positive appears twice in the full matrix, which leaves it unchanged.
+  const auto first_positive = std::partition(u.begin(), u.end(), [](double v) { return v <= 0.0; });
+  const int64_t zeros = first_positive - u.begin();
+  const int64_t positives = static_cast<int64_t>(u.size()) - zeros;
+  if (positives == 0) return kNaN;
+  return middle_pair(u, zeros + (positives - 1) / 2, zeros + positives / 2);
+}
+
+struct PairInput {
+  double* g;  // n x n Gram, upper triangle overwritten
+  std::vector<double> diag;
+  double scale = 0.0;  // RBF: -1 / (2 sigma^2)
+};
+
+// Prepares one side of a pair; returns false when its RBF bandwidth is undefined.
+bool prepare(PairInput& in, int64_t n, CkaKernel kernel, double threshold, std::vector<double>& scratch) {
+  in.diag.resize(n);
+  for (int64_t i = 0; i < n; ++i) in.diag[i] = in.g[i * n + i];
+  if (kernel == CkaKernel::linear) return true;
+  scratch.resize(n * (n - 1) / 2);
+  upper_distances(in.g, in.diag.data(), n, scratch.data());
+  const double median = median_squared_distance(scratch, n);
+  if (std::isnan(median)) return false;
+  in.scale = -1.0 / (2.0 * threshold * threshold * median);
+  return true;
+}
+
+template <CkaKernel kKernel>
+HsicSums kernel_sums(const PairInput& x, const PairInput& y, int64_t n, bool unbiased) {
+  std::vector<double> rk(n, 0.0), rl(n, 0.0);
+  HsicSums t;
+  std::vector<double> krow(n), lrow(n);
+  for (int64_t i = 0; i < n; ++i) {
+    const double* gx = x.g + i * n;
+    const double* gy = y.g + i * n;
+    // Kernel values of row i right of the diagonal; the lower triangle is their mirror image.
+    for (int64_t j = i + 1; j < n; ++j) {
+      krow[j] = kKernel == CkaKernel::rbf ? std::exp(gx[j] * x.scale) : gx[j];
+      lrow[j] = kKernel == CkaKernel::rbf ? std::exp(gy[j] * y.scale) : gy[j];
+    }
+    double kl = 0, kk = 0, ll = 0, ri = 0, si = 0;
+    for (int64_t j = i + 1; j < n; ++j) {
+      const double k = krow[j], l = lrow[j];
+      kl += k * l;
+      kk += k * k;
+      ll += l * l;
+      ri += k;
+      si += l;
+      rk[j] += k;
+      rl[j] += l;
+    }
+    t.kl += 2.0 * kl;
+    t.kk += 2.0 * kk;
+    t.ll += 2.0 * ll;
+    rk[i] += ri;
+    rl[i] += si;
+  }
+  if (!unbiased) {  // the diagonal: exp(0) = 1 for RBF, the squared row norms for linear
+    for (int64_t i = 0; i < n; ++i) {
+      const double k = kKernel == CkaKernel::rbf ? 1.0 : x.diag[i];
+      const double l = kKernel == CkaKernel::rbf ? 1.0 : y.diag[i];
+      t.kl += k * l;
+      t.kk += k * k;
+      t.ll += l * l;
+      rk[i] += k;
+      rl[i] += l;
+    }
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    t.r += rk[i];
+    t.s += rl[i];
+    t.rs += rk[i] * rl[i];
+    t.rr += rk[i] * rk[i];
+    t.ss += rl[i] * rl[i];
+  }
+  return t;
+}
+
+double pair_cka(double* gx, double* gy, int64_t n, CkaKernel kernel, double threshold, bool unbiased,
+                std::vector<double>& scratch) {
+  PairInput x{gx}, y{gy};
+  if (!prepare(x, n, kernel, threshold, scratch) || !prepare(y, n, kernel, threshold, scratch)) return kNaN;
+  const HsicSums t = kernel == CkaKernel::rbf ? kernel_sums<CkaKernel::rbf>(x, y, n, unbiased)
+                                              : kernel_sums<CkaKernel::linear>(x, y, n, unbiased);
+  return cka_from_sums(t, n, unbiased);
+}
+
+void check_layout(const int64_t* offsets, const int64_t* sizes, int64_t count, const char* what) {
+  require(offsets[0] == 0, std::string(what) + ": offsets must start at 0");
+  for (int64_t m = 0; m < count; ++m)
+    require(sizes[m] >= 0 && offsets[m + 1] - offsets[m] == sizes[m] * sizes[m],
+            std::string(what) + ": offsets do not match the matrix sizes at entry " + std::to_string(m));
+}
+
+// Largest matrices first so that the dynamic schedule balances the threads.
+std::vector<int64_t> largest_first(const int64_t* sizes, int64_t count) {
+  std::vector<int64_t> order(count);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return sizes[a] > sizes[b]; });
+  return order;
+}
+
+void cka_from_grams_cpu(std::uintptr_t gram_ptr, std::uintptr_t offsets_ptr, std::uintptr_t sizes_ptr,
+                        int64_t pairs, int kernel_id, double threshold, bool unbiased, std::uintptr_t out_ptr) {
+  require(pairs >= 0, "pairs must be >= 0");
+  require(kernel_id == 0 || kernel_id == 1, "kernel must be 0 (linear) or 1 (rbf)");
+  require(threshold > 0.0 && std::isfinite(threshold), "threshold must be a positive finite number");
+  double* gram = as_ptr<double>(gram_ptr);
+  const int64_t* offsets = as_ptr<const int64_t>(offsets_ptr);
+  const int64_t* sizes = as_ptr<const int64_t>(sizes_ptr);
+  double* out = as_ptr<double>(out_ptr);
+  std::vector<int64_t> matrix_sizes(2 * pairs);
+  for (int64_t p = 0; p < pairs; ++p) {
+    require(sizes[p] >= (unbiased ? 4 : 2), "every pair needs at least " + std::string(unbiased ? "4" : "2") + " rows");
+    matrix_sizes[p] = matrix_sizes[pairs + p] = sizes[p];
+  }
+  check_layout(offsets, matrix_sizes.data(), 2 * pairs, "cka_from_grams");
+  const CkaKernel kernel = static_cast<CkaKernel>(kernel_id);
+  const std::vector<int64_t> order = largest_first(sizes, pairs);
+  py::gil_scoped_release release;
+#pragma omp parallel
+  {
+    std::vector<double> scratch;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t k = 0; k < pairs; ++k) {
+      const int64_t p = order[k];
+      out[p] = pair_cka(gram + offsets[p], gram + offsets[pairs + p], sizes[p], kernel, threshold, unbiased, scratch);
+    }
+  }
+}
+
+// Gram matrix of one mostly-zero n x d matrix in float64: gather every column's nonzeros (rows in
+// increasing order), then add the products of each pair of them. Writes the diagonal and the strict
+// upper triangle only (all the CKA kernel reads); cost ~ sum over columns of nnz^2 instead of n^2 d.
+template <typename T>
+void sparse_gram_one(const T* x, int64_t n, int64_t d, double* g) {
+  std::vector<int64_t> start(d + 1, 0);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t c = 0; c < d; ++c) start[c + 1] += x[i * d + c] != T(0);
+  std::partial_sum(start.begin(), start.end(), start.begin());
+  std::vector<int32_t> rows(start[d]);
+  std::vector<double> values(start[d]);
+  std::vector<int64_t> fill(start.begin(), start.end() - 1);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t c = 0; c < d; ++c) {
+      const T v = x[i * d + c];
+      if (v != T(0)) {
+        rows[fill[c]] = static_cast<int32_t>(i);
+        values[fill[c]++] = static_cast<double>(v);
+      }
+    }
+  std::fill(g, g + n * n, 0.0);
+  for (int64_t c = 0; c < d; ++c)
+    for (int64_t a = start[c]; a < start[c + 1]; ++a) {
+      double* row = g + static_cast<int64_t>(rows[a]) * n;
+      const double va = values[a];
+      row[rows[a]] += va * va;
+      for (int64_t b = a + 1; b < start[c + 1]; ++b) row[rows[b]] += va * values[b];
+    }
+}
+
+// x_ptrs: the address of each row-major matrix (float32, or float64 when is_double); gram_ptrs: where
+// each n x n float64 Gram goes.
+void sparse_gram_cpu(std::uintptr_t x_ptrs_ptr, std::uintptr_t rows_ptr, std::uintptr_t cols_ptr, int64_t count,
+                     bool is_double, std::uintptr_t gram_ptrs_ptr) {
+  require(count >= 0, "count must be >= 0");
+  const int64_t* x_ptrs = as_ptr<const int64_t>(x_ptrs_ptr);
+  const int64_t* rows = as_ptr<const int64_t>(rows_ptr);
+  const int64_t* cols = as_ptr<const int64_t>(cols_ptr);
+  const int64_t* gram_ptrs = as_ptr<const int64_t>(gram_ptrs_ptr);
+  std::vector<int64_t> cost(count);
+  for (int64_t m = 0; m < count; ++m) {
+    require(rows[m] >= 0 && rows[m] <= std::numeric_limits<int32_t>::max() && cols[m] >= 0,
+            "sparse_gram: bad shape at entry " + std::to_string(m));
+    require((x_ptrs[m] != 0 || rows[m] * cols[m] == 0) && (gram_ptrs[m] != 0 || rows[m] == 0),
+            "sparse_gram: null pointer at entry " + std::to_string(m));
+    cost[m] = rows[m] * cols[m];
+  }
+  const std::vector<int64_t> order = largest_first(cost.data(), count);
+  py::gil_scoped_release release;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t k = 0; k < count; ++k) {
+    const int64_t m = order[k];
+    double* g = as_ptr<double>(static_cast<std::uintptr_t>(gram_ptrs[m]));
+    const auto address = static_cast<std::uintptr_t>(x_ptrs[m]);
+    if (is_double)
+      sparse_gram_one(as_ptr<const double>(address), rows[m], cols[m], g);
+    else
+      sparse_gram_one(as_ptr<const float>(address), rows[m], cols[m], g);
+  }
+}
+
+#ifdef PYLTH_WITH_CUDA
+void cka_from_grams_cuda_binding(std::uintptr_t gram, std::uintptr_t offsets, std::uintptr_t sizes, int64_t pairs,
+                                 int64_t max_n, int kernel_id, double threshold, bool unbiased, std::uintptr_t out,
+                                 std::uintptr_t stream) {
+  require(pairs >= 0 && max_n >= 0, "pairs and max_n must be >= 0");
+  require(kernel_id == 0 || kernel_id == 1, "kernel must be 0 (linear) or 1 (rbf)");
+  require(threshold > 0.0 && std::isfinite(threshold), "threshold must be a positive finite number");
+  cka_from_grams_cuda(as_ptr<double>(gram), as_ptr<const int64_t>(offsets), as_ptr<const int64_t>(sizes), pairs, max_n,
+                      static_cast<CkaKernel>(kernel_id), threshold, unbiased, as_ptr<double>(out), stream);
+}
+#endif
+
+}  // namespace
+
+void register_cka(py::module_& m) {
+  m.def("cka_from_grams_cpu", &cka_from_grams_cpu, py::arg("gram"), py::arg("offsets"), py::arg("sizes"),
+        py::arg("pairs"), py::arg("kernel"), py::arg("threshold"), py::arg("unbiased"), py::arg("out"),
+        "CKA of each pair from float64 Gram matrices (matrix p against matrix pairs+p); kernel 0 linear, 1 rbf. "
+        "Overwrites the Gram upper triangles.");
+  m.def("sparse_gram_cpu", &sparse_gram_cpu, py::arg("x_ptrs"), py::arg("rows"), py::arg("cols"),
+        py::arg("count"), py::arg("is_double"), py::arg("gram_ptrs"),
+        "float64 Gram matrices (diagonal + upper triangle) of mostly-zero row-major matrices.");
+#ifdef PYLTH_WITH_CUDA
+  m.def("cka_from_grams_cuda", &cka_from_grams_cuda_binding, py::arg("gram"), py::arg("offsets"), py::arg("sizes"),
+        py::arg("pairs"), py::arg("max_n"), py::arg("kernel"), py::arg("threshold"), py::arg("unbiased"),
+        py::arg("out"), py::arg("stream"),
+        "cka_from_grams_cpu on the device: pointers to device memory, asynchronous on stream.");
+#endif
+}
+
 }  // namespace pylth
