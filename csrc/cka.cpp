@@ -247,12 +247,12 @@ void sparse_gram_cpu(std::uintptr_t x_ptrs_ptr, std::uintptr_t rows_ptr, std::ui
 
 #ifdef PYLTH_WITH_CUDA
 void cka_from_grams_cuda_binding(std::uintptr_t gram, std::uintptr_t offsets, std::uintptr_t sizes, int64_t pairs,
-                                 int64_t max_n, int kernel_id, double threshold, bool unbiased, std::uintptr_t out,
+                                 int kernel_id, double threshold, bool unbiased, std::uintptr_t out,
                                  std::uintptr_t stream) {
-  require(pairs >= 0 && max_n >= 0, "pairs and max_n must be >= 0");
+  require(pairs >= 0, "pairs must be >= 0");
   require(kernel_id == 0 || kernel_id == 1, "kernel must be 0 (linear) or 1 (rbf)");
   require(threshold > 0.0 && std::isfinite(threshold), "threshold must be a positive finite number");
-  cka_from_grams_cuda(as_ptr<double>(gram), as_ptr<const int64_t>(offsets), as_ptr<const int64_t>(sizes), pairs, max_n,
+  cka_from_grams_cuda(as_ptr<double>(gram), as_ptr<const int64_t>(offsets), as_ptr<const int64_t>(sizes), pairs,
                       static_cast<CkaKernel>(kernel_id), threshold, unbiased, as_ptr<double>(out), stream);
 }
 #endif
@@ -269,7 +269,7 @@ void register_cka(py::module_& m) {
         "float64 Gram matrices (diagonal + upper triangle) of mostly-zero row-major matrices.");
 #ifdef PYLTH_WITH_CUDA
   m.def("cka_from_grams_cuda", &cka_from_grams_cuda_binding, py::arg("gram"), py::arg("offsets"), py::arg("sizes"),
-        py::arg("pairs"), py::arg("max_n"), py::arg("kernel"), py::arg("threshold"), py::arg("unbiased"),
+        py::arg("pairs"), py::arg("kernel"), py::arg("threshold"), py::arg("unbiased"),
         py::arg("out"), py::arg("stream"),
         "cka_from_grams_cpu on the device: pointers to device memory, asynchronous on stream.");
 #endif

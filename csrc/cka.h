@@ -56,7 +56,7 @@ PYLTH_HOST_DEVICE inline double cka_from_sums(const HsicSums& t, int64_t n, bool
 // CKA of every pair from Gram matrices already on the device; out: float64 [pairs]. Asynchronous
 // on `stream`; sizes/offsets are device int64 arrays (pairs and 2*pairs+1 entries).
 void cka_from_grams_cuda(double* gram, const int64_t* offsets, const int64_t* sizes, int64_t pairs,
-                         int64_t max_n, CkaKernel kernel, double threshold, bool unbiased, double* out,
+                         CkaKernel kernel, double threshold, bool unbiased, double* out,
                          std::uintptr_t stream);
 #endif
 

@@ -91,7 +91,7 @@ def _cka_native(xs, ys, kernel, threshold, unbiased) -> torch.Tensor:
                                   KERNELS[kernel], threshold, unbiased, out.data_ptr())
     else:
         native.cka_from_grams_cuda(gram.data_ptr(), offsets_t.data_ptr(), pair_sizes.data_ptr(), len(xs),
-                                   max(sizes), KERNELS[kernel], threshold, unbiased, out.data_ptr(),
+                                   KERNELS[kernel], threshold, unbiased, out.data_ptr(),
                                    cuda_stream(device))
     return out
 
