@@ -170,6 +170,14 @@ void cka_from_grams_cpu(std::uintptr_t gram_ptr, std::uintptr_t offsets_ptr, std
     matrix_sizes[p] = matrix_sizes[pairs + p] = sizes[p];
   }
   check_layout(offsets, matrix_sizes.data(), 2 * pairs, "cka_from_grams");
+  // A NaN or infinity anywhere in a matrix reaches its squared row norms: O(n) instead of O(n d).
+  for (int64_t m = 0; m < 2 * pairs; ++m) {
+    const int64_t n = matrix_sizes[m];
+    for (int64_t i = 0; i < n; ++i)
+      require(std::isfinite(gram[offsets[m] + i * n + i]),
+              std::string(m < pairs ? "xs[" : "ys[") + std::to_string(m < pairs ? m : m - pairs) +
+                  "] has non-finite values (or values whose squares overflow)");
+  }
   const CkaKernel kernel = static_cast<CkaKernel>(kernel_id);
   const std::vector<int64_t> order = largest_first(sizes, pairs);
   py::gil_scoped_release release;
@@ -184,45 +192,51 @@ void cka_from_grams_cpu(std::uintptr_t gram_ptr, std::uintptr_t offsets_ptr, std
   }
 }
 
-// Gram matrix of one mostly-zero n x d matrix in float64: gather every column's nonzeros (rows in
-// increasing order), then add the products of each pair of them. Writes the diagonal and the strict
-// upper triangle only (all the CKA kernel reads); cost ~ sum over columns of nnz^2 instead of n^2 d.
+// Gram matrix of one n x d matrix in float64 when at most max_density of it is nonzero (returns
+// false, writing nothing, otherwise): gather every column's nonzeros (rows in increasing order), then
+// add the products of each pair of them. Writes the diagonal and the strict upper triangle only (all
+// the CKA kernel reads); the cost is ~ the sum over columns of nnz^2 instead of n^2 d.
 template <typename T>
-void sparse_gram_one(const T* x, int64_t n, int64_t d, double* g) {
+bool sparse_gram_one(const T* x, int64_t n, int64_t d, double max_density, double* g) {
   std::vector<int64_t> start(d + 1, 0);
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t c = 0; c < d; ++c) start[c + 1] += x[i * d + c] != T(0);
+  for (int64_t i = 0; i < n; ++i) {
+    const T* row = x + i * d;
+    for (int64_t c = 0; c < d; ++c) start[c + 1] += row[c] != T(0);
+  }
   std::partial_sum(start.begin(), start.end(), start.begin());
+  if (static_cast<double>(start[d]) > max_density * static_cast<double>(n * d)) return false;
   std::vector<int32_t> rows(start[d]);
   std::vector<double> values(start[d]);
   std::vector<int64_t> fill(start.begin(), start.end() - 1);
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t c = 0; c < d; ++c) {
-      const T v = x[i * d + c];
-      if (v != T(0)) {
+  for (int64_t i = 0; i < n; ++i) {
+    const T* row = x + i * d;
+    for (int64_t c = 0; c < d; ++c)
+      if (row[c] != T(0)) {
         rows[fill[c]] = static_cast<int32_t>(i);
-        values[fill[c]++] = static_cast<double>(v);
+        values[fill[c]++] = static_cast<double>(row[c]);
       }
-    }
+  }
   std::fill(g, g + n * n, 0.0);
   for (int64_t c = 0; c < d; ++c)
     for (int64_t a = start[c]; a < start[c + 1]; ++a) {
-      double* row = g + static_cast<int64_t>(rows[a]) * n;
+      double* g_row = g + static_cast<int64_t>(rows[a]) * n;
       const double va = values[a];
-      row[rows[a]] += va * va;
-      for (int64_t b = a + 1; b < start[c + 1]; ++b) row[rows[b]] += va * values[b];
+      g_row[rows[a]] += va * va;
+      for (int64_t b = a + 1; b < start[c + 1]; ++b) g_row[rows[b]] += va * values[b];
     }
+  return true;
 }
 
 // x_ptrs: the address of each row-major matrix (float32, or float64 when is_double); gram_ptrs: where
-// each n x n float64 Gram goes.
+// each n x n float64 Gram goes; done[m] is set to 1 where matrix m was sparse enough and its Gram written.
 void sparse_gram_cpu(std::uintptr_t x_ptrs_ptr, std::uintptr_t rows_ptr, std::uintptr_t cols_ptr, int64_t count,
-                     bool is_double, std::uintptr_t gram_ptrs_ptr) {
+                     bool is_double, double max_density, std::uintptr_t gram_ptrs_ptr, std::uintptr_t done_ptr) {
   require(count >= 0, "count must be >= 0");
   const int64_t* x_ptrs = as_ptr<const int64_t>(x_ptrs_ptr);
   const int64_t* rows = as_ptr<const int64_t>(rows_ptr);
   const int64_t* cols = as_ptr<const int64_t>(cols_ptr);
   const int64_t* gram_ptrs = as_ptr<const int64_t>(gram_ptrs_ptr);
+  uint8_t* done = as_ptr<uint8_t>(done_ptr);
   std::vector<int64_t> cost(count);
   for (int64_t m = 0; m < count; ++m) {
     require(rows[m] >= 0 && rows[m] <= std::numeric_limits<int32_t>::max() && cols[m] >= 0,
@@ -238,10 +252,8 @@ void sparse_gram_cpu(std::uintptr_t x_ptrs_ptr, std::uintptr_t rows_ptr, std::ui
     const int64_t m = order[k];
     double* g = as_ptr<double>(static_cast<std::uintptr_t>(gram_ptrs[m]));
     const auto address = static_cast<std::uintptr_t>(x_ptrs[m]);
-    if (is_double)
-      sparse_gram_one(as_ptr<const double>(address), rows[m], cols[m], g);
-    else
-      sparse_gram_one(as_ptr<const float>(address), rows[m], cols[m], g);
+    done[m] = is_double ? sparse_gram_one(as_ptr<const double>(address), rows[m], cols[m], max_density, g)
+                        : sparse_gram_one(as_ptr<const float>(address), rows[m], cols[m], max_density, g);
   }
 }
 
@@ -265,8 +277,9 @@ void register_cka(py::module_& m) {
         "CKA of each pair from float64 Gram matrices (matrix p against matrix pairs+p); kernel 0 linear, 1 rbf. "
         "Overwrites the Gram upper triangles.");
   m.def("sparse_gram_cpu", &sparse_gram_cpu, py::arg("x_ptrs"), py::arg("rows"), py::arg("cols"),
-        py::arg("count"), py::arg("is_double"), py::arg("gram_ptrs"),
-        "float64 Gram matrices (diagonal + upper triangle) of mostly-zero row-major matrices.");
+        py::arg("count"), py::arg("is_double"), py::arg("max_density"), py::arg("gram_ptrs"), py::arg("done"),
+        "float64 Gram matrices (diagonal + upper triangle) of the row-major matrices with at most max_density "
+        "nonzeros; done[m] = 1 for those.");
 #ifdef PYLTH_WITH_CUDA
   m.def("cka_from_grams_cuda", &cka_from_grams_cuda_binding, py::arg("gram"), py::arg("offsets"), py::arg("sizes"),
         py::arg("pairs"), py::arg("kernel"), py::arg("threshold"), py::arg("unbiased"),

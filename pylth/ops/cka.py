@@ -19,8 +19,12 @@ KERNELS = {"linear": 0, "rbf": 1}
 SPARSE_GRAM_MAX_DENSITY = 0.05
 
 
-def check_cka_inputs(xs, ys, *, unbiased: bool) -> tuple[list, list]:
-    """Validate the pair lists; returns them as lists. Raises ValueError/TypeError naming the argument."""
+def check_cka_inputs(xs, ys, *, unbiased: bool, check_finite: bool = True) -> tuple[list, list]:
+    """Validate the pair lists; returns them as lists. Raises ValueError/TypeError naming the argument.
+
+    check_finite=False leaves the NaN/infinity check to the native CPU kernel (it sees them in the
+    Gram diagonals at O(n) instead of O(n d) per matrix).
+    """
     xs = check_tensor_list(xs, "xs")
     ys = check_tensor_list(ys, "ys")
     check_same_length(xs, "xs", ys, "ys")
@@ -38,7 +42,7 @@ def check_cka_inputs(xs, ys, *, unbiased: bool) -> tuple[list, list]:
                 raise ValueError(f"{name}[{i}] is on {t.device} but xs[0] is on {device}")
             if t.shape[1] == 0:
                 raise ValueError(f"{name}[{i}] has no features (shape {tuple(t.shape)})")
-            if not bool(torch.isfinite(t).all()):
+            if check_finite and not bool(torch.isfinite(t).all()):
                 raise ValueError(f"{name}[{i}] has non-finite values")
     for i, (x, y) in enumerate(zip(xs, ys)):
         if x.shape[0] != y.shape[0]:
@@ -62,13 +66,12 @@ def cka(xs, ys, *, kernel: str = "rbf", threshold: float = 1.0, unbiased: bool =
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {sorted(KERNELS)}, got {kernel!r}")
     threshold = check_threshold(threshold)
-    xs, ys = check_cka_inputs(xs, ys, unbiased=unbiased)
+    device = check_tensor_list(xs, "xs")[0].device
+    cpu_native = device.type == "cpu" and native is not None
+    xs, ys = check_cka_inputs(xs, ys, unbiased=unbiased, check_finite=not cpu_native)
     xs = [x.contiguous() for x in xs]
     ys = [y.contiguous() for y in ys]
-    device = xs[0].device
-    if device.type == "cpu" and native is not None:
-        return _cka_native(xs, ys, kernel, threshold, unbiased)
-    if device.type == "cuda" and has_native_cuda():
+    if cpu_native or (device.type == "cuda" and has_native_cuda()):
         return _cka_native(xs, ys, kernel, threshold, unbiased)
     warn_fallback("cka", f"no native kernel for {device.type}")
     return cka_reference(xs, ys, kernel=kernel, threshold=threshold, unbiased=unbiased)
@@ -98,16 +101,10 @@ def _cka_native(xs, ys, kernel, threshold, unbiased) -> torch.Tensor:
 
 def fill_grams(mats, gram: torch.Tensor, offsets) -> None:
     """Write each matrix's Gram M M^T (float64) at gram[offsets[i]:]: sparse native or dense BLAS."""
-    sparse = []
-    if gram.device.type == "cpu":
-        sparse = [i for i, m in enumerate(mats)
-                  if torch.count_nonzero(m).item() <= SPARSE_GRAM_MAX_DENSITY * m.numel()]
-    if sparse:
-        _sparse_grams([mats[i] for i in sparse], gram, [offsets[i] for i in sparse])
-    sparse_set = set(sparse)
+    done = _sparse_grams(mats, gram, offsets) if gram.device.type == "cpu" else [False] * len(mats)
     groups: dict[tuple, list[int]] = {}
     for i, m in enumerate(mats):
-        if i not in sparse_set:
+        if not done[i]:
             groups.setdefault((tuple(m.shape), m.dtype), []).append(i)
     for (shape, _), members in groups.items():
         n = shape[0]
@@ -120,18 +117,24 @@ def fill_grams(mats, gram: torch.Tensor, offsets) -> None:
             gram[offsets[i]: offsets[i] + n * n].view(n, n).copy_(product)
 
 
-def _sparse_grams(mats, gram: torch.Tensor, offsets) -> None:
+def _sparse_grams(mats, gram: torch.Tensor, offsets) -> list:
+    """Native sparse Grams of the mostly-zero matrices; returns which matrices it wrote."""
+    done = torch.zeros(len(mats), dtype=torch.uint8)
     for dtype in (torch.float32, torch.float64):  # one native call per input dtype
-        chosen = [(m, o) for m, o in zip(mats, offsets) if m.dtype == dtype]
+        chosen = [i for i, m in enumerate(mats) if m.dtype == dtype]
         if not chosen:
             continue
-        address = gram.data_ptr()
-        ptrs = torch.tensor([m.data_ptr() for m, _ in chosen], dtype=torch.int64)
-        rows = torch.tensor([m.shape[0] for m, _ in chosen], dtype=torch.int64)
-        cols = torch.tensor([m.shape[1] for m, _ in chosen], dtype=torch.int64)
-        targets = torch.tensor([address + 8 * o for _, o in chosen], dtype=torch.int64)
+        ptrs = torch.tensor([mats[i].data_ptr() for i in chosen], dtype=torch.int64)
+        rows = torch.tensor([mats[i].shape[0] for i in chosen], dtype=torch.int64)
+        cols = torch.tensor([mats[i].shape[1] for i in chosen], dtype=torch.int64)
+        targets = torch.tensor([gram.data_ptr() + gram.element_size() * offsets[i] for i in chosen],
+                               dtype=torch.int64)
+        chosen_done = torch.zeros(len(chosen), dtype=torch.uint8)
         native.sparse_gram_cpu(ptrs.data_ptr(), rows.data_ptr(), cols.data_ptr(), len(chosen),
-                               dtype == torch.float64, targets.data_ptr())
+                               dtype == torch.float64, SPARSE_GRAM_MAX_DENSITY, targets.data_ptr(),
+                               chosen_done.data_ptr())
+        done[chosen] = chosen_done
+    return done.tolist()
 
 
 # ---------------------------------------------------------------------------------------------
