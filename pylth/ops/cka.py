@@ -6,7 +6,9 @@ csrc/cka.cpp and DESIGN.md "RBF CKA").
 """
 from __future__ import annotations
 
+import contextlib
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -101,20 +103,42 @@ def _cka_native(xs, ys, kernel, threshold, unbiased) -> torch.Tensor:
 
 def fill_grams(mats, gram: torch.Tensor, offsets) -> None:
     """Write each matrix's Gram M M^T (float64) at gram[offsets[i]:]: sparse native or dense BLAS."""
-    done = _sparse_grams(mats, gram, offsets) if gram.device.type == "cpu" else [False] * len(mats)
+    on_cpu = gram.device.type == "cpu"
+    done = _sparse_grams(mats, gram, offsets) if on_cpu else [False] * len(mats)
+    dense = [i for i in range(len(mats)) if not done[i]]
+    targets = {i: gram[offsets[i]: offsets[i] + mats[i].shape[0] ** 2].view(mats[i].shape[0], -1) for i in dense}
+    if on_cpu:
+        _dense_grams_cpu([(mats[i], targets[i]) for i in dense])
+        return
     groups: dict[tuple, list[int]] = {}
-    for i, m in enumerate(mats):
-        if not done[i]:
-            groups.setdefault((tuple(m.shape), m.dtype), []).append(i)
-    for (shape, _), members in groups.items():
-        n = shape[0]
-        if gram.device.type == "cuda" and len(members) > 1:  # one batched GEMM per shape: fewer launches
-            stacked = torch.stack([mats[i] for i in members])
-            products = torch.bmm(stacked, stacked.transpose(1, 2))
-        else:
-            products = [mats[i] @ mats[i].T for i in members]
-        for product, i in zip(products, members):
-            gram[offsets[i]: offsets[i] + n * n].view(n, n).copy_(product)
+    for i in dense:  # one batched GEMM per shape: fewer launches
+        groups.setdefault((tuple(mats[i].shape), mats[i].dtype), []).append(i)
+    for members in groups.values():
+        stacked = torch.stack([mats[i] for i in members])
+        for product, i in zip(torch.bmm(stacked, stacked.transpose(1, 2)), members):
+            targets[i].copy_(product)
+
+
+@contextlib.contextmanager
+def _single_threaded_torch():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield threads
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _dense_grams_cpu(jobs) -> None:
+    """Many small independent GEMMs: one BLAS thread per matrix, the matrices in parallel (threads
+    that split each small GEMM spend their time in barriers, badly so on a busy machine)."""
+    def gram(job):
+        m, target = job
+        target.copy_(m @ m.T)
+
+    jobs = sorted(jobs, key=lambda job: job[0].numel() * job[0].shape[0], reverse=True)
+    with _single_threaded_torch() as threads, ThreadPoolExecutor(max_workers=threads) as pool:
+        list(pool.map(gram, jobs))
 
 
 def _sparse_grams(mats, gram: torch.Tensor, offsets) -> list:
