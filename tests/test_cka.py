@@ -211,6 +211,16 @@ def test_bad_input_names_the_argument(xs, ys, kwargs, error, match):
         rbf_cka(xs, ys, **kwargs)
 
 
+def test_non_finite_values_are_named_on_every_path():
+    xs, ys = random_pairs(seed=7)
+    ys[1] = ys[1].clone()
+    ys[1][2, 0] = math.inf
+    with pytest.raises(ValueError, match=r"ys\[1\] has non-finite"):  # native: seen in the Gram diagonal
+        rbf_cka(xs, ys)
+    with pytest.raises(ValueError, match=r"ys\[1\] has non-finite"):  # Python check (CUDA and fallback)
+        ops_cka.check_cka_inputs(xs, ys, unbiased=False, check_finite=True)
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("unbiased", [False, True])
 @pytest.mark.parametrize("kernel", ["rbf", "linear"])

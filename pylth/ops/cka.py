@@ -44,8 +44,12 @@ def check_cka_inputs(xs, ys, *, unbiased: bool, check_finite: bool = True) -> tu
                 raise ValueError(f"{name}[{i}] is on {t.device} but xs[0] is on {device}")
             if t.shape[1] == 0:
                 raise ValueError(f"{name}[{i}] has no features (shape {tuple(t.shape)})")
-            if check_finite and not bool(torch.isfinite(t).all()):
-                raise ValueError(f"{name}[{i}] has non-finite values")
+    if check_finite:  # one device-to-host transfer for all tensors, not one per tensor
+        finite = torch.stack([torch.isfinite(t).all() for t in xs + ys]).tolist()
+        if not all(finite):
+            m = finite.index(False)
+            name, i = ("xs", m) if m < len(xs) else ("ys", m - len(xs))
+            raise ValueError(f"{name}[{i}] has non-finite values")
     for i, (x, y) in enumerate(zip(xs, ys)):
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"xs[{i}] has {x.shape[0]} rows but ys[{i}] has {y.shape[0]}")
