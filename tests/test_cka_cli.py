@@ -11,12 +11,13 @@ from torch import nn
 from pylth.cka import rbf_cka, weight_rows
 from pylth.cka.__main__ import main
 
-LAYERS = ["0.weight", "1.weight", "3.weight"]  # forward order; mask.pt lists them in this order
+LAYERS = ["0.weight", "1.weight", "3.weight", "4.weight"]  # forward order, as mask.pt lists them
 
 
 def write_run(path, seed, rounds):
     torch.manual_seed(seed)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 16, 3), nn.Flatten(), nn.Linear(16, 10))
+    # The last layer has a single output row, like a 1-channel image's output conv: no CKA there.
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 16, 3), nn.Flatten(), nn.Linear(16, 10), nn.Linear(10, 1))
     for k in rounds:
         state = {n: v.detach().clone() for n, v in model.state_dict().items()}
         masks = {n: torch.rand(state[n].shape) > 0.2 * k for n in LAYERS}
@@ -48,12 +49,13 @@ def test_compares_the_last_common_round_layer_by_layer(runs, tmp_path, capsys):
     for run in runs:
         state = torch.load(os.path.join(run, "round_01", "model.pt"))
         weights.append([weight_rows(state[n]) for n in LAYERS])
-    want = rbf_cka(*weights)
-    assert [float(r["rbf_cka"]) for r in rows] == pytest.approx(want.tolist(), abs=1e-12)
+    want = rbf_cka(*(w[:3] for w in weights))
+    assert [float(r["rbf_cka"]) for r in rows[:3]] == pytest.approx(want.tolist(), abs=1e-12)
+    assert rows[3]["rbf_cka"] == "nan" and rows[3]["linear_cka"] == "nan"
     assert float(rows[0]["sparsity_a"]) > 0.1 and int(rows[1]["fan_in"]) == 8 * 9
     assert (out / "cka.png").read_bytes()[:4] == b"\x89PNG"
     printed = capsys.readouterr().out
-    assert "round 1: 3 layers" in printed and "upstream" in printed and "downstream" in printed
+    assert "round 1: 4 layers" in printed and "upstream" in printed and "downstream" in printed
 
 
 def test_round_flag_and_module_entry_point(runs, tmp_path):
@@ -61,7 +63,7 @@ def test_round_flag_and_module_entry_point(runs, tmp_path):
     done = subprocess.run([sys.executable, "-m", "pylth.cka", *runs, "--round", "0", "--out", str(out)],
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "round 0" in done.stdout and len(read_csv(out / "cka.csv")) == 3
+    assert "round 0" in done.stdout and len(read_csv(out / "cka.csv")) == 4
 
 
 def test_default_output_folder_names_both_runs(runs, tmp_path, monkeypatch):
@@ -79,7 +81,7 @@ def rename_layer(run_a, run_b):
     for name in ("mask.pt", "model.pt"):
         path = os.path.join(run_b, "round_01", name)
         tensors = torch.load(path)
-        tensors["extra.weight"] = tensors.pop("3.weight")
+        tensors["extra.weight"] = tensors.pop("4.weight")
         torch.save(tensors, path)
 
 
@@ -96,7 +98,7 @@ def drop_from_model(run_a, run_b):
         (None, ["--round", "2"], "no finished round 2"),
         (None, ["--threshold", "0"], "threshold"),
         (corrupt_model, [], "cannot read"),
-        (rename_layer, [], "'3.weight' vs 'extra.weight'"),
+        (rename_layer, [], "'4.weight' vs 'extra.weight'"),
         (drop_from_model, [], "does not have"),
     ],
 )

@@ -69,8 +69,9 @@ def summary(results: list[LayerCka], round_k: int, args) -> str:
         f"downstream (layers {half}-{len(results) - 1}): mean CKA {downstream:.4f}",
     ]
     if not (math.isnan(upstream) or math.isnan(downstream)):
-        verdict = "more" if upstream > downstream else "less"
-        lines.append(f"upstream layers are {verdict} alike than downstream ones ({upstream - downstream:+.4f})")
+        gap = upstream - downstream
+        verdict = "as alike as" if abs(gap) < 5e-4 else ("more alike than" if gap > 0 else "less alike than")
+        lines.append(f"upstream layers are {verdict} downstream ones ({gap:+.4f})")
     return "\n".join(lines)
 
 

@@ -114,8 +114,15 @@ def compare_tickets(layers_a: dict, layers_b: dict, threshold: float = 1.0, unbi
                            f"{tuple(layers_b[name].shape)} in the other")
     xs = [layers_a[n] for n in names_a]
     ys = [layers_b[n] for n in names_a]
-    rbf = rbf_cka(xs, ys, threshold=threshold, unbiased=unbiased).tolist()
-    linear = linear_cka(xs, ys, unbiased=unbiased).tolist()
+    # A layer with too few output channels (e.g. a 1-channel output conv) has no CKA: NaN.
+    rows_needed = 4 if unbiased else 2
+    defined = [i for i, x in enumerate(xs) if x.shape[0] >= rows_needed]
+    rbf, linear = [math.nan] * len(xs), [math.nan] * len(xs)
+    if defined:
+        picked_x, picked_y = [xs[i] for i in defined], [ys[i] for i in defined]
+        for i, r, l in zip(defined, rbf_cka(picked_x, picked_y, threshold=threshold, unbiased=unbiased).tolist(),
+                           linear_cka(picked_x, picked_y, unbiased=unbiased).tolist()):
+            rbf[i], linear[i] = r, l
     return [LayerCka(i, name, x.shape[0], x.shape[1], _sparsity(x), _sparsity(y), rbf[i], linear[i])
             for i, (name, x, y) in enumerate(zip(names_a, xs, ys))]
 
