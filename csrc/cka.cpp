@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <exception>
 #include <limits>
 #include <numeric>
 #include <type_traits>
@@ -149,6 +150,27 @@ void check_layout(const int64_t* offsets, const int64_t* sizes, int64_t count, c
             std::string(what) + ": offsets do not match the matrix sizes at entry " + std::to_string(m));
 }
 
+// An exception (std::bad_alloc for a huge matrix) must not escape an OpenMP region, where it would
+// terminate the process: the first one is kept and rethrown after the region.
+class FirstError {
+ public:
+  template <typename F>
+  void run(F&& f) noexcept {
+    try {
+      f();
+    } catch (...) {
+#pragma omp critical(pylth_cka_first_error)
+      if (!error_) error_ = std::current_exception();
+    }
+  }
+  void rethrow() const {
+    if (error_) std::rethrow_exception(error_);
+  }
+
+ private:
+  std::exception_ptr error_;
+};
+
 // Largest matrices first so that the dynamic schedule balances the threads.
 std::vector<int64_t> largest_first(const int64_t* sizes, int64_t count) {
   std::vector<int64_t> order(count);
@@ -183,15 +205,19 @@ void cka_from_grams_cpu(std::uintptr_t gram_ptr, std::uintptr_t offsets_ptr, std
   const CkaKernel kernel = static_cast<CkaKernel>(kernel_id);
   const std::vector<int64_t> order = largest_first(sizes, pairs);
   py::gil_scoped_release release;
+  FirstError error;
 #pragma omp parallel
   {
     std::vector<double> scratch;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t k = 0; k < pairs; ++k) {
       const int64_t p = order[k];
-      out[p] = pair_cka(gram + offsets[p], gram + offsets[pairs + p], sizes[p], kernel, threshold, unbiased, scratch);
+      error.run([&] {
+        out[p] = pair_cka(gram + offsets[p], gram + offsets[pairs + p], sizes[p], kernel, threshold, unbiased, scratch);
+      });
     }
   }
+  error.rethrow();
 }
 
 // True when the k values at p are all +-0: OR of the bit patterns without the sign (vectorises,
@@ -277,14 +303,18 @@ void sparse_gram_cpu(std::uintptr_t x_ptrs_ptr, std::uintptr_t rows_ptr, std::ui
   }
   const std::vector<int64_t> order = largest_first(cost.data(), count);
   py::gil_scoped_release release;
+  FirstError error;
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t k = 0; k < count; ++k) {
     const int64_t m = order[k];
     double* g = as_ptr<double>(static_cast<std::uintptr_t>(gram_ptrs[m]));
     const auto address = static_cast<std::uintptr_t>(x_ptrs[m]);
-    done[m] = is_double ? sparse_gram_one(as_ptr<const double>(address), rows[m], cols[m], max_density, g)
-                        : sparse_gram_one(as_ptr<const float>(address), rows[m], cols[m], max_density, g);
+    error.run([&] {
+      done[m] = is_double ? sparse_gram_one(as_ptr<const double>(address), rows[m], cols[m], max_density, g)
+                          : sparse_gram_one(as_ptr<const float>(address), rows[m], cols[m], max_density, g);
+    });
   }
+  error.rethrow();
 }
 
 #ifdef PYLTH_WITH_CUDA
