@@ -1,5 +1,351 @@
-// Placeholder: filled in by the cka kernel work.
+// CKA on the CPU, batched over pairs: squared distances from Gram matrices, the median bandwidth by
+// selection, the RBF (or linear) kernel and the HSIC sums with float64 accumulation (OpenMP over
+// pairs); and a sparse Gram for mostly-zero matrices that only touches rows sharing a column.
 #include <pybind11/pybind11.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <exception>
+#include <limits>
+#include <numeric>
+#include <type_traits>
+#include <vector>
+
+#include "cka.h"
+#include "common.h"
+
+namespace py = pybind11;
+
 namespace pylth {
-void register_cka(pybind11::module_& m) { (void)m; }
+namespace {
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+// Overwrites the strict upper triangle of g with squared distances G_ii + G_jj - 2 G_ij (clamped at 0,
+// rounding can make them negative) and copies them, row by row, into u.
+void upper_distances(double* g, const double* diag, int64_t n, double* u) {
+  for (int64_t i = 0; i < n; ++i) {
+    double* row = g + i * n;
+    const double gii = diag[i];
+    for (int64_t j = i + 1; j < n; ++j) row[j] = std::max(gii + diag[j] - 2.0 * row[j], 0.0);
+    u = std::copy(row + i + 1, row + n, u);
+  }
+}
+
+// The q-th smallest of u (reordering u); -1 means one of the diagonal zeros.
+double order_statistic(std::vector<double>& u, int64_t q) {
+  if (q < 0) return 0.0;
+  std::nth_element(u.begin(), u.begin() + q, u.end());
+  return u[q];
+}
+
+// Mean of the lo-th and hi-th smallest of u (hi is lo or lo + 1): one selection for hi, then the
+// maximum of the part below it for lo.
+double middle_pair(std::vector<double>& u, int64_t lo, int64_t hi) {
+  const double upper = order_statistic(u, hi);
+  if (lo == hi) return upper;
+  const double lower = lo < 0 ? 0.0 : *std::max_element(u.begin(), u.begin() + hi);
+  return 0.5 * (lower + upper);
+}
+
+// Median of all n*n squared distances (Kornblith et al. 2019); when it is 0, the median of the
+// positive ones; NaN when there are none (all rows identical). u: the strict upper triangle.
+double median_squared_distance(std::vector<double>& u, int64_t n) {
+  const MedianIndices mid = median_indices(n);
+  const double median = middle_pair(u, mid.lo, mid.hi);
+  if (median > 0.0) return median;
+  // The positives' median: each positive appears twice in the full matrix, which leaves it unchanged.
+  const auto first_positive = std::partition(u.begin(), u.end(), [](double v) { return v <= 0.0; });
+  const int64_t zeros = first_positive - u.begin();
+  const int64_t positives = static_cast<int64_t>(u.size()) - zeros;
+  if (positives == 0) return kNaN;
+  return middle_pair(u, zeros + (positives - 1) / 2, zeros + positives / 2);
+}
+
+struct PairInput {
+  double* g;  // n x n Gram, upper triangle overwritten
+  std::vector<double> diag;
+  double scale = 0.0;  // RBF: -1 / (2 sigma^2)
+};
+
+// Prepares one side of a pair; returns false when its RBF bandwidth is undefined.
+bool prepare(PairInput& in, int64_t n, CkaKernel kernel, double threshold, std::vector<double>& scratch) {
+  in.diag.resize(n);
+  for (int64_t i = 0; i < n; ++i) in.diag[i] = in.g[i * n + i];
+  if (kernel == CkaKernel::linear) return true;
+  scratch.resize(n * (n - 1) / 2);
+  upper_distances(in.g, in.diag.data(), n, scratch.data());
+  const double median = median_squared_distance(scratch, n);
+  if (std::isnan(median)) return false;
+  in.scale = -1.0 / (2.0 * threshold * threshold * median);
+  return true;
+}
+
+template <CkaKernel kKernel>
+HsicSums kernel_sums(const PairInput& x, const PairInput& y, int64_t n, bool unbiased) {
+  std::vector<double> rk(n, 0.0), rl(n, 0.0);
+  HsicSums t;
+  std::vector<double> krow(n), lrow(n);
+  for (int64_t i = 0; i < n; ++i) {
+    const double* gx = x.g + i * n;
+    const double* gy = y.g + i * n;
+    // Kernel values of row i right of the diagonal; the lower triangle is their mirror image.
+    for (int64_t j = i + 1; j < n; ++j) {
+      krow[j] = kKernel == CkaKernel::rbf ? std::exp(gx[j] * x.scale) : gx[j];
+      lrow[j] = kKernel == CkaKernel::rbf ? std::exp(gy[j] * y.scale) : gy[j];
+    }
+    double kl = 0, kk = 0, ll = 0, ri = 0, si = 0;
+    for (int64_t j = i + 1; j < n; ++j) {
+      const double k = krow[j], l = lrow[j];
+      kl += k * l;
+      kk += k * k;
+      ll += l * l;
+      ri += k;
+      si += l;
+      rk[j] += k;
+      rl[j] += l;
+    }
+    t.kl += 2.0 * kl;
+    t.kk += 2.0 * kk;
+    t.ll += 2.0 * ll;
+    rk[i] += ri;
+    rl[i] += si;
+  }
+  if (!unbiased) {  // the diagonal: exp(0) = 1 for RBF, the squared row norms for linear
+    for (int64_t i = 0; i < n; ++i) {
+      const double k = kKernel == CkaKernel::rbf ? 1.0 : x.diag[i];
+      const double l = kKernel == CkaKernel::rbf ? 1.0 : y.diag[i];
+      t.kl += k * l;
+      t.kk += k * k;
+      t.ll += l * l;
+      rk[i] += k;
+      rl[i] += l;
+    }
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    t.r += rk[i];
+    t.s += rl[i];
+    t.rs += rk[i] * rl[i];
+    t.rr += rk[i] * rk[i];
+    t.ss += rl[i] * rl[i];
+  }
+  return t;
+}
+
+double pair_cka(double* gx, double* gy, int64_t n, CkaKernel kernel, double threshold, bool unbiased,
+                std::vector<double>& scratch) {
+  PairInput x{gx}, y{gy};
+  if (!prepare(x, n, kernel, threshold, scratch) || !prepare(y, n, kernel, threshold, scratch)) return kNaN;
+  const HsicSums t = kernel == CkaKernel::rbf ? kernel_sums<CkaKernel::rbf>(x, y, n, unbiased)
+                                              : kernel_sums<CkaKernel::linear>(x, y, n, unbiased);
+  return cka_from_sums(t, n, unbiased);
+}
+
+void check_layout(const int64_t* offsets, const int64_t* sizes, int64_t count, const char* what) {
+  require(offsets[0] == 0, std::string(what) + ": offsets must start at 0");
+  for (int64_t m = 0; m < count; ++m)
+    require(sizes[m] >= 0 && offsets[m + 1] - offsets[m] == sizes[m] * sizes[m],
+            std::string(what) + ": offsets do not match the matrix sizes at entry " + std::to_string(m));
+}
+
+// An exception (std::bad_alloc for a huge matrix) must not escape an OpenMP region, where it would
+// terminate the process: the first one is kept and rethrown after the region.
+class FirstError {
+ public:
+  template <typename F>
+  void run(F&& f) noexcept {
+    try {
+      f();
+    } catch (...) {
+#pragma omp critical(pylth_cka_first_error)
+      if (!error_) error_ = std::current_exception();
+    }
+  }
+  void rethrow() const {
+    if (error_) std::rethrow_exception(error_);
+  }
+
+ private:
+  std::exception_ptr error_;
+};
+
+// Largest matrices first so that the dynamic schedule balances the threads.
+std::vector<int64_t> largest_first(const int64_t* sizes, int64_t count) {
+  std::vector<int64_t> order(count);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return sizes[a] > sizes[b]; });
+  return order;
+}
+
+void cka_from_grams_cpu(std::uintptr_t gram_ptr, std::uintptr_t offsets_ptr, std::uintptr_t sizes_ptr,
+                        int64_t pairs, int kernel_id, double threshold, bool unbiased, std::uintptr_t out_ptr) {
+  require(pairs >= 0, "pairs must be >= 0");
+  require(kernel_id == 0 || kernel_id == 1, "kernel must be 0 (linear) or 1 (rbf)");
+  require(threshold > 0.0 && std::isfinite(threshold), "threshold must be a positive finite number");
+  double* gram = as_ptr<double>(gram_ptr);
+  const int64_t* offsets = as_ptr<const int64_t>(offsets_ptr);
+  const int64_t* sizes = as_ptr<const int64_t>(sizes_ptr);
+  double* out = as_ptr<double>(out_ptr);
+  std::vector<int64_t> matrix_sizes(2 * pairs);
+  for (int64_t p = 0; p < pairs; ++p) {
+    require(sizes[p] >= (unbiased ? 4 : 2), "every pair needs at least " + std::string(unbiased ? "4" : "2") + " rows");
+    matrix_sizes[p] = matrix_sizes[pairs + p] = sizes[p];
+  }
+  check_layout(offsets, matrix_sizes.data(), 2 * pairs, "cka_from_grams");
+  // A NaN or infinity anywhere in a matrix reaches its squared row norms: O(n) instead of O(n d).
+  for (int64_t m = 0; m < 2 * pairs; ++m) {
+    const int64_t n = matrix_sizes[m];
+    for (int64_t i = 0; i < n; ++i)
+      require(std::isfinite(gram[offsets[m] + i * n + i]),
+              std::string(m < pairs ? "xs[" : "ys[") + std::to_string(m < pairs ? m : m - pairs) +
+                  "] has non-finite values (or values whose squares overflow)");
+  }
+  const CkaKernel kernel = static_cast<CkaKernel>(kernel_id);
+  const std::vector<int64_t> order = largest_first(sizes, pairs);
+  py::gil_scoped_release release;
+  FirstError error;
+#pragma omp parallel
+  {
+    std::vector<double> scratch;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t k = 0; k < pairs; ++k) {
+      const int64_t p = order[k];
+      error.run([&] {
+        out[p] = pair_cka(gram + offsets[p], gram + offsets[pairs + p], sizes[p], kernel, threshold, unbiased, scratch);
+      });
+    }
+  }
+  error.rethrow();
+}
+
+// True when the k values at p are all +-0: OR of the bit patterns without the sign (vectorises,
+// unlike a loop of branches), so that a scan of a 99 %-zero matrix skips most of it in blocks.
+template <typename T>
+bool all_zero(const T* p, int64_t k) {
+  using Bits = std::conditional_t<sizeof(T) == 8, uint64_t, uint32_t>;
+  constexpr Bits kNoSign = static_cast<Bits>(~Bits(0)) >> 1;
+  Bits any = 0;
+  for (int64_t e = 0; e < k; ++e) {
+    Bits b;
+    std::memcpy(&b, p + e, sizeof(T));
+    any |= b & kNoSign;
+  }
+  return any == 0;
+}
+
+// Gram matrix of one n x d matrix in float64 when at most max_density of it is nonzero (returns
+// false, writing nothing, otherwise): gather every column's nonzeros (rows in increasing order),
+// then add the products of each pair of them. Writes the diagonal and the strict upper triangle only
+// (all the CKA kernel reads); the cost is ~ the sum over columns of nnz^2 instead of n^2 d.
+template <typename T>
+bool sparse_gram_one(const T* x, int64_t n, int64_t d, double max_density, double* g) {
+  constexpr int64_t kBlock = 16;
+  const auto limit = static_cast<int64_t>(max_density * static_cast<double>(n * d));
+  // One scan in row order, blocks of zeros skipped; stop as soon as the matrix is too dense.
+  std::vector<int32_t> nz_row, nz_col;
+  std::vector<double> nz_value;
+  std::vector<int64_t> start(d + 1, 0);
+  for (int64_t i = 0; i < n; ++i) {
+    const T* row = x + i * d;
+    for (int64_t c0 = 0; c0 < d; c0 += kBlock) {
+      const int64_t c1 = std::min(d, c0 + kBlock);
+      if (all_zero(row + c0, c1 - c0)) continue;
+      for (int64_t c = c0; c < c1; ++c)
+        if (row[c] != T(0)) {
+          nz_row.push_back(static_cast<int32_t>(i));
+          nz_col.push_back(static_cast<int32_t>(c));
+          nz_value.push_back(static_cast<double>(row[c]));
+          ++start[c + 1];
+        }
+    }
+    if (static_cast<int64_t>(nz_row.size()) > limit) return false;
+  }
+  // Counting sort by column; stable, so each column's rows stay increasing.
+  std::partial_sum(start.begin(), start.end(), start.begin());
+  std::vector<int32_t> rows(nz_row.size());
+  std::vector<double> values(nz_row.size());
+  std::vector<int64_t> fill(start.begin(), start.end() - 1);
+  for (size_t e = 0; e < nz_row.size(); ++e) {
+    const int64_t slot = fill[nz_col[e]]++;
+    rows[slot] = nz_row[e];
+    values[slot] = nz_value[e];
+  }
+  std::fill(g, g + n * n, 0.0);
+  for (int64_t c = 0; c < d; ++c)
+    for (int64_t a = start[c]; a < start[c + 1]; ++a) {
+      double* g_row = g + static_cast<int64_t>(rows[a]) * n;
+      const double va = values[a];
+      g_row[rows[a]] += va * va;
+      for (int64_t b = a + 1; b < start[c + 1]; ++b) g_row[rows[b]] += va * values[b];
+    }
+  return true;
+}
+
+// x_ptrs: the address of each row-major matrix (float32, or float64 when is_double); gram_ptrs: where
+// each n x n float64 Gram goes; done[m] is set to 1 where matrix m was sparse enough and its Gram written.
+void sparse_gram_cpu(std::uintptr_t x_ptrs_ptr, std::uintptr_t rows_ptr, std::uintptr_t cols_ptr, int64_t count,
+                     bool is_double, double max_density, std::uintptr_t gram_ptrs_ptr, std::uintptr_t done_ptr) {
+  require(count >= 0, "count must be >= 0");
+  const int64_t* x_ptrs = as_ptr<const int64_t>(x_ptrs_ptr);
+  const int64_t* rows = as_ptr<const int64_t>(rows_ptr);
+  const int64_t* cols = as_ptr<const int64_t>(cols_ptr);
+  const int64_t* gram_ptrs = as_ptr<const int64_t>(gram_ptrs_ptr);
+  uint8_t* done = as_ptr<uint8_t>(done_ptr);
+  std::vector<int64_t> cost(count);
+  for (int64_t m = 0; m < count; ++m) {
+    require(rows[m] >= 0 && rows[m] <= std::numeric_limits<int32_t>::max() && cols[m] >= 0,
+            "sparse_gram: bad shape at entry " + std::to_string(m));
+    require((x_ptrs[m] != 0 || rows[m] * cols[m] == 0) && (gram_ptrs[m] != 0 || rows[m] == 0),
+            "sparse_gram: null pointer at entry " + std::to_string(m));
+    cost[m] = rows[m] * cols[m];
+  }
+  const std::vector<int64_t> order = largest_first(cost.data(), count);
+  py::gil_scoped_release release;
+  FirstError error;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t k = 0; k < count; ++k) {
+    const int64_t m = order[k];
+    double* g = as_ptr<double>(static_cast<std::uintptr_t>(gram_ptrs[m]));
+    const auto address = static_cast<std::uintptr_t>(x_ptrs[m]);
+    error.run([&] {
+      done[m] = is_double ? sparse_gram_one(as_ptr<const double>(address), rows[m], cols[m], max_density, g)
+                          : sparse_gram_one(as_ptr<const float>(address), rows[m], cols[m], max_density, g);
+    });
+  }
+  error.rethrow();
+}
+
+#ifdef PYLTH_WITH_CUDA
+void cka_from_grams_cuda_binding(std::uintptr_t gram, std::uintptr_t offsets, std::uintptr_t sizes, int64_t pairs,
+                                 int kernel_id, double threshold, bool unbiased, std::uintptr_t out,
+                                 std::uintptr_t stream) {
+  require(pairs >= 0, "pairs must be >= 0");
+  require(kernel_id == 0 || kernel_id == 1, "kernel must be 0 (linear) or 1 (rbf)");
+  require(threshold > 0.0 && std::isfinite(threshold), "threshold must be a positive finite number");
+  cka_from_grams_cuda(as_ptr<double>(gram), as_ptr<const int64_t>(offsets), as_ptr<const int64_t>(sizes), pairs,
+                      static_cast<CkaKernel>(kernel_id), threshold, unbiased, as_ptr<double>(out), stream);
+}
+#endif
+
+}  // namespace
+
+void register_cka(py::module_& m) {
+  m.def("cka_from_grams_cpu", &cka_from_grams_cpu, py::arg("gram"), py::arg("offsets"), py::arg("sizes"),
+        py::arg("pairs"), py::arg("kernel"), py::arg("threshold"), py::arg("unbiased"), py::arg("out"),
+        "CKA of each pair from float64 Gram matrices (matrix p against matrix pairs+p); kernel 0 linear, 1 rbf. "
+        "Overwrites the Gram upper triangles.");
+  m.def("sparse_gram_cpu", &sparse_gram_cpu, py::arg("x_ptrs"), py::arg("rows"), py::arg("cols"),
+        py::arg("count"), py::arg("is_double"), py::arg("max_density"), py::arg("gram_ptrs"), py::arg("done"),
+        "float64 Gram matrices (diagonal + upper triangle) of the row-major matrices with at most max_density "
+        "nonzeros; done[m] = 1 for those.");
+#ifdef PYLTH_WITH_CUDA
+  m.def("cka_from_grams_cuda", &cka_from_grams_cuda_binding, py::arg("gram"), py::arg("offsets"), py::arg("sizes"),
+        py::arg("pairs"), py::arg("kernel"), py::arg("threshold"), py::arg("unbiased"),
+        py::arg("out"), py::arg("stream"),
+        "cka_from_grams_cpu on the device: pointers to device memory, asynchronous on stream.");
+#endif
+}
+
 }  // namespace pylth

@@ -1,0 +1,63 @@
+// CKA kernels shared by the CPU (cka.cpp) and CUDA (cka.cu) paths: the median-index arithmetic and
+// the CUDA launchers. Layout for both: one float64 buffer holds the Gram matrices of all inputs,
+// matrix m at gram + offsets[m] (n*n values, row-major); pair p compares matrix p with matrix
+// pairs + p. Only the diagonal and the strict upper triangle are read; the upper triangle is
+// overwritten with squared distances (the buffer is a workspace).
+#pragma once
+#include <cmath>
+#include <cstdint>
+
+#ifdef __CUDACC__
+#define PYLTH_HOST_DEVICE __host__ __device__
+#else
+#define PYLTH_HOST_DEVICE
+#endif
+
+namespace pylth {
+
+enum class CkaKernel : int { linear = 0, rbf = 1 };
+
+// The median of all n*n squared distances (n diagonal zeros, then every strict-upper value twice)
+// is the mean of two entries of the sorted strict upper triangle u; -1 stands for a diagonal zero.
+struct MedianIndices {
+  int64_t lo, hi;
+};
+PYLTH_HOST_DEVICE inline MedianIndices median_indices(int64_t n) {
+  const int64_t count = n * n;
+  const int64_t t_lo = (count - 1) / 2, t_hi = count / 2;
+  return {t_lo < n ? -1 : (t_lo - n) / 2, t_hi < n ? -1 : (t_hi - n) / 2};
+}
+
+// Sums over the kernel matrices K, L of one pair, with r = K1 and s = L1 (row sums). The biased
+// estimator sums over all entries, the unbiased one over the off-diagonal entries only.
+struct HsicSums {
+  double kl = 0, kk = 0, ll = 0;     // <K,L>, <K,K>, <L,L>
+  double r = 0, s = 0;               // 1'K1, 1'L1
+  double rs = 0, rr = 0, ss = 0;     // r.s, r.r, s.s
+};
+
+// HSIC up to a factor common to all three terms of a pair (it cancels in CKA). Biased:
+// <K,L> - (2/n) r.s + (1'K1)(1'L1)/n^2 (= tr(KHLH)). Unbiased (Song et al. 2012, on K and L with
+// zeroed diagonals): <K,L> + (1'K1)(1'L1)/((n-1)(n-2)) - 2 r.s/(n-2).
+PYLTH_HOST_DEVICE inline double hsic_term(double kl, double rs, double r, double s, int64_t n, bool unbiased) {
+  const double nn = static_cast<double>(n);
+  if (unbiased) return kl + r * s / ((nn - 1) * (nn - 2)) - 2.0 * rs / (nn - 2);
+  return kl - 2.0 * rs / nn + r * s / (nn * nn);
+}
+
+PYLTH_HOST_DEVICE inline double cka_from_sums(const HsicSums& t, int64_t n, bool unbiased) {
+  const double xy = hsic_term(t.kl, t.rs, t.r, t.s, n, unbiased);
+  const double xx = hsic_term(t.kk, t.rr, t.r, t.r, n, unbiased);
+  const double yy = hsic_term(t.ll, t.ss, t.s, t.s, n, unbiased);
+  return xy / sqrt(xx * yy);  // 0/0 (a constant kernel) gives NaN: no CKA
+}
+
+#ifdef PYLTH_WITH_CUDA
+// CKA of every pair from Gram matrices already on the device; out: float64 [pairs]. Asynchronous
+// on `stream`; sizes/offsets are device int64 arrays (pairs and 2*pairs+1 entries).
+void cka_from_grams_cuda(double* gram, const int64_t* offsets, const int64_t* sizes, int64_t pairs,
+                         CkaKernel kernel, double threshold, bool unbiased, double* out,
+                         std::uintptr_t stream);
+#endif
+
+}  // namespace pylth

@@ -1,0 +1,222 @@
+"""CKA of many (X, Y) pairs in one native call: checks, Gram matrices, dispatch, pure-torch reference.
+
+The Gram products come from BLAS (torch) or, for mostly-zero CPU matrices, from the native sparse
+Gram; squared distances, the median bandwidth, the kernel and the HSIC sums are native (see
+csrc/cka.cpp and DESIGN.md "RBF CKA").
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+from pylth.ops.checks import check_same_length, check_tensor_list, cuda_stream
+from pylth.ops.native import has_native_cuda, native, warn_fallback
+
+KERNELS = {"linear": 0, "rbf": 1}
+# Below this fraction of nonzeros a CPU Gram is cheaper by gathering each column's nonzeros than by a
+# dense GEMM (the sparse work falls with the square of the density; measured in bench/test_bench_cka.py).
+SPARSE_GRAM_MAX_DENSITY = 0.05
+
+
+def check_cka_inputs(xs, ys, *, unbiased: bool, check_finite: bool = True) -> tuple[list, list]:
+    """Validate the pair lists; returns them as lists. Raises ValueError/TypeError naming the argument.
+
+    check_finite=False leaves the NaN/infinity check to the native CPU kernel (it sees them in the
+    Gram diagonals at O(n) instead of O(n d) per matrix).
+    """
+    xs = check_tensor_list(xs, "xs")
+    ys = check_tensor_list(ys, "ys")
+    check_same_length(xs, "xs", ys, "ys")
+    if not isinstance(unbiased, bool):
+        raise TypeError(f"unbiased must be a bool, got {type(unbiased).__name__}")
+    min_rows = 4 if unbiased else 2
+    device = xs[0].device
+    for name, ts in (("xs", xs), ("ys", ys)):
+        for i, t in enumerate(ts):
+            if t.dtype not in (torch.float32, torch.float64):
+                raise TypeError(f"{name}[{i}] must be float32 or float64, got {t.dtype}")
+            if t.dim() != 2:
+                raise ValueError(f"{name}[{i}] must be 2-D (rows x features), got shape {tuple(t.shape)}")
+            if t.device != device:
+                raise ValueError(f"{name}[{i}] is on {t.device} but xs[0] is on {device}")
+            if t.shape[1] == 0:
+                raise ValueError(f"{name}[{i}] has no features (shape {tuple(t.shape)})")
+    if check_finite:  # one device-to-host transfer for all tensors, not one per tensor
+        finite = torch.stack([torch.isfinite(t).all() for t in xs + ys]).tolist()
+        if not all(finite):
+            m = finite.index(False)
+            name, i = ("xs", m) if m < len(xs) else ("ys", m - len(xs))
+            raise ValueError(f"{name}[{i}] has non-finite values")
+    for i, (x, y) in enumerate(zip(xs, ys)):
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"xs[{i}] has {x.shape[0]} rows but ys[{i}] has {y.shape[0]}")
+        if x.shape[0] < min_rows:
+            kind = "unbiased" if unbiased else "biased"
+            raise ValueError(f"xs[{i}] has {x.shape[0]} rows; {kind} CKA needs at least {min_rows}")
+    return xs, ys
+
+
+def check_threshold(threshold) -> float:
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+        raise TypeError(f"threshold must be a number, got {type(threshold).__name__}")
+    if not (math.isfinite(threshold) and threshold > 0):
+        raise ValueError(f"threshold must be positive and finite, got {threshold}")
+    return float(threshold)
+
+
+def cka(xs, ys, *, kernel: str = "rbf", threshold: float = 1.0, unbiased: bool = False) -> torch.Tensor:
+    """CKA of each pair (xs[i], ys[i]) as a float64 tensor on the inputs' device (NaN where undefined)."""
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {sorted(KERNELS)}, got {kernel!r}")
+    threshold = check_threshold(threshold)
+    device = check_tensor_list(xs, "xs")[0].device
+    cpu_native = device.type == "cpu" and native is not None
+    xs, ys = check_cka_inputs(xs, ys, unbiased=unbiased, check_finite=not cpu_native)
+    xs = [x.contiguous() for x in xs]
+    ys = [y.contiguous() for y in ys]
+    if cpu_native or (device.type == "cuda" and has_native_cuda()):
+        return _cka_native(xs, ys, kernel, threshold, unbiased)
+    warn_fallback("cka", f"no native kernel for {device.type}")
+    return cka_reference(xs, ys, kernel=kernel, threshold=threshold, unbiased=unbiased)
+
+
+def _cka_native(xs, ys, kernel, threshold, unbiased) -> torch.Tensor:
+    device = xs[0].device
+    mats = xs + ys
+    sizes = [m.shape[0] for m in mats]
+    offsets = [0]
+    for n in sizes:
+        offsets.append(offsets[-1] + n * n)
+    gram = torch.empty(offsets[-1], dtype=torch.float64, device=device)
+    offsets_t = torch.tensor(offsets, dtype=torch.int64, device=device)
+    pair_sizes = torch.tensor(sizes[: len(xs)], dtype=torch.int64, device=device)
+    out = torch.empty(len(xs), dtype=torch.float64, device=device)
+    fill_grams(mats, gram, offsets)
+    if device.type == "cpu":
+        native.cka_from_grams_cpu(gram.data_ptr(), offsets_t.data_ptr(), pair_sizes.data_ptr(), len(xs),
+                                  KERNELS[kernel], threshold, unbiased, out.data_ptr())
+    else:
+        native.cka_from_grams_cuda(gram.data_ptr(), offsets_t.data_ptr(), pair_sizes.data_ptr(), len(xs),
+                                   KERNELS[kernel], threshold, unbiased, out.data_ptr(),
+                                   cuda_stream(device))
+    return out
+
+
+def fill_grams(mats, gram: torch.Tensor, offsets) -> None:
+    """Write each matrix's Gram M M^T (float64) at gram[offsets[i]:]: sparse native or dense BLAS."""
+    on_cpu = gram.device.type == "cpu"
+    done = _sparse_grams(mats, gram, offsets) if on_cpu else [False] * len(mats)
+    dense = [i for i in range(len(mats)) if not done[i]]
+    targets = {i: gram[offsets[i]: offsets[i] + mats[i].shape[0] ** 2].view(mats[i].shape[0], -1) for i in dense}
+    if on_cpu:
+        _dense_grams_cpu([(mats[i], targets[i]) for i in dense])
+        return
+    groups: dict[tuple, list[int]] = {}
+    for i in dense:  # one batched GEMM per shape: fewer launches
+        groups.setdefault((tuple(mats[i].shape), mats[i].dtype), []).append(i)
+    for members in groups.values():
+        stacked = torch.stack([mats[i] for i in members])
+        for product, i in zip(torch.bmm(stacked, stacked.transpose(1, 2)), members):
+            targets[i].copy_(product)
+
+
+@contextlib.contextmanager
+def _single_threaded_torch():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield threads
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _dense_grams_cpu(jobs) -> None:
+    """Many small independent GEMMs: one BLAS thread per matrix, the matrices in parallel (threads
+    that split each small GEMM spend their time in barriers, badly so on a busy machine)."""
+    def gram(job):
+        m, target = job
+        target.copy_(m @ m.T)
+
+    jobs = sorted(jobs, key=lambda job: job[0].numel() * job[0].shape[0], reverse=True)
+    with _single_threaded_torch() as threads, ThreadPoolExecutor(max_workers=threads) as pool:
+        list(pool.map(gram, jobs))
+
+
+def _sparse_grams(mats, gram: torch.Tensor, offsets) -> list:
+    """Native sparse Grams of the mostly-zero matrices; returns which matrices it wrote."""
+    done = torch.zeros(len(mats), dtype=torch.uint8)
+    for dtype in (torch.float32, torch.float64):  # one native call per input dtype
+        chosen = [i for i, m in enumerate(mats) if m.dtype == dtype]
+        if not chosen:
+            continue
+        ptrs = torch.tensor([mats[i].data_ptr() for i in chosen], dtype=torch.int64)
+        rows = torch.tensor([mats[i].shape[0] for i in chosen], dtype=torch.int64)
+        cols = torch.tensor([mats[i].shape[1] for i in chosen], dtype=torch.int64)
+        targets = torch.tensor([gram.data_ptr() + gram.element_size() * offsets[i] for i in chosen],
+                               dtype=torch.int64)
+        chosen_done = torch.zeros(len(chosen), dtype=torch.uint8)
+        native.sparse_gram_cpu(ptrs.data_ptr(), rows.data_ptr(), cols.data_ptr(), len(chosen),
+                               dtype == torch.float64, SPARSE_GRAM_MAX_DENSITY, targets.data_ptr(),
+                               chosen_done.data_ptr())
+        done[chosen] = chosen_done
+    return done.tolist()
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure-torch float64 reference: explicit centring matrix, a full sort for the median.
+
+def _median_sq_distance(d2: torch.Tensor) -> float:
+    values = torch.sort(d2.flatten()).values
+    count = values.numel()
+    median = 0.5 * (values[(count - 1) // 2] + values[count // 2]).item()
+    if median > 0:
+        return median
+    positive = values[values > 0]
+    if positive.numel() == 0:
+        return math.nan
+    p = positive.numel()
+    return 0.5 * (positive[(p - 1) // 2] + positive[p // 2]).item()
+
+
+def _kernel_matrix(x: torch.Tensor, kernel: str, threshold: float) -> torch.Tensor | None:
+    x = x.to(torch.float64)
+    g = x @ x.T
+    if kernel == "linear":
+        return g
+    sq = torch.diagonal(g)
+    d2 = (sq[:, None] + sq[None, :] - 2 * g).clamp_min(0)
+    d2.fill_diagonal_(0)
+    median = _median_sq_distance(d2)
+    if math.isnan(median):
+        return None
+    return torch.exp(-d2 / (2 * threshold**2 * median))
+
+
+def _hsic(k: torch.Tensor, l: torch.Tensor, unbiased: bool) -> float:
+    n = k.shape[0]
+    if not unbiased:
+        h = torch.eye(n, dtype=k.dtype, device=k.device) - 1.0 / n
+        return float(torch.trace(k @ h @ l @ h)) / (n - 1) ** 2
+    k = k.clone().fill_diagonal_(0)
+    l = l.clone().fill_diagonal_(0)
+    ones = torch.ones(n, dtype=k.dtype, device=k.device)
+    value = (torch.trace(k @ l) + k.sum() * l.sum() / ((n - 1) * (n - 2))
+             - 2.0 / (n - 2) * (ones @ k @ l @ ones))
+    return float(value) / (n * (n - 3))
+
+
+def cka_reference(xs, ys, *, kernel: str = "rbf", threshold: float = 1.0, unbiased: bool = False) -> torch.Tensor:
+    """The definition, pair by pair in float64 (test oracle and fallback)."""
+    values = []
+    for x, y in zip(xs, ys):
+        k = _kernel_matrix(x, kernel, threshold)
+        l = _kernel_matrix(y, kernel, threshold)
+        if k is None or l is None:
+            values.append(math.nan)
+            continue
+        norms = _hsic(k, k, unbiased) * _hsic(l, l, unbiased)
+        values.append(_hsic(k, l, unbiased) / math.sqrt(norms) if norms > 0 else math.nan)
+    return torch.tensor(values, dtype=torch.float64, device=xs[0].device)

@@ -1,0 +1,236 @@
+"""pylth.cka against a float64 numpy implementation of Kornblith et al. 2019 written here."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import pylth.ops.cka as ops_cka
+from pylth.cka import linear_cka, rbf_cka, weight_rows
+
+
+# ---- the numpy oracle: pairwise differences (exact zero diagonal), np.median, explicit centring ----
+
+def np_sq_distances(x):
+    x = np.asarray(x, dtype=np.float64)
+    diff = x[:, None, :] - x[None, :, :]
+    return (diff * diff).sum(-1)
+
+
+def np_rbf_kernel(x, threshold):
+    d2 = np_sq_distances(x)
+    median = np.median(d2)
+    if median == 0:
+        positive = d2[d2 > 0]
+        if positive.size == 0:
+            return None
+        median = np.median(positive)
+    return np.exp(-d2 / (2 * threshold**2 * median))
+
+
+def np_center(k, unbiased):
+    k = k.copy()
+    n = k.shape[0]
+    if unbiased:  # Kornblith et al.'s form of the U-statistic of Song et al. 2012
+        np.fill_diagonal(k, 0)
+        means = k.sum(0) / (n - 2)
+        means -= means.sum() / (2 * (n - 1))
+        k -= means[:, None]
+        k -= means[None, :]
+        np.fill_diagonal(k, 0)
+    else:
+        means = k.mean(0)
+        means -= means.mean() / 2
+        k -= means[:, None]
+        k -= means[None, :]
+    return k
+
+
+def np_cka_from_kernels(k, l, unbiased):
+    if k is None or l is None:
+        return math.nan
+    kc, lc = np_center(k, unbiased), np_center(l, unbiased)
+    return float((kc * lc).sum() / (np.linalg.norm(kc) * np.linalg.norm(lc)))
+
+
+def np_rbf_cka(x, y, threshold, unbiased):
+    return np_cka_from_kernels(np_rbf_kernel(x, threshold), np_rbf_kernel(y, threshold), unbiased)
+
+
+def np_linear_cka_features(x, y):
+    """Biased linear CKA in feature space: ||Y'X||^2 / (||X'X|| ||Y'Y||) on column-centred X, Y."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    x = x - x.mean(0)
+    y = y - y.mean(0)
+    return float(np.linalg.norm(y.T @ x) ** 2 / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)))
+
+
+def random_pairs(dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(5, 3, 4), (7, 11, 2), (13, 1, 9), (64, 40, 33), (33, 128, 65), (2, 4, 3)]
+    xs = [torch.randn(n, d, generator=g, dtype=dtype) for n, d, _ in shapes]
+    ys = [torch.randn(n, e, generator=g, dtype=dtype) + 0.5 * x[:, :1] for (n, _, e), x in zip(shapes, xs)]
+    return xs, ys
+
+
+# ---- RBF and linear CKA against the oracle ----
+
+@pytest.mark.parametrize("unbiased", [False, True])
+@pytest.mark.parametrize("threshold", [0.5, 1.0])
+def test_rbf_cka_matches_numpy(threshold, unbiased):
+    xs, ys = random_pairs()
+    if unbiased:  # unbiased needs n >= 4
+        xs, ys = xs[:-1], ys[:-1]
+    got = rbf_cka(xs, ys, threshold=threshold, unbiased=unbiased)
+    assert got.dtype == torch.float64 and got.shape == (len(xs),)
+    want = [np_rbf_cka(x.numpy(), y.numpy(), threshold, unbiased) for x, y in zip(xs, ys)]
+    np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1e-9)
+
+
+def test_rbf_cka_float32_inputs_within_float32_gram_rounding():
+    xs, ys = random_pairs(torch.float32, seed=1)
+    got = rbf_cka(xs, ys, threshold=0.5)
+    want = [np_rbf_cka(x.numpy(), y.numpy(), 0.5, False) for x, y in zip(xs, ys)]
+    np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1e-5)
+
+
+def test_even_count_median_is_the_mean_of_the_two_middle_distances():
+    # Squared distances of x: 0 x4 (diagonal), then 1 4 9 16 36 49 twice each: middle values 4 and 9.
+    x = torch.tensor([[0.0], [1.0], [3.0], [7.0]], dtype=torch.float64)
+    y = torch.tensor([[0.0, 1.0], [2.0, 0.5], [1.0, 1.0], [0.0, 3.0]], dtype=torch.float64)
+    got = rbf_cka([x], [y]).item()
+    assert got == pytest.approx(np_rbf_cka(x.numpy(), y.numpy(), 1.0, False), abs=1e-12)
+    # The lower middle value alone (4 instead of 6.5) would be a different bandwidth and a different CKA.
+    lower_median_bandwidth = np_cka_from_kernels(np.exp(-np_sq_distances(x.numpy()) / (2 * 4.0)),
+                                                 np_rbf_kernel(y.numpy(), 1.0), False)
+    assert abs(got - lower_median_bandwidth) > 1e-4
+
+
+def test_linear_cka_matches_feature_space_formula_and_unbiased_centring():
+    xs, ys = random_pairs(seed=2)
+    got = linear_cka(xs, ys)
+    np.testing.assert_allclose(got.numpy(), [np_linear_cka_features(x, y) for x, y in zip(xs, ys)], atol=1e-9)
+    xs, ys = xs[:-1], ys[:-1]
+    got = linear_cka(xs, ys, unbiased=True)
+    want = [np_cka_from_kernels(x.numpy() @ x.numpy().T, y.numpy() @ y.numpy().T, True) for x, y in zip(xs, ys)]
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-9)
+
+
+def sparse_pair(n, d, density, seed, zero_rows=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g)
+    x[torch.rand(n, d, generator=g) > density] = 0
+    x[:zero_rows] = 0
+    return x
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_sparse_rows_use_the_sparse_gram_and_the_zero_median_fallback(unbiased):
+    # 99 % zeros; in the second pair over half the rows are zero, so the median distance is 0.
+    xs = [sparse_pair(31, 300, 0.01, 1), sparse_pair(40, 257, 0.01, 2, zero_rows=30)]
+    ys = [sparse_pair(31, 500, 0.01, 3), sparse_pair(40, 129, 0.02, 4, zero_rows=25)]
+    assert np.median(np_sq_distances(xs[1].numpy())) == 0
+    got = rbf_cka(xs, ys, threshold=0.5, unbiased=unbiased)
+    want = [np_rbf_cka(x.numpy(), y.numpy(), 0.5, unbiased) for x, y in zip(xs, ys)]
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-9)
+
+
+@pytest.mark.parametrize("kernel", ["rbf", "linear"])
+def test_sparse_and_dense_gram_paths_agree(monkeypatch, kernel):
+    xs = [sparse_pair(50, 301, 0.3, 5), sparse_pair(17, 64, 0.04, 6)]
+    ys = [sparse_pair(50, 77, 0.1, 7), sparse_pair(17, 90, 0.5, 8)]
+    monkeypatch.setattr(ops_cka, "SPARSE_GRAM_MAX_DENSITY", 0.0)
+    dense = ops_cka.cka(xs, ys, kernel=kernel)
+    monkeypatch.setattr(ops_cka, "SPARSE_GRAM_MAX_DENSITY", 1.0)
+    sparse = ops_cka.cka(xs, ys, kernel=kernel)
+    np.testing.assert_allclose(sparse.numpy(), dense.numpy(), atol=1e-6)
+
+
+def test_identical_inputs_give_one_and_rbf_is_scale_invariant():
+    xs, _ = random_pairs(seed=3)
+    assert torch.allclose(rbf_cka(xs, xs), torch.ones(len(xs), dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(rbf_cka(xs, [3 * x for x in xs]), torch.ones(len(xs), dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(linear_cka(xs, xs), torch.ones(len(xs), dtype=torch.float64), atol=1e-12)
+
+
+def test_degenerate_pair_is_nan_and_leaves_the_others_alone():
+    xs, ys = random_pairs(seed=4)
+    alone = rbf_cka(xs, ys)
+    identical_rows = torch.ones(9, 6)  # every squared distance 0: no bandwidth
+    got = rbf_cka(xs[:2] + [identical_rows] + xs[2:], ys[:2] + [torch.randn(9, 3)] + ys[2:])
+    assert math.isnan(got[2].item())
+    keep = torch.cat([got[:2], got[3:]])
+    assert not torch.isnan(keep).any()
+    assert torch.equal(keep, alone)
+    assert math.isnan(linear_cka([torch.zeros(5, 2)], [torch.randn(5, 2)]).item())
+
+
+def test_reference_matches_numpy():
+    xs, ys = random_pairs(seed=5)
+    xs.append(torch.ones(4, 3, dtype=torch.float64))
+    ys.append(torch.randn(4, 2, dtype=torch.float64))
+    got = ops_cka.cka_reference(xs, ys, kernel="rbf", threshold=0.5)
+    want = [np_rbf_cka(x.numpy(), y.numpy(), 0.5, False) for x, y in zip(xs, ys)]
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-9)
+
+
+def test_weight_rows():
+    conv = torch.randn(8, 3, 3, 5)
+    assert torch.equal(weight_rows(conv), conv.reshape(8, 45))
+    linear = torch.randn(4, 7)
+    assert torch.equal(weight_rows(linear), linear)
+    with pytest.raises(ValueError, match="weight"):
+        weight_rows(torch.randn(5))
+    with pytest.raises(TypeError, match="weight"):
+        weight_rows([[1.0]])
+
+
+@pytest.mark.parametrize(
+    "xs, ys, kwargs, error, match",
+    [
+        ([], [], {}, ValueError, "xs"),
+        ([torch.randn(4, 2)], [], {}, ValueError, "ys"),
+        ([torch.randn(4, 2)], [torch.randn(5, 2)], {}, ValueError, "rows"),
+        ([torch.randn(4)], [torch.randn(4)], {}, ValueError, r"xs\[0\]"),
+        ([torch.ones(4, 2, dtype=torch.int64)], [torch.randn(4, 2)], {}, TypeError, r"xs\[0\]"),
+        (torch.randn(4, 2), [torch.randn(4, 2)], {}, TypeError, "xs"),
+        ([torch.randn(4, 2)], [np.ones((4, 2))], {}, TypeError, r"ys\[0\]"),
+        ([torch.randn(3, 2)], [torch.randn(3, 2)], {"unbiased": True}, ValueError, "at least 4"),
+        ([torch.randn(1, 2)], [torch.randn(1, 2)], {}, ValueError, "at least 2"),
+        ([torch.randn(4, 0)], [torch.randn(4, 2)], {}, ValueError, "features"),
+        ([torch.full((4, 2), math.nan)], [torch.randn(4, 2)], {}, ValueError, "non-finite"),
+        ([torch.randn(4, 2)], [torch.randn(4, 2)], {"threshold": 0.0}, ValueError, "threshold"),
+        ([torch.randn(4, 2)], [torch.randn(4, 2)], {"threshold": math.nan}, ValueError, "threshold"),
+        ([torch.randn(4, 2)], [torch.randn(4, 2)], {"threshold": "1"}, TypeError, "threshold"),
+        ([torch.randn(4, 2)], [torch.randn(4, 2)], {"unbiased": 1}, TypeError, "unbiased"),
+    ],
+)
+def test_bad_input_names_the_argument(xs, ys, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        rbf_cka(xs, ys, **kwargs)
+
+
+def test_non_finite_values_are_named_on_every_path():
+    xs, ys = random_pairs(seed=7)
+    ys[1] = ys[1].clone()
+    ys[1][2, 0] = math.inf
+    with pytest.raises(ValueError, match=r"ys\[1\] has non-finite"):  # native: seen in the Gram diagonal
+        rbf_cka(xs, ys)
+    with pytest.raises(ValueError, match=r"ys\[1\] has non-finite"):  # Python check (CUDA and fallback)
+        ops_cka.check_cka_inputs(xs, ys, unbiased=False, check_finite=True)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("unbiased", [False, True])
+@pytest.mark.parametrize("kernel", ["rbf", "linear"])
+def test_cuda_matches_cpu(kernel, unbiased):
+    xs, ys = random_pairs(seed=6)
+    xs, ys = xs[:-1], ys[:-1]
+    xs += [sparse_pair(40, 257, 0.01, 2, zero_rows=30).double(), torch.ones(9, 4, dtype=torch.float64)]
+    ys += [sparse_pair(40, 129, 0.02, 4, zero_rows=25).double(), torch.randn(9, 2, dtype=torch.float64)]
+    cpu = ops_cka.cka(xs, ys, kernel=kernel, threshold=0.5, unbiased=unbiased)
+    gpu = ops_cka.cka([x.cuda() for x in xs], [y.cuda() for y in ys], kernel=kernel, threshold=0.5,
+                      unbiased=unbiased)
+    assert gpu.device.type == "cuda"
+    np.testing.assert_allclose(gpu.cpu().numpy(), cpu.numpy(), atol=1e-9, equal_nan=True)
