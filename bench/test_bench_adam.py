@@ -6,23 +6,17 @@ free); (b) masking by hand: _foreach_mul_ of the grads by float masks, fused Ada
 the params. Weights (>= 2 dims) carry 50 %-dense random masks, biases and norms none. The ratios
 are printed after the module's tests (min and median over rounds); compare only numbers from one run.
 """
-import json
-import os
-
 import pytest
 import torch
 
 from pylth.optim import MaskedAdam
 
-SHAPES_FILE = os.path.join(os.path.dirname(__file__), "ddpm_cifar10_param_shapes.json")
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 ROUNDS = {"cpu": 10, "cuda": 50}
 _times: dict = {}
 
 
-def _workload(device, seed=0):
-    with open(SHAPES_FILE) as f:
-        shapes = [tuple(p["shape"]) for p in json.load(f)["parameters"]]
+def _workload(shapes, device, seed=0):
     gen = torch.Generator(device=device).manual_seed(seed)
     params = [torch.nn.Parameter(torch.randn(s, generator=gen, device=device) * 0.02) for s in shapes]
     for p in params:
@@ -54,9 +48,9 @@ def _run(benchmark, device, name, step):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_masked_adam(benchmark, device):
+def test_masked_adam(benchmark, device, ddpm_param_shapes):
     benchmark.group = f"adam-{device}"
-    params, masks = _workload(device)
+    params, masks = _workload(ddpm_param_shapes, device)
     opt = MaskedAdam(params, lr=2e-4)
     for p, m in zip(params, masks):
         if m is not None:
@@ -66,17 +60,17 @@ def test_masked_adam(benchmark, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_a_fused_adam_unmasked(benchmark, device):
+def test_a_fused_adam_unmasked(benchmark, device, ddpm_param_shapes):
     benchmark.group = f"adam-{device}"
-    params, _ = _workload(device)
+    params, _ = _workload(ddpm_param_shapes, device)
     opt = torch.optim.Adam(params, lr=2e-4, fused=True)
     _run(benchmark, device, "a_fused_unmasked", opt.step)
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_b_foreach_mask_fused_adam(benchmark, device):
+def test_b_foreach_mask_fused_adam(benchmark, device, ddpm_param_shapes):
     benchmark.group = f"adam-{device}"
-    params, masks = _workload(device)
+    params, masks = _workload(ddpm_param_shapes, device)
     masked_params = [p for p, m in zip(params, masks) if m is not None]
     float_masks = [m.float() for m in masks if m is not None]
     opt = torch.optim.Adam(params, lr=2e-4, fused=True)
