@@ -23,10 +23,6 @@ constexpr std::int64_t kChunk = 1 << 15;
 // Below this many elements in a step, waking the thread team costs more than it saves.
 constexpr std::int64_t kParallelMinElements = 1 << 16;
 
-struct AdamConsts {
-  float beta2, one_minus_beta1, one_minus_beta2, step_size, bc2_sqrt, eps, l2_decay, decay_factor;
-};
-
 inline std::uint32_t bits_of(float x) {
   std::uint32_t u;
   std::memcpy(&u, &x, sizeof u);
@@ -88,11 +84,7 @@ void masked_adam_cpu(const std::vector<std::uintptr_t>& params, const std::vecto
     require(numels[t] >= 0, "masked_adam_cpu: numels[" + std::to_string(t) + "] is negative");
     require(numels[t] == 0 || (params[t] && grads[t] && exp_avgs[t] && exp_avg_sqs[t]),
             "masked_adam_cpu: null data pointer for tensor " + std::to_string(t));
-    const double* c = &consts[t * kAdamConstCount];
-    per_tensor[t] = AdamConsts{static_cast<float>(c[kBeta2]),          static_cast<float>(c[kOneMinusBeta1]),
-                               static_cast<float>(c[kOneMinusBeta2]),  static_cast<float>(c[kStepSize]),
-                               static_cast<float>(c[kBiasCorrection2Sqrt]), static_cast<float>(c[kEps]),
-                               static_cast<float>(c[kL2Decay]),        static_cast<float>(c[kDecayFactor])};
+    per_tensor[t] = adam_consts_at(consts, t);
     total += numels[t];
     for (std::int64_t b = 0; b < numels[t]; b += kChunk) items.push_back({t, b, std::min(b + kChunk, numels[t])});
   }
