@@ -209,7 +209,9 @@ def train(model: nn.Module, diffusion, dataset, config: TrainConfig, *, masks: d
     loader = DataLoader(dataset, batch_sampler=ResumableBatchSampler(sampler, config.batch_size // world,
                                                                      start_iteration, end),
                         num_workers=config.num_workers, pin_memory=device.type == "cuda",
-                        persistent_workers=False)
+                        # its own generator: creating the iterator must not draw from the global RNG,
+                        # or a resumed run would diverge from an uninterrupted one
+                        generator=torch.Generator().manual_seed(config.seed + start_iteration))
     use_bf16 = config.bf16 and device.type == "cuda"
     params = list(model.parameters())
     ema_params = list(ema_model.parameters())
