@@ -14,7 +14,6 @@ import torch
 from pylth.ddpm import GaussianDiffusion, build_model
 from pylth.ddpm.config import DataConfig, DiffusionConfig, EvalConfig, add_arguments, from_args
 from pylth.ddpm.data import dataset_info, load_dataset
-from pylth.ddpm.fid import evaluate_fid
 from pylth.ddpm.trainer import TrainConfig, resolve_device, train
 from pylth.io import atomic_write_bytes, atomic_write_json
 
@@ -63,6 +62,8 @@ def run(args: argparse.Namespace) -> dict:
                    train_seconds=round(time.time() - start, 1))
     samples = None
     if eval_cfg.fid_samples:
+        from pylth.ddpm.fid import evaluate_fid  # clean-fid and scipy: only imported when needed
+
         fid = evaluate_fid(result.ema_model, diffusion, data.dataset, dataset, eval_cfg.fid_samples,
                            sampler=eval_cfg.sampler, steps=eval_cfg.sample_steps, eta=eval_cfg.eta,
                            seed=train_cfg.seed, device=device, inception_path=eval_cfg.inception_path,
