@@ -20,10 +20,8 @@ namespace {
 
 // Elements per work item: big enough to amortise scheduling, small enough to balance many small tensors.
 constexpr std::int64_t kChunk = 1 << 15;
-
-struct AdamConsts {
-  float beta2, one_minus_beta1, one_minus_beta2, step_size, bc2_sqrt, eps, l2_decay, decay_factor;
-};
+// Below this many elements in a step, waking the thread team costs more than it saves.
+constexpr std::int64_t kParallelMinElements = 1 << 16;
 
 inline std::uint32_t bits_of(float x) {
   std::uint32_t u;
@@ -81,21 +79,19 @@ void masked_adam_cpu(const std::vector<std::uintptr_t>& params, const std::vecto
 
   std::vector<AdamConsts> per_tensor(n);
   std::vector<WorkItem> items;
+  std::int64_t total = 0;
   for (std::size_t t = 0; t < n; ++t) {
     require(numels[t] >= 0, "masked_adam_cpu: numels[" + std::to_string(t) + "] is negative");
     require(numels[t] == 0 || (params[t] && grads[t] && exp_avgs[t] && exp_avg_sqs[t]),
             "masked_adam_cpu: null data pointer for tensor " + std::to_string(t));
-    const double* c = &consts[t * kAdamConstCount];
-    per_tensor[t] = AdamConsts{static_cast<float>(c[kBeta2]),          static_cast<float>(c[kOneMinusBeta1]),
-                               static_cast<float>(c[kOneMinusBeta2]),  static_cast<float>(c[kStepSize]),
-                               static_cast<float>(c[kBiasCorrection2Sqrt]), static_cast<float>(c[kEps]),
-                               static_cast<float>(c[kL2Decay]),        static_cast<float>(c[kDecayFactor])};
+    per_tensor[t] = adam_consts_at(consts, t);
+    total += numels[t];
     for (std::int64_t b = 0; b < numels[t]; b += kChunk) items.push_back({t, b, std::min(b + kChunk, numels[t])});
   }
 
   py::gil_scoped_release no_gil;
   const std::int64_t count = static_cast<std::int64_t>(items.size());
-#pragma omp parallel for schedule(static) num_threads(num_threads)
+#pragma omp parallel for schedule(static) num_threads(num_threads) if (total >= kParallelMinElements)
   for (std::int64_t k = 0; k < count; ++k) {
     const WorkItem& w = items[k];
     const std::size_t t = w.tensor;
