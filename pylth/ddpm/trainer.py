@@ -151,6 +151,22 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def train_step(net, diffusion, x0, optimizer, params, pruned, grad_clip: float, bf16: bool) -> torch.Tensor:
+    """One optimizer step on batch ``x0``; ``pruned`` lists (param, bool tensor True where pruned).
+    Returns the (detached) loss."""
+    with torch.autocast(device_type=x0.device.type, dtype=torch.bfloat16, enabled=bf16):
+        loss = diffusion.loss(net, x0)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    with torch.no_grad():
+        for param, where in pruned:  # pruned weights do not exist: keep them out of the gradient norm
+            param.grad.masked_fill_(where, 0)
+    if grad_clip:
+        nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    return loss.detach()
+
+
 def train(model: nn.Module, diffusion, dataset, config: TrainConfig, *, masks: dict | None = None,
           start_iteration: int = 0, end_iteration: int | None = None, ema_state: dict | None = None,
           checkpoint_path: str | None = None, on_iteration=None, progress_desc: str = "train") -> TrainResult:
@@ -172,15 +188,15 @@ def train(model: nn.Module, diffusion, dataset, config: TrainConfig, *, masks: d
     masks = _check_masks(model, masks)
     apply_masks(model, masks)
     named = dict(model.named_parameters())
-    mask_list = [(named[name], mask) for name, mask in masks.items()]
+    pruned = [(named[name], ~mask) for name, mask in masks.items()]
 
     ema_model = copy.deepcopy(model).eval().requires_grad_(False)
     if ema_state is not None:
         ema_model.load_state_dict(ema_state)
         apply_masks(ema_model, masks)
     optimizer = MaskedAdam(model.parameters(), lr=config.lr)
-    for param, mask in mask_list:
-        optimizer.set_mask(param, mask)
+    for name, mask in masks.items():
+        optimizer.set_mask(named[name], mask)
     ema_updates, losses = 0, collections.deque(maxlen=100)
     torch.manual_seed(config.seed * 100003 + start_iteration + rank)
 
@@ -222,22 +238,13 @@ def train(model: nn.Module, diffusion, dataset, config: TrainConfig, *, masks: d
         x0 = x0.to(device, non_blocking=True)
         for group in optimizer.param_groups:
             group["lr"] = config.lr * min(1.0, (it + 1) / config.warmup) if config.warmup else config.lr
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            loss = diffusion.loss(net, x0)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        with torch.no_grad():
-            for param, mask in mask_list:  # pruned weights do not exist: keep them out of the norm
-                param.grad.masked_fill_(~mask, 0)
-        if config.grad_clip:
-            nn.utils.clip_grad_norm_(params, config.grad_clip)
-        optimizer.step()
+        loss = train_step(net, diffusion, x0, optimizer, params, pruned, config.grad_clip, use_bf16)
         with torch.no_grad():
             # Masked entries are exactly 0 in model and EMA alike, and lerp keeps them 0.
             torch._foreach_lerp_(ema_params, params, 1.0 - _ema_decay(config, ema_updates))
         ema_updates += 1
         it += 1
-        pending.append(loss.detach())
+        pending.append(loss)
         if on_iteration is not None:
             on_iteration(it, model)
         if it % 25 == 0 or it == end:
