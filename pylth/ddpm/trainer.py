@@ -207,15 +207,22 @@ def train(model: nn.Module, diffusion, dataset, config: TrainConfig, *, masks: d
         optimizer.load_state_dict(ckpt["optimizer"])
         start_iteration, ema_updates = int(ckpt["iteration"]), int(ckpt["ema_updates"])
         losses.extend(ckpt["losses"])
-        _set_rng_state(ckpt["rng"], device)
+        rng = ckpt["rng"]  # one state per process
+        if len(rng) != world:
+            raise ValueError(f"checkpoint {checkpoint_path} was written by {len(rng)} processes, not {world}")
+        _set_rng_state(rng[rank], device)
         if start_iteration > end:
             raise ValueError(f"checkpoint {checkpoint_path} is at iteration {start_iteration}, past the end {end}")
 
-    def save(iteration: int) -> None:
+    def save(iteration: int) -> None:  # called by every process (gathering RNG states), rank 0 writes
+        rng = [_rng_state(device)]
+        if distributed:
+            rng = [None] * world
+            dist.all_gather_object(rng, _rng_state(device))
         if rank == 0:
             atomic_torch_save(dict(model=model.state_dict(), ema=ema_model.state_dict(),
                                    optimizer=optimizer.state_dict(), iteration=iteration, ema_updates=ema_updates,
-                                   losses=[float(x) for x in losses], rng=_rng_state(device),
+                                   losses=[float(x) for x in losses], rng=rng,
                                    config=dataclasses.asdict(config)), checkpoint_path)
 
     net = model
