@@ -65,3 +65,14 @@ def test_digits_run_writes_outputs_and_the_same_command_resumes(tmp_path, monkey
     assert train_cli.main(argv) == 0
     assert json.loads((out / "metrics.json").read_text())["iterations"] == 3
     assert torch_load(str(out / "checkpoint.pt"))["iteration"] == 3
+
+
+def test_help_lists_shared_flags_and_digits_defaults(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train_cli.main(["--dataset", "digits", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--dataset", "--data-root", "--device", "--seed", "--batch-size", "--lr", "--fid-samples",
+                 "--sampler", "--sample-steps", "--iterations", "--out"):
+        assert flag in text
+    assert "--warmup WARMUP iterations of linear learning-rate warm-up (default: 100)" in " ".join(text.split())
