@@ -39,7 +39,7 @@ inline float float_of(std::uint32_t u) {
 // Masked-out entries are cleared with a bitwise AND, not a branch or a multiply: the loop stays
 // vectorisable and a NaN gradient there still ends as exactly 0.
 template <bool kMasked>
-void adam_range(float* __restrict p, const float* __restrict g, float* __restrict m, float* __restrict v,
+inline __attribute__((always_inline)) void adam_range(float* __restrict p, const float* __restrict g, float* __restrict m, float* __restrict v,
                 const std::uint8_t* __restrict mask, std::int64_t n, const AdamConsts c) {
   for (std::int64_t i = 0; i < n; ++i) {
     const float grad = g[i] + c.l2_decay * p[i];
@@ -59,6 +59,24 @@ void adam_range(float* __restrict p, const float* __restrict g, float* __restric
       v[i] = vi;
     }
   }
+}
+
+// On x86-64, compiled twice and picked at load time (ifunc): AVX2 doubles the vector width of sqrt and
+// divide, other CPUs keep the baseline code. No FMA, so both versions round identically.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define PYLTH_X86_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define PYLTH_X86_CLONES
+#endif
+
+PYLTH_X86_CLONES void adam_range_masked(
+    float* p, const float* g, float* m, float* v, const std::uint8_t* mask, std::int64_t n, const AdamConsts c) {
+  adam_range<true>(p, g, m, v, mask, n, c);
+}
+
+PYLTH_X86_CLONES void adam_range_plain(
+    float* p, const float* g, float* m, float* v, std::int64_t n, const AdamConsts c) {
+  adam_range<false>(p, g, m, v, nullptr, n, c);
 }
 
 struct WorkItem {
@@ -101,9 +119,9 @@ void masked_adam_cpu(const std::vector<std::uintptr_t>& params, const std::vecto
     float* v = as_ptr<float>(exp_avg_sqs[t]) + w.begin;
     const std::int64_t len = w.end - w.begin;
     if (masks[t])
-      adam_range<true>(p, g, m, v, as_ptr<const std::uint8_t>(masks[t]) + w.begin, len, per_tensor[t]);
+      adam_range_masked(p, g, m, v, as_ptr<const std::uint8_t>(masks[t]) + w.begin, len, per_tensor[t]);
     else
-      adam_range<false>(p, g, m, v, nullptr, len, per_tensor[t]);
+      adam_range_plain(p, g, m, v, len, per_tensor[t]);
   }
 }
 
