@@ -261,3 +261,14 @@ def test_cuda_matches_cpu(kernel, unbiased):
                       unbiased=unbiased)
     assert gpu.device.type == "cuda"
     np.testing.assert_allclose(gpu.cpu().numpy(), cpu.numpy(), atol=1e-9, equal_nan=True)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_cuda_tensors_off_the_current_device():
+    xs, ys = random_pairs(seed=8)
+    cpu = ops_cka.cka(xs, ys)
+    with torch.cuda.device(0):
+        gpu = ops_cka.cka([x.to("cuda:1") for x in xs], [y.to("cuda:1") for y in ys])
+    assert gpu.device == torch.device("cuda:1")
+    np.testing.assert_allclose(gpu.cpu().numpy(), cpu.numpy(), atol=1e-9)

@@ -178,6 +178,17 @@ def test_cuda_matches_cpu_bit_for_bit():
         magnitude_select(weights, [0.5, 0.5])
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_cuda_tensors_off_the_current_device():
+    weights, masks, ratios = random_case(210, count=3, max_size=50_000)
+    want = magnitude_select(weights, ratios, masks)
+    with torch.cuda.device(0):
+        got = magnitude_select([w.to("cuda:1") for w in weights], ratios, [m.to("cuda:1") for m in masks])
+    assert all(g.device == torch.device("cuda:1") for g in got)
+    assert_same([g.cpu() for g in got], want)
+
+
 @pytest.mark.parametrize("ties", [False, True])
 def test_radix_select_path_alone_matches_numpy(ties):
     """The exact fallback (taken when a sampled bracket misses) on its own, via the raw binding."""

@@ -99,9 +99,10 @@ def _cka_native(xs, ys, kernel, threshold, unbiased) -> torch.Tensor:
         native.cka_from_grams_cpu(gram.data_ptr(), offsets_t.data_ptr(), pair_sizes.data_ptr(), len(xs),
                                   KERNELS[kernel], threshold, unbiased, out.data_ptr())
     else:
-        native.cka_from_grams_cuda(gram.data_ptr(), offsets_t.data_ptr(), pair_sizes.data_ptr(), len(xs),
-                                   KERNELS[kernel], threshold, unbiased, out.data_ptr(),
-                                   cuda_stream(device))
+        with torch.cuda.device(device):  # the launch goes to the current device: make it the inputs'
+            native.cka_from_grams_cuda(gram.data_ptr(), offsets_t.data_ptr(), pair_sizes.data_ptr(), len(xs),
+                                       KERNELS[kernel], threshold, unbiased, out.data_ptr(),
+                                       cuda_stream(device))
     return out
 
 
