@@ -14,6 +14,7 @@
 
 #include "cka.h"
 #include "common.h"
+#include "omp_error.h"
 
 namespace py = pybind11;
 

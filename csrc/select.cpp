@@ -21,6 +21,7 @@
 #include <cstring>
 
 #include "common.h"
+#include "omp_error.h"
 #ifdef PYLTH_WITH_CUDA
 #include "select.h"
 #endif
