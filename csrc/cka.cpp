@@ -7,7 +7,6 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <exception>
 #include <limits>
 #include <numeric>
 #include <type_traits>
@@ -15,6 +14,7 @@
 
 #include "cka.h"
 #include "common.h"
+#include "omp_error.h"
 
 namespace py = pybind11;
 
@@ -149,27 +149,6 @@ void check_layout(const int64_t* offsets, const int64_t* sizes, int64_t count, c
     require(sizes[m] >= 0 && offsets[m + 1] - offsets[m] == sizes[m] * sizes[m],
             std::string(what) + ": offsets do not match the matrix sizes at entry " + std::to_string(m));
 }
-
-// An exception (std::bad_alloc for a huge matrix) must not escape an OpenMP region, where it would
-// terminate the process: the first one is kept and rethrown after the region.
-class FirstError {
- public:
-  template <typename F>
-  void run(F&& f) noexcept {
-    try {
-      f();
-    } catch (...) {
-#pragma omp critical(pylth_cka_first_error)
-      if (!error_) error_ = std::current_exception();
-    }
-  }
-  void rethrow() const {
-    if (error_) std::rethrow_exception(error_);
-  }
-
- private:
-  std::exception_ptr error_;
-};
 
 // Largest matrices first so that the dynamic schedule balances the threads.
 std::vector<int64_t> largest_first(const int64_t* sizes, int64_t count) {

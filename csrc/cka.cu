@@ -122,7 +122,7 @@ __device__ double kernel_value(const Side& side, int64_t i, int64_t j, double sc
 }
 
 template <CkaKernel kKernel>
-__global__ void cka_pairs_kernel(const double* gram, const int64_t* offsets, const int64_t* sizes, int64_t pairs,
+__global__ void __launch_bounds__(kThreads, 1) cka_pairs_kernel(const double* gram, const int64_t* offsets, const int64_t* sizes, int64_t pairs,
                                  double threshold, bool unbiased, double* out) {
   const int64_t p = blockIdx.x;
   const int64_t n = sizes[p];

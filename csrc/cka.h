@@ -45,11 +45,25 @@ PYLTH_HOST_DEVICE inline double hsic_term(double kl, double rs, double r, double
   return kl - 2.0 * rs / nn + r * s / (nn * nn);
 }
 
+// A side's HSIC with itself is the squared norm of its centred (or U-centred) kernel, so it is >= 0,
+// but the sums above find it by cancellation: it is known only to about n * eps of the sum of its
+// terms' magnitudes. Below that (a centred kernel that vanishes: constant linear rows, or all rows
+// but one identical for the unbiased estimator) CKA is 0/0, not a ratio of rounding noise or +-inf.
+PYLTH_HOST_DEVICE inline bool self_hsic_resolved(double hsic, double kk, double rr, double r, int64_t n,
+                                                 bool unbiased) {
+  const double nn = static_cast<double>(n);
+  const double magnitude = unbiased ? kk + r * r / ((nn - 1) * (nn - 2)) + 2.0 * rr / (nn - 2)
+                                    : kk + 2.0 * rr / nn + r * r / (nn * nn);
+  return hsic > 64.0 * nn * 2.220446049250313e-16 * magnitude;  // 64 n DBL_EPSILON
+}
+
 PYLTH_HOST_DEVICE inline double cka_from_sums(const HsicSums& t, int64_t n, bool unbiased) {
   const double xy = hsic_term(t.kl, t.rs, t.r, t.s, n, unbiased);
   const double xx = hsic_term(t.kk, t.rr, t.r, t.r, n, unbiased);
   const double yy = hsic_term(t.ll, t.ss, t.s, t.s, n, unbiased);
-  return xy / sqrt(xx * yy);  // 0/0 (a constant kernel) gives NaN: no CKA
+  if (!self_hsic_resolved(xx, t.kk, t.rr, t.r, n, unbiased) || !self_hsic_resolved(yy, t.ll, t.ss, t.s, n, unbiased))
+    return NAN;  // a constant (centred) kernel: no CKA
+  return xy / sqrt(xx * yy);
 }
 
 #ifdef PYLTH_WITH_CUDA

@@ -21,6 +21,7 @@
 #include <cstring>
 
 #include "common.h"
+#include "omp_error.h"
 #ifdef PYLTH_WITH_CUDA
 #include "select.h"
 #endif
@@ -112,7 +113,7 @@ void decide_segment(const Segment& s, uint32_t lo, uint32_t hi, PassCounts& coun
 // Histogram of one digit of the active keys whose higher bits equal `prefix`.
 template <bool kHasMask>
 void histogram_segment(const Segment& s, int shift, uint32_t digit_mask, int prefix_shift,
-                       uint32_t prefix, std::vector<int64_t>& hist) {
+                       uint32_t prefix, int64_t* hist) {
   for (int64_t j = 0; j < s.size; ++j) {
     const uint32_t key = s.bits[j] & kAbsBits;
     const bool a = kHasMask ? s.mask[j] != 0 : true;
@@ -205,13 +206,17 @@ class Group {
     const int64_t count = static_cast<int64_t>(segs_.size());
     std::vector<PassCounts> counts(count);
     std::vector<std::vector<uint64_t>> found(count);
+    FirstError error;  // collecting candidates allocates
 #pragma omp parallel for schedule(dynamic, 1) if (parallel_ && count > 1)
     for (int64_t i = 0; i < count; ++i) {
-      if (segs_[i].mask)
-        decide_segment<true>(segs_[i], lo, hi, counts[i], found[i]);
-      else
-        decide_segment<false>(segs_[i], lo, hi, counts[i], found[i]);
+      error.run([&] {
+        if (segs_[i].mask)
+          decide_segment<true>(segs_[i], lo, hi, counts[i], found[i]);
+        else
+          decide_segment<false>(segs_[i], lo, hi, counts[i], found[i]);
+      });
     }
+    error.rethrow();
     size_t have = 0;
     for (int64_t i = 0; i < count; ++i) {
       total.active += counts[i].active;
@@ -229,20 +234,24 @@ class Group {
 
   std::vector<int64_t> histogram(int shift, uint32_t digit_mask, int prefix_shift, uint32_t prefix) {
     const int64_t count = static_cast<int64_t>(segs_.size());
-    std::vector<int64_t> hist(size_t(digit_mask) + 1, 0);
-#pragma omp parallel if (parallel_ && count > 1)
+    const size_t bins = size_t(digit_mask) + 1;
+    // One histogram per thread, allocated before the region: nothing in it may throw.
+    const int threads = parallel_ && count > 1 ? omp_get_max_threads() : 1;
+    std::vector<int64_t> local(size_t(threads) * bins, 0);
+#pragma omp parallel num_threads(threads)
     {
-      std::vector<int64_t> local(hist.size(), 0);
+      int64_t* mine = local.data() + size_t(omp_get_thread_num()) * bins;
 #pragma omp for schedule(dynamic, 1)
       for (int64_t i = 0; i < count; ++i) {
         if (segs_[i].mask)
-          histogram_segment<true>(segs_[i], shift, digit_mask, prefix_shift, prefix, local);
+          histogram_segment<true>(segs_[i], shift, digit_mask, prefix_shift, prefix, mine);
         else
-          histogram_segment<false>(segs_[i], shift, digit_mask, prefix_shift, prefix, local);
+          histogram_segment<false>(segs_[i], shift, digit_mask, prefix_shift, prefix, mine);
       }
-#pragma omp critical
-      for (size_t b = 0; b < hist.size(); ++b) hist[b] += local[b];
     }
+    std::vector<int64_t> hist(bins, 0);
+    for (int t = 0; t < threads; ++t)
+      for (size_t b = 0; b < bins; ++b) hist[b] += local[size_t(t) * bins + b];
     return hist;
   }
 
@@ -307,12 +316,16 @@ int64_t select_segments_cpu(const std::vector<std::uintptr_t>& weights,
   std::vector<uint8_t> bad(count, 0);
   {
     pybind11::gil_scoped_release release;
+    FirstError error;
 #pragma omp parallel for schedule(dynamic, 1)
     for (int64_t n = 0; n < count; ++n) {
       const int64_t i = order[n];
-      Group group({segs[i]}, false);
-      bad[i] = !group.run(ratios[i], 0x5eed0000ull + uint64_t(i), use_bracket);
+      error.run([&] {
+        Group group({segs[i]}, false);
+        bad[i] = !group.run(ratios[i], 0x5eed0000ull + uint64_t(i), use_bracket);
+      });
     }
+    error.rethrow();
   }
   for (int64_t i = 0; i < count; ++i)
     if (bad[i]) return i;

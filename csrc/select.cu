@@ -13,6 +13,8 @@ namespace pylth {
 namespace {
 
 constexpr int kThreads = 256;
+// 1024 threads leave 64 registers each: the kernels launched with it say so (__launch_bounds__), or
+// the compiler uses more and the launch fails with "too many resources requested".
 constexpr int kFindThreads = 1024;
 constexpr int kBins = 2048;  // first digit: 11 bits; the next two use 1024 of them
 constexpr uint32_t kAbsBits = 0x7fffffffu;
@@ -120,7 +122,7 @@ __global__ void histogram_kernel(Table t, Workspace w, int* bad) {
 
 // One block per group: the digit whose bin holds the remaining rank; clears the histogram.
 template <int kLevel>
-__global__ void find_digit_kernel(const double* ratios, Workspace w) {
+__global__ void __launch_bounds__(kFindThreads) find_digit_kernel(const double* ratios, Workspace w) {
   constexpr int bins = kLevel == 0 ? 2048 : 1024;
   constexpr int per_thread = bins / kFindThreads;
   using Scan = cub::BlockScan<int64_t, kFindThreads>;
@@ -170,7 +172,7 @@ __global__ void count_ties_kernel(Table t, Workspace w) {
 }
 
 // Single block: ties of the earlier chunks of the same group, for every chunk.
-__global__ void scan_ties_kernel(Table t, Workspace w, int64_t chunks) {
+__global__ void __launch_bounds__(kFindThreads) scan_ties_kernel(Table t, Workspace w, int64_t chunks) {
   using Scan = cub::BlockScan<int64_t, kFindThreads>;
   __shared__ typename Scan::TempStorage storage;
   __shared__ int64_t carry;

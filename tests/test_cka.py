@@ -166,6 +166,33 @@ def test_degenerate_pair_is_nan_and_leaves_the_others_alone():
     assert math.isnan(linear_cka([torch.zeros(5, 2)], [torch.randn(5, 2)]).item())
 
 
+def _one_distinct_row(n, seed):
+    x = np.zeros((n, 3))
+    x[-1] = np.random.default_rng(seed).standard_normal(3)
+    return x
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_side_whose_centred_kernel_vanishes_has_no_cka(seed):
+    # n-1 identical rows and one other (a nearly dead layer): the RBF kernel off the diagonal is
+    # a_i + a_j, so its U-centred matrix is 0 (the numpy oracle's norm is rounding noise) and the
+    # unbiased CKA is 0/0. Likewise linear CKA of constant nonzero rows, biased or not.
+    rng = np.random.default_rng(100 + seed)
+    n = 5 + seed % 4
+    x = _one_distinct_row(n, seed)
+    k = np_rbf_kernel(x, 1.0)
+    assert np.linalg.norm(np_center(k, True)) <= 1e-12 * np.linalg.norm(k)
+    y = rng.standard_normal((n, 2))
+    xs, ys = [torch.tensor(x), torch.randn(n, 4, dtype=torch.float64)], [torch.tensor(y), torch.tensor(y)]
+    for got in (rbf_cka(xs, ys, unbiased=True), ops_cka.cka_reference(xs, ys, unbiased=True)):
+        assert math.isnan(got[0].item()) and not math.isnan(got[1].item())
+    constant = torch.tensor(np.tile(rng.standard_normal(4), (n, 1)))
+    for unbiased in (False, True):
+        for got in (linear_cka([constant], [torch.tensor(y)], unbiased=unbiased),
+                    ops_cka.cka_reference([constant], [torch.tensor(y)], kernel="linear", unbiased=unbiased)):
+            assert math.isnan(got.item())
+
+
 def test_reference_matches_numpy():
     xs, ys = random_pairs(seed=5)
     xs.append(torch.ones(4, 3, dtype=torch.float64))
@@ -234,3 +261,14 @@ def test_cuda_matches_cpu(kernel, unbiased):
                       unbiased=unbiased)
     assert gpu.device.type == "cuda"
     np.testing.assert_allclose(gpu.cpu().numpy(), cpu.numpy(), atol=1e-9, equal_nan=True)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_cuda_tensors_off_the_current_device():
+    xs, ys = random_pairs(seed=8)
+    cpu = ops_cka.cka(xs, ys)
+    with torch.cuda.device(0):
+        gpu = ops_cka.cka([x.to("cuda:1") for x in xs], [y.to("cuda:1") for y in ys])
+    assert gpu.device == torch.device("cuda:1")
+    np.testing.assert_allclose(gpu.cpu().numpy(), cpu.numpy(), atol=1e-9)

@@ -1,5 +1,7 @@
 """Magnitude selection against a numpy stable-argsort oracle, on the native kernel and the reference."""
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -162,6 +164,38 @@ def test_bad_arguments_raise_naming_the_argument():
         magnitude_select(w, [0.1], [torch.ones(4, 4, dtype=torch.bool)] * 2)
 
 
+_OUT_OF_MEMORY_SCRIPT = """
+import resource, sys
+import torch
+from pylth.ops.select import magnitude_select, magnitude_select_global
+
+def vm_data_bytes():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmData:"))
+
+select = magnitude_select_global if sys.argv[1] == "global" else magnitude_select
+ratio = 0.5 if sys.argv[1] == "global" else [0.5]
+select([torch.ones(3)], ratio)  # start the OpenMP threads before the limit
+weights = [torch.full((8_000_000,), 0.5)]  # all ties: every active entry is a candidate (8 bytes each)
+resource.setrlimit(resource.RLIMIT_DATA, (vm_data_bytes() + 40 * 2**20, resource.RLIM_INFINITY))
+try:
+    select(weights, ratio)
+    print("completed")
+except MemoryError:
+    print("MemoryError")
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_DATA and /proc are Linux's")
+@pytest.mark.parametrize("mode", ["segments", "global"])
+def test_out_of_memory_inside_the_kernel_raises_instead_of_aborting(mode, tmp_path):
+    # std::bad_alloc thrown inside an OpenMP region calls std::terminate unless caught there.
+    run = subprocess.run([sys.executable, "-c", _OUT_OF_MEMORY_SCRIPT, mode], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split()[-1] == "MemoryError"
+
+
 @pytest.mark.cuda
 def test_cuda_matches_cpu_bit_for_bit():
     for seed, ties in [(0, False), (1, True), (2, False)]:
@@ -176,6 +210,17 @@ def test_cuda_matches_cpu_bit_for_bit():
     weights[1][1] = float("nan")
     with pytest.raises(ValueError, match=r"weights\[1\]"):
         magnitude_select(weights, [0.5, 0.5])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_cuda_tensors_off_the_current_device():
+    weights, masks, ratios = random_case(210, count=3, max_size=50_000)
+    want = magnitude_select(weights, ratios, masks)
+    with torch.cuda.device(0):
+        got = magnitude_select([w.to("cuda:1") for w in weights], ratios, [m.to("cuda:1") for m in masks])
+    assert all(g.device == torch.device("cuda:1") for g in got)
+    assert_same([g.cpu() for g in got], want)
 
 
 @pytest.mark.parametrize("ties", [False, True])

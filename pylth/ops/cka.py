@@ -99,9 +99,10 @@ def _cka_native(xs, ys, kernel, threshold, unbiased) -> torch.Tensor:
         native.cka_from_grams_cpu(gram.data_ptr(), offsets_t.data_ptr(), pair_sizes.data_ptr(), len(xs),
                                   KERNELS[kernel], threshold, unbiased, out.data_ptr())
     else:
-        native.cka_from_grams_cuda(gram.data_ptr(), offsets_t.data_ptr(), pair_sizes.data_ptr(), len(xs),
-                                   KERNELS[kernel], threshold, unbiased, out.data_ptr(),
-                                   cuda_stream(device))
+        with torch.cuda.device(device):  # the launch goes to the current device: make it the inputs'
+            native.cka_from_grams_cuda(gram.data_ptr(), offsets_t.data_ptr(), pair_sizes.data_ptr(), len(xs),
+                                       KERNELS[kernel], threshold, unbiased, out.data_ptr(),
+                                       cuda_stream(device))
     return out
 
 
@@ -208,6 +209,21 @@ def _hsic(k: torch.Tensor, l: torch.Tensor, unbiased: bool) -> float:
     return float(value) / (n * (n - 3))
 
 
+def _self_hsic_resolved(k: torch.Tensor, hsic: float, unbiased: bool) -> bool:
+    """HSIC(K, K) is a squared norm (>= 0) but is only known to ~n*eps of the magnitude of its terms;
+    below that the centred kernel vanishes and CKA is 0/0 (the rule of csrc/cka.h)."""
+    n = k.shape[0]
+    if unbiased:
+        k = k.clone().fill_diagonal_(0)
+        rows = k.sum(1)
+        magnitude = (float((k * k).sum() + k.sum() ** 2 / ((n - 1) * (n - 2)) + 2.0 / (n - 2) * (rows * rows).sum())
+                     / (n * (n - 3)))
+    else:
+        rows = k.sum(1)
+        magnitude = float((k * k).sum() + 2.0 / n * (rows * rows).sum() + k.sum() ** 2 / n**2) / (n - 1) ** 2
+    return hsic > 64 * n * 2.220446049250313e-16 * magnitude
+
+
 def cka_reference(xs, ys, *, kernel: str = "rbf", threshold: float = 1.0, unbiased: bool = False) -> torch.Tensor:
     """The definition, pair by pair in float64 (test oracle and fallback)."""
     values = []
@@ -217,6 +233,7 @@ def cka_reference(xs, ys, *, kernel: str = "rbf", threshold: float = 1.0, unbias
         if k is None or l is None:
             values.append(math.nan)
             continue
-        norms = _hsic(k, k, unbiased) * _hsic(l, l, unbiased)
-        values.append(_hsic(k, l, unbiased) / math.sqrt(norms) if norms > 0 else math.nan)
+        kk, ll = _hsic(k, k, unbiased), _hsic(l, l, unbiased)
+        defined = _self_hsic_resolved(k, kk, unbiased) and _self_hsic_resolved(l, ll, unbiased)
+        values.append(_hsic(k, l, unbiased) / math.sqrt(kk * ll) if defined else math.nan)
     return torch.tensor(values, dtype=torch.float64, device=xs[0].device)

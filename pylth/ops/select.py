@@ -141,10 +141,11 @@ def _run_cuda(weights, masks, names, ratios, global_mode: bool) -> list[torch.Te
     workspace = torch.zeros(words, dtype=torch.int64, device=device)
     bad = torch.zeros(len(weights), dtype=torch.int32, device=device)
     if chunk_start[-1] > 0:
-        native.select_cuda(
-            meta.data_ptr(), ratio_t.data_ptr(), workspace.data_ptr(), bad.data_ptr(),
-            len(weights), chunk_start[-1], global_mode, cuda_stream(device),
-        )
+        with torch.cuda.device(device):  # the launches go to the current device: make it the weights'
+            native.select_cuda(
+                meta.data_ptr(), ratio_t.data_ptr(), workspace.data_ptr(), bad.data_ptr(),
+                len(weights), chunk_start[-1], global_mode, cuda_stream(device),
+            )
     flagged = bad.nonzero()
     if flagged.numel():
         raise ValueError(f"{names[int(flagged[0])]} has non-finite values (inf or NaN)")
