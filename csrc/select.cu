@@ -134,6 +134,7 @@ __global__ void __launch_bounds__(kFindThreads) find_digit_kernel(const double* 
   const int64_t rank = kLevel == 0 ? static_cast<int64_t>(floor(__dadd_rn(__dmul_rn(ratios[g], double(w.active[g])), 0.5)))
                                    : w.remaining[g];
   if (threadIdx.x == 0) found = 0;  // rank 0 (nothing to prune) keeps digit 0
+  __syncthreads();  // found must be 0 before any thread may set it, whatever the scan does inside
   static_assert(per_thread >= 1 && bins % kFindThreads == 0, "bins must be a multiple of the block");
   int64_t counts[per_thread], inclusive[per_thread];
   const int first = threadIdx.x * per_thread;
