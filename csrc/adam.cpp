@@ -1,5 +1,128 @@
-// Placeholder: filled in by the adam kernel work.
+// Fused masked Adam/AdamW on the CPU: all tensors of a step in one call, split into equal chunks that
+// OpenMP threads share; the element loop is branch-free so it vectorises.
+#include "adam.h"
+
+#include <omp.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <string>
+
+#include "common.h"
+
+namespace py = pybind11;
+
 namespace pylth {
-void register_adam(pybind11::module_& m) { (void)m; }
+namespace {
+
+// Elements per work item: big enough to amortise scheduling, small enough to balance many small tensors.
+constexpr std::int64_t kChunk = 1 << 15;
+
+struct AdamConsts {
+  float beta2, one_minus_beta1, one_minus_beta2, step_size, bc2_sqrt, eps, l2_decay, decay_factor;
+};
+
+inline std::uint32_t bits_of(float x) {
+  std::uint32_t u;
+  std::memcpy(&u, &x, sizeof u);
+  return u;
+}
+
+inline float float_of(std::uint32_t u) {
+  float x;
+  std::memcpy(&x, &u, sizeof x);
+  return x;
+}
+
+// The order of operations follows torch.optim.Adam's single-tensor step so results agree to rounding.
+// Masked-out entries are cleared with a bitwise AND, not a branch or a multiply: the loop stays
+// vectorisable and a NaN gradient there still ends as exactly 0.
+template <bool kMasked>
+void adam_range(float* __restrict p, const float* __restrict g, float* __restrict m, float* __restrict v,
+                const std::uint8_t* __restrict mask, std::int64_t n, const AdamConsts c) {
+  for (std::int64_t i = 0; i < n; ++i) {
+    const float grad = g[i] + c.l2_decay * p[i];
+    const float param = p[i] * c.decay_factor;
+    const float mi = m[i] + c.one_minus_beta1 * (grad - m[i]);
+    const float vi = v[i] * c.beta2 + c.one_minus_beta2 * grad * grad;
+    const float denom = std::sqrt(vi) / c.bc2_sqrt + c.eps;
+    const float pi = param + (-c.step_size) * (mi / denom);
+    if constexpr (kMasked) {
+      const std::uint32_t keep = 0u - static_cast<std::uint32_t>(mask[i] != 0);
+      p[i] = float_of(bits_of(pi) & keep);
+      m[i] = float_of(bits_of(mi) & keep);
+      v[i] = float_of(bits_of(vi) & keep);
+    } else {
+      p[i] = pi;
+      m[i] = mi;
+      v[i] = vi;
+    }
+  }
+}
+
+struct WorkItem {
+  std::size_t tensor;
+  std::int64_t begin, end;
+};
+
+void masked_adam_cpu(const std::vector<std::uintptr_t>& params, const std::vector<std::uintptr_t>& grads,
+                     const std::vector<std::uintptr_t>& exp_avgs, const std::vector<std::uintptr_t>& exp_avg_sqs,
+                     const std::vector<std::uintptr_t>& masks, const std::vector<std::int64_t>& numels,
+                     const std::vector<double>& consts, int num_threads) {
+  const std::size_t n = params.size();
+  require(grads.size() == n && exp_avgs.size() == n && exp_avg_sqs.size() == n && masks.size() == n &&
+              numels.size() == n,
+          "masked_adam_cpu: params, grads, exp_avgs, exp_avg_sqs, masks and numels must have the same length");
+  require(consts.size() == n * kAdamConstCount, "masked_adam_cpu: consts must hold 8 values per tensor");
+  require(num_threads >= 1, "masked_adam_cpu: num_threads must be >= 1");
+
+  std::vector<AdamConsts> per_tensor(n);
+  std::vector<WorkItem> items;
+  for (std::size_t t = 0; t < n; ++t) {
+    require(numels[t] >= 0, "masked_adam_cpu: numels[" + std::to_string(t) + "] is negative");
+    require(numels[t] == 0 || (params[t] && grads[t] && exp_avgs[t] && exp_avg_sqs[t]),
+            "masked_adam_cpu: null data pointer for tensor " + std::to_string(t));
+    const double* c = &consts[t * kAdamConstCount];
+    per_tensor[t] = AdamConsts{static_cast<float>(c[kBeta2]),          static_cast<float>(c[kOneMinusBeta1]),
+                               static_cast<float>(c[kOneMinusBeta2]),  static_cast<float>(c[kStepSize]),
+                               static_cast<float>(c[kBiasCorrection2Sqrt]), static_cast<float>(c[kEps]),
+                               static_cast<float>(c[kL2Decay]),        static_cast<float>(c[kDecayFactor])};
+    for (std::int64_t b = 0; b < numels[t]; b += kChunk) items.push_back({t, b, std::min(b + kChunk, numels[t])});
+  }
+
+  py::gil_scoped_release no_gil;
+  const std::int64_t count = static_cast<std::int64_t>(items.size());
+#pragma omp parallel for schedule(static) num_threads(num_threads)
+  for (std::int64_t k = 0; k < count; ++k) {
+    const WorkItem& w = items[k];
+    const std::size_t t = w.tensor;
+    float* p = as_ptr<float>(params[t]) + w.begin;
+    const float* g = as_ptr<const float>(grads[t]) + w.begin;
+    float* m = as_ptr<float>(exp_avgs[t]) + w.begin;
+    float* v = as_ptr<float>(exp_avg_sqs[t]) + w.begin;
+    const std::int64_t len = w.end - w.begin;
+    if (masks[t])
+      adam_range<true>(p, g, m, v, as_ptr<const std::uint8_t>(masks[t]) + w.begin, len, per_tensor[t]);
+    else
+      adam_range<false>(p, g, m, v, nullptr, len, per_tensor[t]);
+  }
+}
+
+}  // namespace
+
+void register_adam(py::module_& m) {
+  m.def("masked_adam_cpu", &masked_adam_cpu, py::arg("params"), py::arg("grads"), py::arg("exp_avgs"),
+        py::arg("exp_avg_sqs"), py::arg("masks"), py::arg("numels"), py::arg("consts"), py::arg("num_threads"),
+        "One masked Adam/AdamW step over many float32 CPU tensors (data pointers as integers, mask 0 = none, "
+        "8 constants per tensor, see csrc/adam.h). Entries whose uint8/bool mask is 0 end as exactly 0.");
+#ifdef PYLTH_WITH_CUDA
+  m.def("masked_adam_cuda", &masked_adam_cuda, py::arg("params"), py::arg("grads"), py::arg("exp_avgs"),
+        py::arg("exp_avg_sqs"), py::arg("masks"), py::arg("numels"), py::arg("consts"), py::arg("stream"),
+        "The CUDA version of masked_adam_cpu on the current device and the given cudaStream_t (an integer).");
+#endif
+}
+
 }  // namespace pylth

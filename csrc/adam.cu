@@ -1,0 +1,150 @@
+// Fused masked Adam/AdamW on CUDA: tensors are packed into launches of up to kMaxTensors; each block
+// owns one kChunk-element chunk of one tensor and streams it with 16-byte loads when aligned.
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+#include "adam.h"
+#include "common.h"
+#include "cuda_check.h"
+
+namespace pylth {
+namespace {
+
+constexpr int kMaxTensors = 36;   // keeps TensorTable (a kernel argument) under the portable 4 KiB limit
+constexpr int kThreads = 256;
+constexpr std::int64_t kChunk = 8 * kThreads * 4;  // elements per block: 8 float4 per thread
+
+struct AdamConsts {
+  float beta2, one_minus_beta1, one_minus_beta2, step_size, bc2_sqrt, eps, l2_decay, decay_factor;
+};
+
+struct TensorTable {
+  float* p[kMaxTensors];
+  const float* g[kMaxTensors];
+  float* m[kMaxTensors];
+  float* v[kMaxTensors];
+  const std::uint8_t* mask[kMaxTensors];
+  std::int64_t numel[kMaxTensors];
+  AdamConsts c[kMaxTensors];
+  int first_block[kMaxTensors + 1];  // blocks [first_block[t], first_block[t+1]) work on tensor t
+  bool vectorised[kMaxTensors];
+  int count;
+};
+static_assert(sizeof(TensorTable) <= 4000, "kernel arguments must stay below 4 KiB");
+
+// Same operation order as torch.optim.Adam; `keep` is all ones or all zeros, so a masked entry ends
+// as exactly +0 whatever the gradient holds (a multiply would turn a NaN gradient into NaN).
+__device__ __forceinline__ void adam_element(float& p, float g, float& m, float& v, std::uint32_t keep,
+                                             const AdamConsts& c) {
+  const float grad = g + c.l2_decay * p;
+  const float param = p * c.decay_factor;
+  const float mi = m + c.one_minus_beta1 * (grad - m);
+  const float vi = v * c.beta2 + c.one_minus_beta2 * grad * grad;
+  const float denom = sqrtf(vi) / c.bc2_sqrt + c.eps;
+  const float pi = param + (-c.step_size) * (mi / denom);
+  p = __uint_as_float(__float_as_uint(pi) & keep);
+  m = __uint_as_float(__float_as_uint(mi) & keep);
+  v = __uint_as_float(__float_as_uint(vi) & keep);
+}
+
+__device__ __forceinline__ std::uint32_t keep_word(const std::uint8_t* mask, std::int64_t i) {
+  return mask == nullptr ? 0xffffffffu : 0u - static_cast<std::uint32_t>(mask[i] != 0);
+}
+
+__global__ void __launch_bounds__(kThreads) masked_adam_kernel(const TensorTable table) {
+  const int block = static_cast<int>(blockIdx.x);
+  int t = 0;
+  while (block >= table.first_block[t + 1]) ++t;
+  const std::int64_t begin = static_cast<std::int64_t>(block - table.first_block[t]) * kChunk;
+  const std::int64_t end = min(begin + kChunk, table.numel[t]);
+  float* p = table.p[t];
+  const float* g = table.g[t];
+  float* m = table.m[t];
+  float* v = table.v[t];
+  const std::uint8_t* mask = table.mask[t];
+  const AdamConsts c = table.c[t];
+
+  std::int64_t scalar_begin = begin;
+  if (table.vectorised[t]) {
+    // begin is a multiple of 4, so every float4 below is 16-byte aligned.
+    const std::int64_t vec_end = begin + ((end - begin) & ~std::int64_t(3));
+    for (std::int64_t i = begin + 4 * threadIdx.x; i < vec_end; i += 4 * kThreads) {
+      float4 p4 = *reinterpret_cast<float4*>(p + i);
+      const float4 g4 = __ldg(reinterpret_cast<const float4*>(g + i));
+      float4 m4 = *reinterpret_cast<float4*>(m + i);
+      float4 v4 = *reinterpret_cast<float4*>(v + i);
+      std::uint32_t k0 = 0xffffffffu, k1 = k0, k2 = k0, k3 = k0;
+      if (mask != nullptr) {
+        const std::uint32_t word = __ldg(reinterpret_cast<const unsigned int*>(mask + i));
+        k0 = 0u - static_cast<std::uint32_t>((word & 0xffu) != 0);
+        k1 = 0u - static_cast<std::uint32_t>((word & 0xff00u) != 0);
+        k2 = 0u - static_cast<std::uint32_t>((word & 0xff0000u) != 0);
+        k3 = 0u - static_cast<std::uint32_t>((word & 0xff000000u) != 0);
+      }
+      adam_element(p4.x, g4.x, m4.x, v4.x, k0, c);
+      adam_element(p4.y, g4.y, m4.y, v4.y, k1, c);
+      adam_element(p4.z, g4.z, m4.z, v4.z, k2, c);
+      adam_element(p4.w, g4.w, m4.w, v4.w, k3, c);
+      *reinterpret_cast<float4*>(p + i) = p4;
+      *reinterpret_cast<float4*>(m + i) = m4;
+      *reinterpret_cast<float4*>(v + i) = v4;
+    }
+    scalar_begin = vec_end;
+  }
+  for (std::int64_t i = scalar_begin + threadIdx.x; i < end; i += kThreads)
+    adam_element(p[i], g[i], m[i], v[i], keep_word(mask, i), c);
+}
+
+bool aligned(std::uintptr_t address, std::uintptr_t bytes) { return address % bytes == 0; }
+
+}  // namespace
+
+void masked_adam_cuda(const std::vector<std::uintptr_t>& params, const std::vector<std::uintptr_t>& grads,
+                      const std::vector<std::uintptr_t>& exp_avgs, const std::vector<std::uintptr_t>& exp_avg_sqs,
+                      const std::vector<std::uintptr_t>& masks, const std::vector<std::int64_t>& numels,
+                      const std::vector<double>& consts, std::uintptr_t stream) {
+  const std::size_t n = params.size();
+  require(grads.size() == n && exp_avgs.size() == n && exp_avg_sqs.size() == n && masks.size() == n &&
+              numels.size() == n,
+          "masked_adam_cuda: params, grads, exp_avgs, exp_avg_sqs, masks and numels must have the same length");
+  require(consts.size() == n * kAdamConstCount, "masked_adam_cuda: consts must hold 8 values per tensor");
+  cudaStream_t cuda_stream = reinterpret_cast<cudaStream_t>(stream);
+
+  TensorTable table{};
+  auto launch = [&]() {
+    if (table.count == 0) return;
+    masked_adam_kernel<<<table.first_block[table.count], kThreads, 0, cuda_stream>>>(table);
+    PYLTH_CUDA_CHECK_LAUNCH();
+    table = TensorTable{};
+  };
+  for (std::size_t t = 0; t < n; ++t) {
+    require(numels[t] >= 0, "masked_adam_cuda: numels[" + std::to_string(t) + "] is negative");
+    if (numels[t] == 0) continue;
+    require(params[t] && grads[t] && exp_avgs[t] && exp_avg_sqs[t],
+            "masked_adam_cuda: null data pointer for tensor " + std::to_string(t));
+    const std::int64_t blocks = (numels[t] + kChunk - 1) / kChunk;
+    require(blocks < (std::int64_t(1) << 30), "masked_adam_cuda: tensor " + std::to_string(t) + " is too large");
+    if (table.count == kMaxTensors || table.first_block[table.count] + blocks > (std::int64_t(1) << 30)) launch();
+    const int k = table.count;
+    table.p[k] = reinterpret_cast<float*>(params[t]);
+    table.g[k] = reinterpret_cast<const float*>(grads[t]);
+    table.m[k] = reinterpret_cast<float*>(exp_avgs[t]);
+    table.v[k] = reinterpret_cast<float*>(exp_avg_sqs[t]);
+    table.mask[k] = reinterpret_cast<const std::uint8_t*>(masks[t]);
+    table.numel[k] = numels[t];
+    const double* c = &consts[t * kAdamConstCount];
+    table.c[k] = AdamConsts{static_cast<float>(c[kBeta2]),          static_cast<float>(c[kOneMinusBeta1]),
+                            static_cast<float>(c[kOneMinusBeta2]),  static_cast<float>(c[kStepSize]),
+                            static_cast<float>(c[kBiasCorrection2Sqrt]), static_cast<float>(c[kEps]),
+                            static_cast<float>(c[kL2Decay]),        static_cast<float>(c[kDecayFactor])};
+    table.vectorised[k] = aligned(params[t], 16) && aligned(grads[t], 16) && aligned(exp_avgs[t], 16) &&
+                          aligned(exp_avg_sqs[t], 16) && aligned(masks[t], 4);
+    table.first_block[k + 1] = table.first_block[k] + static_cast<int>(blocks);
+    table.count = k + 1;
+  }
+  launch();
+}
+
+}  // namespace pylth

@@ -1,0 +1,25 @@
+// Fused masked Adam/AdamW: plain C++ launcher shared by adam.cpp (bindings) and adam.cu (CUDA kernels).
+#pragma once
+#include <cstdint>
+#include <vector>
+
+namespace pylth {
+
+// Per-tensor constants of one step, computed in double by the host and rounded to float once, in this
+// order: beta2, 1 - beta1 (lerp weight), 1 - beta2, lr / (1 - beta1^t), sqrt(1 - beta2^t), eps,
+// L2 weight decay (0 for AdamW), decoupled decay factor 1 - lr * wd (1 for Adam).
+enum AdamConst : int {
+  kBeta2 = 0, kOneMinusBeta1, kOneMinusBeta2, kStepSize, kBiasCorrection2Sqrt, kEps, kL2Decay, kDecayFactor,
+  kAdamConstCount
+};
+
+#ifdef PYLTH_WITH_CUDA
+// One multi-tensor step on the current CUDA device and `stream` (a cudaStream_t as an integer).
+// masks[i] == 0 means "no mask" for tensor i; all pointers are device pointers of float32/uint8 data.
+void masked_adam_cuda(const std::vector<std::uintptr_t>& params, const std::vector<std::uintptr_t>& grads,
+                      const std::vector<std::uintptr_t>& exp_avgs, const std::vector<std::uintptr_t>& exp_avg_sqs,
+                      const std::vector<std::uintptr_t>& masks, const std::vector<std::int64_t>& numels,
+                      const std::vector<double>& consts, std::uintptr_t stream);
+#endif
+
+}  // namespace pylth
