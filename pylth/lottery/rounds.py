@@ -206,16 +206,15 @@ class Lottery:
         ema = result.ema_model.eval()
         check_masked_zero(ema, masks)
         state = {n: v.detach().cpu().clone() for n, v in ema.state_dict().items()}
+        # The FID samples come from the same seed every round, so samples.png compares rounds too.
         fid = evaluate_fid(ema, self.diffusion, spec.dataset, self.dataset, ev.fid_samples, sampler=ev.sampler,
-                           steps=ev.sample_steps, seed=spec.train.seed, device=self.device, batch_size=ev.batch_size)
+                           steps=ev.sample_steps, seed=spec.train.seed, device=self.device, batch_size=ev.batch_size,
+                           progress=D.is_main(), return_samples=True)
         loss = heldout_loss(ema, self.diffusion, self.heldout, self.device, ev.batch_size)
         sparsity = sparsity_report(masks, self.groups)
         macs, dense_macs = count_macs(ema, (1, *spec.image_shape), masks={n: m.to(self.device) for n, m in masks.items()})
         if D.is_main():
-            samples = self.diffusion.sample(ema, SAMPLE_GRID, spec.image_shape, sampler=ev.sampler,
-                                            steps=ev.sample_steps, seed=spec.train.seed, device=self.device,
-                                            progress=False)
-            run.save_bytes(render_samples(samples), run.round_file(k, "samples.png"))
+            run.save_bytes(render_samples(fid["samples"][:SAMPLE_GRID]), run.round_file(k, "samples.png"))
             run.save(state, run.round_file(k, "model.pt"))
             record = {
                 "round": k, "sparsity": sparsity["overall"], "module_sparsity": dict(sparsity["per_module"]),
