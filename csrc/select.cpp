@@ -1,5 +1,372 @@
-// Placeholder: filled in by the select kernel work.
+// Exact segmented magnitude selection on the CPU (OpenMP), without sorting.
+//
+// For each group of segments (one segment per group, or all segments in global mode) prune the
+// k = floor(r * n_active + 0.5) active entries with the smallest |w|, ties broken by lower flat
+// index. Entries are ranked by the 64-bit key (|w| bits << 33) | flat index: the float bits of a
+// non-negative float order like the float, -0.0 and 0.0 share the bits 0, and the index makes every
+// key distinct, so "the k smallest keys" is exact and unique.
+//
+// Per group: a small random sample brackets the threshold [lo, hi); one vectorised pass writes
+// every mask bit (below lo: pruned, from lo on: kept) and collects the few active entries inside
+// the bracket; nth_element among those picks the exact ones to prune. If the bracket missed, a
+// two-pass radix select on the key bits finds the exact threshold and the pass is repeated.
+#include <omp.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+#include <cstring>
+
+#include "common.h"
+#ifdef PYLTH_WITH_CUDA
+#include "select.h"
+#endif
+
 namespace pylth {
-void register_select(pybind11::module_& m) { (void)m; }
+namespace {
+
+constexpr uint32_t kAbsBits = 0x7fffffffu;
+constexpr uint32_t kInfKey = 0x7f800000u;  // keys at or above this are inf or NaN
+constexpr uint32_t kKeyEnd = 0x80000000u;  // one past every key
+constexpr int kIndexBits = 33;
+constexpr uint64_t kIndexMask = (uint64_t(1) << kIndexBits) - 1;
+constexpr int64_t kBlock = 256;          // pass granularity: candidates are rare, blocks skip them
+constexpr int64_t kExactBelow = 4096;    // groups this small take every active entry as candidate
+
+struct Segment {
+  const uint32_t* bits;  // the fp32 weights as raw bits
+  const uint8_t* mask;   // nullptr: every entry is active
+  uint8_t* out;
+  int64_t size;
+  int64_t base;  // flat index of the first entry within its group
+};
+
+struct PassCounts {
+  int64_t active = 0;
+  int64_t below = 0;
+  bool nonfinite = false;
+};
+
+// The product is stored before the add so no FMA contraction changes k: Python and CUDA round the
+// multiply and the add separately too.
+int64_t count_to_prune(double ratio, int64_t active) {
+  volatile double product = ratio * static_cast<double>(active);
+  return static_cast<int64_t>(std::floor(product + 0.5));
+}
+
+uint64_t splitmix64(uint64_t& state) {
+  uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+// One pass over a segment: out = active && key >= lo; count active and below-lo entries; collect
+// the active keys in [lo, hi). The block loop has no branches so it vectorises.
+template <bool kHasMask>
+void decide_segment(const Segment& s, uint32_t lo, uint32_t hi, PassCounts& counts,
+                    std::vector<uint64_t>& candidates) {
+  const uint32_t width = hi - lo;
+  uint32_t bad = 0;
+  alignas(8) uint8_t inside[kBlock];
+  for (int64_t start = 0; start < s.size; start += kBlock) {
+    const int64_t len = std::min(kBlock, s.size - start);
+    const uint32_t* __restrict bits = s.bits + start;
+    const uint8_t* __restrict mask = kHasMask ? s.mask + start : nullptr;
+    uint8_t* __restrict out = s.out + start;
+    uint32_t active = 0, below = 0, any_inside = 0;
+    for (int64_t j = 0; j < len; ++j) {
+      const uint32_t key = bits[j] & kAbsBits;
+      const uint32_t a = kHasMask ? uint32_t(mask[j] != 0) : 1u;
+      const uint32_t ge = uint32_t(key >= lo);
+      const uint32_t in = a & uint32_t(key - lo < width);
+      out[j] = static_cast<uint8_t>(a & ge);
+      inside[j] = static_cast<uint8_t>(in);
+      active += a;
+      below += a & (ge ^ 1u);
+      any_inside |= in;
+      bad |= uint32_t(key >= kInfKey);
+    }
+    counts.active += active;
+    counts.below += below;
+    if (!any_inside) continue;
+    // Candidates are rare: find their flag bytes eight at a time.
+    for (int64_t j = len; j < kBlock; ++j) inside[j] = 0;
+    for (int64_t w = 0; w < kBlock; w += 8) {
+      uint64_t word;
+      std::memcpy(&word, inside + w, 8);
+      while (word) {
+        const int64_t j = w + (__builtin_ctzll(word) >> 3);
+        word &= word - 1;
+        const uint32_t key = bits[j] & kAbsBits;
+        candidates.push_back((uint64_t(key) << kIndexBits) | uint64_t(s.base + start + j));
+      }
+    }
+  }
+  counts.nonfinite = counts.nonfinite || bad;
+}
+
+// Histogram of one digit of the active keys whose higher bits equal `prefix`.
+template <bool kHasMask>
+void histogram_segment(const Segment& s, int shift, uint32_t digit_mask, int prefix_shift,
+                       uint32_t prefix, std::vector<int64_t>& hist) {
+  for (int64_t j = 0; j < s.size; ++j) {
+    const uint32_t key = s.bits[j] & kAbsBits;
+    const bool a = kHasMask ? s.mask[j] != 0 : true;
+    if (a && (prefix_shift >= 32 || (key >> prefix_shift) == prefix))
+      ++hist[(key >> shift) & digit_mask];
+  }
+}
+
+class Group {
+ public:
+  Group(std::vector<Segment> segments, bool parallel) : segs_(std::move(segments)), parallel_(parallel) {
+    total_ = 0;
+    for (const Segment& s : segs_) total_ += s.size;
+  }
+
+  // Returns false when a weight is inf or NaN. Without the sampled bracket the radix select
+  // decides alone (tests use this to exercise it).
+  bool run(double ratio, uint64_t seed, bool use_bracket) {
+    uint32_t lo = 0, hi = 0;
+    if (ratio >= 1.0) {
+      lo = hi = kKeyEnd;  // everything active is pruned
+    } else if (ratio > 0.0 && use_bracket) {
+      bracket(ratio, seed, lo, hi);
+    }
+    PassCounts counts;
+    std::vector<uint64_t> candidates;
+    decide(lo, hi, counts, candidates);
+    if (counts.nonfinite) return false;
+    const int64_t k = count_to_prune(ratio, counts.active);
+    const int64_t have = static_cast<int64_t>(candidates.size());
+    if (k < counts.below || k > counts.below + have) {
+      const uint32_t threshold = kth_key(k, counts.active);
+      counts = PassCounts();
+      candidates.clear();
+      decide(threshold, threshold + 1, counts, candidates);
+    }
+    prune_smallest(candidates, k - counts.below);
+    return true;
+  }
+
+ private:
+  std::vector<Segment> segs_;
+  bool parallel_;
+  int64_t total_;
+
+  const Segment& segment_of(int64_t flat) const {
+    if (segs_.size() == 1) return segs_[0];
+    auto it = std::upper_bound(segs_.begin(), segs_.end(), flat,
+                               [](int64_t f, const Segment& s) { return f < s.base; });
+    return *(it - 1);
+  }
+
+  // Sample active keys, take order statistics around rank r*m with a margin of ~4 standard
+  // deviations; a bracket that misses only costs the exact fallback.
+  void bracket(double ratio, uint64_t seed, uint32_t& lo, uint32_t& hi) const {
+    lo = 0;
+    hi = kKeyEnd;
+    if (total_ < kExactBelow) return;
+    const double n = static_cast<double>(total_);
+    const int64_t target = std::min<int64_t>(65536, std::max<int64_t>(512, int64_t(2.0 * std::cbrt(n * n))));
+    const int64_t max_draws = 16 * target;
+    std::vector<uint32_t> sample;
+    sample.reserve(target);
+    uint64_t state = seed;
+    for (int64_t d = 0; d < max_draws && int64_t(sample.size()) < target; ++d) {
+      const int64_t flat = int64_t((unsigned __int128)splitmix64(state) * uint64_t(total_) >> 64);
+      const Segment& s = segment_of(flat);
+      const int64_t j = flat - s.base;
+      if (s.mask == nullptr || s.mask[j]) sample.push_back(s.bits[j] & kAbsBits);
+    }
+    const int64_t m = static_cast<int64_t>(sample.size());
+    if (m < 64) return;
+    const double centre = ratio * m;
+    const double margin = 4.0 * std::sqrt(m * ratio * (1.0 - ratio)) + 4.0;
+    const int64_t lo_rank = static_cast<int64_t>(std::floor(centre - margin));
+    const int64_t hi_rank = static_cast<int64_t>(std::ceil(centre + margin));
+    auto begin = sample.begin();
+    if (lo_rank > 0) {
+      std::nth_element(begin, begin + lo_rank, sample.end());
+      lo = sample[lo_rank];
+      begin += lo_rank;
+    }
+    if (hi_rank < m) {
+      std::nth_element(begin, sample.begin() + hi_rank, sample.end());
+      hi = std::max(sample[hi_rank], lo + 1);
+    }
+  }
+
+  void decide(uint32_t lo, uint32_t hi, PassCounts& total, std::vector<uint64_t>& candidates) {
+    const int64_t count = static_cast<int64_t>(segs_.size());
+    std::vector<PassCounts> counts(count);
+    std::vector<std::vector<uint64_t>> found(count);
+#pragma omp parallel for schedule(dynamic, 1) if (parallel_ && count > 1)
+    for (int64_t i = 0; i < count; ++i) {
+      if (segs_[i].mask)
+        decide_segment<true>(segs_[i], lo, hi, counts[i], found[i]);
+      else
+        decide_segment<false>(segs_[i], lo, hi, counts[i], found[i]);
+    }
+    size_t have = 0;
+    for (int64_t i = 0; i < count; ++i) {
+      total.active += counts[i].active;
+      total.below += counts[i].below;
+      total.nonfinite = total.nonfinite || counts[i].nonfinite;
+      have += found[i].size();
+    }
+    if (count == 1) {
+      candidates.swap(found[0]);
+      return;
+    }
+    candidates.reserve(have);
+    for (auto& f : found) candidates.insert(candidates.end(), f.begin(), f.end());
+  }
+
+  std::vector<int64_t> histogram(int shift, uint32_t digit_mask, int prefix_shift, uint32_t prefix) {
+    const int64_t count = static_cast<int64_t>(segs_.size());
+    std::vector<int64_t> hist(size_t(digit_mask) + 1, 0);
+#pragma omp parallel if (parallel_ && count > 1)
+    {
+      std::vector<int64_t> local(hist.size(), 0);
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t i = 0; i < count; ++i) {
+        if (segs_[i].mask)
+          histogram_segment<true>(segs_[i], shift, digit_mask, prefix_shift, prefix, local);
+        else
+          histogram_segment<false>(segs_[i], shift, digit_mask, prefix_shift, prefix, local);
+      }
+#pragma omp critical
+      for (size_t b = 0; b < hist.size(); ++b) hist[b] += local[b];
+    }
+    return hist;
+  }
+
+  // The key of the k-th smallest active entry (1-based) by a radix select on 15 + 16 bits;
+  // k == 0 gives key 0 so that nothing is below it.
+  uint32_t kth_key(int64_t k, int64_t active) {
+    if (k <= 0) return 0;
+    k = std::min(k, active);
+    const std::vector<int64_t> high = histogram(16, 0x7fffu, 32, 0);
+    uint32_t digit = 0;
+    for (; digit < high.size() && k > high[digit]; ++digit) k -= high[digit];
+    const std::vector<int64_t> low = histogram(0, 0xffffu, 16, digit);
+    uint32_t low_digit = 0;
+    for (; low_digit < low.size() && k > low[low_digit]; ++low_digit) k -= low[low_digit];
+    return (digit << 16) | low_digit;
+  }
+
+  void prune_smallest(std::vector<uint64_t>& candidates, int64_t need) {
+    if (need <= 0) return;
+    if (need < static_cast<int64_t>(candidates.size()))
+      std::nth_element(candidates.begin(), candidates.begin() + need, candidates.end());
+    for (int64_t i = 0; i < need; ++i) {
+      const int64_t flat = static_cast<int64_t>(candidates[i] & kIndexMask);
+      const Segment& s = segment_of(flat);
+      s.out[flat - s.base] = 0;
+    }
+  }
+};
+
+std::vector<Segment> make_segments(const std::vector<std::uintptr_t>& weights,
+                                   const std::vector<std::uintptr_t>& masks,
+                                   const std::vector<std::uintptr_t>& outs,
+                                   const std::vector<int64_t>& sizes) {
+  const size_t count = weights.size();
+  require(masks.size() == count && outs.size() == count && sizes.size() == count,
+          "select: weights, masks, outs and sizes must have the same length");
+  std::vector<Segment> segs(count);
+  for (size_t i = 0; i < count; ++i) {
+    require(sizes[i] >= 0 && sizes[i] <= int64_t(kIndexMask), "select: segment size out of range");
+    require(sizes[i] == 0 || (weights[i] && outs[i]), "select: null weight or output pointer");
+    segs[i] = Segment{as_ptr<const uint32_t>(weights[i]), as_ptr<const uint8_t>(masks[i]),
+                      as_ptr<uint8_t>(outs[i]), sizes[i], 0};
+  }
+  return segs;
+}
+
+void check_ratio(double r) { require(r >= 0.0 && r <= 1.0, "select: ratios must lie in [0, 1]"); }
+
+// Per-segment mode; returns the index of the first segment with a non-finite weight, or -1.
+int64_t select_segments_cpu(const std::vector<std::uintptr_t>& weights,
+                            const std::vector<std::uintptr_t>& masks,
+                            const std::vector<std::uintptr_t>& outs, const std::vector<int64_t>& sizes,
+                            const std::vector<double>& ratios, bool use_bracket) {
+  std::vector<Segment> segs = make_segments(weights, masks, outs, sizes);
+  const int64_t count = static_cast<int64_t>(segs.size());
+  require(int64_t(ratios.size()) == count, "select: one ratio per segment");
+  for (double r : ratios) check_ratio(r);
+  // Largest first so the dynamic schedule balances the threads.
+  std::vector<int64_t> order(count);
+  for (int64_t i = 0; i < count; ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return sizes[a] > sizes[b]; });
+  std::vector<uint8_t> bad(count, 0);
+  {
+    pybind11::gil_scoped_release release;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t n = 0; n < count; ++n) {
+      const int64_t i = order[n];
+      Group group({segs[i]}, false);
+      bad[i] = !group.run(ratios[i], 0x5eed0000ull + uint64_t(i), use_bracket);
+    }
+  }
+  for (int64_t i = 0; i < count; ++i)
+    if (bad[i]) return i;
+  return -1;
+}
+
+// Global mode: all segments ranked as one concatenated tensor.
+int64_t select_global_cpu(const std::vector<std::uintptr_t>& weights,
+                          const std::vector<std::uintptr_t>& masks,
+                          const std::vector<std::uintptr_t>& outs, const std::vector<int64_t>& sizes,
+                          double ratio, bool use_bracket) {
+  std::vector<Segment> segs = make_segments(weights, masks, outs, sizes);
+  check_ratio(ratio);
+  int64_t base = 0;
+  for (Segment& s : segs) {
+    s.base = base;
+    base += s.size;
+  }
+  require(base <= int64_t(kIndexMask), "select: too many entries in total");
+  bool ok;
+  {
+    pybind11::gil_scoped_release release;
+    Group group(segs, true);
+    ok = group.run(ratio, 0x5eedull, use_bracket);
+  }
+  if (ok) return -1;
+  // Name the first offending segment (a rare, slow path).
+  for (size_t i = 0; i < segs.size(); ++i)
+    for (int64_t j = 0; j < segs[i].size; ++j)
+      if ((segs[i].bits[j] & kAbsBits) >= kInfKey) return static_cast<int64_t>(i);
+  return 0;
+}
+
+}  // namespace
+
+void register_select(pybind11::module_& m) {
+  m.def("select_segments_cpu", &select_segments_cpu, pybind11::arg("weights"), pybind11::arg("masks"),
+        pybind11::arg("outs"), pybind11::arg("sizes"), pybind11::arg("ratios"),
+        pybind11::arg("use_bracket") = true,
+        "Per-segment magnitude selection (fp32 weights, uint8 masks or 0, uint8 outputs); "
+        "returns the first segment with a non-finite weight or -1.");
+  m.def("select_global_cpu", &select_global_cpu, pybind11::arg("weights"), pybind11::arg("masks"),
+        pybind11::arg("outs"), pybind11::arg("sizes"), pybind11::arg("ratio"),
+        pybind11::arg("use_bracket") = true,
+        "Global magnitude selection over all segments; returns a segment with a non-finite weight or -1.");
+#ifdef PYLTH_WITH_CUDA
+  m.attr("SELECT_CUDA_CHUNK") = kSelectCudaChunk;
+  m.def("select_cuda_workspace_words", &select_cuda_workspace_words, pybind11::arg("segments"),
+        pybind11::arg("groups"), pybind11::arg("chunks"), "int64 words of zeroed workspace select_cuda needs.");
+  m.def("select_cuda", &select_cuda, pybind11::arg("meta"), pybind11::arg("ratios"), pybind11::arg("workspace"),
+        pybind11::arg("bad"), pybind11::arg("segments"), pybind11::arg("chunks"), pybind11::arg("global_mode"),
+        pybind11::arg("stream"),
+        "Segmented (or global) magnitude selection on the GPU; see csrc/select.h for the layout.");
+#endif
+}
+
 }  // namespace pylth

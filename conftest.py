@@ -1,4 +1,4 @@
-"""Make the tests exercise the *installed* pylth, never the source folder at the repository root.
+"""Make tests/ and bench/ exercise the *installed* pylth, never the source folder at the repository root.
 
 ``python -m pytest`` puts the working directory on sys.path, where the top-level ``pylth/`` source
 folder (without the compiled ``_C``) would shadow the installed package and silently test only the
@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.getcwd()) != _REPO_ROOT]
 if "pylth" in sys.modules:
-    raise RuntimeError("pylth was imported before tests/conftest.py could keep the source folder off sys.path")
+    raise RuntimeError("pylth was imported before conftest.py could keep the source folder off sys.path")
 
 import pylth  # noqa: E402
 

@@ -1,0 +1,83 @@
+"""A small CNN trained on a data set's labels: the feature extractor for FID when no Inception
+weights are available. Trained once per data set (seeded) and cached."""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pylth.ddpm.data import dataset_fingerprint
+from pylth.io import atomic_torch_save, torch_load
+
+FEATURE_DIM = 128
+TRAIN_STEPS = 1500
+BATCH_SIZE = 128
+
+
+class LabelClassifier(nn.Module):
+    def __init__(self, in_channels: int, num_classes: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, 32, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(64, FEATURE_DIM, 3, stride=2, padding=1), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(FEATURE_DIM, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.body(x))
+
+
+def _images_labels(dataset):
+    images = getattr(dataset, "images", None)
+    if isinstance(images, torch.Tensor):
+        return images.float() / 127.5 - 1.0, dataset.labels.long()
+    pairs = [dataset[i] for i in range(len(dataset))]
+    return torch.stack([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs], dtype=torch.long)
+
+
+def train_classifier(dataset, device, steps: int | None = None, seed: int = 0) -> tuple[LabelClassifier, float]:
+    """Train on 90 % of ``dataset`` (random flips when it has them); returns (model, held-out accuracy)."""
+    steps = TRAIN_STEPS if steps is None else steps
+    images, labels = _images_labels(dataset)
+    num_classes = int(getattr(dataset, "num_classes", int(labels.max()) + 1))
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    order = torch.randperm(len(labels), generator=gen)
+    n_val = max(1, len(labels) // 10)
+    val, tr = order[:n_val], order[n_val:]
+    model = LabelClassifier(images.shape[1], num_classes).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    hflip = bool(getattr(dataset, "hflip", False))
+    for _ in range(steps):
+        idx = tr[torch.randint(len(tr), (min(BATCH_SIZE, len(tr)),), generator=gen)]
+        x = images[idx]
+        if hflip:
+            x = torch.where(torch.rand(len(idx), 1, 1, 1, generator=gen) < 0.5, x.flip(-1), x)
+        loss = F.cross_entropy(model(x.to(device)), labels[idx].to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        correct = sum(int((model(images[val[i:i + 512]].to(device)).argmax(1).cpu() == labels[val[i:i + 512]]).sum())
+                      for i in range(0, n_val, 512))
+    return model, correct / n_val
+
+
+def load_or_train_classifier(dataset_name: str, dataset, cache_dir: str, device) -> tuple[LabelClassifier, str]:
+    """The cached classifier for this data set (trained and saved first if absent) and its file."""
+    path = os.path.join(cache_dir, f"classifier-{dataset_name}-{dataset_fingerprint(dataset)}.pt")
+    if not os.path.exists(path):
+        model, accuracy = train_classifier(dataset, device)
+        atomic_torch_save(dict(state=model.cpu().state_dict(), in_channels=model.body[0].in_channels,
+                               num_classes=model.fc.out_features, accuracy=accuracy), path)
+    saved = torch_load(path)
+    model = LabelClassifier(saved["in_channels"], saved["num_classes"])
+    model.load_state_dict(saved["state"])
+    return model.to(device).eval().requires_grad_(False), path

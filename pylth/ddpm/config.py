@@ -1,0 +1,122 @@
+"""Hyper-parameters as dataclasses whose fields (with ``help`` metadata) generate argparse flags.
+
+``add_arguments(parser, SomeConfig)`` adds ``--field-name`` for every field; ``from_args(SomeConfig,
+args)`` builds the dataclass back. Command lines share flags by sharing dataclasses (open_lth style).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls, *, exclude=(), defaults: dict | None = None,
+                  required=()) -> None:
+    """Add one flag per field of dataclass ``cls`` (except ``exclude``); ``defaults`` overrides field
+    defaults, ``required`` makes fields mandatory. Fields without a default are required."""
+    hints = typing.get_type_hints(cls)
+    defaults = defaults or {}
+    for field in dataclasses.fields(cls):
+        if field.name in exclude:
+            continue
+        help_text = field.metadata.get("help", "")
+        kind = hints[field.name]
+        if field.name in defaults:
+            default = defaults[field.name]
+        elif field.default is not dataclasses.MISSING:
+            default = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            default = field.default_factory()
+        else:
+            default = dataclasses.MISSING
+        kwargs: dict = dict(dest=field.name, help=help_text)
+        if default is dataclasses.MISSING or field.name in required:
+            kwargs["required"] = True
+        else:
+            kwargs["default"] = default
+            kwargs["help"] = f"{help_text} (default: {default})" if help_text else f"default: {default}"
+        if "choices" in field.metadata:
+            kwargs["choices"] = field.metadata["choices"]
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            args = [a for a in typing.get_args(kind) if a is not type(None)]
+            base = args[0] if args else kind
+            if typing.get_origin(base) is tuple:
+                kwargs["nargs"] = "+"
+                base = typing.get_args(base)[0]
+            kwargs["type"] = base
+            kwargs["metavar"] = field.name.upper()
+        parser.add_argument(_flag(field.name), **kwargs)
+
+
+def from_args(cls, args: argparse.Namespace, **overrides):
+    """The ``cls`` instance made of the parsed fields of ``args`` (fields absent from args keep
+    their defaults); ``overrides`` win."""
+    values = {}
+    for field in dataclasses.fields(cls):
+        if hasattr(args, field.name):
+            value = getattr(args, field.name)
+            if isinstance(value, list):
+                value = tuple(value)
+            values[field.name] = value
+    values.update(overrides)
+    return cls(**values)
+
+
+def _help(text: str, **extra) -> dict:
+    return dict(metadata=dict(help=text, **extra))
+
+
+@dataclasses.dataclass
+class DataConfig:
+    dataset: str = dataclasses.field(default="digits", **_help(
+        "data set: digits, mnist, fashion-mnist, cifar10, cifar100, or folder (images under --data-root)"))
+    data_root: typing.Optional[str] = dataclasses.field(default=None, **_help(
+        "folder holding the data set's files (default: $PYLTH_DATA_ROOT or ~/.cache/pylth/data; "
+        "fashion-mnist: /usr/share/datasets/fashion-mnist when present)"))
+    download: bool = dataclasses.field(default=False, **_help("download the data set into --data-root if missing"))
+
+    def __post_init__(self):
+        from pylth.ddpm.data import DATASETS
+
+        if self.dataset not in DATASETS:
+            raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
+
+
+@dataclasses.dataclass
+class DiffusionConfig:
+    num_timesteps: int = dataclasses.field(default=1000, **_help("diffusion steps T"))
+    beta_start: float = dataclasses.field(default=1e-4, **_help("first beta of the linear schedule"))
+    beta_end: float = dataclasses.field(default=0.02, **_help("last beta of the linear schedule"))
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    fid_samples: int = dataclasses.field(default=500, **_help("samples for FID/KID (0: skip FID)"))
+    sampler: str = dataclasses.field(default="ddim", **_help("sampler for FID and samples.png", choices=("ddpm", "ddim")))
+    sample_steps: typing.Optional[int] = dataclasses.field(default=100, **_help(
+        "denoising steps of the sampler (default 100; ddpm with T steps is Ho et al.'s ancestral sampler)"))
+    eta: float = dataclasses.field(default=0.0, **_help("DDIM eta (0: deterministic)"))
+    sample_batch_size: int = dataclasses.field(default=256, **_help("images per sampling batch"))
+    inception_path: typing.Optional[str] = dataclasses.field(default=None, **_help(
+        "local inception-2015-12-05.pt (or its folder) for Inception FID; default $PYLTH_INCEPTION_PATH, "
+        "else FID on features of a classifier trained on the data set's labels"))
+    cache_dir: typing.Optional[str] = dataclasses.field(default=None, **_help(
+        "cache for FID reference statistics and classifiers (default $PYLTH_CACHE_DIR or ~/.cache/pylth)"))
+
+    def __post_init__(self):
+        if not isinstance(self.fid_samples, int) or self.fid_samples < 0 or self.fid_samples == 1:
+            raise ValueError(f"fid_samples must be 0 or an int >= 2, got {self.fid_samples!r}")
+        if self.sample_steps is not None and (not isinstance(self.sample_steps, int) or self.sample_steps < 1):
+            raise ValueError(f"sample_steps must be a positive int, got {self.sample_steps!r}")
+        if self.sampler not in ("ddpm", "ddim"):
+            raise ValueError(f"sampler must be ddpm or ddim, got {self.sampler!r}")
+        if self.eta < 0:
+            raise ValueError(f"eta must be >= 0, got {self.eta!r}")
+        if self.sample_batch_size < 1:
+            raise ValueError(f"sample_batch_size must be a positive int, got {self.sample_batch_size!r}")

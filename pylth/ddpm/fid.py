@@ -1,0 +1,154 @@
+"""FID and KID of generated samples against the training set, on clean-fid's formulas.
+
+Features come from clean-fid's InceptionV3W when a local weights file is given (argument or
+$PYLTH_INCEPTION_PATH; nothing is ever downloaded or written at clean-fid's default path), else from
+a small classifier trained on the data set's labels (pylth.ddpm.classifier), cached. Every result
+names its features: ``fid_features`` is "inception" or "classifier"; FIDs of different feature kinds,
+sample counts, samplers or reference sets are not comparable. Reference statistics of the training
+set are computed once per (data set, features) and cached in ``cache_dir``.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+import torch
+from cleanfid.fid import frechet_distance, kernel_distance
+
+from pylth.ddpm.classifier import load_or_train_classifier
+from pylth.ddpm.data import dataset_fingerprint
+
+INCEPTION_FILE = "inception-2015-12-05.pt"
+KID_REFERENCE_SIZE = 10000  # reference features kept for KID
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("PYLTH_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "pylth"))
+
+
+def fid_from_features(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets [N, D]."""
+    return float(frechet_distance(*_stats(feats_a), *_stats(feats_b)))
+
+
+def kid_from_features(feats_a: np.ndarray, feats_b: np.ndarray, seed: int = 0) -> float:
+    """Kernel inception distance (clean-fid's unbiased estimate over random subsets), seeded."""
+    saved = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        return float(kernel_distance(np.asarray(feats_a, np.float64), np.asarray(feats_b, np.float64)))
+    finally:
+        np.random.set_state(saved)
+
+
+def _stats(feats: np.ndarray):
+    feats = np.asarray(feats, dtype=np.float64)
+    if feats.ndim != 2 or feats.shape[0] < 2:
+        raise ValueError(f"features must be [N >= 2, D], got shape {feats.shape}")
+    return feats.mean(axis=0), np.cov(feats, rowvar=False)
+
+
+class InceptionFeatures:
+    """clean-fid's InceptionV3W (2048-d pool features) on clean-resized 299x299 images."""
+
+    kind = "inception"
+
+    def __init__(self, path: str, device):
+        from cleanfid.inception_torchscript import InceptionV3W
+        from cleanfid.resize import build_resizer
+
+        folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+        if not os.path.isfile(os.path.join(folder, INCEPTION_FILE)) or (
+                not os.path.isdir(path) and os.path.basename(path) != INCEPTION_FILE):
+            raise FileNotFoundError(f"inception weights: {INCEPTION_FILE} not found at {path} "
+                                    f"(give the file {INCEPTION_FILE} or the folder that holds it)")
+        self.model = InceptionV3W(folder, download=False, resize_inside=False).to(device).eval()
+        self.resize = build_resizer("clean")
+        self.device = device
+        self.id = "inception-" + hashlib.sha1(os.path.abspath(os.path.join(folder, INCEPTION_FILE)).encode()).hexdigest()[:10]
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> np.ndarray:
+        x = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        resized = np.stack([self.resize(img) for img in x.permute(0, 2, 3, 1).cpu().numpy()])
+        batch = torch.from_numpy(resized).permute(0, 3, 1, 2).float().to(self.device)
+        return self.model(batch).cpu().numpy()
+
+
+class ClassifierFeatures:
+    """Penultimate-layer features of the data set's cached label classifier."""
+
+    kind = "classifier"
+
+    def __init__(self, dataset_name: str, dataset, cache_dir: str, device):
+        self.model, path = load_or_train_classifier(dataset_name, dataset, cache_dir, device)
+        self.device = device
+        with open(path, "rb") as f:
+            self.id = "classifier-" + hashlib.sha1(f.read()).hexdigest()[:10]
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> np.ndarray:
+        return self.model.features(images.to(self.device)).float().cpu().numpy()
+
+
+def feature_extractor(dataset_name: str, dataset, *, inception_path=None, cache_dir=None, device="cpu"):
+    """Inception features when a weights path is given (or in $PYLTH_INCEPTION_PATH), else classifier."""
+    inception_path = inception_path or os.environ.get("PYLTH_INCEPTION_PATH") or None
+    if inception_path:
+        return InceptionFeatures(inception_path, torch.device(device))
+    return ClassifierFeatures(dataset_name, dataset, cache_dir or default_cache_dir(), torch.device(device))
+
+
+def _batched_features(extract, images, batch_size: int) -> np.ndarray:
+    return np.concatenate([extract(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+
+
+def reference_statistics(dataset_name: str, dataset, extract, cache_dir: str, batch_size: int = 256) -> dict:
+    """mu, sigma and up to KID_REFERENCE_SIZE features of the whole data set (no flips), cached."""
+    path = os.path.join(cache_dir, f"ref-{dataset_name}-{dataset_fingerprint(dataset)}-{extract.id}.npz")
+    if os.path.exists(path):
+        with np.load(path) as f:
+            return {k: f[k] for k in f.files}
+    images = getattr(dataset, "images", None)
+    if isinstance(images, torch.Tensor):
+        images = images.float() / 127.5 - 1.0
+    else:
+        images = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    feats = _batched_features(extract, images, batch_size)
+    mu, sigma = _stats(feats)
+    keep = np.random.default_rng(0).permutation(len(feats))[:KID_REFERENCE_SIZE]
+    stats = dict(mu=mu, sigma=sigma, feats=feats[np.sort(keep)].astype(np.float32))
+    os.makedirs(cache_dir, exist_ok=True)
+    tmp = path + f".{os.getpid()}.tmp.npz"
+    np.savez(tmp, **stats)
+    os.replace(tmp, path)
+    return stats
+
+
+def evaluate_fid(model, diffusion, dataset_name: str, dataset, num_samples: int, *, sampler: str = "ddim",
+                 steps: int | None = 100, seed: int = 0, device="cpu", inception_path=None, cache_dir=None,
+                 batch_size: int = 256, eta: float = 0.0, progress: bool = True, return_samples: bool = False
+                 ) -> dict:
+    """FID and KID of ``num_samples`` samples of ``model`` against ``dataset`` (the training set).
+
+    Returns dict(fid, kid, fid_features, num_samples[, samples]); fid_features says whose features."""
+    if not isinstance(num_samples, int) or num_samples < 2:
+        raise ValueError(f"num_samples must be an int >= 2 (FID needs a covariance), got {num_samples!r}")
+    cache_dir = cache_dir or default_cache_dir()
+    extract = feature_extractor(dataset_name, dataset, inception_path=inception_path, cache_dir=cache_dir,
+                                device=device)
+    ref = reference_statistics(dataset_name, dataset, extract, cache_dir, batch_size)
+    image_shape = tuple(dataset[0][0].shape)
+    samples = diffusion.sample(model, num_samples, image_shape, sampler=sampler, steps=steps, eta=eta, seed=seed,
+                               batch_size=batch_size, device=torch.device(device), progress=progress)
+    feats = _batched_features(extract, samples, batch_size)
+    mu, sigma = _stats(feats)
+    result = dict(fid=float(frechet_distance(mu, sigma, ref["mu"], ref["sigma"])),
+                  kid=kid_from_features(feats, ref["feats"], seed=seed),
+                  fid_features=extract.kind, num_samples=num_samples)
+    if return_samples:
+        result["samples"] = samples
+    return result

@@ -1,0 +1,259 @@
+"""Masked DDPM training: MaskedAdam with linear warm-up, gradient clipping, a masked EMA with
+warm-up, optional bf16 autocast, atomic checkpoints and resume, DDP under torch.distributed."""
+from __future__ import annotations
+
+import collections
+import copy
+import dataclasses
+import os
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from tqdm.auto import tqdm
+
+from pylth.io import atomic_torch_save, torch_load
+from pylth.optim import MaskedAdam
+
+
+def _help(text: str, **extra) -> dict:
+    return dict(metadata=dict(help=text, **extra))
+
+
+@dataclass
+class TrainConfig:
+    iterations: int = field(**_help("training iterations (optimizer steps) in all"))
+    batch_size: int = field(default=128, **_help("images per step, summed over all processes"))
+    lr: float = field(default=2e-4, **_help("Adam learning rate after warm-up"))
+    warmup: int = field(default=5000, **_help("iterations of linear learning-rate warm-up"))
+    grad_clip: float = field(default=1.0, **_help("clip the gradient norm to this (0: no clipping)"))
+    ema_decay: float = field(default=0.9999, **_help("EMA decay, reached after a (1+n)/(10+n) warm-up"))
+    num_workers: int = field(default=0, **_help("DataLoader worker processes"))
+    bf16: bool = field(default=False, **_help("bf16 autocast for forward/backward (CUDA only)"))
+    seed: int = field(default=0, **_help("random seed"))
+    device: str = field(default="cpu", **_help("torch device, e.g. cpu, cuda, cuda:1, or auto"))
+    checkpoint_every: int = field(default=1000, **_help("write a resumable checkpoint every this many iterations"))
+
+    def __post_init__(self):
+        for name in ("iterations", "batch_size", "checkpoint_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        for name in ("warmup", "num_workers", "seed"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if not self.grad_clip >= 0:
+            raise ValueError(f"grad_clip must be >= 0, got {self.grad_clip!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
+        try:
+            resolve_device(self.device)
+        except RuntimeError as exc:
+            raise ValueError(f"device {self.device!r}: {exc}") from None
+
+
+def resolve_device(device: str) -> torch.device:
+    """torch.device(device), with "auto" meaning CUDA when available; unknown devices raise."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for but CUDA is not available")
+    return dev
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    ema_model: nn.Module
+    loss: float
+    iterations: int
+
+
+class ResumableBatchSampler(Sampler):
+    """Batches for iterations [start, end): epoch e is DistributedSampler's shuffle for e (this rank's
+    share), cut into full batches; iteration i is batch i mod (batches per epoch) of epoch i div it.
+    So resuming at any iteration replays exactly the batches an uninterrupted run would see."""
+
+    def __init__(self, sampler: DistributedSampler, batch_size: int, start: int, end: int):
+        self.sampler, self.batch_size, self.start, self.end = sampler, batch_size, start, end
+        self.per_epoch = len(sampler) // batch_size
+        if self.per_epoch < 1:
+            raise ValueError(f"batch_size {batch_size} per process exceeds the {len(sampler)} images per process")
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+    def __iter__(self):
+        epoch, order = None, None
+        for it in range(self.start, self.end):
+            e, b = divmod(it, self.per_epoch)
+            if e != epoch:
+                self.sampler.set_epoch(e)
+                epoch, order = e, list(self.sampler)
+            yield order[b * self.batch_size:(b + 1) * self.batch_size]
+
+
+@torch.no_grad()
+def apply_masks(model: nn.Module, masks: dict | None) -> None:
+    """Zero the masked-out entries of ``model``'s parameters (select, so NaN becomes 0 too)."""
+    params = dict(model.named_parameters())
+    for name, mask in (masks or {}).items():
+        params[name].masked_fill_(~mask.to(params[name].device), 0)
+
+
+@torch.no_grad()
+def check_masked_zero(model: nn.Module, masks: dict | None) -> None:
+    """Raise RuntimeError unless every masked-out parameter entry is exactly 0."""
+    params = dict(model.named_parameters())
+    for name, mask in (masks or {}).items():
+        p = params[name]
+        if bool((p.masked_select(~mask.to(p.device)) != 0).any()):
+            raise RuntimeError(f"masked entries of {name} are not zero")
+
+
+def _check_masks(model: nn.Module, masks: dict | None) -> dict:
+    if masks is None:
+        return {}
+    if not isinstance(masks, dict):
+        raise TypeError(f"masks must be a dict name -> bool tensor, got {type(masks).__name__}")
+    params = dict(model.named_parameters())
+    out = {}
+    for name, mask in masks.items():
+        if name not in params:
+            raise ValueError(f"masks has {name!r}, which is not a parameter of the model")
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape != params[name].shape:
+            raise ValueError(f"masks[{name!r}] must be a bool tensor of shape {tuple(params[name].shape)}")
+        out[name] = mask.to(params[name].device)
+    return out
+
+
+def _ema_decay(config: TrainConfig, updates: int) -> float:
+    # Warm-up: early on the EMA follows the model closely instead of clinging to the initial weights.
+    return min(config.ema_decay, (1.0 + updates) / (10.0 + updates))
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def train(model: nn.Module, diffusion, dataset, config: TrainConfig, *, masks: dict | None = None,
+          start_iteration: int = 0, end_iteration: int | None = None, ema_state: dict | None = None,
+          checkpoint_path: str | None = None, on_iteration=None, progress_desc: str = "train") -> TrainResult:
+    """Train ``model`` (masked by ``masks``, name -> bool) for iterations [start_iteration,
+    end_iteration) with a fresh MaskedAdam; see the module docstring. ``ema_state`` initialises the
+    EMA (default: the model as it is at the start). ``checkpoint_path``: resume from it when it
+    exists, write it every ``config.checkpoint_every`` iterations and at the end."""
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    end = config.iterations if end_iteration is None else end_iteration
+    if not isinstance(start_iteration, int) or not 0 <= start_iteration <= end:
+        raise ValueError(f"start_iteration must be an int in [0, end_iteration={end}], got {start_iteration!r}")
+    device = resolve_device(config.device)
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    if config.batch_size % world:
+        raise ValueError(f"batch_size {config.batch_size} is not divisible by the {world} processes")
+    model.to(device).train()
+    masks = _check_masks(model, masks)
+    apply_masks(model, masks)
+    named = dict(model.named_parameters())
+    mask_list = [(named[name], mask) for name, mask in masks.items()]
+
+    ema_model = copy.deepcopy(model).eval().requires_grad_(False)
+    if ema_state is not None:
+        ema_model.load_state_dict(ema_state)
+        apply_masks(ema_model, masks)
+    optimizer = MaskedAdam(model.parameters(), lr=config.lr)
+    for param, mask in mask_list:
+        optimizer.set_mask(param, mask)
+    ema_updates, losses = 0, collections.deque(maxlen=100)
+    torch.manual_seed(config.seed * 100003 + start_iteration + rank)
+
+    if checkpoint_path is not None and os.path.exists(checkpoint_path):
+        ckpt = torch_load(checkpoint_path, map_location=device)
+        model.load_state_dict(ckpt["model"])
+        ema_model.load_state_dict(ckpt["ema"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        start_iteration, ema_updates = int(ckpt["iteration"]), int(ckpt["ema_updates"])
+        losses.extend(ckpt["losses"])
+        _set_rng_state(ckpt["rng"], device)
+        if start_iteration > end:
+            raise ValueError(f"checkpoint {checkpoint_path} is at iteration {start_iteration}, past the end {end}")
+
+    def save(iteration: int) -> None:
+        if rank == 0:
+            atomic_torch_save(dict(model=model.state_dict(), ema=ema_model.state_dict(),
+                                   optimizer=optimizer.state_dict(), iteration=iteration, ema_updates=ema_updates,
+                                   losses=[float(x) for x in losses], rng=_rng_state(device),
+                                   config=dataclasses.asdict(config)), checkpoint_path)
+
+    net = model
+    if distributed:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=config.seed, drop_last=True)
+    loader = DataLoader(dataset, batch_sampler=ResumableBatchSampler(sampler, config.batch_size // world,
+                                                                     start_iteration, end),
+                        num_workers=config.num_workers, pin_memory=device.type == "cuda",
+                        persistent_workers=False)
+    use_bf16 = config.bf16 and device.type == "cuda"
+    params = list(model.parameters())
+    ema_params = list(ema_model.parameters())
+    pending = []  # losses still on the device: read back in bulk, not one sync per step
+    bar = tqdm(total=end, initial=start_iteration, desc=progress_desc, disable=rank != 0, dynamic_ncols=True)
+    it = start_iteration
+    for x0, _ in loader:
+        x0 = x0.to(device, non_blocking=True)
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr * min(1.0, (it + 1) / config.warmup) if config.warmup else config.lr
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            loss = diffusion.loss(net, x0)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        with torch.no_grad():
+            for param, mask in mask_list:  # pruned weights do not exist: keep them out of the norm
+                param.grad.masked_fill_(~mask, 0)
+        if config.grad_clip:
+            nn.utils.clip_grad_norm_(params, config.grad_clip)
+        optimizer.step()
+        with torch.no_grad():
+            # Masked entries are exactly 0 in model and EMA alike, and lerp keeps them 0.
+            torch._foreach_lerp_(ema_params, params, 1.0 - _ema_decay(config, ema_updates))
+        ema_updates += 1
+        it += 1
+        pending.append(loss.detach())
+        if on_iteration is not None:
+            on_iteration(it, model)
+        if it % 25 == 0 or it == end:
+            losses.extend(torch.stack(pending).float().cpu().tolist())
+            pending.clear()
+            bar.set_postfix(loss=f"{sum(losses) / len(losses):.4f}", refresh=False)
+        bar.update(1)
+        if checkpoint_path is not None and it % config.checkpoint_every == 0 and it != end:
+            check_masked_zero(model, masks)
+            save(it)
+    bar.close()
+    if pending:
+        losses.extend(torch.stack(pending).float().cpu().tolist())
+    check_masked_zero(model, masks)
+    check_masked_zero(ema_model, masks)
+    if checkpoint_path is not None:
+        save(it)
+    if distributed:
+        dist.barrier()
+    loss_value = sum(losses) / len(losses) if losses else float("nan")
+    return TrainResult(model=model, ema_model=ema_model, loss=loss_value, iterations=it)

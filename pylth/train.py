@@ -1,0 +1,103 @@
+"""python -m pylth.train: train a DDPM, then write DIR/checkpoint.pt, DIR/samples.png and
+DIR/metrics.json (fid, fid_features, kid, loss). Running the same command again resumes."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import os
+import sys
+import time
+
+import torch
+
+from pylth.ddpm import GaussianDiffusion, build_model
+from pylth.ddpm.config import DataConfig, DiffusionConfig, EvalConfig, add_arguments, from_args
+from pylth.ddpm.data import dataset_info, load_dataset
+from pylth.ddpm.fid import evaluate_fid
+from pylth.ddpm.trainer import TrainConfig, resolve_device, train
+from pylth.io import atomic_write_bytes, atomic_write_json
+
+SAMPLE_GRID = 64
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pylth.train", description=__doc__,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--out", required=True, help="output folder (checkpoint.pt, samples.png, metrics.json)")
+    for title, cls in (("data", DataConfig), ("training", TrainConfig), ("diffusion", DiffusionConfig),
+                       ("evaluation", EvalConfig)):
+        add_arguments(parser.add_argument_group(title), cls)
+    return parser
+
+
+def save_grid(images: torch.Tensor, path: str) -> None:
+    """A square-ish grid of images in [-1, 1] as a PNG, written atomically."""
+    from torchvision.utils import make_grid
+    from PIL import Image
+
+    grid = make_grid((images + 1) / 2, nrow=int(len(images) ** 0.5 + 0.999), padding=1, pad_value=1.0)
+    buf = io.BytesIO()
+    Image.fromarray((grid.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()).save(buf, format="PNG")
+    atomic_write_bytes(buf.getvalue(), path)
+
+
+def run(args: argparse.Namespace) -> dict:
+    data, train_cfg = from_args(DataConfig, args), from_args(TrainConfig, args)
+    diff_cfg, eval_cfg = from_args(DiffusionConfig, args), from_args(EvalConfig, args)
+    device = resolve_device(train_cfg.device)
+    train_cfg = dataclasses.replace(train_cfg, device=str(device))
+    torch.manual_seed(train_cfg.seed)
+    dataset = load_dataset(data.dataset, data.data_root, download=data.download, train=True)
+    info = dataset_info(data.dataset, data.data_root)
+    model = build_model(info["preset"], **info.get("model_overrides", {}))
+    diffusion = GaussianDiffusion(diff_cfg.num_timesteps, diff_cfg.beta_start, diff_cfg.beta_end)
+    os.makedirs(args.out, exist_ok=True)
+    atomic_write_json(dict(data=dataclasses.asdict(data), train=dataclasses.asdict(train_cfg),
+                           diffusion=dataclasses.asdict(diff_cfg), eval=dataclasses.asdict(eval_cfg),
+                           model=info["preset"]), os.path.join(args.out, "config.json"))
+    start = time.time()
+    result = train(model, diffusion, dataset, train_cfg, checkpoint_path=os.path.join(args.out, "checkpoint.pt"),
+                   progress_desc=f"train {data.dataset}")
+    metrics = dict(dataset=data.dataset, iterations=result.iterations, loss=result.loss,
+                   train_seconds=round(time.time() - start, 1))
+    samples = None
+    if eval_cfg.fid_samples:
+        fid = evaluate_fid(result.ema_model, diffusion, data.dataset, dataset, eval_cfg.fid_samples,
+                           sampler=eval_cfg.sampler, steps=eval_cfg.sample_steps, eta=eval_cfg.eta,
+                           seed=train_cfg.seed, device=device, inception_path=eval_cfg.inception_path,
+                           cache_dir=eval_cfg.cache_dir, batch_size=eval_cfg.sample_batch_size,
+                           return_samples=True)
+        samples = fid.pop("samples")[:SAMPLE_GRID]
+        metrics.update(fid, sampler=eval_cfg.sampler, sample_steps=eval_cfg.sample_steps)
+    else:
+        metrics.update(fid=None, fid_features=None, kid=None)
+    if samples is None or len(samples) < SAMPLE_GRID:
+        samples = diffusion.sample(result.ema_model, SAMPLE_GRID, info["image_shape"], sampler=eval_cfg.sampler,
+                                   steps=eval_cfg.sample_steps, eta=eval_cfg.eta, seed=train_cfg.seed,
+                                   batch_size=eval_cfg.sample_batch_size, device=device)
+    save_grid(samples, os.path.join(args.out, "samples.png"))
+    atomic_write_json(metrics, os.path.join(args.out, "metrics.json"))
+    return metrics
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for cls in (DataConfig, TrainConfig, DiffusionConfig, EvalConfig):
+        try:
+            from_args(cls, args)
+        except ValueError as exc:
+            parser.error(str(exc))
+    try:
+        metrics = run(args)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    summary = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+    print(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

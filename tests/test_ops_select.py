@@ -1,0 +1,193 @@
+"""Magnitude selection against a numpy stable-argsort oracle, on the native kernel and the reference."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pylth.ops.select import magnitude_select, magnitude_select_global, reference_select
+
+
+def numpy_oracle(weights, ratios, masks, global_mode=False):
+    """Prune floor(r*n_active+0.5) active entries of smallest |w|, ties to the lower flat index."""
+    flat = [np.abs(w.numpy().reshape(-1)) for w in weights]
+    active = [np.ones(f.shape, bool) if m is None else m.numpy().reshape(-1) for f, m in zip(flat, masks)]
+    if global_mode:
+        flat, active, ratios = [np.concatenate(flat)], [np.concatenate(active)], ratios[:1]
+    kept = []
+    for f, a, r in zip(flat, active, ratios):
+        idx = np.flatnonzero(a)
+        k = math.floor(r * idx.size + 0.5)
+        order = np.argsort(f[idx], kind="stable")
+        out = a.copy()
+        out[idx[order[:k]]] = False
+        kept.append(out)
+    if global_mode:
+        kept = np.split(kept[0], np.cumsum([w.numel() for w in weights])[:-1])
+    return [torch.from_numpy(k.reshape(w.shape)) for k, w in zip(kept, weights)]
+
+
+def random_case(seed, count=6, max_size=30000, ties=False, density=0.5):
+    gen = torch.Generator().manual_seed(seed)
+    weights, masks, ratios = [], [], []
+    for _ in range(count):
+        n = int(torch.randint(1, max_size, (1,), generator=gen))
+        w = torch.randn(n, generator=gen)
+        if ties:  # few distinct magnitudes, both signs, signed zeros
+            w = torch.randint(-3, 4, (n,), generator=gen).float() * 0.5
+            w[torch.rand(n, generator=gen) < 0.2] = -0.0
+        weights.append(w)
+        masks.append(torch.rand(n, generator=gen) < density)
+        ratios.append(float(torch.rand(1, generator=gen)))
+    return weights, masks, ratios
+
+
+def assert_same(got, want):
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.dtype == torch.bool and g.shape == w.shape
+        assert torch.equal(g, w)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("ties", [False, True])
+def test_layerwise_matches_numpy(seed, ties):
+    weights, masks, ratios = random_case(seed, ties=ties, density=[0.5, 0.05, 1.0][seed % 3])
+    want = numpy_oracle(weights, ratios, masks)
+    assert_same(magnitude_select(weights, ratios, masks), want)
+    assert_same(reference_select(weights, ratios, masks, False), want)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("ties", [False, True])
+def test_global_matches_numpy(seed, ties):
+    weights, masks, ratios = random_case(100 + seed, ties=ties)
+    want = numpy_oracle(weights, ratios, masks, global_mode=True)
+    assert_same(magnitude_select_global(weights, ratios[0], masks), want)
+    assert_same(reference_select(weights, ratios[:1], masks, True), want)
+
+
+def test_large_tensors_hit_the_sampled_bracket_and_stay_exact():
+    gen = torch.Generator().manual_seed(7)
+    weights = [torch.randn(300_000, generator=gen), torch.randn(70, 3000, generator=gen) * 1e-3]
+    weights[1][::7] = 0.0  # a block of ties right at small magnitudes
+    masks = [torch.rand(w.shape, generator=gen) < 0.7 for w in weights]
+    for ratios in ([0.3, 0.02], [0.999, 0.5], [0.0001, 0.97]):
+        assert_same(magnitude_select(weights, ratios, masks), numpy_oracle(weights, ratios, masks))
+    assert_same(magnitude_select_global(weights, 0.4, masks), numpy_oracle(weights, [0.4], masks, True))
+
+
+def test_all_equal_magnitudes_prune_the_first_k_active():
+    w = torch.full((10_000,), 2.0)
+    w[::2] = -2.0
+    (kept,) = magnitude_select([w], [0.25])
+    assert torch.equal(kept, torch.arange(10_000) >= 2500)
+
+
+def test_signed_zero_ranks_as_zero():
+    w = torch.tensor([0.0, -0.0, 1.0, -0.0, 0.0, -1e-30])
+    (kept,) = magnitude_select([w], [0.5])
+    assert kept.tolist() == [False, False, True, False, True, True]
+
+
+def test_no_mask_means_all_active_and_shapes_are_kept():
+    gen = torch.Generator().manual_seed(3)
+    weights = [torch.randn(8, 4, 3, 3, generator=gen), torch.randn(5, 7, generator=gen)]
+    got = magnitude_select(weights, [0.3, 0.6])
+    assert_same(got, numpy_oracle(weights, [0.3, 0.6], [None, None]))
+    assert [int(g.sum()) for g in got] == [288 - 86, 35 - 21]
+
+
+def test_edge_cases_nothing_active_ratios_0_and_1_size_1_and_empty():
+    gen = torch.Generator().manual_seed(5)
+    weights = [torch.randn(5000, generator=gen), torch.randn(1), torch.randn(1), torch.randn(0),
+               torch.randn(6000, generator=gen), torch.randn(6000, generator=gen)]
+    masks = [torch.zeros(5000, dtype=torch.bool), torch.ones(1, dtype=torch.bool), torch.ones(1, dtype=torch.bool),
+             torch.ones(0, dtype=torch.bool), torch.rand(6000, generator=gen) < 0.5, torch.rand(6000, generator=gen) < 0.5]
+    ratios = [0.5, 0.5, 0.49, 0.7, 0.0, 1.0]
+    got = magnitude_select(weights, ratios, masks)
+    assert_same(got, numpy_oracle(weights, ratios, masks))
+    assert not got[0].any() and not got[1].any() and got[2].all() and got[3].numel() == 0
+    assert torch.equal(got[4], masks[4]) and not got[5].any()
+    for r in (0.0, 1.0):
+        assert_same(magnitude_select_global(weights, r, masks), numpy_oracle(weights, [r], masks, True))
+
+
+def test_deterministic_and_inputs_untouched():
+    weights, masks, ratios = random_case(11, ties=True)
+    copies = [w.clone() for w in weights], [m.clone() for m in masks]
+    first = magnitude_select(weights, ratios, masks)
+    assert_same(magnitude_select(weights, ratios, masks), first)
+    assert all(torch.equal(a, b) for a, b in zip(weights, copies[0]))
+    assert all(torch.equal(a, b) for a, b in zip(masks, copies[1]))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_weight_names_the_tensor(bad):
+    weights = [torch.randn(100), torch.randn(20_000)]
+    weights[1][12_345] = bad
+    with pytest.raises(ValueError, match=r"weights\[1\]"):
+        magnitude_select(weights, [0.1, 0.1])
+    with pytest.raises(ValueError, match="down.0.conv"):
+        magnitude_select_global(weights, 0.1, names=["head", "down.0.conv"])
+    with pytest.raises(ValueError, match=r"weights\[1\]"):
+        reference_select(weights, [0.1, 0.1], [None, None], False)
+
+
+def test_bad_arguments_raise_naming_the_argument():
+    w = [torch.randn(4, 4)]
+    with pytest.raises(TypeError, match="weights"):
+        magnitude_select(torch.randn(3), [0.1])
+    with pytest.raises(ValueError, match="weights"):
+        magnitude_select([], [])
+    with pytest.raises(TypeError, match=r"weights\[0\]"):
+        magnitude_select([torch.randn(4, dtype=torch.float64)], [0.1])
+    with pytest.raises(ValueError, match=r"weights\[0\]"):
+        magnitude_select([torch.randn(4, 4).t()], [0.1])
+    with pytest.raises(ValueError, match="ratios"):
+        magnitude_select(w, [0.1, 0.2])
+    with pytest.raises(ValueError, match="ratios"):
+        magnitude_select(w, [1.5])
+    with pytest.raises(ValueError, match="ratios"):
+        magnitude_select(w, [float("nan")])
+    with pytest.raises(TypeError, match="ratios"):
+        magnitude_select(w, ["0.1"])
+    with pytest.raises(ValueError, match="ratio"):
+        magnitude_select_global(w, -0.1)
+    with pytest.raises(ValueError, match=r"masks\[0\]"):
+        magnitude_select(w, [0.1], [torch.ones(4, dtype=torch.bool)])
+    with pytest.raises(TypeError, match=r"masks\[0\]"):
+        magnitude_select(w, [0.1], [torch.ones(4, 4, dtype=torch.uint8)])
+    with pytest.raises(ValueError, match="masks"):
+        magnitude_select(w, [0.1], [torch.ones(4, 4, dtype=torch.bool)] * 2)
+
+
+@pytest.mark.cuda
+def test_cuda_matches_cpu_bit_for_bit():
+    for seed, ties in [(0, False), (1, True), (2, False)]:
+        weights, masks, ratios = random_case(200 + seed, count=9, max_size=400_000, ties=ties)
+        want = magnitude_select(weights, ratios, masks)
+        got = magnitude_select([w.cuda() for w in weights], ratios, [m.cuda() for m in masks])
+        assert_same([g.cpu() for g in got], want)
+        want = magnitude_select_global(weights, ratios[0], masks)
+        got = magnitude_select_global([w.cuda() for w in weights], ratios[0], [m.cuda() for m in masks])
+        assert_same([g.cpu() for g in got], want)
+    weights = [torch.randn(1000, device="cuda"), torch.randn(3, device="cuda")]
+    weights[1][1] = float("nan")
+    with pytest.raises(ValueError, match=r"weights\[1\]"):
+        magnitude_select(weights, [0.5, 0.5])
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_radix_select_path_alone_matches_numpy(ties):
+    """The exact fallback (taken when a sampled bracket misses) on its own, via the raw binding."""
+    from pylth import _C
+
+    weights, masks, ratios = random_case(300, ties=ties)
+    outs = [torch.empty_like(m) for m in masks]
+    args = ([w.data_ptr() for w in weights], [m.data_ptr() for m in masks], [o.data_ptr() for o in outs],
+            [w.numel() for w in weights])
+    assert _C.select_segments_cpu(*args, ratios, use_bracket=False) == -1
+    assert_same(outs, numpy_oracle(weights, ratios, masks))
+    assert _C.select_global_cpu(*args, ratios[0], use_bracket=False) == -1
+    assert_same(outs, numpy_oracle(weights, ratios, masks, global_mode=True))
