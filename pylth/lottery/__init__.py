@@ -5,8 +5,8 @@ ticket (its masked starting weights and masks). The command line is ``python -m 
 """
 from pylth.lottery.config import LotteryConfig
 from pylth.lottery.resume import ConfigMismatchError
-from pylth.lottery.rounds import EvalConfig, RunSpec, find_ticket
+from pylth.lottery.rounds import RunSpec, find_ticket
 from pylth.lottery.run_dir import RunDirectory
 from pylth.lottery.ticket import load_ticket
 
-__all__ = ["ConfigMismatchError", "EvalConfig", "LotteryConfig", "RunDirectory", "RunSpec", "find_ticket", "load_ticket"]
+__all__ = ["ConfigMismatchError", "LotteryConfig", "RunDirectory", "RunSpec", "find_ticket", "load_ticket"]

@@ -10,7 +10,8 @@ from pylth.lottery.run_dir import RunDirectory
 # Keys that may change between invocations without changing any finished round: where to run,
 # how fast, and how far to go (a larger --max-rounds or --target-sparsity extends a finished run).
 RESUMABLE_KEYS = frozenset({
-    "data_root", "lottery.max_rounds", "lottery.target_sparsity",
+    "data.data_root", "data.download", "evaluation.inception_path", "evaluation.cache_dir",
+    "lottery.max_rounds", "lottery.target_sparsity",
     "train.device", "train.num_workers", "train.checkpoint_every",
 })
 
@@ -66,5 +67,6 @@ def open_run(run: RunDirectory, config: dict, force: bool = False, log=print) ->
         log(f"{problem}; --force: moved it to {_move_aside(run)}")
         old = None
     records = run.read_rounds() if old is not None else []
-    run.write_config(config)  # records the latest --max-rounds / --target-sparsity / device
+    if old != json.loads(json.dumps(config)):
+        run.write_config(config)  # records the latest --max-rounds / --target-sparsity / device
     return records

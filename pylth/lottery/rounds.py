@@ -12,10 +12,11 @@ from typing import Callable
 
 import torch
 
+from pylth.ddpm.config import DataConfig, DiffusionConfig, EvalConfig
 from pylth.ddpm.data import load_dataset
 from pylth.ddpm.diffusion import GaussianDiffusion
 from pylth.ddpm.fid import evaluate_fid
-from pylth.ddpm.trainer import TrainConfig, apply_masks, check_masked_zero, train
+from pylth.ddpm.trainer import TrainConfig, apply_masks, check_masked_zero, resolve_device, train
 from pylth.lottery import distributed as D
 from pylth.lottery.config import LotteryConfig
 from pylth.lottery.evaluate import heldout_loss, make_heldout
@@ -29,24 +30,16 @@ SAMPLE_GRID = 64  # images in round_XX/samples.png
 
 
 @dataclass
-class EvalConfig:
-    fid_samples: int
-    sampler: str
-    sample_steps: int | None
-    batch_size: int = 256
-
-
-@dataclass
 class RunSpec:
     """Everything that defines a run; its JSON form is config.json."""
 
-    dataset: str
-    data_root: str | None
+    data: DataConfig
     model: dict  # UNet constructor arguments
     image_shape: tuple
     train: TrainConfig
-    lottery: LotteryConfig
+    diffusion: DiffusionConfig
     evaluation: EvalConfig
+    lottery: LotteryConfig
 
     @property
     def rewind_iteration(self) -> int:
@@ -62,24 +55,31 @@ class Lottery:
     def __init__(self, spec: RunSpec, out: str, *, force: bool = False, log: Callable[[str], None] = print):
         self.spec, self.run = spec, RunDirectory(out)
         self.log = log if D.is_main() else (lambda _msg: None)
-        self.device = torch.device(spec.train.device)
-        self.diffusion = GaussianDiffusion()
+        self.device = resolve_device(spec.train.device)
+        d = spec.diffusion
+        self.diffusion = GaussianDiffusion(d.num_timesteps, d.beta_start, d.beta_end)
         self.model = fresh_model(spec.model, spec.train.seed)
         self.prunable = [name for name, _ in prunable_parameters(self.model)]
         self.groups = module_groups(self.model)
         # Rank 0 opens (or refuses) the run directory; every rank learns the outcome.
-        outcome = None
+        outcome, error = None, None
         if D.is_main():
             try:
                 outcome = ("ok", open_run(self.run, spec.to_json(), force=force, log=self.log))
             except ValueError as exc:
-                outcome = ("error", str(exc))
+                outcome, error = ("error", str(exc)), exc
         status, payload = D.broadcast_object(outcome)
+        if error is not None:
+            raise error
         if status == "error":
             raise ValueError(payload)
         self.records: list[dict] = payload
-        self.dataset = load_dataset(spec.dataset, spec.data_root, train=True)
-        self.heldout = make_heldout(load_dataset(spec.dataset, spec.data_root, train=False),
+        data = spec.data
+        if data.download and D.is_main():  # one process downloads, the others wait and read
+            load_dataset(data.dataset, data.data_root, download=True, train=True)
+        D.barrier()
+        self.dataset = load_dataset(data.dataset, data.data_root, train=True)
+        self.heldout = make_heldout(load_dataset(data.dataset, data.data_root, train=False),
                                     spec.lottery.heldout_samples, self.diffusion.num_timesteps, spec.train.seed)
 
     # -- files, read on rank 0 and broadcast ---------------------------------------------------
@@ -207,10 +207,11 @@ class Lottery:
         check_masked_zero(ema, masks)
         state = {n: v.detach().cpu().clone() for n, v in ema.state_dict().items()}
         # The FID samples come from the same seed every round, so samples.png compares rounds too.
-        fid = evaluate_fid(ema, self.diffusion, spec.dataset, self.dataset, ev.fid_samples, sampler=ev.sampler,
-                           steps=ev.sample_steps, seed=spec.train.seed, device=self.device, batch_size=ev.batch_size,
-                           progress=D.is_main(), return_samples=True)
-        loss = heldout_loss(ema, self.diffusion, self.heldout, self.device, ev.batch_size)
+        fid = evaluate_fid(ema, self.diffusion, spec.data.dataset, self.dataset, ev.fid_samples, sampler=ev.sampler,
+                           steps=ev.sample_steps, eta=ev.eta, seed=spec.train.seed, device=self.device,
+                           inception_path=ev.inception_path, cache_dir=ev.cache_dir,
+                           batch_size=ev.sample_batch_size, progress=D.is_main(), return_samples=True)
+        loss = heldout_loss(ema, self.diffusion, self.heldout, self.device, ev.sample_batch_size)
         sparsity = sparsity_report(masks, self.groups)
         macs, dense_macs = count_macs(ema, (1, *spec.image_shape), masks={n: m.to(self.device) for n, m in masks.items()})
         if D.is_main():
