@@ -1,6 +1,7 @@
 """Shared pieces of the lottery/find_ticket tests: a tiny U-Net on digits and a quick FID classifier."""
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 
@@ -9,7 +10,8 @@ import torch
 
 from pylth.ddpm import classifier
 from pylth.ddpm.config import DataConfig, DiffusionConfig, EvalConfig
-from pylth.ddpm.trainer import TrainConfig
+import pylth.lottery.rounds as rounds
+from pylth.ddpm.trainer import TrainConfig, TrainResult, apply_masks
 from pylth.lottery import LotteryConfig, RunSpec
 
 # 8x8 digits U-Net, ~20k weights: the same code paths as the presets, a fraction of the time.
@@ -56,3 +58,32 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    """Replace training by seeded random steps (so trained magnitudes differ from theta_tau) and FID by a constant."""
+    calls = []
+
+    def train(model, diffusion, dataset, config, *, masks=None, start_iteration=0, end_iteration=None,
+              ema_state=None, checkpoint_path=None, on_iteration=None, progress_desc="train"):
+        calls.append(dict(start=start_iteration, end=end_iteration, masks=masks,
+                          state={k: v.detach().clone() for k, v in model.state_dict().items()}))
+        gen = torch.Generator().manual_seed(len(calls))
+        for it in range(start_iteration + 1, end_iteration + 1):
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(torch.randn(p.shape, generator=gen))
+            apply_masks(model, masks)
+            if on_iteration is not None:
+                on_iteration(it, model)
+        return TrainResult(model=model, ema_model=copy.deepcopy(model), loss=0.5, iterations=end_iteration)
+
+    def evaluate_fid(model, diffusion, name, dataset, num_samples, **kw):
+        return dict(fid=10.0, kid=0.0, fid_features="classifier", num_samples=num_samples,
+                    samples=torch.zeros(num_samples, *dataset[0][0].shape))
+
+    monkeypatch.setattr(rounds, "train", train)
+    monkeypatch.setattr(rounds, "evaluate_fid", evaluate_fid)
+    monkeypatch.setattr(rounds, "render_report", lambda records, title="": b"not drawn")
+    return calls
