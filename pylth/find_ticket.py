@@ -22,7 +22,7 @@ from pylth.lottery.distributed import init_from_env, is_main
 PAPER = dict(iterations=800_000, warmup=5000, ema_decay=0.9999, batch_size=128, checkpoint_every=5000,
              fid_samples=50_000, sampler="ddpm", sample_steps=1000)
 DATASET_DEFAULTS = {
-    "digits": dict(iterations=300, warmup=30, ema_decay=0.99, batch_size=64, checkpoint_every=100,
+    "digits": dict(iterations=300, lr=1e-3, warmup=30, ema_decay=0.99, batch_size=64, checkpoint_every=100,
                    fid_samples=256, sampler="ddim", sample_steps=20, target_sparsity=0.9),
     "mnist": dict(PAPER, iterations=100_000, fid_samples=10_000),
     "fashion-mnist": dict(PAPER, iterations=100_000, fid_samples=10_000),

@@ -90,8 +90,8 @@ def test_another_configuration_on_a_run_is_refused_and_nothing_is_lost(fake, tmp
 
 def test_bad_input_in_a_fresh_process_has_no_traceback(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "pylth.find_ticket", "--prune-ratio", "2", "--out", str(tmp_path / "r")],
-                          capture_output=True, text=True, cwd=str(tmp_path), env=env, timeout=120)
+    argv = [sys.executable, "-m", "pylth.find_ticket", "--prune-ratio", "2", "--out", str(tmp_path / "r")]
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=str(tmp_path), env=env, timeout=120)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
     assert "--prune-ratio must be a number in [0, 1], got 2.0" in proc.stderr

@@ -22,7 +22,8 @@ class LotteryConfig:
     increment: float = _opt(0.01, "q: extra fraction per module downstream (layerwise and random)")
     cap: float = _opt(0.95, "largest fraction of a module's active weights pruned in one round")
     target_sparsity: float = _opt(0.99, "stop once this fraction of the prunable weights is zero")
-    max_rounds: int = _opt(25, "stop after this many pruning rounds (round 0, dense, is extra); raise it to extend a finished run")
+    max_rounds: int = _opt(25, "stop after this many pruning rounds (round 0, dense, is extra); "
+                           "raise it to extend a finished run")
     rewind_fraction: float = _opt(0.05, "tau = this fraction of --iterations: the rewind point")
     reset: str = _opt("rewind", "survivors restart from theta_tau (rewind), theta_0 (init) or fresh random "
                       "weights (reinit, the control)", RESETS)
@@ -36,7 +37,8 @@ class LotteryConfig:
             raise ValueError(f"--reset must be one of {', '.join(RESETS)}, got {self.reset!r}")
         for name in ("prune_ratio", "increment", "cap", "target_sparsity", "rewind_fraction"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or not 0.0 <= value <= 1.0:
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not number or not math.isfinite(value) or not 0.0 <= value <= 1.0:
                 raise ValueError(f"--{name.replace('_', '-')} must be a number in [0, 1], got {value!r}")
         if self.prune_ratio == 0.0 and self.target_sparsity > 0.0:
             raise ValueError("--prune-ratio is 0: no round would prune anything")

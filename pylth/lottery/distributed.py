@@ -43,7 +43,8 @@ def broadcast_object(obj: Any) -> Any:
     return box[0]
 
 
-def broadcast_tensors(tensors: dict[str, torch.Tensor] | None, like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def broadcast_tensors(tensors: dict[str, torch.Tensor] | None,
+                      like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rank 0's ``tensors`` on every rank; the others allocate from ``like`` (same names and shapes).
 
     Returns CPU tensors with the dtypes of ``like``. Bool goes over the wire as uint8 (NCCL has no bool).

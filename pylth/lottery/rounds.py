@@ -20,7 +20,7 @@ from pylth.ddpm.trainer import TrainConfig, apply_masks, check_masked_zero, reso
 from pylth.lottery import distributed as D
 from pylth.lottery.config import LotteryConfig
 from pylth.lottery.evaluate import heldout_loss, make_heldout
-from pylth.lottery.report import format_table, render_report, render_samples
+from pylth.lottery.report import fid_label, format_table, render_report, render_samples
 from pylth.lottery.resume import open_run
 from pylth.lottery.run_dir import RunDirectory
 from pylth.lottery.ticket import fresh_model, reinit_seed
@@ -146,11 +146,12 @@ class Lottery:
                 self._save({k: v.detach().cpu().clone() for k, v in state.items()}, run.rewind_path)
 
         checkpoint = run.round_file(0, "checkpoint.pt")
-        if not self._exists(run.rewind_path) and self._exists(checkpoint):
-            # The checkpoint is past tau but theta_tau was never written: only a restart recovers it.
+        if D.is_main() and not os.path.exists(run.rewind_path) and os.path.exists(checkpoint) \
+                and run.load(checkpoint)["iteration"] >= tau:
+            # Killed between the checkpoint and theta_tau's file: only a restart recovers theta_tau.
             self.log("round 0's checkpoint is past the rewind point, which was not saved: restarting round 0")
-            if D.is_main():
-                os.remove(checkpoint)
+            os.remove(checkpoint)
+        D.barrier()
         self.log(f"round 0: dense training, {spec.train.iterations} iterations, rewind point at iteration {tau}")
         result = train(self.model, self.diffusion, self.dataset, spec.train, masks=None, start_iteration=0,
                        end_iteration=spec.train.iterations, checkpoint_path=checkpoint,
@@ -172,8 +173,9 @@ class Lottery:
             self.model.load_state_dict(trained)
             masks = None
             if D.is_main():  # pruning scores: magnitudes of the previous round's trained (EMA) weights
-                masks = compute_masks(self.model, cfg.strategy, cfg.prune_ratio, increment=cfg.increment,
-                                      cap=cfg.cap, masks=previous, seed=spec.train.seed + k)
+                device = next(self.model.parameters()).device
+                masks = compute_masks(self.model, cfg.strategy, cfg.prune_ratio, increment=cfg.increment, cap=cfg.cap,
+                                      masks={n: m.to(device) for n, m in previous.items()}, seed=spec.train.seed + k)
                 masks = {n: masks[n].cpu() for n in self.prunable}
             masks = self._shared_masks(masks)
             if any(bool((masks[n] & ~previous[n]).any()) for n in masks):
@@ -185,7 +187,8 @@ class Lottery:
         self.model.load_state_dict(self._starting_state(k))
         apply_masks(self.model, masks)
         start = spec.rewind_iteration if cfg.reset == "rewind" else 0
-        self.log(f"round {k}: {cfg.strategy} pruning to {100 * _sparsity(masks):.2f}% sparsity, reset {cfg.reset}, "
+        sparsity = sparsity_report(masks, self.groups)["overall"]
+        self.log(f"round {k}: {cfg.strategy} pruning to {100 * sparsity:.2f}% sparsity, reset {cfg.reset}, "
                  f"training iterations {start}..{spec.train.iterations}")
         result = train(self.model, self.diffusion, self.dataset, spec.train,
                        masks={n: m.to(self.device) for n, m in masks.items()}, start_iteration=start,
@@ -213,7 +216,8 @@ class Lottery:
                            batch_size=ev.sample_batch_size, progress=D.is_main(), return_samples=True)
         loss = heldout_loss(ema, self.diffusion, self.heldout, self.device, ev.sample_batch_size)
         sparsity = sparsity_report(masks, self.groups)
-        macs, dense_macs = count_macs(ema, (1, *spec.image_shape), masks={n: m.to(self.device) for n, m in masks.items()})
+        device_masks = {n: m.to(self.device) for n, m in masks.items()}
+        macs, dense_macs = count_macs(ema, (1, *spec.image_shape), masks=device_masks)
         if D.is_main():
             run.save_bytes(render_samples(fid["samples"][:SAMPLE_GRID]), run.round_file(k, "samples.png"))
             run.save(state, run.round_file(k, "model.pt"))
@@ -230,18 +234,10 @@ class Lottery:
             if os.path.exists(checkpoint):
                 os.remove(checkpoint)
             run.save_bytes(render_report(self.records, title=os.path.basename(run.path)), run.report_path)
-            self.log(f"round {k}: sparsity {100 * record['sparsity']:.2f}%, {_fid_name(record)} {record['fid']:.3f}, "
-                     f"held-out loss {loss:.5f}, MACs {100 * macs / dense_macs:.1f}% of dense, {record['seconds']:.0f} s")
+            self.log(f"round {k}: sparsity {100 * record['sparsity']:.2f}%, {fid_label([record])} {record['fid']:.3f}, "
+                     f"held-out loss {loss:.5f}, MACs {100 * macs / dense_macs:.1f}% of dense, "
+                     f"{record['seconds']:.0f} s")
         self.records = D.broadcast_object(self.records)
-
-
-def _sparsity(masks: dict[str, torch.Tensor]) -> float:
-    total = sum(m.numel() for m in masks.values())
-    return 1.0 - sum(int(m.sum()) for m in masks.values()) / total
-
-
-def _fid_name(record: dict) -> str:
-    return "FID (classifier features)" if record["fid_features"] == "classifier" else "FID"
 
 
 def find_ticket(spec: RunSpec, out: str, *, force: bool = False, log: Callable[[str], None] = print) -> list[dict]:

@@ -83,7 +83,8 @@ class RunDirectory:
             records = [json.loads(line) for line in f if line.strip()]
         for expected, record in enumerate(records):
             if record.get("round") != expected:
-                raise ValueError(f"{self.rounds_path}: line {expected + 1} is round {record.get('round')}, expected {expected}")
+                raise ValueError(f"{self.rounds_path}: line {expected + 1} is round {record.get('round')}, "
+                                 f"expected {expected}")
         return records
 
     def load(self, path: str):
