@@ -20,10 +20,8 @@ namespace {
 
 // Elements per work item: big enough to amortise scheduling, small enough to balance many small tensors.
 constexpr std::int64_t kChunk = 1 << 15;
-
-struct AdamConsts {
-  float beta2, one_minus_beta1, one_minus_beta2, step_size, bc2_sqrt, eps, l2_decay, decay_factor;
-};
+// Below this many elements in a step, waking the thread team costs more than it saves.
+constexpr std::int64_t kParallelMinElements = 1 << 16;
 
 inline std::uint32_t bits_of(float x) {
   std::uint32_t u;
@@ -41,7 +39,7 @@ inline float float_of(std::uint32_t u) {
 // Masked-out entries are cleared with a bitwise AND, not a branch or a multiply: the loop stays
 // vectorisable and a NaN gradient there still ends as exactly 0.
 template <bool kMasked>
-void adam_range(float* __restrict p, const float* __restrict g, float* __restrict m, float* __restrict v,
+inline __attribute__((always_inline)) void adam_range(float* __restrict p, const float* __restrict g, float* __restrict m, float* __restrict v,
                 const std::uint8_t* __restrict mask, std::int64_t n, const AdamConsts c) {
   for (std::int64_t i = 0; i < n; ++i) {
     const float grad = g[i] + c.l2_decay * p[i];
@@ -63,6 +61,24 @@ void adam_range(float* __restrict p, const float* __restrict g, float* __restric
   }
 }
 
+// On x86-64, compiled twice and picked at load time (ifunc): AVX2 doubles the vector width of sqrt and
+// divide, other CPUs keep the baseline code. No FMA, so both versions round identically.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define PYLTH_X86_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define PYLTH_X86_CLONES
+#endif
+
+PYLTH_X86_CLONES void adam_range_masked(
+    float* p, const float* g, float* m, float* v, const std::uint8_t* mask, std::int64_t n, const AdamConsts c) {
+  adam_range<true>(p, g, m, v, mask, n, c);
+}
+
+PYLTH_X86_CLONES void adam_range_plain(
+    float* p, const float* g, float* m, float* v, std::int64_t n, const AdamConsts c) {
+  adam_range<false>(p, g, m, v, nullptr, n, c);
+}
+
 struct WorkItem {
   std::size_t tensor;
   std::int64_t begin, end;
@@ -81,21 +97,19 @@ void masked_adam_cpu(const std::vector<std::uintptr_t>& params, const std::vecto
 
   std::vector<AdamConsts> per_tensor(n);
   std::vector<WorkItem> items;
+  std::int64_t total = 0;
   for (std::size_t t = 0; t < n; ++t) {
     require(numels[t] >= 0, "masked_adam_cpu: numels[" + std::to_string(t) + "] is negative");
     require(numels[t] == 0 || (params[t] && grads[t] && exp_avgs[t] && exp_avg_sqs[t]),
             "masked_adam_cpu: null data pointer for tensor " + std::to_string(t));
-    const double* c = &consts[t * kAdamConstCount];
-    per_tensor[t] = AdamConsts{static_cast<float>(c[kBeta2]),          static_cast<float>(c[kOneMinusBeta1]),
-                               static_cast<float>(c[kOneMinusBeta2]),  static_cast<float>(c[kStepSize]),
-                               static_cast<float>(c[kBiasCorrection2Sqrt]), static_cast<float>(c[kEps]),
-                               static_cast<float>(c[kL2Decay]),        static_cast<float>(c[kDecayFactor])};
+    per_tensor[t] = adam_consts_at(consts, t);
+    total += numels[t];
     for (std::int64_t b = 0; b < numels[t]; b += kChunk) items.push_back({t, b, std::min(b + kChunk, numels[t])});
   }
 
   py::gil_scoped_release no_gil;
   const std::int64_t count = static_cast<std::int64_t>(items.size());
-#pragma omp parallel for schedule(static) num_threads(num_threads)
+#pragma omp parallel for schedule(static) num_threads(num_threads) if (total >= kParallelMinElements)
   for (std::int64_t k = 0; k < count; ++k) {
     const WorkItem& w = items[k];
     const std::size_t t = w.tensor;
@@ -105,9 +119,9 @@ void masked_adam_cpu(const std::vector<std::uintptr_t>& params, const std::vecto
     float* v = as_ptr<float>(exp_avg_sqs[t]) + w.begin;
     const std::int64_t len = w.end - w.begin;
     if (masks[t])
-      adam_range<true>(p, g, m, v, as_ptr<const std::uint8_t>(masks[t]) + w.begin, len, per_tensor[t]);
+      adam_range_masked(p, g, m, v, as_ptr<const std::uint8_t>(masks[t]) + w.begin, len, per_tensor[t]);
     else
-      adam_range<false>(p, g, m, v, nullptr, len, per_tensor[t]);
+      adam_range_plain(p, g, m, v, len, per_tensor[t]);
   }
 }
 

@@ -16,10 +16,6 @@ constexpr int kMaxTensors = 36;   // keeps TensorTable (a kernel argument) under
 constexpr int kThreads = 256;
 constexpr std::int64_t kChunk = 8 * kThreads * 4;  // elements per block: 8 float4 per thread
 
-struct AdamConsts {
-  float beta2, one_minus_beta1, one_minus_beta2, step_size, bc2_sqrt, eps, l2_decay, decay_factor;
-};
-
 struct TensorTable {
   float* p[kMaxTensors];
   const float* g[kMaxTensors];
@@ -53,7 +49,7 @@ __device__ __forceinline__ std::uint32_t keep_word(const std::uint8_t* mask, std
   return mask == nullptr ? 0xffffffffu : 0u - static_cast<std::uint32_t>(mask[i] != 0);
 }
 
-__global__ void __launch_bounds__(kThreads) masked_adam_kernel(const TensorTable table) {
+__global__ void __launch_bounds__(kThreads) masked_adam_kernel(const __grid_constant__ TensorTable table) {
   const int block = static_cast<int>(blockIdx.x);
   int t = 0;
   while (block >= table.first_block[t + 1]) ++t;
@@ -134,11 +130,7 @@ void masked_adam_cuda(const std::vector<std::uintptr_t>& params, const std::vect
     table.v[k] = reinterpret_cast<float*>(exp_avg_sqs[t]);
     table.mask[k] = reinterpret_cast<const std::uint8_t*>(masks[t]);
     table.numel[k] = numels[t];
-    const double* c = &consts[t * kAdamConstCount];
-    table.c[k] = AdamConsts{static_cast<float>(c[kBeta2]),          static_cast<float>(c[kOneMinusBeta1]),
-                            static_cast<float>(c[kOneMinusBeta2]),  static_cast<float>(c[kStepSize]),
-                            static_cast<float>(c[kBiasCorrection2Sqrt]), static_cast<float>(c[kEps]),
-                            static_cast<float>(c[kL2Decay]),        static_cast<float>(c[kDecayFactor])};
+    table.c[k] = adam_consts_at(consts, t);
     table.vectorised[k] = aligned(params[t], 16) && aligned(grads[t], 16) && aligned(exp_avgs[t], 16) &&
                           aligned(exp_avg_sqs[t], 16) && aligned(masks[t], 4);
     table.first_block[k + 1] = table.first_block[k] + static_cast<int>(blocks);

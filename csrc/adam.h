@@ -1,5 +1,6 @@
 // Fused masked Adam/AdamW: plain C++ launcher shared by adam.cpp (bindings) and adam.cu (CUDA kernels).
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 
@@ -12,6 +13,19 @@ enum AdamConst : int {
   kBeta2 = 0, kOneMinusBeta1, kOneMinusBeta2, kStepSize, kBiasCorrection2Sqrt, kEps, kL2Decay, kDecayFactor,
   kAdamConstCount
 };
+
+struct AdamConsts {
+  float beta2, one_minus_beta1, one_minus_beta2, step_size, bc2_sqrt, eps, l2_decay, decay_factor;
+};
+
+// Tensor t's constants out of the flat list of kAdamConstCount doubles per tensor.
+inline AdamConsts adam_consts_at(const std::vector<double>& consts, std::size_t t) {
+  const double* c = &consts[t * kAdamConstCount];
+  return AdamConsts{static_cast<float>(c[kBeta2]),     static_cast<float>(c[kOneMinusBeta1]),
+                    static_cast<float>(c[kOneMinusBeta2]), static_cast<float>(c[kStepSize]),
+                    static_cast<float>(c[kBiasCorrection2Sqrt]), static_cast<float>(c[kEps]),
+                    static_cast<float>(c[kL2Decay]),   static_cast<float>(c[kDecayFactor])};
+}
 
 #ifdef PYLTH_WITH_CUDA
 // One multi-tensor step on the current CUDA device and `stream` (a cudaStream_t as an integer).

@@ -97,23 +97,31 @@ class MaskedAdam(Optimizer):
         reference = ([], [], [], [], [], [])
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
+            hypers = {}  # one AdamHyper per step count in the group (usually a single one)
             for p in group["params"]:
-                if p.grad is None:
+                grad = p.grad
+                if grad is None:
                     continue
-                if p.grad.is_sparse:
+                if grad.is_sparse:
                     raise RuntimeError("MaskedAdam does not support sparse gradients")
                 if torch.is_complex(p):
                     raise TypeError("MaskedAdam does not support complex params")
                 state = self._state_of(p)
-                state["step"] += 1
-                hyper = AdamHyper(float(group["lr"]), float(beta1), float(beta2), float(group["eps"]),
-                                  float(group["weight_decay"]), group["decoupled_weight_decay"], state["step"])
-                native_ok = (p.dtype == torch.float32 and p.is_contiguous() and p.grad.is_contiguous()
-                             and state["exp_avg"].is_contiguous() and state["exp_avg_sq"].is_contiguous())
-                target = fused if native_ok else reference
-                for lst, item in zip(target, (p, p.grad, state["exp_avg"], state["exp_avg_sq"],
-                                               state.get("mask"), hyper)):
-                    lst.append(item)
+                step = state["step"] = state["step"] + 1
+                hyper = hypers.get(step)
+                if hyper is None:
+                    hyper = hypers[step] = AdamHyper(
+                        float(group["lr"]), float(beta1), float(beta2), float(group["eps"]),
+                        float(group["weight_decay"]), bool(group["decoupled_weight_decay"]), step)
+                # Moments share p's layout (zeros_like preserves it), so p and grad decide.
+                native_ok = p.dtype == torch.float32 and p.is_contiguous() and grad.is_contiguous()
+                ps, gs, ms, vs, masks, hs = fused if native_ok else reference
+                ps.append(p)
+                gs.append(grad)
+                ms.append(state["exp_avg"])
+                vs.append(state["exp_avg_sq"])
+                masks.append(state.get("mask"))
+                hs.append(hyper)
         if fused[0]:
             masked_adam_(*fused)
         if reference[0]:

@@ -12,22 +12,21 @@ import time
 import torch
 
 from pylth.ddpm import GaussianDiffusion, build_model
-from pylth.ddpm.config import DataConfig, DiffusionConfig, EvalConfig, add_arguments, from_args
+from pylth.ddpm.config import DataConfig, DiffusionConfig, EvalConfig, add_arguments, dataset_defaults, from_args
 from pylth.ddpm.data import dataset_info, load_dataset
-from pylth.ddpm.fid import evaluate_fid
 from pylth.ddpm.trainer import TrainConfig, resolve_device, train
 from pylth.io import atomic_write_bytes, atomic_write_json
 
 SAMPLE_GRID = 64
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pylth.train", description=__doc__,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def build_parser(defaults: dict | None = None) -> argparse.ArgumentParser:
+    """The full parser; ``defaults`` overrides flag defaults (the data set's, see dataset_defaults)."""
+    parser = argparse.ArgumentParser(prog="python -m pylth.train", description=__doc__)
     parser.add_argument("--out", required=True, help="output folder (checkpoint.pt, samples.png, metrics.json)")
     for title, cls in (("data", DataConfig), ("training", TrainConfig), ("diffusion", DiffusionConfig),
                        ("evaluation", EvalConfig)):
-        add_arguments(parser.add_argument_group(title), cls)
+        add_arguments(parser.add_argument_group(title), cls, defaults=defaults)
     return parser
 
 
@@ -42,27 +41,47 @@ def save_grid(images: torch.Tensor, path: str) -> None:
     atomic_write_bytes(buf.getvalue(), path)
 
 
-def run(args: argparse.Namespace) -> dict:
+def init_distributed(device: torch.device) -> tuple[int, torch.device]:
+    """Under torchrun (WORLD_SIZE > 1): join the process group (NCCL on CUDA, else gloo) and take
+    this process's GPU. Returns (rank, device)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, device
+    import torch.distributed as dist
+
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), device
+
+
+def run(args: argparse.Namespace) -> dict | None:
+    """Train and evaluate; returns the metrics (None on ranks other than 0, which only train)."""
     data, train_cfg = from_args(DataConfig, args), from_args(TrainConfig, args)
     diff_cfg, eval_cfg = from_args(DiffusionConfig, args), from_args(EvalConfig, args)
-    device = resolve_device(train_cfg.device)
+    rank, device = init_distributed(resolve_device(train_cfg.device))
     train_cfg = dataclasses.replace(train_cfg, device=str(device))
     torch.manual_seed(train_cfg.seed)
     dataset = load_dataset(data.dataset, data.data_root, download=data.download, train=True)
     info = dataset_info(data.dataset, data.data_root)
     model = build_model(info["preset"], **info.get("model_overrides", {}))
     diffusion = GaussianDiffusion(diff_cfg.num_timesteps, diff_cfg.beta_start, diff_cfg.beta_end)
-    os.makedirs(args.out, exist_ok=True)
-    atomic_write_json(dict(data=dataclasses.asdict(data), train=dataclasses.asdict(train_cfg),
-                           diffusion=dataclasses.asdict(diff_cfg), eval=dataclasses.asdict(eval_cfg),
-                           model=info["preset"]), os.path.join(args.out, "config.json"))
+    if rank == 0:
+        os.makedirs(args.out, exist_ok=True)
+        atomic_write_json(dict(data=dataclasses.asdict(data), train=dataclasses.asdict(train_cfg),
+                               diffusion=dataclasses.asdict(diff_cfg), eval=dataclasses.asdict(eval_cfg),
+                               model=info["preset"]), os.path.join(args.out, "config.json"))
     start = time.time()
     result = train(model, diffusion, dataset, train_cfg, checkpoint_path=os.path.join(args.out, "checkpoint.pt"),
                    progress_desc=f"train {data.dataset}")
+    if rank != 0:
+        return None
     metrics = dict(dataset=data.dataset, iterations=result.iterations, loss=result.loss,
                    train_seconds=round(time.time() - start, 1))
     samples = None
     if eval_cfg.fid_samples:
+        from pylth.ddpm.fid import evaluate_fid  # clean-fid and scipy: only imported when needed
+
         fid = evaluate_fid(result.ema_model, diffusion, data.dataset, dataset, eval_cfg.fid_samples,
                            sampler=eval_cfg.sampler, steps=eval_cfg.sample_steps, eta=eval_cfg.eta,
                            seed=train_cfg.seed, device=device, inception_path=eval_cfg.inception_path,
@@ -82,7 +101,10 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
+    # The data set picks some defaults (e.g. digits' short warm-up), so read it first.
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--dataset", default=DataConfig.dataset)
+    parser = build_parser(dataset_defaults(pre.parse_known_args(argv)[0].dataset))
     args = parser.parse_args(argv)
     for cls in (DataConfig, TrainConfig, DiffusionConfig, EvalConfig):
         try:
@@ -94,6 +116,8 @@ def main(argv=None) -> int:
     except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
+    if metrics is None:
+        return 0
     summary = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
     print(summary)
     return 0

@@ -9,6 +9,8 @@ import argparse
 import dataclasses
 import typing
 
+from pylth.ddpm.data import DATASETS
+
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
@@ -38,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls, *, exclude=(), defaults:
             kwargs["required"] = True
         else:
             kwargs["default"] = default
-            kwargs["help"] = f"{help_text} (default: {default})" if help_text else f"default: {default}"
+            if default is not None:
+                kwargs["help"] = f"{help_text} (default: {default})" if help_text else f"default: {default}"
         if "choices" in field.metadata:
             kwargs["choices"] = field.metadata["choices"]
         if kind is bool:
@@ -50,7 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls, *, exclude=(), defaults:
                 kwargs["nargs"] = "+"
                 base = typing.get_args(base)[0]
             kwargs["type"] = base
-            kwargs["metavar"] = field.name.upper()
+            if "choices" not in kwargs:
+                kwargs["metavar"] = field.name.upper()
         parser.add_argument(_flag(field.name), **kwargs)
 
 
@@ -68,6 +72,18 @@ def from_args(cls, args: argparse.Namespace, **overrides):
     return cls(**values)
 
 
+# Training defaults that differ per data set (command-line defaults; TrainConfig keeps Ho et al.'s).
+# digits runs last a few thousand steps: Ho et al.'s 5000-step warm-up would cover all of them.
+DATASET_TRAIN_DEFAULTS: dict[str, dict] = {
+    "digits": dict(lr=5e-4, warmup=100),
+}
+
+
+def dataset_defaults(dataset: str) -> dict:
+    """Flag defaults for ``dataset`` that override the dataclass defaults (pass as ``defaults``)."""
+    return dict(DATASET_TRAIN_DEFAULTS.get(dataset, {}))
+
+
 def _help(text: str, **extra) -> dict:
     return dict(metadata=dict(help=text, **extra))
 
@@ -75,15 +91,14 @@ def _help(text: str, **extra) -> dict:
 @dataclasses.dataclass
 class DataConfig:
     dataset: str = dataclasses.field(default="digits", **_help(
-        "data set: digits, mnist, fashion-mnist, cifar10, cifar100, or folder (images under --data-root)"))
+        "data set; folder: the images under --data-root",
+        choices=DATASETS))
     data_root: typing.Optional[str] = dataclasses.field(default=None, **_help(
         "folder holding the data set's files (default: $PYLTH_DATA_ROOT or ~/.cache/pylth/data; "
         "fashion-mnist: /usr/share/datasets/fashion-mnist when present)"))
     download: bool = dataclasses.field(default=False, **_help("download the data set into --data-root if missing"))
 
     def __post_init__(self):
-        from pylth.ddpm.data import DATASETS
-
         if self.dataset not in DATASETS:
             raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
 

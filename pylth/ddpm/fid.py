@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 
 import numpy as np
 import torch
 from cleanfid.fid import frechet_distance, kernel_distance
+from scipy.linalg import LinAlgWarning
 
 from pylth.ddpm.classifier import load_or_train_classifier
 from pylth.ddpm.data import dataset_fingerprint
@@ -27,9 +29,18 @@ def default_cache_dir() -> str:
     return os.environ.get("PYLTH_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "pylth"))
 
 
+def _frechet(mu1, sigma1, mu2, sigma2) -> float:
+    # Classifier features have dead (constant) ReLU units, so singular covariances are expected;
+    # clean-fid handles them, and its scipy warnings would only be noise.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", LinAlgWarning)
+        return float(frechet_distance(mu1, sigma1, mu2, sigma2))
+
+
 def fid_from_features(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
     """Fréchet distance between Gaussians fitted to two feature sets [N, D]."""
-    return float(frechet_distance(*_stats(feats_a), *_stats(feats_b)))
+    return _frechet(*_stats(feats_a), *_stats(feats_b))
 
 
 def kid_from_features(feats_a: np.ndarray, feats_b: np.ndarray, seed: int = 0) -> float:
@@ -146,7 +157,7 @@ def evaluate_fid(model, diffusion, dataset_name: str, dataset, num_samples: int,
                                batch_size=batch_size, device=torch.device(device), progress=progress)
     feats = _batched_features(extract, samples, batch_size)
     mu, sigma = _stats(feats)
-    result = dict(fid=float(frechet_distance(mu, sigma, ref["mu"], ref["sigma"])),
+    result = dict(fid=_frechet(mu, sigma, ref["mu"], ref["sigma"]),
                   kid=kid_from_features(feats, ref["feats"], seed=seed),
                   fid_features=extract.kind, num_samples=num_samples)
     if return_samples:

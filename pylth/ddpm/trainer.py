@@ -151,6 +151,22 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def train_step(net, diffusion, x0, optimizer, params, pruned, grad_clip: float, bf16: bool) -> torch.Tensor:
+    """One optimizer step on batch ``x0``; ``pruned`` lists (param, bool tensor True where pruned).
+    Returns the (detached) loss."""
+    with torch.autocast(device_type=x0.device.type, dtype=torch.bfloat16, enabled=bf16):
+        loss = diffusion.loss(net, x0)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    with torch.no_grad():
+        for param, where in pruned:  # pruned weights do not exist: keep them out of the gradient norm
+            param.grad.masked_fill_(where, 0)
+    if grad_clip:
+        nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    return loss.detach()
+
+
 def train(model: nn.Module, diffusion, dataset, config: TrainConfig, *, masks: dict | None = None,
           start_iteration: int = 0, end_iteration: int | None = None, ema_state: dict | None = None,
           checkpoint_path: str | None = None, on_iteration=None, progress_desc: str = "train") -> TrainResult:
@@ -172,15 +188,15 @@ def train(model: nn.Module, diffusion, dataset, config: TrainConfig, *, masks: d
     masks = _check_masks(model, masks)
     apply_masks(model, masks)
     named = dict(model.named_parameters())
-    mask_list = [(named[name], mask) for name, mask in masks.items()]
+    pruned = [(named[name], ~mask) for name, mask in masks.items()]
 
     ema_model = copy.deepcopy(model).eval().requires_grad_(False)
     if ema_state is not None:
         ema_model.load_state_dict(ema_state)
         apply_masks(ema_model, masks)
     optimizer = MaskedAdam(model.parameters(), lr=config.lr)
-    for param, mask in mask_list:
-        optimizer.set_mask(param, mask)
+    for name, mask in masks.items():
+        optimizer.set_mask(named[name], mask)
     ema_updates, losses = 0, collections.deque(maxlen=100)
     torch.manual_seed(config.seed * 100003 + start_iteration + rank)
 
@@ -191,15 +207,22 @@ def train(model: nn.Module, diffusion, dataset, config: TrainConfig, *, masks: d
         optimizer.load_state_dict(ckpt["optimizer"])
         start_iteration, ema_updates = int(ckpt["iteration"]), int(ckpt["ema_updates"])
         losses.extend(ckpt["losses"])
-        _set_rng_state(ckpt["rng"], device)
+        rng = ckpt["rng"]  # one state per process
+        if len(rng) != world:
+            raise ValueError(f"checkpoint {checkpoint_path} was written by {len(rng)} processes, not {world}")
+        _set_rng_state(rng[rank], device)
         if start_iteration > end:
             raise ValueError(f"checkpoint {checkpoint_path} is at iteration {start_iteration}, past the end {end}")
 
-    def save(iteration: int) -> None:
+    def save(iteration: int) -> None:  # called by every process (gathering RNG states), rank 0 writes
+        rng = [_rng_state(device)]
+        if distributed:
+            rng = [None] * world
+            dist.all_gather_object(rng, _rng_state(device))
         if rank == 0:
             atomic_torch_save(dict(model=model.state_dict(), ema=ema_model.state_dict(),
                                    optimizer=optimizer.state_dict(), iteration=iteration, ema_updates=ema_updates,
-                                   losses=[float(x) for x in losses], rng=_rng_state(device),
+                                   losses=[float(x) for x in losses], rng=rng,
                                    config=dataclasses.asdict(config)), checkpoint_path)
 
     net = model
@@ -209,7 +232,9 @@ def train(model: nn.Module, diffusion, dataset, config: TrainConfig, *, masks: d
     loader = DataLoader(dataset, batch_sampler=ResumableBatchSampler(sampler, config.batch_size // world,
                                                                      start_iteration, end),
                         num_workers=config.num_workers, pin_memory=device.type == "cuda",
-                        persistent_workers=False)
+                        # its own generator: creating the iterator must not draw from the global RNG,
+                        # or a resumed run would diverge from an uninterrupted one
+                        generator=torch.Generator().manual_seed(config.seed + start_iteration))
     use_bf16 = config.bf16 and device.type == "cuda"
     params = list(model.parameters())
     ema_params = list(ema_model.parameters())
@@ -220,22 +245,13 @@ def train(model: nn.Module, diffusion, dataset, config: TrainConfig, *, masks: d
         x0 = x0.to(device, non_blocking=True)
         for group in optimizer.param_groups:
             group["lr"] = config.lr * min(1.0, (it + 1) / config.warmup) if config.warmup else config.lr
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            loss = diffusion.loss(net, x0)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        with torch.no_grad():
-            for param, mask in mask_list:  # pruned weights do not exist: keep them out of the norm
-                param.grad.masked_fill_(~mask, 0)
-        if config.grad_clip:
-            nn.utils.clip_grad_norm_(params, config.grad_clip)
-        optimizer.step()
+        loss = train_step(net, diffusion, x0, optimizer, params, pruned, config.grad_clip, use_bf16)
         with torch.no_grad():
             # Masked entries are exactly 0 in model and EMA alike, and lerp keeps them 0.
             torch._foreach_lerp_(ema_params, params, 1.0 - _ema_decay(config, ema_updates))
         ema_updates += 1
         it += 1
-        pending.append(loss.detach())
+        pending.append(loss)
         if on_iteration is not None:
             on_iteration(it, model)
         if it % 25 == 0 or it == end:

@@ -3,8 +3,9 @@ residual blocks with dropout and self-attention at chosen resolutions.
 
 Submodules are registered in forward order, so ``named_parameters()`` lists weights upstream first
 (the order Algorithm 1 prunes in). Parameter names follow bench/ddpm_cifar10_param_shapes.json.
-Inputs whose side is not a multiple of 2**(levels-1) (MNIST's 28x28) are zero-padded up to the
-next multiple inside ``forward`` and the prediction is cropped back, so callers see their own size.
+Inputs whose side is not a multiple of 2**(levels-1) (e.g. 28x28 with four levels) are zero-padded
+up to the next multiple inside ``forward`` and the prediction is cropped back, so callers see their
+own size; attention resolutions refer to the padded sizes.
 """
 from __future__ import annotations
 

@@ -40,26 +40,47 @@ def _step_constants(h: AdamHyper) -> tuple:
             h.eps, l2, decay)
 
 
-def _check_arguments(params, grads, exp_avgs, exp_avg_sqs, masks, hypers) -> None:
+_MASK_DTYPES = (torch.bool, torch.uint8)
+
+
+def _tensor_ok(p, g, m, v, mask, hyper) -> bool:
+    """Cheap test of everything _check_tensor_at words as an error (a step checks hundreds of tensors)."""
+    f32, dev, shape = torch.float32, p.device, p.shape
+    return (
+        isinstance(p, torch.Tensor) and isinstance(g, torch.Tensor) and isinstance(m, torch.Tensor)
+        and isinstance(v, torch.Tensor) and isinstance(hyper, AdamHyper) and hyper.step >= 1
+        and p.dtype == f32 and g.dtype == f32 and m.dtype == f32 and v.dtype == f32
+        and g.device == dev and m.device == dev and v.device == dev
+        and g.shape == shape and m.shape == shape and v.shape == shape
+        and p.is_contiguous() and g.is_contiguous() and m.is_contiguous() and v.is_contiguous()
+        and (mask is None or (isinstance(mask, torch.Tensor) and mask.dtype in _MASK_DTYPES
+                              and mask.device == dev and mask.shape == shape and mask.is_contiguous()))
+    )
+
+
+def _check_tensor_at(i, params, grads, exp_avgs, exp_avg_sqs, masks, hypers) -> None:
+    """Raise the error that names what is wrong with entry i."""
+    p = check_tensor(params[i], f"params[{i}]", dtypes=(torch.float32,))
     for name, seq in (("grads", grads), ("exp_avgs", exp_avgs), ("exp_avg_sqs", exp_avg_sqs)):
-        check_tensor_list(seq, name, allow_empty=True)
+        check_tensor(seq[i], f"{name}[{i}]", dtypes=(torch.float32,), device=p.device, shape=p.shape)
+    if masks[i] is not None:
+        check_tensor(masks[i], f"masks[{i}]", dtypes=_MASK_DTYPES, device=p.device, shape=p.shape)
+    if not isinstance(hypers[i], AdamHyper):
+        raise TypeError(f"hypers[{i}] must be an AdamHyper, got {type(hypers[i]).__name__}")
+    if hypers[i].step < 1:
+        raise ValueError(f"hypers[{i}].step must be >= 1, got {hypers[i].step}")
+
+
+def _check_arguments(params, grads, exp_avgs, exp_avg_sqs, masks, hypers) -> None:
+    check_tensor_list(params, "params", allow_empty=True)
+    for name, seq in (("grads", grads), ("exp_avgs", exp_avgs), ("exp_avg_sqs", exp_avg_sqs),
+                      ("masks", masks), ("hypers", hypers)):
+        if isinstance(seq, torch.Tensor) or not isinstance(seq, (list, tuple)):
+            raise TypeError(f"{name} must be a list or tuple, got {type(seq).__name__}")
         check_same_length(params, "params", seq, name)
-    if not isinstance(masks, (list, tuple)):
-        raise TypeError(f"masks must be a list or tuple of bool tensors or None, got {type(masks).__name__}")
-    check_same_length(params, "params", masks, "masks")
-    if not isinstance(hypers, (list, tuple)):
-        raise TypeError(f"hypers must be a list or tuple of AdamHyper, got {type(hypers).__name__}")
-    check_same_length(params, "params", hypers, "hypers")
-    for i, p in enumerate(params):
-        check_tensor(p, f"params[{i}]", dtypes=(torch.float32,))
-        for name, seq in (("grads", grads), ("exp_avgs", exp_avgs), ("exp_avg_sqs", exp_avg_sqs)):
-            check_tensor(seq[i], f"{name}[{i}]", dtypes=(torch.float32,), device=p.device, shape=p.shape)
-        if masks[i] is not None:
-            check_tensor(masks[i], f"masks[{i}]", dtypes=(torch.bool, torch.uint8), device=p.device, shape=p.shape)
-        if not isinstance(hypers[i], AdamHyper):
-            raise TypeError(f"hypers[{i}] must be an AdamHyper, got {type(hypers[i]).__name__}")
-        if hypers[i].step < 1:
-            raise ValueError(f"hypers[{i}].step must be >= 1, got {hypers[i].step}")
+    for i, entry in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs, masks, hypers)):
+        if not _tensor_ok(*entry):
+            _check_tensor_at(i, params, grads, exp_avgs, exp_avg_sqs, masks, hypers)
 
 
 def masked_adam_(
@@ -76,7 +97,6 @@ def masked_adam_(
     masks are bool (or uint8) or None. CUDA tensors use the reference (warning once) when pylth was
     built without CUDA.
     """
-    check_tensor_list(params, "params", allow_empty=True)
     _check_arguments(params, grads, exp_avgs, exp_avg_sqs, masks, hypers)
     by_device: dict = {}
     for i, p in enumerate(params):

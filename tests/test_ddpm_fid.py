@@ -1,0 +1,80 @@
+"""FID/KID: a set against itself is ~0, against shifted data clearly > 0; the classifier path is
+cached and labelled; Inception is used only from a local file."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from pylth.ddpm import GaussianDiffusion, build_model
+from pylth.ddpm import classifier as classifier_module
+from pylth.ddpm.data import load_dataset
+from pylth.ddpm.fid import evaluate_fid, feature_extractor, fid_from_features, kid_from_features
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def numpy_fid(a, b):
+    """The Fréchet distance written out with scipy, as an outside oracle for clean-fid's."""
+    from scipy import linalg
+
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root = linalg.sqrtm(ca @ cb).real
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(ca + cb - 2 * root))
+
+
+def test_fid_and_kid_of_a_set_against_itself_and_a_shifted_copy():
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(400, 8))
+    assert abs(fid_from_features(feats, feats)) < 1e-6
+    assert abs(kid_from_features(feats, feats)) < 0.05
+    shifted = feats + 1.0
+    assert fid_from_features(feats, shifted) == pytest.approx(8.0, rel=1e-6)  # |mean shift|^2
+    assert kid_from_features(feats, shifted) > 0.5
+    other = rng.normal(size=(300, 8)) * 1.5
+    assert fid_from_features(feats, other) == pytest.approx(numpy_fid(feats, other), rel=1e-6)
+
+
+def test_classifier_fid_of_data_vs_itself_is_small_and_vs_shifted_data_large(tmp_path, monkeypatch):
+    monkeypatch.setattr(classifier_module, "TRAIN_STEPS", 60)
+    digits = load_dataset("digits")
+    extract = feature_extractor("digits", digits, cache_dir=str(tmp_path))
+    assert extract.kind == "classifier"
+    real = digits.images[:300].float() / 127.5 - 1.0
+    same = extract(real)
+    held = extract(load_dataset("digits", train=False).images[:300].float() / 127.5 - 1.0)
+    shifted = extract((real + 0.8).clamp(-1, 1))
+    assert fid_from_features(same, same) < 1e-6
+    assert fid_from_features(same, shifted) > 10 * fid_from_features(same, held)
+    assert [f.name.split("-")[0] for f in tmp_path.iterdir()] == ["classifier"]
+
+
+def test_evaluate_fid_labels_its_features_and_caches_reference_statistics(tmp_path, monkeypatch):
+    monkeypatch.setattr(classifier_module, "TRAIN_STEPS", 30)
+    monkeypatch.delenv("PYLTH_INCEPTION_PATH", raising=False)
+    digits = load_dataset("digits")
+    model = build_model("digits", ch=32, ch_mult=(1,), num_res_blocks=1, attn_resolutions=())
+    kwargs = dict(sampler="ddim", steps=2, seed=0, device="cpu", cache_dir=str(tmp_path), batch_size=64,
+                  progress=False)
+    result = evaluate_fid(model, GaussianDiffusion(), "digits", digits, 20, **kwargs)
+    assert set(result) == {"fid", "kid", "fid_features", "num_samples"}
+    assert result["fid_features"] == "classifier" and result["num_samples"] == 20 and result["fid"] > 0
+    assert sorted(f.name.split("-")[0] for f in tmp_path.iterdir()) == ["classifier", "ref"]
+    again = evaluate_fid(model, GaussianDiffusion(), "digits", digits, 20, **kwargs)
+    assert again["fid"] == pytest.approx(result["fid"])
+    with pytest.raises(ValueError, match="num_samples"):
+        evaluate_fid(model, GaussianDiffusion(), "digits", digits, 1, **kwargs)
+
+
+def test_inception_needs_a_local_file_and_never_downloads(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYLTH_INCEPTION_PATH", str(tmp_path / "missing" / "inception-2015-12-05.pt"))
+    with pytest.raises(FileNotFoundError, match="inception-2015-12-05.pt"):
+        feature_extractor("digits", load_dataset("digits"), cache_dir=str(tmp_path))
+    assert not os.path.exists(tmp_path / "missing")

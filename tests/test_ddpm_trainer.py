@@ -1,0 +1,121 @@
+"""The masked trainer: loss falls, masked weights stay exactly zero, resume replays the same run."""
+import os
+
+import pytest
+import torch
+
+from pylth.ddpm import GaussianDiffusion, build_model
+from pylth.ddpm.data import load_dataset
+from pylth.ddpm.trainer import TrainConfig, train
+from pylth.io import torch_load
+
+TINY = dict(ch=32, ch_mult=(1,), num_res_blocks=1, attn_resolutions=())
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny models: a second thread only adds contention on a shared box.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def held_out_loss(model, diffusion, dataset):
+    g = torch.Generator().manual_seed(123)
+    x0 = dataset.images[:256].float() / 127.5 - 1.0
+    t = torch.randint(0, diffusion.num_timesteps, (256,), generator=g)
+    noise = torch.randn(x0.shape, generator=g)
+    with torch.no_grad():
+        return diffusion.loss(model.eval(), x0, t=t, noise=noise).item()
+
+
+def test_short_digits_run_lowers_the_loss(digits):
+    torch.manual_seed(0)
+    model, diffusion = build_model("digits", **TINY), GaussianDiffusion()
+    before = held_out_loss(model, diffusion, digits)
+    result = train(model, diffusion, digits, TrainConfig(iterations=80, batch_size=32, lr=2e-3, warmup=10))
+    assert result.iterations == 80
+    after = held_out_loss(result.model, diffusion, digits)
+    assert after < 0.6 * before, (before, after)
+    assert result.loss < 0.9
+
+
+def random_masks(model, sparsity, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {n: torch.rand(p.shape, generator=g) >= sparsity
+            for n, p in model.named_parameters() if p.ndim > 1}
+
+
+def test_masked_training_keeps_pruned_weights_exactly_zero_after_every_step(digits):
+    torch.manual_seed(1)
+    model = build_model("digits", **TINY)
+    masks = random_masks(model, 0.9)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)  # every entry non-zero before training
+    checked = []
+
+    def check(iteration, m):
+        params = dict(m.named_parameters())
+        assert all(bool((params[n][~mk] == 0).all()) for n, mk in masks.items())
+        assert all(bool((params[n][mk] != 0).any()) for n, mk in masks.items())
+        checked.append(iteration)
+
+    result = train(model, GaussianDiffusion(), digits, TrainConfig(iterations=5, batch_size=16, warmup=0),
+                   masks=masks, on_iteration=check)
+    assert checked == [1, 2, 3, 4, 5]
+    ema = dict(result.ema_model.named_parameters())
+    assert all(bool((ema[n][~mk] == 0).all()) for n, mk in masks.items())
+    with pytest.raises(ValueError, match="not a parameter"):
+        train(model, GaussianDiffusion(), digits, TrainConfig(iterations=1), masks={"nope": masks[next(iter(masks))]})
+
+
+def test_resume_from_checkpoint_replays_the_uninterrupted_run(digits, tmp_path):
+    config = TrainConfig(iterations=6, batch_size=16, warmup=3, checkpoint_every=3, seed=5)
+    torch.manual_seed(2)
+    init = build_model("digits", **TINY).state_dict()
+    masks = random_masks(build_model("digits", **TINY), 0.5, seed=3)
+
+    def fresh():
+        model = build_model("digits", **TINY)
+        model.load_state_dict(init)
+        return model
+
+    straight = train(fresh(), GaussianDiffusion(), digits, config, masks=masks)
+    path = str(tmp_path / "ckpt.pt")
+    first = train(fresh(), GaussianDiffusion(), digits, config, masks=masks, end_iteration=3, checkpoint_path=path)
+    assert first.iterations == 3 and torch_load(path)["iteration"] == 3
+    seen = []
+    resumed = train(fresh(), GaussianDiffusion(), digits, config, masks=masks, checkpoint_path=path,
+                    on_iteration=lambda it, m: seen.append(it))
+    assert seen == [4, 5, 6] and resumed.iterations == 6 and os.path.exists(path)
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    for a, b in zip(straight.ema_model.state_dict().values(), resumed.ema_model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_ema_starts_from_the_model_and_warms_up(digits):
+    torch.manual_seed(4)
+    model = build_model("digits", **TINY)
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    result = train(model, GaussianDiffusion(), digits, TrainConfig(iterations=1, batch_size=8, warmup=0))
+    # One update with decay min(0.9999, 1/10): ema = 0.1 * start + 0.9 * model.
+    for name, p in result.ema_model.named_parameters():
+        expected = 0.1 * start[name] + 0.9 * dict(result.model.named_parameters())[name]
+        torch.testing.assert_close(p, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("field,value", [("iterations", 0), ("batch_size", -1), ("lr", 0.0), ("ema_decay", 1.0),
+                                         ("warmup", -1), ("device", "tpu")])
+def test_bad_train_config_raises_value_error_naming_the_field(field, value):
+    kwargs = dict(iterations=10)
+    kwargs[field] = value
+    with pytest.raises(ValueError, match=field if field != "device" else "device"):
+        TrainConfig(**kwargs)

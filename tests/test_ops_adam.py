@@ -1,0 +1,129 @@
+"""pylth.ops.adam: the multi-tensor kernel against its torch reference, and argument checks."""
+import pytest
+import torch
+
+from pylth import _C
+from pylth.ops.adam import AdamHyper, masked_adam_, masked_adam_reference_
+
+
+def _case(shapes, seed, device="cpu", mask_dtype=torch.bool):
+    gen = torch.Generator().manual_seed(seed)
+    ps = [torch.randn(s, generator=gen) for s in shapes]
+    gs = [torch.randn(s, generator=gen) for s in shapes]
+    ms = [torch.randn(s, generator=gen) for s in shapes]
+    vs = [torch.rand(s, generator=gen) for s in shapes]
+    masks = [None if i % 3 == 2 else (torch.rand(s, generator=gen) < 0.5).to(mask_dtype)
+             for i, s in enumerate(shapes)]
+    for p, m, v, mask in zip(ps, ms, vs, masks):
+        if mask is not None:
+            for t in (p, m, v):
+                t.masked_fill_(mask == 0, 0)
+    move = lambda ts: [None if t is None else t.to(device) for t in ts]  # noqa: E731
+    return move(ps), move(gs), move(ms), move(vs), move(masks)
+
+
+def _hypers(n):
+    # Every tensor its own hyper-parameters and step count, as param groups and late params give.
+    return [AdamHyper(lr=1e-3 * (i + 1), beta1=0.9 - 0.05 * (i % 2), beta2=0.999, eps=1e-8 * (i + 1),
+                      weight_decay=0.01 * (i % 3), decoupled=bool(i % 2), step=1 + i) for i in range(n)]
+
+
+def _clone(ts):
+    return [None if t is None else t.clone() for t in ts]
+
+
+@pytest.mark.parametrize("mask_dtype", [torch.bool, torch.uint8])
+def test_multi_tensor_kernel_matches_reference(mask_dtype):
+    shapes = [(1,), (7,), (100003,), (65536,), (32769,), (0,), (5, 3, 3)]
+    ps, gs, ms, vs, masks = _case(shapes, seed=0, mask_dtype=mask_dtype)
+    hypers = _hypers(len(shapes))
+    expected = [_clone(ps), _clone(ms), _clone(vs)]
+    masked_adam_reference_(expected[0], gs, expected[1], expected[2], masks, hypers)
+    masked_adam_(ps, gs, ms, vs, masks, hypers)
+    for actual, want in zip((ps, ms, vs), expected):
+        for a, w in zip(actual, want):
+            torch.testing.assert_close(a, w, rtol=1e-6, atol=1e-7)
+
+
+def test_one_thread_and_many_give_identical_bits():
+    shapes = [(100003,), (40000,)]
+    results = []
+    for threads in (1, 2):
+        ps, gs, ms, vs, masks = _case(shapes, seed=1)
+        old = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            masked_adam_(ps, gs, ms, vs, masks, _hypers(2))
+        finally:
+            torch.set_num_threads(old)
+        results.append(ps + ms + vs)
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
+def test_empty_call_is_a_no_op():
+    masked_adam_([], [], [], [], [], [])
+
+
+def test_bad_arguments_name_the_argument():
+    ps, gs, ms, vs, masks = _case([(4,), (6,)], seed=2)
+    h = _hypers(2)
+    with pytest.raises(ValueError, match="grads has 1 entries but params has 2|params has 2 entries but grads"):
+        masked_adam_(ps, gs[:1], ms, vs, masks, h)
+    with pytest.raises(TypeError, match=r"params\[0\] must have dtype torch.float32"):
+        masked_adam_([ps[0].double(), ps[1]], gs, ms, vs, masks, h)
+    with pytest.raises(ValueError, match=r"exp_avgs\[1\] has shape"):
+        masked_adam_(ps, gs, [ms[0], ms[0]], vs, masks, h)
+    with pytest.raises(ValueError, match=r"grads\[0\] must be contiguous"):
+        masked_adam_([torch.zeros(2, 2)] + ps[1:], [torch.zeros(2, 2).t()] + gs[1:],
+                     [torch.zeros(2, 2)] + ms[1:], [torch.zeros(2, 2)] + vs[1:], [None, None], h)
+    with pytest.raises(TypeError, match=r"masks\[0\] must have dtype"):
+        masked_adam_(ps, gs, ms, vs, [torch.ones(4), None], h)
+    with pytest.raises(TypeError, match=r"hypers\[1\] must be an AdamHyper"):
+        masked_adam_(ps, gs, ms, vs, masks, [h[0], (1e-3, 0.9, 0.999, 1e-8, 0.0, False, 1)])
+    with pytest.raises(ValueError, match=r"hypers\[0\].step must be >= 1"):
+        masked_adam_(ps, gs, ms, vs, masks, [h[0]._replace(step=0), h[1]])
+    with pytest.raises(TypeError, match="params must be a list or tuple"):
+        masked_adam_(ps[0], gs, ms, vs, masks, h)
+
+
+def test_native_entry_point_raises_instead_of_aborting():
+    with pytest.raises(ValueError, match="same length"):
+        _C.masked_adam_cpu([0], [], [], [], [], [], [], 1)
+    with pytest.raises(ValueError, match="8 values per tensor"):
+        _C.masked_adam_cpu([0], [0], [0], [0], [0], [0], [1.0], 1)
+    with pytest.raises(ValueError, match="null data pointer"):
+        _C.masked_adam_cpu([0], [0], [0], [0], [0], [3], [1.0] * 8, 1)
+    with pytest.raises(ValueError, match="num_threads"):
+        _C.masked_adam_cpu([], [], [], [], [], [], [], 0)
+
+
+@pytest.mark.cuda
+def test_cuda_kernel_matches_reference_including_unaligned_views():
+    shapes = [(1,), (7,), (100003,), (65536,), (8193,), (0,), (5, 3, 3)]
+    ps, gs, ms, vs, masks = _case(shapes, seed=3, device="cuda")
+    # An offset view is not 16-byte aligned: the kernel must take its scalar path.
+    base = [torch.zeros(1001, device="cuda") for _ in range(4)]
+    views = [b[1:] for b in base]
+    views[1].normal_()
+    ps, gs, ms, vs = ps + [views[0]], gs + [views[1]], ms + [views[2]], vs + [views[3]]
+    masks = masks + [(torch.arange(1000, device="cuda") % 3 == 0)]
+    hypers = _hypers(len(ps))
+    expected = [_clone(ps), _clone(ms), _clone(vs)]
+    masked_adam_reference_(expected[0], gs, expected[1], expected[2], masks, hypers)
+    masked_adam_(ps, gs, ms, vs, masks, hypers)
+    torch.cuda.synchronize()
+    for actual, want in zip((ps, ms, vs), expected):
+        for a, w in zip(actual, want):
+            torch.testing.assert_close(a, w, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.cuda
+def test_cuda_many_tensors_span_several_launches():
+    shapes = [(i * 37 + 1,) for i in range(100)]  # more tensors than one launch table holds
+    ps, gs, ms, vs, masks = _case(shapes, seed=4, device="cuda")
+    hypers = _hypers(len(shapes))
+    expected = [_clone(ps), _clone(ms), _clone(vs)]
+    masked_adam_reference_(expected[0], gs, expected[1], expected[2], masks, hypers)
+    masked_adam_(ps, gs, ms, vs, masks, hypers)
+    for a, w in zip(ps, expected[0]):
+        torch.testing.assert_close(a, w, rtol=1e-5, atol=1e-6)
