@@ -44,7 +44,6 @@ def test_the_default_run_directory_is_named_from_the_configuration(fake, tmp_pat
     (["--target-sparsity", "1.01"], "--target-sparsity"),
     (["--rewind-fraction", "-0.05"], "--rewind-fraction"),
     (["--cap", "nan"], "--cap"),
-    (["--dataset", "imagenet"], "--dataset"),
     (["--batch-size", "0"], "--batch-size"),
     (["--fid-samples", "1"], "--fid-samples"),
     (["--max-rounds", "-1"], "--max-rounds"),
@@ -57,7 +56,8 @@ def test_bad_values_fail_with_one_line_naming_the_flag(tmp_path, capsys, argv, f
     assert not out.exists()
 
 
-@pytest.mark.parametrize("argv", [["--strategy", "magic"], ["--reset", "later"], ["--iterations", "many"]])
+@pytest.mark.parametrize("argv", [["--dataset", "imagenet"], ["--strategy", "magic"], ["--reset", "later"],
+                                  ["--iterations", "many"]])
 def test_malformed_flags_are_argparse_errors(tmp_path, argv):
     with pytest.raises(SystemExit) as exc:
         main(argv + ["--out", str(tmp_path / "run")])

@@ -83,20 +83,3 @@ def verify_same_on_all_ranks(digest: str, what: str) -> None:
     if len(set(digests)) != 1:
         raise RuntimeError(f"{what} differ across ranks (digests {digests}); refusing to train on inconsistent masks")
 
-
-def init_from_env(device: str) -> bool:
-    """Join the process group when launched by ``torchrun`` (WORLD_SIZE > 1); returns whether it did.
-
-    NCCL for CUDA devices (each rank on its LOCAL_RANK GPU), gloo otherwise.
-    """
-    import datetime
-    import os
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or is_distributed():
-        return is_distributed()
-    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    # Rank 0 evaluates FID and writes files while the others wait at a collective: allow it time.
-    dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(hours=2))
-    return True
