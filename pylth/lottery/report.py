@@ -1,0 +1,81 @@
+"""What a researcher looks at: the table printed at the end and report.png."""
+from __future__ import annotations
+
+import io
+
+
+def fid_label(records: list[dict]) -> str:
+    kinds = {r.get("fid_features") for r in records}
+    return "FID (classifier features)" if "classifier" in kinds else "FID"
+
+
+def format_table(records: list[dict]) -> str:
+    """One line per round: round, sparsity, FID, held-out loss, MACs against dense, seconds."""
+    fid = fid_label(records)
+    header = f"{'round':>5}  {'sparsity':>8}  {fid:>25}  {'loss':>8}  {'MACs':>10}  {'of dense':>8}  {'seconds':>7}"
+    lines = [header, "-" * len(header)]
+    for r in records:
+        lines.append(
+            f"{r['round']:>5}  {100 * r['sparsity']:>7.2f}%  {r['fid']:>25.3f}  {r['loss']:>8.5f}  "
+            f"{r['macs']:>10.4g}  {100 * r['macs'] / r['dense_macs']:>7.1f}%  {r['seconds']:>7.1f}"
+        )
+    return "\n".join(lines)
+
+
+def render_report(records: list[dict], title: str = "") -> bytes:
+    """report.png as bytes: FID against sparsity, and each round's sparsity per module in forward order."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_fid, ax_mod) = plt.subplots(1, 2, figsize=(12, 4.5))
+    sparsity = [100 * r["sparsity"] for r in records]
+    ax_fid.plot(sparsity, [r["fid"] for r in records], "o-")
+    for r, x in zip(records, sparsity):
+        ax_fid.annotate(str(r["round"]), (x, r["fid"]), textcoords="offset points", xytext=(3, 3), fontsize=7)
+    ax_fid.set_xlabel("sparsity (%)")
+    ax_fid.set_ylabel(fid_label(records))
+    ax_fid.set_title("sample quality per round")
+    ax_fid.grid(alpha=0.3)
+
+    cmap = plt.get_cmap("viridis")
+    modules = list(records[0]["module_sparsity"]) if records else []
+    for i, r in enumerate(records):
+        ax_mod.plot(range(len(modules)), [100 * r["module_sparsity"][m] for m in modules], ".-",
+                    color=cmap(i / max(1, len(records) - 1)), label=f"round {r['round']}")
+    ax_mod.set_xticks(range(len(modules)))
+    ax_mod.set_xticklabels(modules, rotation=60, ha="right", fontsize=7)
+    ax_mod.set_ylabel("sparsity (%)")
+    ax_mod.set_title("sparsity per module (forward order)")
+    ax_mod.grid(alpha=0.3)
+    if 0 < len(records) <= 12:
+        ax_mod.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def render_samples(images, min_side: int = 32) -> bytes:
+    """A PNG grid of images in [-1, 1] (N x C x H x W); small images are enlarged (nearest) to be seen."""
+    import math
+
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+    from torchvision.utils import make_grid
+
+    images = images.detach().float().cpu().clamp(-1, 1)
+    if images.shape[-1] < min_side:
+        images = F.interpolate(images, scale_factor=math.ceil(min_side / images.shape[-1]), mode="nearest")
+    grid = make_grid((images + 1) / 2, nrow=int(math.ceil(math.sqrt(len(images)))), padding=2, pad_value=1.0)
+    array = (grid * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    if array.shape[2] == 1:
+        array = array[:, :, 0]
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()

@@ -1,0 +1,49 @@
+"""Tickets: the masked starting weights of a round, and loading one back from a run directory."""
+from __future__ import annotations
+
+import os
+
+import torch
+from pylth.ddpm.trainer import apply_masks
+from pylth.ddpm.unet import UNet
+from pylth.lottery.run_dir import RunDirectory
+
+
+def fresh_model(model_config: dict, seed: int) -> UNet:
+    """The U-Net ``model_config`` initialised from ``seed``, without touching the global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return UNet(**model_config)
+
+
+def reinit_seed(seed: int, round_index: int) -> int:
+    """The seed of round k's fresh random weights under --reset reinit (differs from theta_0's)."""
+    return seed + 1_000_003 * round_index
+
+
+def load_ticket(run_dir: str, round: int, device="cpu") -> tuple[UNet, dict[str, torch.Tensor]]:
+    """The ticket of ``round`` in ``run_dir``: the model holding its starting weights (theta_tau ⊙ m
+    under --reset rewind; theta_0 ⊙ m under init; round k's fresh random weights ⊙ m under reinit)
+    and its masks (name -> bool tensor)."""
+    run = RunDirectory(run_dir)
+    config = run.read_config()
+    if config is None:
+        raise ValueError(f"run_dir {run.path} holds no pylth run (no config.json)")
+    if not isinstance(round, int) or round < 0:
+        raise ValueError(f"round must be an int >= 0, got {round!r}")
+    finished = len(run.read_rounds())
+    if round >= finished:
+        raise ValueError(f"round {round} of {run.path} is not finished ({finished} rounds are)")
+    masks = run.load(run.round_file(round, "mask.pt"))
+    reset = config["lottery"]["reset"]
+    if reset == "reinit" and round > 0:
+        state = fresh_model(config["model"], reinit_seed(config["train"]["seed"], round)).state_dict()
+    else:
+        path = run.init_path if reset == "init" else run.rewind_path
+        if not os.path.exists(path):
+            raise ValueError(f"{path} is missing")
+        state = run.load(path)
+    model = UNet(**config["model"])
+    model.load_state_dict(state)
+    apply_masks(model, masks)
+    return model.to(device), masks

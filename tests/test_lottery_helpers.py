@@ -1,0 +1,89 @@
+"""Shared pieces of the lottery/find_ticket tests: a tiny U-Net on digits and a quick FID classifier."""
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+
+import pytest
+import torch
+
+from pylth.ddpm import classifier
+from pylth.ddpm.config import DataConfig, DiffusionConfig, EvalConfig
+import pylth.lottery.rounds as rounds
+from pylth.ddpm.trainer import TrainConfig, TrainResult, apply_masks
+from pylth.lottery import LotteryConfig, RunSpec
+
+# 8x8 digits U-Net, ~20k weights: the same code paths as the presets, a fraction of the time.
+TINY_MODEL = dict(in_channels=1, image_size=8, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,),
+                  dropout=0.0, norm_groups=4)
+
+
+def tiny_spec(cache_dir: str, iterations: int = 6, train: dict | None = None, **lottery) -> RunSpec:
+    lottery = {"max_rounds": 2, "heldout_samples": 16, "rewind_fraction": 1 / 3, **lottery}
+    train = {"iterations": iterations, "batch_size": 16, "warmup": 2, "ema_decay": 0.9, "checkpoint_every": 2,
+             **(train or {})}
+    return RunSpec(data=DataConfig("digits"), model=dict(TINY_MODEL), image_shape=(1, 8, 8),
+                   train=TrainConfig(**train), diffusion=DiffusionConfig(),
+                   evaluation=EvalConfig(fid_samples=8, sample_steps=2, sample_batch_size=64, cache_dir=cache_dir),
+                   lottery=LotteryConfig(**lottery))
+
+
+@pytest.fixture(scope="session")
+def fid_cache(tmp_path_factory):
+    """A cache folder for FID whose label classifier trains for a few steps only (features, not accuracy,
+    are what the tests need), so the user's cache never holds a weak classifier."""
+    mp = pytest.MonkeyPatch()
+    original = classifier.train_classifier
+    mp.setattr(classifier, "train_classifier", lambda dataset, device, **kw: original(dataset, device, steps=20))
+    yield str(tmp_path_factory.mktemp("fid-cache"))
+    mp.undo()
+
+
+def file_digests(folder: str) -> dict[str, tuple[str, int]]:
+    """relative path -> (sha256, mtime_ns) of every file under ``folder``."""
+    out = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, folder)] = (hashlib.sha256(f.read()).hexdigest(), os.stat(path).st_mtime_ns)
+    return out
+
+
+@pytest.fixture(scope="module", autouse=False)
+def one_thread():
+    """One intra-op thread: on a busy 2-core box, spinning OpenMP threads make tiny steps 50x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    """Replace training by seeded random steps (so trained magnitudes differ from theta_tau) and FID by a constant."""
+    calls = []
+
+    def train(model, diffusion, dataset, config, *, masks=None, start_iteration=0, end_iteration=None,
+              ema_state=None, checkpoint_path=None, on_iteration=None, progress_desc="train"):
+        calls.append(dict(start=start_iteration, end=end_iteration, masks=masks,
+                          state={k: v.detach().clone() for k, v in model.state_dict().items()}))
+        gen = torch.Generator().manual_seed(len(calls))
+        for it in range(start_iteration + 1, end_iteration + 1):
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(torch.randn(p.shape, generator=gen))
+            apply_masks(model, masks)
+            if on_iteration is not None:
+                on_iteration(it, model)
+        return TrainResult(model=model, ema_model=copy.deepcopy(model), loss=0.5, iterations=end_iteration)
+
+    def evaluate_fid(model, diffusion, name, dataset, num_samples, **kw):
+        return dict(fid=10.0, kid=0.0, fid_features="classifier", num_samples=num_samples,
+                    samples=torch.zeros(num_samples, *dataset[0][0].shape))
+
+    monkeypatch.setattr(rounds, "train", train)
+    monkeypatch.setattr(rounds, "evaluate_fid", evaluate_fid)
+    monkeypatch.setattr(rounds, "render_report", lambda records, title="": b"not drawn")
+    return calls
