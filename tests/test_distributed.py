@@ -58,15 +58,25 @@ def flat(model) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
-def train_tiny(checkpoint=None, stop_at=None) -> tuple[torch.Tensor, float]:
-    """4 masked steps of a global batch of 16 (optionally stopping at ``stop_at`` and resuming from
-    ``checkpoint`` in a second call); returns (final weights, loss)."""
+class Killed(Exception):
+    pass
+
+
+def train_tiny(checkpoint=None, killed_after=None) -> tuple[torch.Tensor, float]:
+    """4 masked steps of a global batch of 16; returns (final weights, loss). With ``killed_after``:
+    first a run that dies in the step after that iteration's checkpoint, then the same call again,
+    which resumes from ``checkpoint``."""
     config = TrainConfig(iterations=4, batch_size=16, warmup=0, ema_decay=0.9, checkpoint_every=2)
     dataset = load_dataset("digits")
-    if stop_at is not None:
+    if killed_after is not None:
+        def die(iteration, _model):
+            if iteration == killed_after + 1:
+                raise Killed
+
         model = tiny_model()
-        train(model, GaussianDiffusion(), dataset, config, masks=tiny_masks(model), end_iteration=stop_at,
-              checkpoint_path=checkpoint)
+        with pytest.raises(Killed):
+            train(model, GaussianDiffusion(), dataset, config, masks=tiny_masks(model), checkpoint_path=checkpoint,
+                  on_iteration=die)
     model = tiny_model()
     result = train(model, GaussianDiffusion(), dataset, config, masks=tiny_masks(model), checkpoint_path=checkpoint)
     return flat(result.model), result.loss
@@ -116,9 +126,9 @@ def worker(out: str, cache: str) -> None:
     except (RuntimeError, ValueError) as exc:
         results["fail_together"] = gathered(f"{type(exc).__name__}: {exc}")
 
-    # training: uninterrupted, then stopped at 2 and resumed by a second call
+    # training: uninterrupted, then killed after the checkpoint at iteration 2 and resumed
     weights, loss = train_tiny()
-    resumed, resumed_loss = train_tiny(os.path.join(out, "ckpt.pt"), stop_at=2)
+    resumed, resumed_loss = train_tiny(os.path.join(out, "ckpt.pt"), killed_after=2)
     results["same_weights_on_ranks"] = len(set(gathered(D.masks_checksum({"w": weights})))) == 1
     results["loss"], results["resumed_loss"] = loss, resumed_loss
     results["resume_exact"] = bool(torch.equal(weights, resumed))

@@ -6,6 +6,7 @@ import collections
 import copy
 import dataclasses
 import os
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -244,6 +245,9 @@ def train(model: nn.Module, diffusion, dataset, config: TrainConfig, *, masks: d
             raise ValueError(f"checkpoint {checkpoint_path} is at iteration {start_iteration}, past the end {end}")
 
     def save(iteration: int) -> None:  # called by every process (gathering RNG states), rank 0 writes
+        if pending:  # the checkpoint holds every step's loss so far, or a resumed run reports another loss
+            losses.extend(_global_losses(pending, world))
+            pending.clear()
         rng = [_rng_state(device)]
         if distributed:
             rng = [None] * world
@@ -256,6 +260,9 @@ def train(model: nn.Module, diffusion, dataset, config: TrainConfig, *, masks: d
 
     net = model
     if distributed:
+        # 1x1 convolutions get channels-last weight gradients whose strides differ from the bucket's
+        # only along size-1 dimensions: the same memory order, so DDP's warning about it is noise.
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=config.seed, drop_last=True)
     loader = DataLoader(dataset, batch_sampler=ResumableBatchSampler(sampler, config.batch_size // world,
