@@ -40,6 +40,12 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def is_local_main() -> bool:
+    """True on the first process of each machine (LOCAL_RANK 0), or in a single process: the one that
+    fills a machine's local caches (a data set download) while the others wait."""
+    return not is_distributed() or int(os.environ.get("LOCAL_RANK", "0")) == 0
+
+
 def barrier() -> None:
     if is_distributed():
         dist.barrier()

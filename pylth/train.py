@@ -52,7 +52,10 @@ def run(args: argparse.Namespace) -> dict | None:
     rank, device = init_distributed(resolve_device(train_cfg.device))
     train_cfg = dataclasses.replace(train_cfg, device=str(device))
     torch.manual_seed(train_cfg.seed)
-    dataset = load_dataset(data.dataset, data.data_root, download=data.download, train=True)
+    with D.fail_together("downloading the data set"):  # one download per machine, the others wait
+        if data.download and D.is_local_main():
+            load_dataset(data.dataset, data.data_root, download=True, train=True)
+    dataset = load_dataset(data.dataset, data.data_root, train=True)
     info = dataset_info(data.dataset, data.data_root)
     model = build_model(info["preset"], **info.get("model_overrides", {}))
     diffusion = GaussianDiffusion(diff_cfg.num_timesteps, diff_cfg.beta_start, diff_cfg.beta_end)

@@ -126,7 +126,15 @@ def worker(out: str, cache: str) -> None:
     except (RuntimeError, ValueError) as exc:
         results["fail_together"] = gathered(f"{type(exc).__name__}: {exc}")
 
-    # training: uninterrupted, then killed after the checkpoint at iteration 2 and resumed
+    # training: uninterrupted, then killed after the checkpoint at iteration 2 and resumed; rank 1
+    # never reads the checkpoint file (rank 0 sends it: machines need not share a disk)
+    if rank == 1:
+        import pylth.ddpm.trainer as trainer
+
+        def no_reading(path, *args, **kwargs):
+            raise AssertionError(f"rank 1 read {path}")
+
+        trainer.torch_load = no_reading
     weights, loss = train_tiny()
     resumed, resumed_loss = train_tiny(os.path.join(out, "ckpt.pt"), killed_after=2)
     results["same_weights_on_ranks"] = len(set(gathered(D.masks_checksum({"w": weights})))) == 1

@@ -188,6 +188,18 @@ def train_step(net, diffusion, x0, optimizer, params, pruned, grad_clip: float, 
     return loss.detach()
 
 
+def _read_checkpoint(path: str | None) -> dict | None:
+    """The checkpoint at ``path`` (tensors on the CPU), or None when there is none. Under
+    torch.distributed rank 0 reads it and sends it: the other machines need not share its disk."""
+    if path is None:
+        return None
+    ckpt = None
+    with D.fail_together(f"reading checkpoint {path}"):
+        if D.is_main() and os.path.exists(path):
+            ckpt = torch_load(path, map_location="cpu")
+    return D.broadcast_object(ckpt)
+
+
 def _global_losses(pending: list, world: int) -> list[float]:
     """The global batch's loss per step: the mean over processes of their (equal-sized) batches' losses,
     so every process keeps the same history and checkpoints and resumes agree with one process."""
@@ -230,8 +242,8 @@ def train(model: nn.Module, diffusion, dataset, config: TrainConfig, *, masks: d
     ema_updates, losses = 0, collections.deque(maxlen=100)
     torch.manual_seed(config.seed * 100003 + start_iteration + rank)  # dropout: per process
 
-    if checkpoint_path is not None and os.path.exists(checkpoint_path):
-        ckpt = torch_load(checkpoint_path, map_location=device)
+    ckpt = _read_checkpoint(checkpoint_path)
+    if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         ema_model.load_state_dict(ckpt["ema"])
         optimizer.load_state_dict(ckpt["optimizer"])
