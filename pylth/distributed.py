@@ -148,7 +148,8 @@ def verify_same_on_all_ranks(digest: str, what: str) -> None:
     digests = [None] * dist.get_world_size()
     dist.all_gather_object(digests, digest)
     if len(set(digests)) != 1:
-        raise RuntimeError(f"{what} differ across ranks (digests {digests}); refusing to go on with inconsistent {what}")
+        raise RuntimeError(f"{what} differ across ranks (digests {digests}); refusing to go on with "
+                           f"inconsistent {what}")
 
 
 def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:

@@ -2,5 +2,5 @@
 
 They live in pylth.distributed (shared with pylth.train and the ddpm trainer and FID); this module
 keeps the names the lottery imports."""
-from pylth.distributed import (barrier, broadcast_object, broadcast_tensors, is_distributed, is_main,  # noqa: F401
-                               masks_checksum, verify_same_on_all_ranks)
+from pylth.distributed import (barrier, broadcast_object, broadcast_tensors, is_distributed,  # noqa: F401
+                               is_local_main, is_main, masks_checksum, shutdown, verify_same_on_all_ranks)
