@@ -37,7 +37,8 @@ class TrainConfig:
     num_workers: int = field(default=0, **_help("DataLoader worker processes"))
     bf16: bool = field(default=False, **_help("bf16 autocast for forward/backward (CUDA only)"))
     seed: int = field(default=0, **_help("random seed"))
-    device: str = field(default="cpu", **_help("torch device, e.g. cpu, cuda, cuda:1, or auto"))
+    device: str = field(default="cpu", **_help("torch device, e.g. cpu, cuda, cuda:1, or auto; under torchrun "
+                                                 "cuda means each process's own GPU, cuda:$LOCAL_RANK"))
     checkpoint_every: int = field(default=1000, **_help("write a resumable checkpoint every this many iterations"))
 
     def __post_init__(self):
