@@ -95,3 +95,11 @@ def test_bad_input_in_a_fresh_process_has_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
     assert "--prune-ratio must be a number in [0, 1], got 2.0" in proc.stderr
+
+
+def test_a_missing_data_file_names_it_and_leaves_no_run_directory(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["--dataset", "mnist", "--data-root", str(tmp_path / "no-data"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("python -m pylth.find_ticket: error:") and "no-data" in err and "\n" not in err
+    assert not out.exists()

@@ -166,8 +166,6 @@ def test_resume_after_an_interruption_mid_round_redoes_no_finished_round(resumed
     assert all(torch.equal(a[n], b[n]) for n in b)
 
 
-@pytest.mark.xfail(reason="pylth.ddpm.trainer: resuming from a checkpoint restores the RNG before the DataLoader "
-                          "iterator draws its base seed, so the noise after a resume differs", strict=False)
 def test_resumed_round_is_bit_identical_to_the_uninterrupted_one(resumed_run, uniform_run):
     a = load(os.path.join(resumed_run[0], "round_02", "model.pt"))
     b = load(os.path.join(uniform_run[1], "round_02", "model.pt"))

@@ -32,6 +32,9 @@ def render_report(records: list[dict], title: str = "") -> bytes:
     fig, (ax_fid, ax_mod) = plt.subplots(1, 2, figsize=(12, 4.5))
     sparsity = [100 * r["sparsity"] for r in records]
     ax_fid.plot(sparsity, [r["fid"] for r in records], "o-")
+    if records:
+        ax_fid.axhline(records[0]["fid"], color="grey", linestyle="--", linewidth=1, label="dense (round 0)")
+        ax_fid.legend(fontsize=7)
     for r, x in zip(records, sparsity):
         ax_fid.annotate(str(r["round"]), (x, r["fid"]), textcoords="offset points", xytext=(3, 3), fontsize=7)
     ax_fid.set_xlabel("sparsity (%)")
@@ -49,8 +52,8 @@ def render_report(records: list[dict], title: str = "") -> bytes:
     ax_mod.set_ylabel("sparsity (%)")
     ax_mod.set_title("sparsity per module (forward order)")
     ax_mod.grid(alpha=0.3)
-    if 0 < len(records) <= 12:
-        ax_mod.legend(fontsize=7)
+    if 0 < len(records) <= 26:
+        ax_mod.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()

@@ -5,6 +5,7 @@ exactly like one process and every rank trains on the same masks and starting we
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -43,7 +44,7 @@ class RunSpec:
 
     @property
     def rewind_iteration(self) -> int:
-        return int(round(self.lottery.rewind_fraction * self.train.iterations))
+        return math.floor(self.lottery.rewind_fraction * self.train.iterations + 0.5)
 
     def to_json(self) -> dict:
         out = asdict(self)
@@ -61,6 +62,14 @@ class Lottery:
         self.model = fresh_model(spec.model, spec.train.seed)
         self.prunable = [name for name, _ in prunable_parameters(self.model)]
         self.groups = module_groups(self.model)
+        # The data first: a missing file must not leave a half-made run directory behind.
+        data = spec.data
+        if data.download and D.is_local_main():  # one process per machine downloads, the others wait and read
+            load_dataset(data.dataset, data.data_root, download=True, train=True)
+        D.barrier()
+        self.dataset = load_dataset(data.dataset, data.data_root, train=True)
+        self.heldout = make_heldout(load_dataset(data.dataset, data.data_root, train=False),
+                                    spec.lottery.heldout_samples, self.diffusion.num_timesteps, spec.train.seed)
         # Rank 0 opens (or refuses) the run directory; every rank learns the outcome.
         outcome, error = None, None
         if D.is_main():
@@ -74,13 +83,6 @@ class Lottery:
         if status == "error":
             raise ValueError(payload)
         self.records: list[dict] = payload
-        data = spec.data
-        if data.download and D.is_local_main():  # one process per machine downloads, the others wait and read
-            load_dataset(data.dataset, data.data_root, download=True, train=True)
-        D.barrier()
-        self.dataset = load_dataset(data.dataset, data.data_root, train=True)
-        self.heldout = make_heldout(load_dataset(data.dataset, data.data_root, train=False),
-                                    spec.lottery.heldout_samples, self.diffusion.num_timesteps, spec.train.seed)
 
     # -- files, read on rank 0 and broadcast ---------------------------------------------------
     def _shared_state(self, path: str) -> dict[str, torch.Tensor]:
