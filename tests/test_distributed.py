@@ -12,7 +12,6 @@ is also its worker script) against the same work done in one process here.
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import subprocess
 import sys
