@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 import torch
+
 from pylth.ddpm.trainer import apply_masks
 from pylth.ddpm.unet import UNet
 from pylth.lottery.run_dir import RunDirectory
