@@ -15,7 +15,7 @@ from pylth.ddpm.data import dataset_info
 from pylth.ddpm.models import build_model
 from pylth.ddpm.trainer import TrainConfig, resolve_device
 from pylth.lottery import LotteryConfig, RunSpec, find_ticket
-from pylth.lottery.distributed import is_main
+from pylth.lottery.distributed import is_main, shutdown
 from pylth.train import init_distributed
 
 # Defaults per data set (over pylth.train's). digits is the offline demo, sized so that the run without
@@ -94,6 +94,7 @@ def main(argv=None) -> int:
         _, device = init_distributed(resolve_device(spec.train.device))  # under torchrun: this rank's device
         spec.train = dataclasses.replace(spec.train, device=str(device))
         find_ticket(spec, args.out or default_out(spec), force=args.force)
+        shutdown()
     except (ValueError, FileNotFoundError) as exc:
         if is_main():
             print(f"{parser.prog}: error: {exc}", file=sys.stderr)

@@ -1,5 +1,6 @@
 """python -m pylth.train: train a DDPM, then write DIR/checkpoint.pt, DIR/samples.png and
-DIR/metrics.json (fid, fid_features, kid, loss). Running the same command again resumes."""
+DIR/metrics.json (fid, fid_features, kid, loss). Running the same command again resumes.
+Under torchrun every process trains (DDP) and samples its share for FID; rank 0 writes."""
 from __future__ import annotations
 
 import argparse
@@ -11,6 +12,8 @@ import time
 
 import torch
 
+from pylth import distributed as D
+from pylth.distributed import init_distributed  # noqa: F401 - also pylth.find_ticket's entry point
 from pylth.ddpm import GaussianDiffusion, build_model
 from pylth.ddpm.config import DataConfig, DiffusionConfig, EvalConfig, add_arguments, dataset_defaults, from_args
 from pylth.ddpm.data import dataset_info, load_dataset
@@ -41,28 +44,18 @@ def save_grid(images: torch.Tensor, path: str) -> None:
     atomic_write_bytes(buf.getvalue(), path)
 
 
-def init_distributed(device: torch.device) -> tuple[int, torch.device]:
-    """Under torchrun (WORLD_SIZE > 1): join the process group (NCCL on CUDA, else gloo) and take
-    this process's GPU. Returns (rank, device)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0, device
-    import torch.distributed as dist
-
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), device
-
-
 def run(args: argparse.Namespace) -> dict | None:
-    """Train and evaluate; returns the metrics (None on ranks other than 0, which only train)."""
+    """Train and evaluate; returns the metrics (None on ranks other than 0, which train and sample
+    their share for FID but write nothing)."""
     data, train_cfg = from_args(DataConfig, args), from_args(TrainConfig, args)
     diff_cfg, eval_cfg = from_args(DiffusionConfig, args), from_args(EvalConfig, args)
     rank, device = init_distributed(resolve_device(train_cfg.device))
     train_cfg = dataclasses.replace(train_cfg, device=str(device))
     torch.manual_seed(train_cfg.seed)
-    dataset = load_dataset(data.dataset, data.data_root, download=data.download, train=True)
+    with D.fail_together("downloading the data set"):  # one download per machine, the others wait
+        if data.download and D.is_local_main():
+            load_dataset(data.dataset, data.data_root, download=True, train=True)
+    dataset = load_dataset(data.dataset, data.data_root, train=True)
     info = dataset_info(data.dataset, data.data_root)
     model = build_model(info["preset"], **info.get("model_overrides", {}))
     diffusion = GaussianDiffusion(diff_cfg.num_timesteps, diff_cfg.beta_start, diff_cfg.beta_end)
@@ -74,23 +67,23 @@ def run(args: argparse.Namespace) -> dict | None:
     start = time.time()
     result = train(model, diffusion, dataset, train_cfg, checkpoint_path=os.path.join(args.out, "checkpoint.pt"),
                    progress_desc=f"train {data.dataset}")
-    if rank != 0:
-        return None
     metrics = dict(dataset=data.dataset, iterations=result.iterations, loss=result.loss,
                    train_seconds=round(time.time() - start, 1))
     samples = None
-    if eval_cfg.fid_samples:
+    if eval_cfg.fid_samples:  # every rank samples its share
         from pylth.ddpm.fid import evaluate_fid  # clean-fid and scipy: only imported when needed
 
         fid = evaluate_fid(result.ema_model, diffusion, data.dataset, dataset, eval_cfg.fid_samples,
                            sampler=eval_cfg.sampler, steps=eval_cfg.sample_steps, eta=eval_cfg.eta,
                            seed=train_cfg.seed, device=device, inception_path=eval_cfg.inception_path,
                            cache_dir=eval_cfg.cache_dir, batch_size=eval_cfg.sample_batch_size,
-                           return_samples=True)
-        samples = fid.pop("samples")[:SAMPLE_GRID]
+                           progress=rank == 0, return_samples=SAMPLE_GRID)
+        samples = fid.pop("samples")
         metrics.update(fid, sampler=eval_cfg.sampler, sample_steps=eval_cfg.sample_steps)
     else:
         metrics.update(fid=None, fid_features=None, kid=None)
+    if rank != 0:
+        return None
     if samples is None or len(samples) < SAMPLE_GRID:
         samples = diffusion.sample(result.ema_model, SAMPLE_GRID, info["image_shape"], sampler=eval_cfg.sampler,
                                    steps=eval_cfg.sample_steps, eta=eval_cfg.eta, seed=train_cfg.seed,
@@ -116,6 +109,7 @@ def main(argv=None) -> int:
     except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
+    D.shutdown()
     if metrics is None:
         return 0
     summary = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())

@@ -112,12 +112,15 @@ class DiffusionConfig:
 
 @dataclasses.dataclass
 class EvalConfig:
-    fid_samples: int = dataclasses.field(default=500, **_help("samples for FID/KID (0: skip FID)"))
+    fid_samples: int = dataclasses.field(default=500, **_help(
+        "samples for FID/KID, in all over every process (0: skip FID)"))
     sampler: str = dataclasses.field(default="ddim", **_help("sampler for FID and samples.png", choices=("ddpm", "ddim")))
     sample_steps: typing.Optional[int] = dataclasses.field(default=100, **_help(
         "denoising steps of the sampler (default 100; ddpm with T steps is Ho et al.'s ancestral sampler)"))
     eta: float = dataclasses.field(default=0.0, **_help("DDIM eta (0: deterministic)"))
-    sample_batch_size: int = dataclasses.field(default=256, **_help("images per sampling batch"))
+    sample_batch_size: int = dataclasses.field(default=256, **_help(
+        "images per sampling batch; FID samples come in blocks of this size, each with its own seed, "
+        "shared out across processes (so the samples depend on it, not on the number of processes)"))
     inception_path: typing.Optional[str] = dataclasses.field(default=None, **_help(
         "local inception-2015-12-05.pt (or its folder) for Inception FID; default $PYLTH_INCEPTION_PATH, "
         "else FID on features of a classifier trained on the data set's labels"))

@@ -6,6 +6,11 @@ a small classifier trained on the data set's labels (pylth.ddpm.classifier), cac
 names its features: ``fid_features`` is "inception" or "classifier"; FIDs of different feature kinds,
 sample counts, samplers or reference sets are not comparable. Reference statistics of the training
 set are computed once per (data set, features) and cached in ``cache_dir``.
+
+Samples are generated in blocks of ``batch_size``, block j from its own seed (seed, j), so the samples
+do not depend on how the blocks are spread over processes: under torch.distributed each rank samples
+a contiguous share of the blocks and extracts their features, rank 0 gathers them and computes the
+scores, and every rank returns the same result, equal to a one-process run's.
 """
 from __future__ import annotations
 
@@ -17,8 +22,10 @@ import numpy as np
 import torch
 from cleanfid.fid import frechet_distance, kernel_distance
 from scipy.linalg import LinAlgWarning
+from tqdm.auto import tqdm
 
-from pylth.ddpm.classifier import load_or_train_classifier
+from pylth import distributed as D
+from pylth.ddpm.classifier import FEATURE_DIM, LabelClassifier, load_or_train_classifier
 from pylth.ddpm.data import dataset_fingerprint
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
@@ -64,6 +71,7 @@ class InceptionFeatures:
     """clean-fid's InceptionV3W (2048-d pool features) on clean-resized 299x299 images."""
 
     kind = "inception"
+    dim = 2048
 
     def __init__(self, path: str, device):
         from cleanfid.inception_torchscript import InceptionV3W
@@ -93,12 +101,24 @@ class ClassifierFeatures:
     """Penultimate-layer features of the data set's cached label classifier."""
 
     kind = "classifier"
+    dim = FEATURE_DIM
 
     def __init__(self, dataset_name: str, dataset, cache_dir: str, device):
-        self.model, path = load_or_train_classifier(dataset_name, dataset, cache_dir, device)
+        # Rank 0 trains or loads the cached classifier and sends it, so every rank extracts the same
+        # features even where the machines do not share the cache.
+        payload = None
+        with D.fail_together("training or loading the FID classifier"):
+            if D.is_main():
+                model, path = load_or_train_classifier(dataset_name, dataset, cache_dir, device)
+                with open(path, "rb") as f:
+                    digest = hashlib.sha1(f.read()).hexdigest()[:10]
+                payload = (model.cpu().state_dict(), model.body[0].in_channels, model.fc.out_features, digest)
+        state, in_channels, num_classes, digest = D.broadcast_object(payload)
+        self.model = LabelClassifier(in_channels, num_classes)
+        self.model.load_state_dict(state)
+        self.model = self.model.to(device).eval().requires_grad_(False)
         self.device = device
-        with open(path, "rb") as f:
-            self.id = "classifier-" + hashlib.sha1(f.read()).hexdigest()[:10]
+        self.id = "classifier-" + digest
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> np.ndarray:
@@ -114,7 +134,29 @@ def feature_extractor(dataset_name: str, dataset, *, inception_path=None, cache_
 
 
 def _batched_features(extract, images, batch_size: int) -> np.ndarray:
-    return np.concatenate([extract(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+    parts = [extract(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+    return np.concatenate(parts) if parts else np.zeros((0, extract.dim), np.float32)
+
+
+def block_seed(seed: int, block: int) -> int:
+    """The sampling seed of block ``block`` of a run seeded ``seed`` (distinct for distinct pairs)."""
+    return int(np.random.SeedSequence([int(seed), int(block)]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def sample_blocks(model, diffusion, num_samples: int, image_shape, blocks: range, *, batch_size: int,
+                  seed: int, progress: bool = False, **sample_kwargs) -> torch.Tensor:
+    """Samples ``blocks.start * batch_size`` up to the end of block ``blocks.stop - 1`` (at most
+    ``num_samples``) of the global sequence: block j holds samples [j * batch_size, (j + 1) * batch_size)
+    and is drawn from seed ``block_seed(seed, j)``."""
+    out = []
+    first, last = blocks.start * batch_size, min(blocks.stop * batch_size, num_samples)
+    with tqdm(total=max(last - first, 0), desc="FID samples", disable=not progress, unit="img", leave=False) as bar:
+        for j in blocks:
+            n = min(batch_size, num_samples - j * batch_size)
+            out.append(diffusion.sample(model, n, image_shape, seed=block_seed(seed, j), batch_size=batch_size,
+                                        progress=False, **sample_kwargs))
+            bar.update(n)
+    return torch.cat(out) if out else torch.empty((0, *image_shape))
 
 
 def reference_statistics(dataset_name: str, dataset, extract, cache_dir: str, batch_size: int = 256) -> dict:
@@ -145,21 +187,40 @@ def evaluate_fid(model, diffusion, dataset_name: str, dataset, num_samples: int,
                  ) -> dict:
     """FID and KID of ``num_samples`` samples of ``model`` against ``dataset`` (the training set).
 
-    Returns dict(fid, kid, fid_features, num_samples[, samples]); fid_features says whose features."""
+    Returns dict(fid, kid, fid_features, num_samples[, samples]); fid_features says whose features.
+    ``return_samples``: True for all the samples, an int n for the first n. Under torch.distributed
+    every rank must call this; sampling is shared out (see the module docstring) and every rank
+    returns the same dict."""
     if not isinstance(num_samples, int) or num_samples < 2:
         raise ValueError(f"num_samples must be an int >= 2 (FID needs a covariance), got {num_samples!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    keep = num_samples if return_samples is True else int(return_samples)
+    if keep < 0:
+        raise ValueError(f"return_samples must be a bool or an int >= 0, got {return_samples!r}")
     cache_dir = cache_dir or default_cache_dir()
-    extract = feature_extractor(dataset_name, dataset, inception_path=inception_path, cache_dir=cache_dir,
-                                device=device)
-    ref = reference_statistics(dataset_name, dataset, extract, cache_dir, batch_size)
+    with D.fail_together("loading the FID feature extractor"):
+        extract = feature_extractor(dataset_name, dataset, inception_path=inception_path, cache_dir=cache_dir,
+                                    device=device)
+    ref = None
+    with D.fail_together("FID reference statistics"):
+        if D.is_main():  # cached after the first time; only rank 0 scores
+            ref = reference_statistics(dataset_name, dataset, extract, cache_dir, batch_size)
     image_shape = tuple(dataset[0][0].shape)
-    samples = diffusion.sample(model, num_samples, image_shape, sampler=sampler, steps=steps, eta=eta, seed=seed,
-                               batch_size=batch_size, device=torch.device(device), progress=progress)
-    feats = _batched_features(extract, samples, batch_size)
-    mu, sigma = _stats(feats)
-    result = dict(fid=_frechet(mu, sigma, ref["mu"], ref["sigma"]),
-                  kid=kid_from_features(feats, ref["feats"], seed=seed),
-                  fid_features=extract.kind, num_samples=num_samples)
-    if return_samples:
-        result["samples"] = samples
+    blocks = D.shard(-(-num_samples // batch_size))
+    samples = sample_blocks(model, diffusion, num_samples, image_shape, blocks, batch_size=batch_size, seed=seed,
+                            progress=progress and D.is_main(), sampler=sampler, steps=steps, eta=eta,
+                            device=torch.device(device))
+    feats = D.all_gather_rows(torch.from_numpy(_batched_features(extract, samples, batch_size))).numpy()
+    result = None
+    with D.fail_together("FID"):
+        if D.is_main():
+            mu, sigma = _stats(feats)
+            result = dict(fid=_frechet(mu, sigma, ref["mu"], ref["sigma"]),
+                          kid=kid_from_features(feats, ref["feats"], seed=seed),
+                          fid_features=extract.kind, num_samples=num_samples)
+    result = D.broadcast_object(result)
+    if keep:
+        first = blocks.start * batch_size  # this rank's samples are [first, first + len(samples))
+        result["samples"] = D.all_gather_rows(samples[:max(0, min(keep - first, len(samples)))])
     return result

@@ -6,14 +6,17 @@ import collections
 import copy
 import dataclasses
 import os
+import warnings
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from tqdm.auto import tqdm
 
+from pylth import distributed as D
 from pylth.io import atomic_torch_save, torch_load
 from pylth.optim import MaskedAdam
 
@@ -25,7 +28,8 @@ def _help(text: str, **extra) -> dict:
 @dataclass
 class TrainConfig:
     iterations: int = field(**_help("training iterations (optimizer steps) in all"))
-    batch_size: int = field(default=128, **_help("images per step, summed over all processes"))
+    batch_size: int = field(default=128, **_help("images per step, summed over all processes (the global batch; "
+                                                 "each of N processes takes batch_size / N)"))
     lr: float = field(default=2e-4, **_help("Adam learning rate after warm-up"))
     warmup: int = field(default=5000, **_help("iterations of linear learning-rate warm-up"))
     grad_clip: float = field(default=1.0, **_help("clip the gradient norm to this (0: no clipping)"))
@@ -33,7 +37,8 @@ class TrainConfig:
     num_workers: int = field(default=0, **_help("DataLoader worker processes"))
     bf16: bool = field(default=False, **_help("bf16 autocast for forward/backward (CUDA only)"))
     seed: int = field(default=0, **_help("random seed"))
-    device: str = field(default="cpu", **_help("torch device, e.g. cpu, cuda, cuda:1, or auto"))
+    device: str = field(default="cpu", **_help("torch device, e.g. cpu, cuda, cuda:1, or auto; under torchrun "
+                                                 "cuda means each process's own GPU, cuda:$LOCAL_RANK"))
     checkpoint_every: int = field(default=1000, **_help("write a resumable checkpoint every this many iterations"))
 
     def __post_init__(self):
@@ -151,11 +156,28 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def train_step(net, diffusion, x0, optimizer, params, pruned, grad_clip: float, bf16: bool) -> torch.Tensor:
-    """One optimizer step on batch ``x0``; ``pruned`` lists (param, bool tensor True where pruned).
+def iteration_noise(diffusion, config: TrainConfig, iteration: int, x0: torch.Tensor, rank: int, world: int):
+    """(t, noise) for this rank's rows of the global batch of ``iteration``.
+
+    Drawn for the whole global batch from a generator seeded by (seed, iteration), then split the way
+    the sampler splits the images (rank r holds global rows r, r + world, ...): every image gets the
+    same timestep and noise whatever the number of processes, and a resumed run the same as an
+    uninterrupted one."""
+    seed = int(np.random.SeedSequence([config.seed, iteration]).generate_state(1, np.uint64)[0] >> 1)
+    gen = torch.Generator(device=x0.device).manual_seed(seed)
+    rows = x0.shape[0] * world
+    t = torch.randint(0, diffusion.num_timesteps, (rows,), device=x0.device, generator=gen)
+    noise = torch.randn((rows, *x0.shape[1:]), device=x0.device, dtype=x0.dtype, generator=gen)
+    return t[rank::world], noise[rank::world]
+
+
+def train_step(net, diffusion, x0, optimizer, params, pruned, grad_clip: float, bf16: bool,
+               t=None, noise=None) -> torch.Tensor:
+    """One optimizer step on batch ``x0``; ``pruned`` lists (param, bool tensor True where pruned);
+    ``t`` and ``noise`` as for diffusion.loss (default: drawn from the global RNG).
     Returns the (detached) loss."""
     with torch.autocast(device_type=x0.device.type, dtype=torch.bfloat16, enabled=bf16):
-        loss = diffusion.loss(net, x0)
+        loss = diffusion.loss(net, x0, t=t, noise=noise)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     with torch.no_grad():
@@ -165,6 +187,28 @@ def train_step(net, diffusion, x0, optimizer, params, pruned, grad_clip: float, 
         nn.utils.clip_grad_norm_(params, grad_clip)
     optimizer.step()
     return loss.detach()
+
+
+def _read_checkpoint(path: str | None) -> dict | None:
+    """The checkpoint at ``path`` (tensors on the CPU), or None when there is none. Under
+    torch.distributed rank 0 reads it and sends it: the other machines need not share its disk."""
+    if path is None:
+        return None
+    ckpt = None
+    with D.fail_together(f"reading checkpoint {path}"):
+        if D.is_main() and os.path.exists(path):
+            ckpt = torch_load(path, map_location="cpu")
+    return D.broadcast_object(ckpt)
+
+
+def _global_losses(pending: list, world: int) -> list[float]:
+    """The global batch's loss per step: the mean over processes of their (equal-sized) batches' losses,
+    so every process keeps the same history and checkpoints and resumes agree with one process."""
+    losses = torch.stack(pending).float()
+    if world > 1:
+        dist.all_reduce(losses)
+        losses /= world
+    return losses.cpu().tolist()
 
 
 def train(model: nn.Module, diffusion, dataset, config: TrainConfig, *, masks: dict | None = None,
@@ -180,8 +224,7 @@ def train(model: nn.Module, diffusion, dataset, config: TrainConfig, *, masks: d
     if not isinstance(start_iteration, int) or not 0 <= start_iteration <= end:
         raise ValueError(f"start_iteration must be an int in [0, end_iteration={end}], got {start_iteration!r}")
     device = resolve_device(config.device)
-    distributed = dist.is_available() and dist.is_initialized()
-    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    distributed, rank, world = D.is_distributed(), D.rank(), D.world_size()
     if config.batch_size % world:
         raise ValueError(f"batch_size {config.batch_size} is not divisible by the {world} processes")
     model.to(device).train()
@@ -198,10 +241,10 @@ def train(model: nn.Module, diffusion, dataset, config: TrainConfig, *, masks: d
     for name, mask in masks.items():
         optimizer.set_mask(named[name], mask)
     ema_updates, losses = 0, collections.deque(maxlen=100)
-    torch.manual_seed(config.seed * 100003 + start_iteration + rank)
+    torch.manual_seed(config.seed * 100003 + start_iteration + rank)  # dropout: per process
 
-    if checkpoint_path is not None and os.path.exists(checkpoint_path):
-        ckpt = torch_load(checkpoint_path, map_location=device)
+    ckpt = _read_checkpoint(checkpoint_path)
+    if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         ema_model.load_state_dict(ckpt["ema"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -215,6 +258,9 @@ def train(model: nn.Module, diffusion, dataset, config: TrainConfig, *, masks: d
             raise ValueError(f"checkpoint {checkpoint_path} is at iteration {start_iteration}, past the end {end}")
 
     def save(iteration: int) -> None:  # called by every process (gathering RNG states), rank 0 writes
+        if pending:  # the checkpoint holds every step's loss so far, or a resumed run reports another loss
+            losses.extend(_global_losses(pending, world))
+            pending.clear()
         rng = [_rng_state(device)]
         if distributed:
             rng = [None] * world
@@ -227,6 +273,9 @@ def train(model: nn.Module, diffusion, dataset, config: TrainConfig, *, masks: d
 
     net = model
     if distributed:
+        # 1x1 convolutions get channels-last weight gradients whose strides differ from the bucket's
+        # only along size-1 dimensions: the same memory order, so DDP's warning about it is noise.
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=config.seed, drop_last=True)
     loader = DataLoader(dataset, batch_sampler=ResumableBatchSampler(sampler, config.batch_size // world,
@@ -245,7 +294,8 @@ def train(model: nn.Module, diffusion, dataset, config: TrainConfig, *, masks: d
         x0 = x0.to(device, non_blocking=True)
         for group in optimizer.param_groups:
             group["lr"] = config.lr * min(1.0, (it + 1) / config.warmup) if config.warmup else config.lr
-        loss = train_step(net, diffusion, x0, optimizer, params, pruned, config.grad_clip, use_bf16)
+        t, noise = iteration_noise(diffusion, config, it, x0, rank, world)
+        loss = train_step(net, diffusion, x0, optimizer, params, pruned, config.grad_clip, use_bf16, t, noise)
         with torch.no_grad():
             # Masked entries are exactly 0 in model and EMA alike, and lerp keeps them 0.
             torch._foreach_lerp_(ema_params, params, 1.0 - _ema_decay(config, ema_updates))
@@ -255,7 +305,7 @@ def train(model: nn.Module, diffusion, dataset, config: TrainConfig, *, masks: d
         if on_iteration is not None:
             on_iteration(it, model)
         if it % 25 == 0 or it == end:
-            losses.extend(torch.stack(pending).float().cpu().tolist())
+            losses.extend(_global_losses(pending, world))
             pending.clear()
             bar.set_postfix(loss=f"{sum(losses) / len(losses):.4f}", refresh=False)
         bar.update(1)
@@ -264,7 +314,7 @@ def train(model: nn.Module, diffusion, dataset, config: TrainConfig, *, masks: d
             save(it)
     bar.close()
     if pending:
-        losses.extend(torch.stack(pending).float().cpu().tolist())
+        losses.extend(_global_losses(pending, world))
     check_masked_zero(model, masks)
     check_masked_zero(ema_model, masks)
     if checkpoint_path is not None:

@@ -64,7 +64,7 @@ class Lottery:
         self.groups = module_groups(self.model)
         # The data first: a missing file must not leave a half-made run directory behind.
         data = spec.data
-        if data.download and D.is_main():  # one process downloads, the others wait and read
+        if data.download and D.is_local_main():  # one process per machine downloads, the others wait and read
             load_dataset(data.dataset, data.data_root, download=True, train=True)
         D.barrier()
         self.dataset = load_dataset(data.dataset, data.data_root, train=True)
@@ -215,7 +215,7 @@ class Lottery:
         fid = evaluate_fid(ema, self.diffusion, spec.data.dataset, self.dataset, ev.fid_samples, sampler=ev.sampler,
                            steps=ev.sample_steps, eta=ev.eta, seed=spec.train.seed, device=self.device,
                            inception_path=ev.inception_path, cache_dir=ev.cache_dir,
-                           batch_size=ev.sample_batch_size, progress=D.is_main(), return_samples=True)
+                           batch_size=ev.sample_batch_size, progress=D.is_main(), return_samples=SAMPLE_GRID)
         loss = heldout_loss(ema, self.diffusion, self.heldout, self.device, ev.sample_batch_size)
         sparsity = sparsity_report(masks, self.groups)
         device_masks = {n: m.to(self.device) for n, m in masks.items()}

@@ -1,0 +1,300 @@
+"""torch.distributed on CPU with gloo: one ``torchrun --standalone --nproc_per_node 2`` job (this file
+is also its worker script) against the same work done in one process here.
+
+- training: 2 ranks with the same global batch match 1 process; both ranks hold the same weights and EMA; a
+  run interrupted and resumed under torchrun equals the uninterrupted one bit for bit;
+- FID: the sharded samples are the one-process samples bit for bit, and the scores are equal;
+- find_ticket: one round writes one run directory, every rank trains on the same masks, and the
+  sparsity equals the one-process run's;
+- helpers: broadcasts, uneven gathers, checksum mismatches and rank-local errors raised everywhere;
+- a rank that dies brings the whole job down with its error.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from pylth import distributed as D
+from pylth.ddpm import GaussianDiffusion, classifier
+from pylth.ddpm.data import load_dataset
+from pylth.ddpm.fid import evaluate_fid
+from pylth.ddpm.trainer import TrainConfig, train
+from pylth.ddpm.unet import UNet
+from pylth.io import torch_load
+from pylth.lottery import find_ticket
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # when run as the torchrun worker
+from test_lottery_helpers import TINY_MODEL, tiny_spec  # noqa: E402
+
+FAILING_MESSAGE = "rank 1 fails on purpose"
+
+
+# -- the work, the same in one process and under torchrun -----------------------------------------
+def quick_classifier():
+    """FID features from a classifier trained for a few steps: the tests compare features, not accuracy."""
+    original = classifier.train_classifier
+    classifier.train_classifier = lambda dataset, device, **kw: original(dataset, device, steps=20)
+
+
+def tiny_model() -> UNet:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return UNet(**TINY_MODEL)
+
+
+def tiny_masks(model) -> dict:
+    g = torch.Generator().manual_seed(1)
+    return {n: torch.rand(p.shape, generator=g) > 0.5 for n, p in model.named_parameters() if p.ndim > 1}
+
+
+def flat(model) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+class Killed(Exception):
+    pass
+
+
+def train_tiny(checkpoint=None, killed_after=None) -> tuple[torch.Tensor, float]:
+    """4 masked steps of a global batch of 16; returns (the weights then the EMA's, loss). With
+    ``killed_after``: first a run that dies in the step after that iteration's checkpoint, then the
+    same call again, which resumes from ``checkpoint``."""
+    config = TrainConfig(iterations=4, batch_size=16, warmup=0, ema_decay=0.9, checkpoint_every=2)
+    dataset = load_dataset("digits")
+    if killed_after is not None:
+        def die(iteration, _model):
+            if iteration == killed_after + 1:
+                raise Killed
+
+        model = tiny_model()
+        with pytest.raises(Killed):
+            train(model, GaussianDiffusion(), dataset, config, masks=tiny_masks(model), checkpoint_path=checkpoint,
+                  on_iteration=die)
+    model = tiny_model()
+    result = train(model, GaussianDiffusion(), dataset, config, masks=tiny_masks(model), checkpoint_path=checkpoint)
+    return torch.cat([flat(result.model), flat(result.ema_model)]), result.loss
+
+
+def fid_tiny(cache: str) -> dict:
+    """10 samples in blocks of 4 (3 blocks: the ranks get unequal shares), ancestral sampler (fresh
+    noise every step)."""
+    return evaluate_fid(tiny_model(), GaussianDiffusion(), "digits", load_dataset("digits"), 10, sampler="ddpm",
+                        steps=3, seed=5, cache_dir=cache, batch_size=4, progress=False, return_samples=True)
+
+
+def lottery_spec(cache: str):
+    return tiny_spec(cache, iterations=4, max_rounds=1)
+
+
+# -- the torchrun worker ---------------------------------------------------------------------------
+def worker(out: str, cache: str) -> None:
+    torch.set_num_threads(1)
+    quick_classifier()
+    rank, device = D.init_distributed(torch.device("cpu"))
+    import torch.distributed as dist
+    import pylth.lottery.rounds as rounds
+
+    results = dict(world=D.world_size(), backend=dist.get_backend())
+
+    def gathered(obj):
+        every = [None] * D.world_size()
+        dist.all_gather_object(every, obj)
+        return every
+
+    # helpers
+    results["object"] = gathered(D.broadcast_object({"from": rank}))
+    like = {"m": torch.zeros(3, dtype=torch.bool), "w": torch.zeros(2, 2)}
+    sent = {"m": torch.tensor([True, False, True]), "w": torch.arange(4.0).view(2, 2)} if rank == 0 else None
+    results["tensors"] = gathered(D.masks_checksum(D.broadcast_tensors(sent, like)))
+    results["rows"] = D.all_gather_rows(torch.full((rank + 1, 2), float(rank))).tolist()
+    results["shard"] = gathered(list(D.shard(5)))
+    try:
+        D.verify_same_on_all_ranks(f"digest of rank {rank}", "masks")
+    except RuntimeError as exc:
+        results["mismatch"] = str(exc)
+    try:
+        with D.fail_together("a local step"):
+            if rank == 1:
+                raise ValueError("missing file on rank 1")
+    except (RuntimeError, ValueError) as exc:
+        results["fail_together"] = gathered(f"{type(exc).__name__}: {exc}")
+
+    # training: uninterrupted, then killed after the checkpoint at iteration 2 and resumed; rank 1
+    # never reads the checkpoint file (rank 0 sends it: machines need not share a disk)
+    if rank == 1:
+        import pylth.ddpm.trainer as trainer
+
+        def no_reading(path, *args, **kwargs):
+            raise AssertionError(f"rank 1 read {path}")
+
+        trainer.torch_load = no_reading
+    weights, loss = train_tiny()
+    resumed, resumed_loss = train_tiny(os.path.join(out, "ckpt.pt"), killed_after=2)
+    results["same_weights_on_ranks"] = len(set(gathered(D.masks_checksum({"w": weights})))) == 1
+    results["loss"], results["resumed_loss"] = loss, resumed_loss
+    results["resume_exact"] = bool(torch.equal(weights, resumed))
+    results["ckpt_rng_states"] = len(torch_load(os.path.join(out, "ckpt.pt"))["rng"]) if rank == 0 else None
+
+    # FID
+    fid = fid_tiny(cache)
+    results["fid"] = gathered({k: fid[k] for k in ("fid", "kid", "num_samples")})
+
+    # find_ticket: record the masks every rank trains on
+    seen = []
+    real_train = rounds.train
+
+    def spy(model, *args, masks=None, **kwargs):
+        seen.append(D.masks_checksum(masks) if masks else "dense")
+        result = real_train(model, *args, masks=masks, **kwargs)
+        seen.append(D.masks_checksum({"w": flat(result.model)}))
+        return result
+
+    rounds.train = spy
+    records = find_ticket(lottery_spec(cache), os.path.join(out, "run"), log=lambda _m: None)
+    results["lottery_seen"] = gathered(seen)
+    results["lottery_sparsity"] = gathered([r["sparsity"] for r in records])
+
+    if rank == 0:
+        torch.save(dict(weights=weights, samples=fid["samples"], results=results), os.path.join(out, "results.pt"))
+    D.barrier()
+    # A dying rank must end the job; rank 0 waits in a collective that would otherwise never finish.
+    if rank == 1:
+        raise RuntimeError(FAILING_MESSAGE)
+    D.barrier()
+
+
+# -- the tests -------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One process here, then the torchrun job; returns (one-process results, job results, job output)."""
+    tmp = tmp_path_factory.mktemp("distributed")
+    cache, out = str(tmp / "cache"), tmp / "job"
+    out.mkdir()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    original = classifier.train_classifier
+    quick_classifier()
+    try:
+        weights, loss = train_tiny()
+        single = dict(weights=weights, loss=loss, fid=fid_tiny(cache),
+                      lottery=find_ticket(lottery_spec(cache), str(tmp / "single"), log=lambda _m: None),
+                      lottery_dir=str(tmp / "single"))
+    finally:
+        classifier.train_classifier = original
+        torch.set_num_threads(threads)
+    env = dict(os.environ, OMP_NUM_THREADS="1", **{D.TIMEOUT_ENV: "300"})
+    started = time.time()
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           os.path.abspath(__file__), str(out), cache],
+                          capture_output=True, text=True, timeout=600, env=env, cwd=str(tmp))
+    job = torch_load(str(out / "results.pt")) if (out / "results.pt").exists() else None
+    assert job is not None, proc.stderr[-4000:]
+    return single, job, proc, time.time() - started, str(out / "run")
+
+
+def test_two_ranks_train_like_one_process_with_the_same_global_batch(runs):
+    single, job, *_ = runs
+    r = job["results"]
+    assert r["world"] == 2 and r["backend"] == "gloo"
+    assert r["same_weights_on_ranks"]
+    # Same images, timesteps and noise per global row; only the order of float sums differs.
+    torch.testing.assert_close(job["weights"], single["weights"], rtol=0, atol=1e-5)
+    assert r["loss"] == pytest.approx(single["loss"], rel=1e-5)
+    start = flat(tiny_model())
+    assert not torch.equal(job["weights"][:len(start)], start), "training changed the weights"
+
+
+def test_resume_under_torchrun_equals_the_uninterrupted_run(runs):
+    _, job, *_ = runs
+    r = job["results"]
+    assert r["resume_exact"] and r["resumed_loss"] == r["loss"]
+    assert r["ckpt_rng_states"] == 2  # one RNG state per process
+
+
+def test_sharded_fid_samples_and_scores_equal_one_process(runs):
+    single, job, *_ = runs
+    assert torch.equal(job["samples"], single["fid"]["samples"])
+    for rank_result in job["results"]["fid"]:  # every rank returns rank 0's scores
+        assert rank_result == {k: single["fid"][k] for k in ("fid", "kid", "num_samples")}
+
+
+def test_find_ticket_round_has_the_same_masks_on_every_rank_and_one_process_sparsity(runs):
+    single, job, _, _, run_dir = runs
+    seen = job["results"]["lottery_seen"]
+    assert len(seen[0]) == 4 and seen[0] == seen[1]  # round 0 dense, round 1 masked; weights after each
+    sparsity = job["results"]["lottery_sparsity"]
+    assert sparsity[0] == sparsity[1] == [r["sparsity"] for r in single["lottery"]]
+    assert sparsity[0][1] > 0.15
+    names = sorted(os.listdir(run_dir))
+    assert names == sorted(os.listdir(single["lottery_dir"])) and "round_01" in names
+    masks, one = torch_load(os.path.join(run_dir, "round_01", "mask.pt")), \
+        torch_load(os.path.join(single["lottery_dir"], "round_01", "mask.pt"))
+    assert list(masks) == list(one)
+    same = sum(int((masks[n] == one[n]).sum()) for n in masks) / sum(m.numel() for m in masks.values())
+    assert same > 0.99  # trained weights agree to float rounding: at most a few ties near the cut differ
+
+
+def test_helpers_broadcast_gather_and_raise_on_every_rank(runs):
+    r = runs[1]["results"]
+    assert r["object"] == [{"from": 0}, {"from": 0}]
+    assert r["tensors"][0] == r["tensors"][1] == D.masks_checksum(
+        {"m": torch.tensor([True, False, True]), "w": torch.arange(4.0).view(2, 2)})
+    assert r["rows"] == [[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]]
+    assert r["shard"] == [[0, 1], [2, 3, 4]]
+    assert "masks differ across ranks" in r["mismatch"]
+    assert r["fail_together"] == ["RuntimeError: a local step failed on rank 1: ValueError: missing file on rank 1",
+                                  "ValueError: missing file on rank 1"]
+
+
+def test_a_failing_rank_ends_the_job_with_its_error(runs):
+    _, _, proc, seconds, _ = runs
+    assert proc.returncode != 0
+    assert FAILING_MESSAGE in proc.stderr
+    assert seconds < 240  # well before the 300 s collective timeout: torchrun stops the waiting rank
+
+
+# -- single-process checks ---------------------------------------------------------------------------
+def test_init_distributed_uses_gloo_on_cpu_and_the_configured_timeout(monkeypatch):
+    calls = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv(D.TIMEOUT_ENV, "42")
+    monkeypatch.setattr(D.dist, "init_process_group", lambda backend, **kw: calls.append((backend, kw)))
+    monkeypatch.setattr(D.dist, "get_rank", lambda: 1)
+    assert D.init_distributed(torch.device("cpu")) == (1, torch.device("cpu"))
+    assert calls == [("gloo", dict(timeout=datetime.timedelta(seconds=42)))]
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-5"])
+def test_a_bad_timeout_is_refused_naming_the_variable(monkeypatch, value):
+    monkeypatch.setenv(D.TIMEOUT_ENV, value)
+    with pytest.raises(ValueError, match=D.TIMEOUT_ENV):
+        D.timeout()
+
+
+def test_one_process_needs_no_process_group(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert D.init_distributed(torch.device("cpu")) == (0, torch.device("cpu"))
+    assert not D.is_distributed() and D.is_main() and D.world_size() == 1
+    assert list(D.shard(5)) == [0, 1, 2, 3, 4]
+    assert D.broadcast_object("x") == "x" and D.all_gather_rows(torch.ones(2, 3)).shape == (2, 3)
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 8])
+def test_shards_cover_the_range_in_order(monkeypatch, world):
+    monkeypatch.setattr(D, "world_size", lambda: world)
+    parts = []
+    for r in range(world):
+        monkeypatch.setattr(D, "rank", lambda r=r: r)
+        parts.append(list(D.shard(11)))
+    assert sum(parts, []) == list(range(11))
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+if __name__ == "__main__":
+    worker(sys.argv[1], sys.argv[2])
