@@ -12,12 +12,7 @@ from pylth.ddpm.data import load_dataset
 from pylth.ddpm.fid import evaluate_fid, feature_extractor, fid_from_features, kid_from_features
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def numpy_fid(a, b):

@@ -12,13 +12,7 @@ BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
                      "ddpm_cifar10_param_shapes.json")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models: a second thread only adds contention on a shared box.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_cifar10_matches_ho_et_al_parameter_count_and_order():

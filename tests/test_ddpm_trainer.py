@@ -12,13 +12,7 @@ from pylth.io import torch_load
 TINY = dict(ch=32, ch_mult=(1,), num_res_blocks=1, attn_resolutions=())
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models: a second thread only adds contention on a shared box.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

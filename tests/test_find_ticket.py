@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from pylth.find_ticket import main
-from test_lottery_helpers import fake, fid_cache, file_digests, one_thread  # noqa: F401  (fixtures)
+from test_lottery_helpers import fake, fid_cache, file_digests  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 QUICK = ["--iterations", "4", "--batch-size", "8", "--fid-samples", "4", "--sample-steps", "1",

@@ -11,7 +11,7 @@ import torch
 
 from pylth.find_ticket import main
 from pylth.io import torch_load
-from test_lottery_helpers import fid_cache, one_thread  # noqa: F401  (fixtures)
+from test_lottery_helpers import fid_cache  # noqa: F401  (fixtures)
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 FLAGS = ["--iterations", "4", "--batch-size", "8", "--fid-samples", "4", "--sample-steps", "1",

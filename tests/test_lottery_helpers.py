@@ -51,15 +51,6 @@ def file_digests(folder: str) -> dict[str, tuple[str, int]]:
     return out
 
 
-@pytest.fixture(scope="module", autouse=False)
-def one_thread():
-    """One intra-op thread: on a busy 2-core box, spinning OpenMP threads make tiny steps 50x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def fake(monkeypatch):
     """Replace training by seeded random steps (so trained magnitudes differ from theta_tau) and FID by a constant."""

@@ -12,12 +12,7 @@ from pylth.ddpm import classifier as classifier_module
 from pylth.io import torch_load
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run_cli(*args, cwd):

@@ -116,7 +116,7 @@ class EvalConfig:
         "samples for FID/KID, in all over every process (0: skip FID)"))
     sampler: str = dataclasses.field(default="ddim", **_help("sampler for FID and samples.png", choices=("ddpm", "ddim")))
     sample_steps: typing.Optional[int] = dataclasses.field(default=100, **_help(
-        "denoising steps of the sampler (default 100; ddpm with T steps is Ho et al.'s ancestral sampler)"))
+        "denoising steps of the sampler (ddpm with T steps is Ho et al.'s ancestral sampler)"))
     eta: float = dataclasses.field(default=0.0, **_help("DDIM eta (0: deterministic)"))
     sample_batch_size: int = dataclasses.field(default=256, **_help(
         "images per sampling batch; FID samples come in blocks of this size, each with its own seed, "

@@ -1,0 +1,13 @@
+"""Fixtures shared by the test modules (the installed-package guard lives in the root conftest.py)."""
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for tiny models: on a busy 2-core box, spinning OpenMP threads make their
+    steps tens of times slower than one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
