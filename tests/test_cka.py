@@ -117,6 +117,21 @@ def test_linear_cka_matches_feature_space_formula_and_unbiased_centring():
     np.testing.assert_allclose(got.numpy(), want, atol=1e-9)
 
 
+@pytest.mark.parametrize("n", [200, 201])  # n*n even: mean of two middle values; odd: one value
+def test_median_of_large_matrices_with_ties_and_zero_medians(n):
+    # Over 16k distances take the sampled selection; rows on a small integer grid give many tied
+    # distances, and 3/5 repeated rows make the median 0 (the positives' median is used).
+    g = torch.Generator().manual_seed(n)
+    distinct = torch.randn(n, 6, generator=g, dtype=torch.float64)
+    grid = torch.randint(0, 3, (n, 3), generator=g).double()
+    repeated = distinct.clone()
+    repeated[: 3 * n // 5] = repeated[0]
+    xs, ys = [distinct, grid, repeated], [grid, repeated, distinct]
+    got = rbf_cka(xs, ys)
+    want = [np_rbf_cka(x.numpy(), y.numpy(), 1.0, False) for x, y in zip(xs, ys)]
+    np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1e-12)
+
+
 def sparse_pair(n, d, density, seed, zero_rows=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, d, generator=g)
