@@ -313,9 +313,26 @@ bool all_zero(const T* p, int64_t k) {
 // false, writing nothing, otherwise): gather every column's nonzeros (rows in increasing order),
 // then add the products of each pair of them. Writes the diagonal and the strict upper triangle only
 // (all the CKA kernel reads); the cost is ~ the sum over columns of nnz^2 instead of n^2 d.
+// Nonzeros in every stride-th row: a cheap look at a matrix's density before the full scan.
+template <typename T>
+int64_t sampled_row_nonzeros(const T* x, int64_t n, int64_t d, int64_t stride) {
+  int64_t count = 0;
+  for (int64_t i = 0; i < n; i += stride)
+    for (int64_t c = 0; c < d; ++c) count += x[i * d + c] != T(0);
+  return count;
+}
+
 template <typename T>
 bool sparse_gram_one(const T* x, int64_t n, int64_t d, double max_density, double* g) {
-  constexpr int64_t kBlock = 16;
+  constexpr int64_t kBlock = 16, kStride = 16;
+  // Clearly too dense (twice the limit in a 1/16 sample of the rows): leave it to the dense path
+  // without scanning all of it first.
+  if (n >= 4 * kStride) {
+    const int64_t sampled_rows = (n + kStride - 1) / kStride;
+    if (static_cast<double>(sampled_row_nonzeros(x, n, d, kStride)) >
+        2.0 * max_density * static_cast<double>(sampled_rows * d))
+      return false;
+  }
   const auto limit = static_cast<int64_t>(max_density * static_cast<double>(n * d));
   // One scan in row order, blocks of zeros skipped; stop as soon as the matrix is too dense.
   std::vector<int32_t> nz_row, nz_col;

@@ -151,6 +151,23 @@ def test_sparse_rows_use_the_sparse_gram_and_the_zero_median_fallback(unbiased):
     np.testing.assert_allclose(got.numpy(), want, atol=1e-9)
 
 
+def test_sparse_gram_takes_only_sparse_matrices_and_matches_numpy():
+    # 128 rows: the dense one is refused (by the row sample); the sparse ones are written, also when
+    # the rows the sample looks at (every 16th) are all zero.
+    dense, sparse = sparse_pair(128, 200, 0.3, 9), sparse_pair(128, 200, 0.01, 10)
+    unsampled = sparse_pair(128, 200, 0.04, 11)
+    unsampled[::16] = 0
+    mats = [dense, sparse, unsampled]
+    offsets = [0, 128 * 128, 2 * 128 * 128]
+    gram = torch.full((3 * 128 * 128,), float("nan"), dtype=torch.float64)
+    assert ops_cka._sparse_grams(mats, gram, offsets) == [0, 1, 1]
+    upper = np.triu_indices(128)
+    for i in (1, 2):
+        x = mats[i].double().numpy()
+        got = gram[offsets[i]: offsets[i] + 128 * 128].view(128, 128).numpy()
+        np.testing.assert_allclose(got[upper], (x @ x.T)[upper], rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("kernel", ["rbf", "linear"])
 def test_sparse_and_dense_gram_paths_agree(monkeypatch, kernel):
     xs = [sparse_pair(50, 301, 0.3, 5), sparse_pair(17, 64, 0.04, 6)]
