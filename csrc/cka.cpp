@@ -41,9 +41,42 @@ double order_statistic(std::vector<double>& u, int64_t q) {
   return u[q];
 }
 
+// The same as middle_pair below, faster on large u (Floyd-Rivest): two values from a strided sample
+// bracket ranks lo..hi; one branch-free pass counts what lies below the bracket and gathers what lies
+// in it, and only that small part is selected from. False (nothing computed) when the sample misses.
+bool middle_pair_sampled(const std::vector<double>& u, int64_t lo, int64_t hi, std::vector<double>& inside,
+                         double& result) {
+  constexpr int64_t kSample = 1024, kMargin = 64;
+  const auto m = static_cast<int64_t>(u.size());
+  if (lo < 0 || m < 16 * kSample) return false;
+  std::vector<double> sample(kSample);
+  for (int64_t s = 0; s < kSample; ++s) sample[s] = u[s * (m / kSample)];
+  std::sort(sample.begin(), sample.end());
+  const int64_t rank = lo * kSample / m;
+  const double low = sample[std::max<int64_t>(rank - kMargin, 0)];
+  const double high = sample[std::min<int64_t>(rank + kMargin, kSample - 1)];
+  inside.resize(m);
+  int64_t below = 0, count = 0;
+  for (int64_t e = 0; e < m; ++e) {
+    const double v = u[e];
+    below += v < low;
+    inside[count] = v;
+    count += (v >= low) & (v <= high);
+  }
+  if (lo < below || hi >= below + count) return false;
+  inside.resize(count);
+  const auto at_hi = inside.begin() + (hi - below);
+  std::nth_element(inside.begin(), at_hi, inside.end());
+  result = lo == hi ? *at_hi : 0.5 * (*std::max_element(inside.begin(), at_hi) + *at_hi);
+  return true;
+}
+
 // Mean of the lo-th and hi-th smallest of u (hi is lo or lo + 1): one selection for hi, then the
 // maximum of the part below it for lo.
 double middle_pair(std::vector<double>& u, int64_t lo, int64_t hi) {
+  std::vector<double> inside;
+  double sampled;
+  if (middle_pair_sampled(u, lo, hi, inside, sampled)) return sampled;
   const double upper = order_statistic(u, hi);
   if (lo == hi) return upper;
   const double lower = lo < 0 ? 0.0 : *std::max_element(u.begin(), u.begin() + hi);
@@ -83,6 +116,65 @@ bool prepare(PairInput& in, int64_t n, CkaKernel kernel, double threshold, std::
   return true;
 }
 
+// exp(x) for x <= 0 without a libm call per value, so that the loop over a row vectorises: x = n ln2 + r
+// with |r| <= ln2/2 (Cody-Waite, ln2 split so n*ln2_hi is exact), exp(r) by its Taylor series to
+// r^13 (truncation < 1e-17), 2^n built in the exponent bits. Relative error a few ulp; 0 below -708
+// (where exp would leave the normal range).
+inline double exp_nonpositive(double x) {
+  constexpr double kLog2e = 1.4426950408889634;
+  constexpr double kLn2Hi = 6.93147180369123816490e-01;  // 32 significant bits: n * kLn2Hi is exact
+  constexpr double kLn2Lo = 1.90821492927058770002e-10;
+  constexpr double kShift = 6755399441055744.0;  // 1.5 * 2^52: adding it rounds to an integer
+  constexpr uint64_t kShiftBits = 0x4338000000000000ULL;
+  // |x| > 708 tested on the bits: a floating-point compare could trap, which keeps GCC from vectorising.
+  constexpr uint64_t kSignBit = uint64_t(1) << 63;
+  constexpr int64_t kLimitBits = 0x4086200000000000LL;  // 708.0
+  uint64_t x_bits;
+  std::memcpy(&x_bits, &x, sizeof x_bits);
+  // All ones where |x| > 708, else 0; then x clamped to -708 by masks (a branch would not vectorise).
+  const uint64_t underflow = -static_cast<uint64_t>(static_cast<int64_t>(x_bits & ~kSignBit) > kLimitBits);
+  const uint64_t xc_bits = (x_bits & ~underflow) | ((kLimitBits | kSignBit) & underflow);
+  double xc;
+  std::memcpy(&xc, &xc_bits, sizeof xc);
+  const double t = xc * kLog2e + kShift;
+  const double n = t - kShift;
+  const double r = (xc - n * kLn2Hi) - n * kLn2Lo;
+  double p = 1.0 / 6227020800.0;  // 1/13!
+  p = p * r + 1.0 / 479001600.0;
+  p = p * r + 1.0 / 39916800.0;
+  p = p * r + 1.0 / 3628800.0;
+  p = p * r + 1.0 / 362880.0;
+  p = p * r + 1.0 / 40320.0;
+  p = p * r + 1.0 / 5040.0;
+  p = p * r + 1.0 / 720.0;
+  p = p * r + 1.0 / 120.0;
+  p = p * r + 1.0 / 24.0;
+  p = p * r + 1.0 / 6.0;
+  p = p * r + 0.5;
+  p = p * r + 1.0;
+  p = p * r + 1.0;
+  uint64_t bits;
+  std::memcpy(&bits, &t, sizeof bits);
+  // The low bits of t hold n (two's complement); n + 1023 in [1, 1023] is the biased exponent of 2^n.
+  const uint64_t scale_bits = ((bits - kShiftBits + 1023) << 52) & ~underflow;  // 0 where |x| > 708
+  double two_n;
+  std::memcpy(&two_n, &scale_bits, sizeof two_n);
+  return p * two_n;
+}
+
+// On x86-64, compiled twice and picked at load time (ifunc): AVX2 doubles the vector width. No FMA,
+// so both versions round identically.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define PYLTH_CKA_X86_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define PYLTH_CKA_X86_CLONES
+#endif
+
+// out[j] = exp(scale * d2[j]) for squared distances d2 >= 0 and scale < 0.
+PYLTH_CKA_X86_CLONES void rbf_row(const double* d2, double scale, double* out, int64_t count) {
+  for (int64_t j = 0; j < count; ++j) out[j] = exp_nonpositive(d2[j] * scale);
+}
+
 template <CkaKernel kKernel>
 HsicSums kernel_sums(const PairInput& x, const PairInput& y, int64_t n, bool unbiased) {
   std::vector<double> rk(n, 0.0), rl(n, 0.0);
@@ -92,9 +184,12 @@ HsicSums kernel_sums(const PairInput& x, const PairInput& y, int64_t n, bool unb
     const double* gx = x.g + i * n;
     const double* gy = y.g + i * n;
     // Kernel values of row i right of the diagonal; the lower triangle is their mirror image.
-    for (int64_t j = i + 1; j < n; ++j) {
-      krow[j] = kKernel == CkaKernel::rbf ? std::exp(gx[j] * x.scale) : gx[j];
-      lrow[j] = kKernel == CkaKernel::rbf ? std::exp(gy[j] * y.scale) : gy[j];
+    if (kKernel == CkaKernel::rbf) {
+      rbf_row(gx + i + 1, x.scale, krow.data() + i + 1, n - i - 1);
+      rbf_row(gy + i + 1, y.scale, lrow.data() + i + 1, n - i - 1);
+    } else {
+      std::copy(gx + i + 1, gx + n, krow.begin() + i + 1);
+      std::copy(gy + i + 1, gy + n, lrow.begin() + i + 1);
     }
     double kl = 0, kk = 0, ll = 0, ri = 0, si = 0;
     for (int64_t j = i + 1; j < n; ++j) {
@@ -218,9 +313,26 @@ bool all_zero(const T* p, int64_t k) {
 // false, writing nothing, otherwise): gather every column's nonzeros (rows in increasing order),
 // then add the products of each pair of them. Writes the diagonal and the strict upper triangle only
 // (all the CKA kernel reads); the cost is ~ the sum over columns of nnz^2 instead of n^2 d.
+// Nonzeros in every stride-th row: a cheap look at a matrix's density before the full scan.
+template <typename T>
+int64_t sampled_row_nonzeros(const T* x, int64_t n, int64_t d, int64_t stride) {
+  int64_t count = 0;
+  for (int64_t i = 0; i < n; i += stride)
+    for (int64_t c = 0; c < d; ++c) count += x[i * d + c] != T(0);
+  return count;
+}
+
 template <typename T>
 bool sparse_gram_one(const T* x, int64_t n, int64_t d, double max_density, double* g) {
-  constexpr int64_t kBlock = 16;
+  constexpr int64_t kBlock = 16, kStride = 16;
+  // Clearly too dense (twice the limit in a 1/16 sample of the rows): leave it to the dense path
+  // without scanning all of it first.
+  if (n >= 4 * kStride) {
+    const int64_t sampled_rows = (n + kStride - 1) / kStride;
+    if (static_cast<double>(sampled_row_nonzeros(x, n, d, kStride)) >
+        2.0 * max_density * static_cast<double>(sampled_rows * d))
+      return false;
+  }
   const auto limit = static_cast<int64_t>(max_density * static_cast<double>(n * d));
   // One scan in row order, blocks of zeros skipped; stop as soon as the matrix is too dense.
   std::vector<int32_t> nz_row, nz_col;

@@ -117,6 +117,21 @@ def test_linear_cka_matches_feature_space_formula_and_unbiased_centring():
     np.testing.assert_allclose(got.numpy(), want, atol=1e-9)
 
 
+@pytest.mark.parametrize("n", [200, 201])  # n*n even: mean of two middle values; odd: one value
+def test_median_of_large_matrices_with_ties_and_zero_medians(n):
+    # Over 16k distances take the sampled selection; rows on a small integer grid give many tied
+    # distances, and 3/5 repeated rows make the median 0 (the positives' median is used).
+    g = torch.Generator().manual_seed(n)
+    distinct = torch.randn(n, 6, generator=g, dtype=torch.float64)
+    grid = torch.randint(0, 3, (n, 3), generator=g).double()
+    repeated = distinct.clone()
+    repeated[: 3 * n // 5] = repeated[0]
+    xs, ys = [distinct, grid, repeated], [grid, repeated, distinct]
+    got = rbf_cka(xs, ys)
+    want = [np_rbf_cka(x.numpy(), y.numpy(), 1.0, False) for x, y in zip(xs, ys)]
+    np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1e-12)
+
+
 def sparse_pair(n, d, density, seed, zero_rows=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, d, generator=g)
@@ -134,6 +149,23 @@ def test_sparse_rows_use_the_sparse_gram_and_the_zero_median_fallback(unbiased):
     got = rbf_cka(xs, ys, threshold=0.5, unbiased=unbiased)
     want = [np_rbf_cka(x.numpy(), y.numpy(), 0.5, unbiased) for x, y in zip(xs, ys)]
     np.testing.assert_allclose(got.numpy(), want, atol=1e-9)
+
+
+def test_sparse_gram_takes_only_sparse_matrices_and_matches_numpy():
+    # 128 rows: the dense one is refused (by the row sample); the sparse ones are written, also when
+    # the rows the sample looks at (every 16th) are all zero.
+    dense, sparse = sparse_pair(128, 200, 0.3, 9), sparse_pair(128, 200, 0.01, 10)
+    unsampled = sparse_pair(128, 200, 0.04, 11)
+    unsampled[::16] = 0
+    mats = [dense, sparse, unsampled]
+    offsets = [0, 128 * 128, 2 * 128 * 128]
+    gram = torch.full((3 * 128 * 128,), float("nan"), dtype=torch.float64)
+    assert ops_cka._sparse_grams(mats, gram, offsets) == [0, 1, 1]
+    upper = np.triu_indices(128)
+    for i in (1, 2):
+        x = mats[i].double().numpy()
+        got = gram[offsets[i]: offsets[i] + 128 * 128].view(128, 128).numpy()
+        np.testing.assert_allclose(got[upper], (x @ x.T)[upper], rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("kernel", ["rbf", "linear"])
