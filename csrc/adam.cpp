@@ -1,5 +1,6 @@
 // Fused masked Adam/AdamW on the CPU: all tensors of a step in one call, split into equal chunks that
 // OpenMP threads share; the element loop is branch-free so it vectorises.
+#include "cpu_dispatch.h"
 #include "adam.h"
 
 #include <omp.h>
@@ -63,12 +64,6 @@ inline __attribute__((always_inline)) void adam_range(float* __restrict p, const
 
 // On x86-64, compiled twice and picked at load time (ifunc): AVX2 doubles the vector width of sqrt and
 // divide, other CPUs keep the baseline code. No FMA, so both versions round identically.
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define PYLTH_X86_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define PYLTH_X86_CLONES
-#endif
-
 PYLTH_X86_CLONES void adam_range_masked(
     float* p, const float* g, float* m, float* v, const std::uint8_t* mask, std::int64_t n, const AdamConsts c) {
   adam_range<true>(p, g, m, v, mask, n, c);

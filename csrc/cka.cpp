@@ -1,6 +1,7 @@
 // CKA on the CPU, batched over pairs: squared distances from Gram matrices, the median bandwidth by
 // selection, the RBF (or linear) kernel and the HSIC sums with float64 accumulation (OpenMP over
 // pairs); and a sparse Gram for mostly-zero matrices that only touches rows sharing a column.
+#include "cpu_dispatch.h"
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
@@ -164,14 +165,8 @@ inline double exp_nonpositive(double x) {
 
 // On x86-64, compiled twice and picked at load time (ifunc): AVX2 doubles the vector width. No FMA,
 // so both versions round identically.
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define PYLTH_CKA_X86_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define PYLTH_CKA_X86_CLONES
-#endif
-
 // out[j] = exp(scale * d2[j]) for squared distances d2 >= 0 and scale < 0.
-PYLTH_CKA_X86_CLONES void rbf_row(const double* d2, double scale, double* out, int64_t count) {
+PYLTH_X86_CLONES void rbf_row(const double* d2, double scale, double* out, int64_t count) {
   for (int64_t j = 0; j < count; ++j) out[j] = exp_nonpositive(d2[j] * scale);
 }
 
