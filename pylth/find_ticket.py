@@ -15,8 +15,7 @@ from pylth.ddpm.data import dataset_info
 from pylth.ddpm.models import build_model
 from pylth.ddpm.trainer import TrainConfig, resolve_device
 from pylth.lottery import LotteryConfig, RunSpec, find_ticket
-from pylth.lottery.distributed import is_main, shutdown
-from pylth.train import init_distributed
+from pylth.distributed import init_distributed, is_main, shutdown
 
 # Defaults per data set (over pylth.train's). digits is the offline demo, sized so that the run without
 # arguments reaches >= 80 % sparsity in minutes on two CPU cores (short rounds: a higher lr, a short

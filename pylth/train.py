@@ -13,7 +13,6 @@ import time
 import torch
 
 from pylth import distributed as D
-from pylth.distributed import init_distributed  # noqa: F401 - also pylth.find_ticket's entry point
 from pylth.ddpm import GaussianDiffusion, build_model
 from pylth.ddpm.config import DataConfig, DiffusionConfig, EvalConfig, add_arguments, dataset_defaults, from_args
 from pylth.ddpm.data import dataset_info, load_dataset
@@ -49,7 +48,7 @@ def run(args: argparse.Namespace) -> dict | None:
     their share for FID but write nothing)."""
     data, train_cfg = from_args(DataConfig, args), from_args(TrainConfig, args)
     diff_cfg, eval_cfg = from_args(DiffusionConfig, args), from_args(EvalConfig, args)
-    rank, device = init_distributed(resolve_device(train_cfg.device))
+    rank, device = D.init_distributed(resolve_device(train_cfg.device))
     train_cfg = dataclasses.replace(train_cfg, device=str(device))
     torch.manual_seed(train_cfg.seed)
     with D.fail_together("downloading the data set"):  # one download per machine, the others wait

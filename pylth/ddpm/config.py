@@ -84,19 +84,20 @@ def dataset_defaults(dataset: str) -> dict:
     return dict(DATASET_TRAIN_DEFAULTS.get(dataset, {}))
 
 
-def _help(text: str, **extra) -> dict:
+def help_field(text: str, **extra) -> dict:
+    """``dataclasses.field`` keyword arguments carrying a flag's help text (and e.g. ``choices``)."""
     return dict(metadata=dict(help=text, **extra))
 
 
 @dataclasses.dataclass
 class DataConfig:
-    dataset: str = dataclasses.field(default="digits", **_help(
+    dataset: str = dataclasses.field(default="digits", **help_field(
         "data set; folder: the images under --data-root",
         choices=DATASETS))
-    data_root: typing.Optional[str] = dataclasses.field(default=None, **_help(
+    data_root: typing.Optional[str] = dataclasses.field(default=None, **help_field(
         "folder holding the data set's files (default: $PYLTH_DATA_ROOT or ~/.cache/pylth/data; "
         "fashion-mnist: /usr/share/datasets/fashion-mnist when present)"))
-    download: bool = dataclasses.field(default=False, **_help("download the data set into --data-root if missing"))
+    download: bool = dataclasses.field(default=False, **help_field("download the data set into --data-root if missing"))
 
     def __post_init__(self):
         if self.dataset not in DATASETS:
@@ -105,26 +106,26 @@ class DataConfig:
 
 @dataclasses.dataclass
 class DiffusionConfig:
-    num_timesteps: int = dataclasses.field(default=1000, **_help("diffusion steps T"))
-    beta_start: float = dataclasses.field(default=1e-4, **_help("first beta of the linear schedule"))
-    beta_end: float = dataclasses.field(default=0.02, **_help("last beta of the linear schedule"))
+    num_timesteps: int = dataclasses.field(default=1000, **help_field("diffusion steps T"))
+    beta_start: float = dataclasses.field(default=1e-4, **help_field("first beta of the linear schedule"))
+    beta_end: float = dataclasses.field(default=0.02, **help_field("last beta of the linear schedule"))
 
 
 @dataclasses.dataclass
 class EvalConfig:
-    fid_samples: int = dataclasses.field(default=500, **_help(
+    fid_samples: int = dataclasses.field(default=500, **help_field(
         "samples for FID/KID, in all over every process (0: skip FID)"))
-    sampler: str = dataclasses.field(default="ddim", **_help("sampler for FID and samples.png", choices=("ddpm", "ddim")))
-    sample_steps: typing.Optional[int] = dataclasses.field(default=100, **_help(
+    sampler: str = dataclasses.field(default="ddim", **help_field("sampler for FID and samples.png", choices=("ddpm", "ddim")))
+    sample_steps: typing.Optional[int] = dataclasses.field(default=100, **help_field(
         "denoising steps of the sampler (ddpm with T steps is Ho et al.'s ancestral sampler)"))
-    eta: float = dataclasses.field(default=0.0, **_help("DDIM eta (0: deterministic)"))
-    sample_batch_size: int = dataclasses.field(default=256, **_help(
+    eta: float = dataclasses.field(default=0.0, **help_field("DDIM eta (0: deterministic)"))
+    sample_batch_size: int = dataclasses.field(default=256, **help_field(
         "images per sampling batch; FID samples come in blocks of this size, each with its own seed, "
         "shared out across processes (so the samples depend on it, not on the number of processes)"))
-    inception_path: typing.Optional[str] = dataclasses.field(default=None, **_help(
+    inception_path: typing.Optional[str] = dataclasses.field(default=None, **help_field(
         "local inception-2015-12-05.pt (or its folder) for Inception FID; default $PYLTH_INCEPTION_PATH, "
         "else FID on features of a classifier trained on the data set's labels"))
-    cache_dir: typing.Optional[str] = dataclasses.field(default=None, **_help(
+    cache_dir: typing.Optional[str] = dataclasses.field(default=None, **help_field(
         "cache for FID reference statistics and classifiers (default $PYLTH_CACHE_DIR or ~/.cache/pylth)"))
 
     def __post_init__(self):

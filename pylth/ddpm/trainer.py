@@ -17,29 +17,26 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from tqdm.auto import tqdm
 
 from pylth import distributed as D
+from pylth.ddpm.config import help_field
 from pylth.io import atomic_torch_save, torch_load
 from pylth.optim import MaskedAdam
 
 
-def _help(text: str, **extra) -> dict:
-    return dict(metadata=dict(help=text, **extra))
-
-
 @dataclass
 class TrainConfig:
-    iterations: int = field(**_help("training iterations (optimizer steps) in all"))
-    batch_size: int = field(default=128, **_help("images per step, summed over all processes (the global batch; "
+    iterations: int = field(**help_field("training iterations (optimizer steps) in all"))
+    batch_size: int = field(default=128, **help_field("images per step, summed over all processes (the global batch; "
                                                  "each of N processes takes batch_size / N)"))
-    lr: float = field(default=2e-4, **_help("Adam learning rate after warm-up"))
-    warmup: int = field(default=5000, **_help("iterations of linear learning-rate warm-up"))
-    grad_clip: float = field(default=1.0, **_help("clip the gradient norm to this (0: no clipping)"))
-    ema_decay: float = field(default=0.9999, **_help("EMA decay, reached after a (1+n)/(10+n) warm-up"))
-    num_workers: int = field(default=0, **_help("DataLoader worker processes"))
-    bf16: bool = field(default=False, **_help("bf16 autocast for forward/backward (CUDA only)"))
-    seed: int = field(default=0, **_help("random seed"))
-    device: str = field(default="cpu", **_help("torch device, e.g. cpu, cuda, cuda:1, or auto; under torchrun "
+    lr: float = field(default=2e-4, **help_field("Adam learning rate after warm-up"))
+    warmup: int = field(default=5000, **help_field("iterations of linear learning-rate warm-up"))
+    grad_clip: float = field(default=1.0, **help_field("clip the gradient norm to this (0: no clipping)"))
+    ema_decay: float = field(default=0.9999, **help_field("EMA decay, reached after a (1+n)/(10+n) warm-up"))
+    num_workers: int = field(default=0, **help_field("DataLoader worker processes"))
+    bf16: bool = field(default=False, **help_field("bf16 autocast for forward/backward (CUDA only)"))
+    seed: int = field(default=0, **help_field("random seed"))
+    device: str = field(default="cpu", **help_field("torch device, e.g. cpu, cuda, cuda:1, or auto; under torchrun "
                                                  "cuda means each process's own GPU, cuda:$LOCAL_RANK"))
-    checkpoint_every: int = field(default=1000, **_help("write a resumable checkpoint every this many iterations"))
+    checkpoint_every: int = field(default=1000, **help_field("write a resumable checkpoint every this many iterations"))
 
     def __post_init__(self):
         for name in ("iterations", "batch_size", "checkpoint_every"):

@@ -4,13 +4,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from pylth.ddpm.config import help_field
+
 RESETS = ("rewind", "init", "reinit")
 STRATEGY_NAMES = ("layerwise", "uniform", "global", "random")
 
 
 def _opt(default, help: str, choices=None):
-    metadata = {"help": help} if choices is None else {"help": help, "choices": choices}
-    return field(default=default, metadata=metadata)
+    return field(default=default, **help_field(help, **({} if choices is None else {"choices": choices})))
 
 
 @dataclass

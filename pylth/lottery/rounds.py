@@ -18,7 +18,7 @@ from pylth.ddpm.data import load_dataset
 from pylth.ddpm.diffusion import GaussianDiffusion
 from pylth.ddpm.fid import evaluate_fid
 from pylth.ddpm.trainer import TrainConfig, apply_masks, check_masked_zero, resolve_device, train
-from pylth.lottery import distributed as D
+from pylth import distributed as D
 from pylth.lottery.config import LotteryConfig
 from pylth.lottery.evaluate import heldout_loss, make_heldout
 from pylth.lottery.report import fid_label, format_table, render_report, render_samples
