@@ -43,16 +43,16 @@ ARCH=${PYLTH_GPU_ARCHS:-$($PY -c 'import torch; a, b = torch.cuda.get_device_cap
   echo "building for sm_$ARCH"
 } >"$LOG/env.txt" 2>&1
 
-step build "$LOG/build.log" 900 env PYLTH_CUDA=ON $PY -m pip install --no-build-isolation --no-deps -v . \
+step build "$LOG/build.log" 300 env PYLTH_CUDA=ON $PY -m pip install --no-build-isolation --no-deps -v . \
   -C "cmake.define.CMAKE_CUDA_ARCHITECTURES=$ARCH" || { printf '%s\n' "${summary[@]}"; exit 1; }
 (cd /tmp && $PY -c 'import pylth; print(pylth.build_info())') >>"$LOG/env.txt" 2>&1
 
-step tests "$LOG/tests.log" 600 $PY -m pytest -q tests -k "cuda or test_optim" -p no:cacheprovider
-step bench "$LOG/bench.log" 900 $PY -m pytest -q bench -k cuda --benchmark-only -p no:cacheprovider \
+step tests "$LOG/tests.log" 240 $PY -m pytest -q tests -k "cuda or test_optim" -p no:cacheprovider
+step timings "$LOG/timings.log" 240 $PY bench/gpu_timings.py --out "$LOG/timings.md"
+step bench "$LOG/bench.log" 240 $PY -m pytest -q bench -k cuda --benchmark-only -p no:cacheprovider \
   --benchmark-group-by=group,param --benchmark-columns=min,median,max,rounds
-step timings "$LOG/timings.log" 600 $PY bench/gpu_timings.py --out "$LOG/timings.md"
 RUN=$(mktemp -d)
-step find_ticket "$LOG/find_ticket.log" 600 $PY -m pylth.find_ticket --device cuda --max-rounds 3 --out "$RUN/digits"
+step find_ticket "$LOG/find_ticket.log" 180 $PY -m pylth.find_ticket --device cuda --max-rounds 3 --out "$RUN/digits"
 
 echo
 printf '%s\n' "${summary[@]}"
