@@ -1,6 +1,7 @@
-// CKA on the CPU, batched over pairs: squared distances from Gram matrices, the median bandwidth by
-// selection, the RBF (or linear) kernel and the HSIC sums with float64 accumulation (OpenMP over
-// pairs); and a sparse Gram for mostly-zero matrices that only touches rows sharing a column.
+// CKA on the CPU, batched over pairs and fused per pair (OpenMP over pairs): each side's Gram matrix
+// (from BLAS for dense inputs, or gathered here from a mostly-zero matrix's nonzeros), squared
+// distances, the median bandwidth by selection, the RBF (or linear) kernel and the HSIC sums with
+// float64 accumulation, all in per-thread buffers that stay in cache from one step to the next.
 #include "cpu_dispatch.h"
 #include <pybind11/pybind11.h>
 
@@ -24,17 +25,6 @@ namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
-// Overwrites the strict upper triangle of g with squared distances G_ii + G_jj - 2 G_ij (clamped at 0,
-// rounding can make them negative) and copies them, row by row, into u.
-void upper_distances(double* g, const double* diag, int64_t n, double* u) {
-  for (int64_t i = 0; i < n; ++i) {
-    double* row = g + i * n;
-    const double gii = diag[i];
-    for (int64_t j = i + 1; j < n; ++j) row[j] = std::max(gii + diag[j] - 2.0 * row[j], 0.0);
-    u = std::copy(row + i + 1, row + n, u);
-  }
-}
-
 // The q-th smallest of u (reordering u); -1 means one of the diagonal zeros.
 double order_statistic(std::vector<double>& u, int64_t q) {
   if (q < 0) return 0.0;
@@ -42,20 +32,25 @@ double order_statistic(std::vector<double>& u, int64_t q) {
   return u[q];
 }
 
-// The same as middle_pair below, faster on large u (Floyd-Rivest): two values from a strided sample
-// bracket ranks lo..hi; one branch-free pass counts what lies below the bracket and gathers what lies
-// in it, and only that small part is selected from. False (nothing computed) when the sample misses.
+// The same as middle_pair below without reordering u, faster on large u (Floyd-Rivest): two values
+// from a strided sample bracket ranks lo..hi; one branch-free pass counts what lies below the bracket
+// and gathers what lies in it, and only that small part is selected from. False (nothing computed)
+// when the sample misses.
 bool middle_pair_sampled(const std::vector<double>& u, int64_t lo, int64_t hi, std::vector<double>& inside,
                          double& result) {
   constexpr int64_t kSample = 1024, kMargin = 64;
   const auto m = static_cast<int64_t>(u.size());
   if (lo < 0 || m < 16 * kSample) return false;
-  std::vector<double> sample(kSample);
+  double sample[kSample];
   for (int64_t s = 0; s < kSample; ++s) sample[s] = u[s * (m / kSample)];
-  std::sort(sample.begin(), sample.end());
+  // Two order statistics of the sample (selections, cheaper than sorting it).
   const int64_t rank = lo * kSample / m;
-  const double low = sample[std::max<int64_t>(rank - kMargin, 0)];
-  const double high = sample[std::min<int64_t>(rank + kMargin, kSample - 1)];
+  const int64_t high_rank = std::min<int64_t>(rank + kMargin, kSample - 1);
+  const int64_t low_rank = std::max<int64_t>(rank - kMargin, 0);
+  std::nth_element(sample, sample + high_rank, sample + kSample);
+  const double high = sample[high_rank];
+  std::nth_element(sample, sample + low_rank, sample + high_rank);
+  const double low = sample[low_rank];
   inside.resize(m);
   int64_t below = 0, count = 0;
   for (int64_t e = 0; e < m; ++e) {
@@ -72,8 +67,8 @@ bool middle_pair_sampled(const std::vector<double>& u, int64_t lo, int64_t hi, s
   return true;
 }
 
-// Mean of the lo-th and hi-th smallest of u (hi is lo or lo + 1): one selection for hi, then the
-// maximum of the part below it for lo.
+// Mean of the lo-th and hi-th smallest of u (hi is lo or lo + 1), reordering u: one selection for
+// hi, then the maximum of the part below it for lo.
 double middle_pair(std::vector<double>& u, int64_t lo, int64_t hi) {
   std::vector<double> inside;
   double sampled;
@@ -85,36 +80,23 @@ double middle_pair(std::vector<double>& u, int64_t lo, int64_t hi) {
 }
 
 // Median of all n*n squared distances (Kornblith et al. 2019); when it is 0, the median of the
-// positive ones; NaN when there are none (all rows identical). u: the strict upper triangle.
-double median_squared_distance(std::vector<double>& u, int64_t n) {
+// positive ones; NaN when there are none (all rows identical). u: the strict upper triangle, only
+// read; work: scratch for the selections that need a copy to reorder.
+double median_squared_distance(const std::vector<double>& u, int64_t n, std::vector<double>& work) {
   const MedianIndices mid = median_indices(n);
-  const double median = middle_pair(u, mid.lo, mid.hi);
+  double median;
+  if (!middle_pair_sampled(u, mid.lo, mid.hi, work, median)) {
+    work.assign(u.begin(), u.end());
+    median = middle_pair(work, mid.lo, mid.hi);
+  }
   if (median > 0.0) return median;
   // The positives' median: each positive appears twice in the full matrix, which leaves it unchanged.
-  const auto first_positive = std::partition(u.begin(), u.end(), [](double v) { return v <= 0.0; });
-  const int64_t zeros = first_positive - u.begin();
-  const int64_t positives = static_cast<int64_t>(u.size()) - zeros;
+  work.assign(u.begin(), u.end());
+  const auto first_positive = std::partition(work.begin(), work.end(), [](double v) { return v <= 0.0; });
+  const int64_t zeros = first_positive - work.begin();
+  const int64_t positives = static_cast<int64_t>(work.size()) - zeros;
   if (positives == 0) return kNaN;
-  return middle_pair(u, zeros + (positives - 1) / 2, zeros + positives / 2);
-}
-
-struct PairInput {
-  double* g;  // n x n Gram, upper triangle overwritten
-  std::vector<double> diag;
-  double scale = 0.0;  // RBF: -1 / (2 sigma^2)
-};
-
-// Prepares one side of a pair; returns false when its RBF bandwidth is undefined.
-bool prepare(PairInput& in, int64_t n, CkaKernel kernel, double threshold, std::vector<double>& scratch) {
-  in.diag.resize(n);
-  for (int64_t i = 0; i < n; ++i) in.diag[i] = in.g[i * n + i];
-  if (kernel == CkaKernel::linear) return true;
-  scratch.resize(n * (n - 1) / 2);
-  upper_distances(in.g, in.diag.data(), n, scratch.data());
-  const double median = median_squared_distance(scratch, n);
-  if (std::isnan(median)) return false;
-  in.scale = -1.0 / (2.0 * threshold * threshold * median);
-  return true;
+  return middle_pair(work, zeros + (positives - 1) / 2, zeros + positives / 2);
 }
 
 // exp(x) for x <= 0 without a libm call per value, so that the loop over a row vectorises: x = n ln2 + r
@@ -170,21 +152,68 @@ PYLTH_X86_CLONES void rbf_row(const double* d2, double scale, double* out, int64
   for (int64_t j = 0; j < count; ++j) out[j] = exp_nonpositive(d2[j] * scale);
 }
 
-template <CkaKernel kKernel>
-HsicSums kernel_sums(const PairInput& x, const PairInput& y, int64_t n, bool unbiased) {
-  std::vector<double> rk(n, 0.0), rl(n, 0.0);
-  HsicSums t;
-  std::vector<double> krow(n), lrow(n);
+// Where row i of a strict upper triangle packed by rows begins (its entries for columns i+1..n-1).
+inline int64_t packed_row(int64_t i, int64_t n) { return i * (2 * n - i - 1) / 2; }
+
+// One side of a pair: the Gram diagonal and strict upper triangle (packed by rows); for the RBF
+// kernel the triangle is then overwritten with squared distances and scale = -1 / (2 sigma^2).
+struct Side {
+  std::vector<double> diag, upper;
+  double scale = 0.0;
+};
+
+struct Nonzero {
+  int32_t row, col;
+  double value;
+};
+
+// Per-thread buffers, reused from pair to pair: a call touches a few MB per thread that stay in
+// cache, instead of a float64 Gram buffer for every matrix (page faults, a round trip to memory).
+struct Workspace {
+  Side x, y;
+  std::vector<Nonzero> found;                // a mostly-zero matrix's nonzeros in row order
+  std::vector<int64_t> column_start, cursor;  // counting sort by column
+  std::vector<int32_t> rows;                 // the nonzeros grouped by column, rows increasing
+  std::vector<double> values;
+  std::vector<double> work;                  // median selection
+  std::vector<double> krow, lrow, rk, rl;    // kernel_sums
+};
+
+// Squared distances G_ii + G_jj - 2 G_ij in place of the upper triangle (clamped at 0: rounding can
+// make them negative), then the bandwidth; false when it is undefined.
+bool prepare(Side& s, int64_t n, CkaKernel kernel, double threshold, std::vector<double>& work) {
+  if (kernel == CkaKernel::linear) return true;
   for (int64_t i = 0; i < n; ++i) {
-    const double* gx = x.g + i * n;
-    const double* gy = y.g + i * n;
+    double* row = s.upper.data() + packed_row(i, n);
+    const double* diag_right = s.diag.data() + i + 1;
+    const double gii = s.diag[i];
+    for (int64_t k = 0; k < n - i - 1; ++k) row[k] = std::max(gii + diag_right[k] - 2.0 * row[k], 0.0);
+  }
+  const double median = median_squared_distance(s.upper, n, work);
+  if (std::isnan(median)) return false;
+  s.scale = -1.0 / (2.0 * threshold * threshold * median);
+  return true;
+}
+
+template <CkaKernel kKernel>
+HsicSums kernel_sums(const Side& x, const Side& y, int64_t n, bool unbiased, Workspace& w) {
+  std::vector<double>&rk = w.rk, &rl = w.rl, &krow = w.krow, &lrow = w.lrow;
+  rk.assign(n, 0.0);
+  rl.assign(n, 0.0);
+  krow.resize(n);
+  lrow.resize(n);
+  HsicSums t;
+  for (int64_t i = 0; i < n; ++i) {
+    const double* gx = x.upper.data() + packed_row(i, n);
+    const double* gy = y.upper.data() + packed_row(i, n);
+    const int64_t right = n - i - 1;
     // Kernel values of row i right of the diagonal; the lower triangle is their mirror image.
     if (kKernel == CkaKernel::rbf) {
-      rbf_row(gx + i + 1, x.scale, krow.data() + i + 1, n - i - 1);
-      rbf_row(gy + i + 1, y.scale, lrow.data() + i + 1, n - i - 1);
+      rbf_row(gx, x.scale, krow.data() + i + 1, right);
+      rbf_row(gy, y.scale, lrow.data() + i + 1, right);
     } else {
-      std::copy(gx + i + 1, gx + n, krow.begin() + i + 1);
-      std::copy(gy + i + 1, gy + n, lrow.begin() + i + 1);
+      std::copy(gx, gx + right, krow.begin() + i + 1);
+      std::copy(gy, gy + right, lrow.begin() + i + 1);
     }
     double kl = 0, kk = 0, ll = 0, ri = 0, si = 0;
     for (int64_t j = i + 1; j < n; ++j) {
@@ -224,69 +253,15 @@ HsicSums kernel_sums(const PairInput& x, const PairInput& y, int64_t n, bool unb
   return t;
 }
 
-double pair_cka(double* gx, double* gy, int64_t n, CkaKernel kernel, double threshold, bool unbiased,
-                std::vector<double>& scratch) {
-  PairInput x{gx}, y{gy};
-  if (!prepare(x, n, kernel, threshold, scratch) || !prepare(y, n, kernel, threshold, scratch)) return kNaN;
-  const HsicSums t = kernel == CkaKernel::rbf ? kernel_sums<CkaKernel::rbf>(x, y, n, unbiased)
-                                              : kernel_sums<CkaKernel::linear>(x, y, n, unbiased);
-  return cka_from_sums(t, n, unbiased);
-}
-
-void check_layout(const int64_t* offsets, const int64_t* sizes, int64_t count, const char* what) {
-  require(offsets[0] == 0, std::string(what) + ": offsets must start at 0");
-  for (int64_t m = 0; m < count; ++m)
-    require(sizes[m] >= 0 && offsets[m + 1] - offsets[m] == sizes[m] * sizes[m],
-            std::string(what) + ": offsets do not match the matrix sizes at entry " + std::to_string(m));
-}
-
-// Largest matrices first so that the dynamic schedule balances the threads.
-std::vector<int64_t> largest_first(const int64_t* sizes, int64_t count) {
-  std::vector<int64_t> order(count);
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return sizes[a] > sizes[b]; });
-  return order;
-}
-
-void cka_from_grams_cpu(std::uintptr_t gram_ptr, std::uintptr_t offsets_ptr, std::uintptr_t sizes_ptr,
-                        int64_t pairs, int kernel_id, double threshold, bool unbiased, std::uintptr_t out_ptr) {
-  require(pairs >= 0, "pairs must be >= 0");
-  require(kernel_id == 0 || kernel_id == 1, "kernel must be 0 (linear) or 1 (rbf)");
-  require(threshold > 0.0 && std::isfinite(threshold), "threshold must be a positive finite number");
-  double* gram = as_ptr<double>(gram_ptr);
-  const int64_t* offsets = as_ptr<const int64_t>(offsets_ptr);
-  const int64_t* sizes = as_ptr<const int64_t>(sizes_ptr);
-  double* out = as_ptr<double>(out_ptr);
-  std::vector<int64_t> matrix_sizes(2 * pairs);
-  for (int64_t p = 0; p < pairs; ++p) {
-    require(sizes[p] >= (unbiased ? 4 : 2), "every pair needs at least " + std::string(unbiased ? "4" : "2") + " rows");
-    matrix_sizes[p] = matrix_sizes[pairs + p] = sizes[p];
+// A dense n x n Gram (a BLAS product, float32 or float64) into a side.
+template <typename T>
+void dense_gram_side(const T* g, int64_t n, Side& s) {
+  s.diag.resize(n);
+  s.upper.resize(n * (n - 1) / 2);
+  for (int64_t i = 0; i < n; ++i) {
+    s.diag[i] = static_cast<double>(g[i * n + i]);
+    std::copy(g + i * n + i + 1, g + (i + 1) * n, s.upper.begin() + packed_row(i, n));
   }
-  check_layout(offsets, matrix_sizes.data(), 2 * pairs, "cka_from_grams");
-  // A NaN or infinity anywhere in a matrix reaches its squared row norms: O(n) instead of O(n d).
-  for (int64_t m = 0; m < 2 * pairs; ++m) {
-    const int64_t n = matrix_sizes[m];
-    for (int64_t i = 0; i < n; ++i)
-      require(std::isfinite(gram[offsets[m] + i * n + i]),
-              std::string(m < pairs ? "xs[" : "ys[") + std::to_string(m < pairs ? m : m - pairs) +
-                  "] has non-finite values (or values whose squares overflow)");
-  }
-  const CkaKernel kernel = static_cast<CkaKernel>(kernel_id);
-  const std::vector<int64_t> order = largest_first(sizes, pairs);
-  py::gil_scoped_release release;
-  FirstError error;
-#pragma omp parallel
-  {
-    std::vector<double> scratch;
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t k = 0; k < pairs; ++k) {
-      const int64_t p = order[k];
-      error.run([&] {
-        out[p] = pair_cka(gram + offsets[p], gram + offsets[pairs + p], sizes[p], kernel, threshold, unbiased, scratch);
-      });
-    }
-  }
-  error.rethrow();
 }
 
 // True when the k values at p are all +-0: OR of the bit patterns without the sign (vectorises,
@@ -304,11 +279,149 @@ bool all_zero(const T* p, int64_t k) {
   return any == 0;
 }
 
-// Gram matrix of one n x d matrix in float64 when at most max_density of it is nonzero (returns
-// false, writing nothing, otherwise): gather every column's nonzeros (rows in increasing order),
-// then add the products of each pair of them. Writes the diagonal and the strict upper triangle only
-// (all the CKA kernel reads); the cost is ~ the sum over columns of nnz^2 instead of n^2 d.
-// Nonzeros in every stride-th row: a cheap look at a matrix's density before the full scan.
+// The float64 Gram of a mostly-zero n x d matrix into a side: one scan in row order (blocks of zeros
+// skipped) gathers the nonzeros, a stable counting sort groups them by column, and each column adds
+// the products of its pairs of nonzeros: the cost is ~ the sum over columns of nnz^2, not n^2 d.
+template <typename T>
+void sparse_gram_side(const T* x, int64_t n, int64_t d, Workspace& w, Side& s) {
+  constexpr int64_t kBlock = 16;
+  w.found.clear();
+  w.column_start.assign(d + 1, 0);
+  for (int64_t i = 0; i < n; ++i) {
+    const T* row = x + i * d;
+    for (int64_t c0 = 0; c0 < d; c0 += kBlock) {
+      const int64_t c1 = std::min(d, c0 + kBlock);
+      if (all_zero(row + c0, c1 - c0)) continue;
+      for (int64_t c = c0; c < c1; ++c)
+        if (row[c] != T(0)) {
+          w.found.push_back({static_cast<int32_t>(i), static_cast<int32_t>(c), static_cast<double>(row[c])});
+          ++w.column_start[c + 1];
+        }
+    }
+  }
+  std::partial_sum(w.column_start.begin(), w.column_start.end(), w.column_start.begin());
+  w.cursor.assign(w.column_start.begin(), w.column_start.end() - 1);
+  w.rows.resize(w.found.size());
+  w.values.resize(w.found.size());
+  for (const Nonzero& z : w.found) {
+    const int64_t slot = w.cursor[z.col]++;
+    w.rows[slot] = z.row;
+    w.values[slot] = z.value;
+  }
+  s.diag.assign(n, 0.0);
+  s.upper.assign(n * (n - 1) / 2, 0.0);
+  for (int64_t c = 0; c < d; ++c)
+    for (int64_t a = w.column_start[c]; a < w.column_start[c + 1]; ++a) {
+      const int64_t ra = w.rows[a];
+      const double va = w.values[a];
+      s.diag[ra] += va * va;
+      // Row ra's packed entries, indexed by the column (a later row, > ra) they pair with.
+      const int64_t base = packed_row(ra, n) - ra - 1;
+      for (int64_t b = a + 1; b < w.column_start[c + 1]; ++b) s.upper[base + w.rows[b]] += va * w.values[b];
+    }
+}
+
+// One input matrix: its address, and the address of its dense Gram (same dtype) or null when the
+// Gram is to be gathered here from the matrix's nonzeros.
+struct Matrix {
+  std::uintptr_t x, gram;
+  int64_t rows, cols;
+  bool is_double;
+};
+
+// A side's Gram; false when its diagonal (the squared row norms, which a NaN or infinity anywhere in
+// the matrix reaches, at O(n) instead of O(n d)) is not finite.
+bool load_side(const Matrix& m, Workspace& w, Side& s) {
+  if (m.gram != 0) {
+    if (m.is_double) dense_gram_side(as_ptr<const double>(m.gram), m.rows, s);
+    else dense_gram_side(as_ptr<const float>(m.gram), m.rows, s);
+  } else {
+    if (m.is_double) sparse_gram_side(as_ptr<const double>(m.x), m.rows, m.cols, w, s);
+    else sparse_gram_side(as_ptr<const float>(m.x), m.rows, m.cols, w, s);
+  }
+  return std::all_of(s.diag.begin(), s.diag.end(), [](double v) { return std::isfinite(v); });
+}
+
+// The CKA of one pair; non_finite[side] is set (and NaN returned) for a side with non-finite values.
+double pair_cka(const Matrix& mx, const Matrix& my, CkaKernel kernel, double threshold, bool unbiased,
+                Workspace& w, uint8_t& x_non_finite, uint8_t& y_non_finite) {
+  const int64_t n = mx.rows;
+  // An error about xs takes precedence over all about ys: y need not be looked at when x is bad.
+  if (!load_side(mx, w, w.x)) return x_non_finite = 1, kNaN;
+  if (!load_side(my, w, w.y)) return y_non_finite = 1, kNaN;
+  if (!prepare(w.x, n, kernel, threshold, w.work) || !prepare(w.y, n, kernel, threshold, w.work)) return kNaN;
+  const HsicSums t = kernel == CkaKernel::rbf ? kernel_sums<CkaKernel::rbf>(w.x, w.y, n, unbiased, w)
+                                              : kernel_sums<CkaKernel::linear>(w.x, w.y, n, unbiased, w);
+  return cka_from_sums(t, n, unbiased);
+}
+
+// Indices 0..count-1 by decreasing cost, so that the dynamic schedule balances the threads.
+std::vector<int64_t> largest_first(const std::vector<int64_t>& cost) {
+  std::vector<int64_t> order(cost.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return cost[a] > cost[b]; });
+  return order;
+}
+
+// Per matrix m (2 * pairs of them; pair p compares m = p with m = pairs + p): x_ptrs[m] its row-major
+// rows x cols values (float64 where is_double[m], else float32), gram_ptrs[m] its dense Gram in the
+// same dtype or 0 to gather the Gram from its nonzeros. out: float64 [pairs].
+void cka_cpu(std::uintptr_t x_ptrs_ptr, std::uintptr_t gram_ptrs_ptr, std::uintptr_t rows_ptr, std::uintptr_t cols_ptr,
+             std::uintptr_t is_double_ptr, int64_t pairs, int kernel_id, double threshold, bool unbiased,
+             std::uintptr_t out_ptr) {
+  require(pairs >= 0, "pairs must be >= 0");
+  require(kernel_id == 0 || kernel_id == 1, "kernel must be 0 (linear) or 1 (rbf)");
+  require(threshold > 0.0 && std::isfinite(threshold), "threshold must be a positive finite number");
+  const int64_t* x_ptrs = as_ptr<const int64_t>(x_ptrs_ptr);
+  const int64_t* gram_ptrs = as_ptr<const int64_t>(gram_ptrs_ptr);
+  const int64_t* rows = as_ptr<const int64_t>(rows_ptr);
+  const int64_t* cols = as_ptr<const int64_t>(cols_ptr);
+  const uint8_t* is_double = as_ptr<const uint8_t>(is_double_ptr);
+  double* out = as_ptr<double>(out_ptr);
+  constexpr int64_t kInt32Max = std::numeric_limits<int32_t>::max();
+  std::vector<Matrix> mats(2 * pairs);
+  for (int64_t m = 0; m < 2 * pairs; ++m) {
+    require(rows[m] >= 0 && rows[m] <= kInt32Max && cols[m] >= 1 && cols[m] <= kInt32Max,
+            "cka: bad shape at entry " + std::to_string(m));
+    require(x_ptrs[m] != 0, "cka: null pointer at entry " + std::to_string(m));
+    mats[m] = {static_cast<std::uintptr_t>(x_ptrs[m]), static_cast<std::uintptr_t>(gram_ptrs[m]), rows[m], cols[m],
+               is_double[m] != 0};
+  }
+  std::vector<int64_t> cost(pairs);
+  for (int64_t p = 0; p < pairs; ++p) {
+    const int64_t n = rows[p];
+    require(rows[pairs + p] == n, "cka: pair " + std::to_string(p) + " has unequal row counts");
+    require(n >= (unbiased ? 4 : 2), "every pair needs at least " + std::string(unbiased ? "4" : "2") + " rows");
+    // Roughly: an exp per distance, and a fraction of that per value a mostly-zero side's scan reads.
+    const int64_t scanned = (gram_ptrs[p] == 0 ? cols[p] : 0) + (gram_ptrs[pairs + p] == 0 ? cols[pairs + p] : 0);
+    cost[p] = n * n + n * scanned / 8;
+  }
+  const CkaKernel kernel = static_cast<CkaKernel>(kernel_id);
+  const std::vector<int64_t> order = largest_first(cost);
+  std::vector<uint8_t> non_finite(2 * pairs, 0);
+  {
+    py::gil_scoped_release release;
+    FirstError error;
+#pragma omp parallel
+    {
+      Workspace w;
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t k = 0; k < pairs; ++k) {
+        const int64_t p = order[k];
+        error.run([&] {
+          out[p] = pair_cka(mats[p], mats[pairs + p], kernel, threshold, unbiased, w, non_finite[p],
+                            non_finite[pairs + p]);
+        });
+      }
+    }
+    error.rethrow();
+  }
+  for (int64_t m = 0; m < 2 * pairs; ++m)
+    require(!non_finite[m], std::string(m < pairs ? "xs[" : "ys[") + std::to_string(m < pairs ? m : m - pairs) +
+                                "] has non-finite values (or values whose squares overflow)");
+}
+
+// Nonzeros in every stride-th row: a cheap look at a matrix's density.
 template <typename T>
 int64_t sampled_row_nonzeros(const T* x, int64_t n, int64_t d, int64_t stride) {
   int64_t count = 0;
@@ -317,90 +430,32 @@ int64_t sampled_row_nonzeros(const T* x, int64_t n, int64_t d, int64_t stride) {
   return count;
 }
 
-template <typename T>
-bool sparse_gram_one(const T* x, int64_t n, int64_t d, double max_density, double* g) {
-  constexpr int64_t kBlock = 16, kStride = 16;
-  // Clearly too dense (twice the limit in a 1/16 sample of the rows): leave it to the dense path
-  // without scanning all of it first.
-  if (n >= 4 * kStride) {
-    const int64_t sampled_rows = (n + kStride - 1) / kStride;
-    if (static_cast<double>(sampled_row_nonzeros(x, n, d, kStride)) >
-        2.0 * max_density * static_cast<double>(sampled_rows * d))
-      return false;
-  }
-  const auto limit = static_cast<int64_t>(max_density * static_cast<double>(n * d));
-  // One scan in row order, blocks of zeros skipped; stop as soon as the matrix is too dense.
-  std::vector<int32_t> nz_row, nz_col;
-  std::vector<double> nz_value;
-  std::vector<int64_t> start(d + 1, 0);
-  for (int64_t i = 0; i < n; ++i) {
-    const T* row = x + i * d;
-    for (int64_t c0 = 0; c0 < d; c0 += kBlock) {
-      const int64_t c1 = std::min(d, c0 + kBlock);
-      if (all_zero(row + c0, c1 - c0)) continue;
-      for (int64_t c = c0; c < c1; ++c)
-        if (row[c] != T(0)) {
-          nz_row.push_back(static_cast<int32_t>(i));
-          nz_col.push_back(static_cast<int32_t>(c));
-          nz_value.push_back(static_cast<double>(row[c]));
-          ++start[c + 1];
-        }
-    }
-    if (static_cast<int64_t>(nz_row.size()) > limit) return false;
-  }
-  // Counting sort by column; stable, so each column's rows stay increasing.
-  std::partial_sum(start.begin(), start.end(), start.begin());
-  std::vector<int32_t> rows(nz_row.size());
-  std::vector<double> values(nz_row.size());
-  std::vector<int64_t> fill(start.begin(), start.end() - 1);
-  for (size_t e = 0; e < nz_row.size(); ++e) {
-    const int64_t slot = fill[nz_col[e]]++;
-    rows[slot] = nz_row[e];
-    values[slot] = nz_value[e];
-  }
-  std::fill(g, g + n * n, 0.0);
-  for (int64_t c = 0; c < d; ++c)
-    for (int64_t a = start[c]; a < start[c + 1]; ++a) {
-      double* g_row = g + static_cast<int64_t>(rows[a]) * n;
-      const double va = values[a];
-      g_row[rows[a]] += va * va;
-      for (int64_t b = a + 1; b < start[c + 1]; ++b) g_row[rows[b]] += va * values[b];
-    }
-  return true;
-}
-
-// x_ptrs: the address of each row-major matrix (float32, or float64 when is_double); gram_ptrs: where
-// each n x n float64 Gram goes; done[m] is set to 1 where matrix m was sparse enough and its Gram written.
-void sparse_gram_cpu(std::uintptr_t x_ptrs_ptr, std::uintptr_t rows_ptr, std::uintptr_t cols_ptr, int64_t count,
-                     bool is_double, double max_density, std::uintptr_t gram_ptrs_ptr, std::uintptr_t done_ptr) {
+// mostly_zero[m] = 1 where at most max_density of matrix m's values are nonzero, judged from every
+// 16th row (every row of a matrix under 64 rows): reading 1/16 of a matrix decides whether its Gram
+// is cheaper to gather from its nonzeros than to multiply out. A wrong guess only costs time.
+void mostly_zero_cpu(std::uintptr_t x_ptrs_ptr, std::uintptr_t rows_ptr, std::uintptr_t cols_ptr,
+                     std::uintptr_t is_double_ptr, int64_t count, double max_density, std::uintptr_t mostly_zero_ptr) {
   require(count >= 0, "count must be >= 0");
   const int64_t* x_ptrs = as_ptr<const int64_t>(x_ptrs_ptr);
   const int64_t* rows = as_ptr<const int64_t>(rows_ptr);
   const int64_t* cols = as_ptr<const int64_t>(cols_ptr);
-  const int64_t* gram_ptrs = as_ptr<const int64_t>(gram_ptrs_ptr);
-  uint8_t* done = as_ptr<uint8_t>(done_ptr);
-  std::vector<int64_t> cost(count);
+  const uint8_t* is_double = as_ptr<const uint8_t>(is_double_ptr);
+  uint8_t* mostly_zero = as_ptr<uint8_t>(mostly_zero_ptr);
   for (int64_t m = 0; m < count; ++m) {
-    require(rows[m] >= 0 && rows[m] <= std::numeric_limits<int32_t>::max() && cols[m] >= 0,
-            "sparse_gram: bad shape at entry " + std::to_string(m));
-    require((x_ptrs[m] != 0 || rows[m] * cols[m] == 0) && (gram_ptrs[m] != 0 || rows[m] == 0),
-            "sparse_gram: null pointer at entry " + std::to_string(m));
-    cost[m] = rows[m] * cols[m];
+    require(rows[m] >= 0 && cols[m] >= 0, "mostly_zero: bad shape at entry " + std::to_string(m));
+    require(x_ptrs[m] != 0 || rows[m] * cols[m] == 0, "mostly_zero: null pointer at entry " + std::to_string(m));
   }
-  const std::vector<int64_t> order = largest_first(cost.data(), count);
   py::gil_scoped_release release;
-  FirstError error;
 #pragma omp parallel for schedule(dynamic, 1)
-  for (int64_t k = 0; k < count; ++k) {
-    const int64_t m = order[k];
-    double* g = as_ptr<double>(static_cast<std::uintptr_t>(gram_ptrs[m]));
+  for (int64_t m = 0; m < count; ++m) {
+    const int64_t n = rows[m], d = cols[m];
+    const int64_t stride = n >= 64 ? 16 : 1;
     const auto address = static_cast<std::uintptr_t>(x_ptrs[m]);
-    error.run([&] {
-      done[m] = is_double ? sparse_gram_one(as_ptr<const double>(address), rows[m], cols[m], max_density, g)
-                          : sparse_gram_one(as_ptr<const float>(address), rows[m], cols[m], max_density, g);
-    });
+    const int64_t nonzeros = is_double[m] ? sampled_row_nonzeros(as_ptr<const double>(address), n, d, stride)
+                                          : sampled_row_nonzeros(as_ptr<const float>(address), n, d, stride);
+    const int64_t sampled = (n + stride - 1) / stride * d;
+    mostly_zero[m] = static_cast<double>(nonzeros) <= max_density * static_cast<double>(sampled);
   }
-  error.rethrow();
 }
 
 #ifdef PYLTH_WITH_CUDA
@@ -418,14 +473,14 @@ void cka_from_grams_cuda_binding(std::uintptr_t gram, std::uintptr_t offsets, st
 }  // namespace
 
 void register_cka(py::module_& m) {
-  m.def("cka_from_grams_cpu", &cka_from_grams_cpu, py::arg("gram"), py::arg("offsets"), py::arg("sizes"),
-        py::arg("pairs"), py::arg("kernel"), py::arg("threshold"), py::arg("unbiased"), py::arg("out"),
-        "CKA of each pair from float64 Gram matrices (matrix p against matrix pairs+p); kernel 0 linear, 1 rbf. "
-        "Overwrites the Gram upper triangles.");
-  m.def("sparse_gram_cpu", &sparse_gram_cpu, py::arg("x_ptrs"), py::arg("rows"), py::arg("cols"),
-        py::arg("count"), py::arg("is_double"), py::arg("max_density"), py::arg("gram_ptrs"), py::arg("done"),
-        "float64 Gram matrices (diagonal + upper triangle) of the row-major matrices with at most max_density "
-        "nonzeros; done[m] = 1 for those.");
+  m.def("cka_cpu", &cka_cpu, py::arg("x_ptrs"), py::arg("gram_ptrs"), py::arg("rows"), py::arg("cols"),
+        py::arg("is_double"), py::arg("pairs"), py::arg("kernel"), py::arg("threshold"), py::arg("unbiased"),
+        py::arg("out"),
+        "CKA of each pair (matrix p against matrix pairs+p); kernel 0 linear, 1 rbf. Each matrix's Gram is "
+        "read from gram_ptrs or, where that is 0, gathered from the matrix's nonzeros.");
+  m.def("mostly_zero_cpu", &mostly_zero_cpu, py::arg("x_ptrs"), py::arg("rows"), py::arg("cols"),
+        py::arg("is_double"), py::arg("count"), py::arg("max_density"), py::arg("mostly_zero"),
+        "mostly_zero[m] = 1 where a row sample of matrix m has at most max_density nonzeros.");
 #ifdef PYLTH_WITH_CUDA
   m.def("cka_from_grams_cuda", &cka_from_grams_cuda_binding, py::arg("gram"), py::arg("offsets"), py::arg("sizes"),
         py::arg("pairs"), py::arg("kernel"), py::arg("threshold"), py::arg("unbiased"),

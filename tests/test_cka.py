@@ -151,21 +151,67 @@ def test_sparse_rows_use_the_sparse_gram_and_the_zero_median_fallback(unbiased):
     np.testing.assert_allclose(got.numpy(), want, atol=1e-9)
 
 
-def test_sparse_gram_takes_only_sparse_matrices_and_matches_numpy():
-    # 128 rows: the dense one is refused (by the row sample); the sparse ones are written, also when
-    # the rows the sample looks at (every 16th) are all zero.
+def test_mostly_zero_is_judged_from_a_row_sample():
+    # 128 rows: every 16th row is looked at, so one whose sampled rows are all zero counts as sparse;
+    # under 64 rows every row is looked at.
     dense, sparse = sparse_pair(128, 200, 0.3, 9), sparse_pair(128, 200, 0.01, 10)
-    unsampled = sparse_pair(128, 200, 0.04, 11)
+    unsampled = sparse_pair(128, 200, 0.3, 11)
     unsampled[::16] = 0
-    mats = [dense, sparse, unsampled]
-    offsets = [0, 128 * 128, 2 * 128 * 128]
-    gram = torch.full((3 * 128 * 128,), float("nan"), dtype=torch.float64)
-    assert ops_cka._sparse_grams(mats, gram, offsets) == [0, 1, 1]
-    upper = np.triu_indices(128)
-    for i in (1, 2):
-        x = mats[i].double().numpy()
-        got = gram[offsets[i]: offsets[i] + 128 * 128].view(128, 128).numpy()
-        np.testing.assert_allclose(got[upper], (x @ x.T)[upper], rtol=1e-12, atol=1e-12)
+    small = sparse_pair(63, 200, 0.3, 12)
+    small[::16] = 0
+    mats = [dense, sparse, unsampled, small, sparse.double()]
+    assert ops_cka._mostly_zero(mats) == [0, 1, 1, 0, 1]
+
+
+def odd_sparse_pairs():
+    """Pairs for the gathered Gram: 3 rows, column counts off the 16-value blocks, a fully dense
+    column, zero rows, float32 beside float64, over 16k distances (the sampled median)."""
+    ones_column = sparse_pair(70, 45, 0.02, 21)
+    ones_column[:, 7] = 1.0
+    xs = [sparse_pair(3, 1152, 0.01, 13), sparse_pair(5, 17, 0.1, 14), sparse_pair(131, 1000, 0.02, 15),
+          ones_column, sparse_pair(200, 301, 0.01, 16, zero_rows=7)]
+    ys = [sparse_pair(3, 40, 0.2, 17).double(), sparse_pair(5, 33, 0.05, 18), sparse_pair(131, 999, 0.01, 19),
+          sparse_pair(70, 1, 0.5, 22), sparse_pair(200, 64, 0.03, 20).double()]
+    return xs, ys
+
+
+@pytest.mark.parametrize("kernel", ["rbf", "linear"])
+def test_gathered_gram_matches_numpy_on_odd_shapes(monkeypatch, kernel):
+    monkeypatch.setattr(ops_cka, "SPARSE_GRAM_MAX_DENSITY", 1.0)  # every Gram gathered from nonzeros
+    xs, ys = odd_sparse_pairs()
+    assert all(ops_cka._mostly_zero(xs + ys))
+    got = ops_cka.cka(xs, ys, kernel=kernel, threshold=0.5)
+    if kernel == "rbf":
+        want = [np_rbf_cka(x.numpy(), y.numpy(), 0.5, False) for x, y in zip(xs, ys)]
+    else:
+        want = [np_linear_cka_features(x.numpy(), y.numpy()) for x, y in zip(xs, ys)]
+    np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1e-9)
+
+
+def test_each_pair_is_independent_of_the_others_in_the_batch():
+    # Per-thread buffers are reused from pair to pair (gathered and BLAS Grams, different sizes, the
+    # order of the schedule): a pair computed among others equals the pair computed alone, bit for bit.
+    xs, ys = odd_sparse_pairs()
+    dense_xs, dense_ys = random_pairs(seed=23)
+    xs, ys = xs + dense_xs, ys + dense_ys
+    together = rbf_cka(xs, ys)
+    alone = torch.cat([rbf_cka([x], [y]) for x, y in zip(xs, ys)])
+    assert torch.equal(together, alone)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_the_first_non_finite_matrix_is_named(sparse):
+    # xs before ys, then by index, whichever thread finds them and whether a Gram is gathered or BLAS.
+    make = (lambda seed: sparse_pair(66, 80, 0.01, seed)) if sparse else (lambda seed: sparse_pair(66, 80, 1.0, seed))
+    xs, ys = [make(s) for s in range(4)], [make(s + 4) for s in range(4)]
+    xs[3][5, 5], ys[0][60, 1] = math.nan, math.inf
+    assert all(ops_cka._mostly_zero(xs + ys)) == sparse
+    with pytest.raises(ValueError, match=r"xs\[3\] has non-finite"):
+        rbf_cka(xs, ys)
+    xs[3][5, 5] = 0.0
+    ys[2][0, 79] = -math.inf
+    with pytest.raises(ValueError, match=r"ys\[0\] has non-finite"):
+        rbf_cka(xs, ys)
 
 
 @pytest.mark.parametrize("kernel", ["rbf", "linear"])

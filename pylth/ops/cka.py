@@ -85,6 +85,8 @@ def cka(xs, ys, *, kernel: str = "rbf", threshold: float = 1.0, unbiased: bool =
 
 def _cka_native(xs, ys, kernel, threshold, unbiased) -> torch.Tensor:
     device = xs[0].device
+    if device.type == "cpu":
+        return _cka_cpu(xs, ys, kernel, threshold, unbiased)
     mats = xs + ys
     sizes = [m.shape[0] for m in mats]
     offsets = [0]
@@ -95,33 +97,63 @@ def _cka_native(xs, ys, kernel, threshold, unbiased) -> torch.Tensor:
     pair_sizes = torch.tensor(sizes[: len(xs)], dtype=torch.int64, device=device)
     out = torch.empty(len(xs), dtype=torch.float64, device=device)
     fill_grams(mats, gram, offsets)
-    if device.type == "cpu":
-        native.cka_from_grams_cpu(gram.data_ptr(), offsets_t.data_ptr(), pair_sizes.data_ptr(), len(xs),
-                                  KERNELS[kernel], threshold, unbiased, out.data_ptr())
-    else:
-        with torch.cuda.device(device):  # the launch goes to the current device: make it the inputs'
-            native.cka_from_grams_cuda(gram.data_ptr(), offsets_t.data_ptr(), pair_sizes.data_ptr(), len(xs),
-                                       KERNELS[kernel], threshold, unbiased, out.data_ptr(),
-                                       cuda_stream(device))
+    with torch.cuda.device(device):  # the launch goes to the current device: make it the inputs'
+        native.cka_from_grams_cuda(gram.data_ptr(), offsets_t.data_ptr(), pair_sizes.data_ptr(), len(xs),
+                                   KERNELS[kernel], threshold, unbiased, out.data_ptr(),
+                                   cuda_stream(device))
     return out
 
 
 def fill_grams(mats, gram: torch.Tensor, offsets) -> None:
-    """Write each matrix's Gram M M^T (float64) at gram[offsets[i]:]: sparse native or dense BLAS."""
-    on_cpu = gram.device.type == "cpu"
-    done = _sparse_grams(mats, gram, offsets) if on_cpu else [False] * len(mats)
-    dense = [i for i in range(len(mats)) if not done[i]]
-    targets = {i: gram[offsets[i]: offsets[i] + mats[i].shape[0] ** 2].view(mats[i].shape[0], -1) for i in dense}
-    if on_cpu:
-        _dense_grams_cpu([(mats[i], targets[i]) for i in dense])
-        return
+    """Write each device matrix's Gram M M^T (float64) at gram[offsets[i]:]: one batched GEMM per shape."""
     groups: dict[tuple, list[int]] = {}
-    for i in dense:  # one batched GEMM per shape: fewer launches
-        groups.setdefault((tuple(mats[i].shape), mats[i].dtype), []).append(i)
+    for i, m in enumerate(mats):  # one batched GEMM per shape: fewer launches
+        groups.setdefault((tuple(m.shape), m.dtype), []).append(i)
     for members in groups.values():
         stacked = torch.stack([mats[i] for i in members])
         for product, i in zip(torch.bmm(stacked, stacked.transpose(1, 2)), members):
-            targets[i].copy_(product)
+            n = mats[i].shape[0]
+            gram[offsets[i]: offsets[i] + n * n].view(n, n).copy_(product)
+
+
+def _int64(values) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.int64)
+
+
+class _Layout:
+    """Addresses, shapes and dtypes of CPU matrices, as the native calls take them."""
+
+    def __init__(self, mats):
+        self.ptrs = _int64([m.data_ptr() for m in mats])
+        self.rows = _int64([m.shape[0] for m in mats])
+        self.cols = _int64([m.shape[1] for m in mats])
+        self.is_double = torch.tensor([m.dtype == torch.float64 for m in mats], dtype=torch.uint8)
+
+
+def _cka_cpu(xs, ys, kernel, threshold, unbiased) -> torch.Tensor:
+    """BLAS Grams for the dense matrices only; the native call gathers the mostly-zero ones' Grams
+    itself, pair by pair in per-thread memory, and computes every pair's CKA."""
+    mats = xs + ys
+    layout = _Layout(mats)
+    dense = [i for i, sparse in enumerate(_mostly_zero(mats, layout)) if not sparse]
+    grams = _dense_grams_cpu([mats[i] for i in dense])  # alive until the native call returns
+    gram_ptrs = [0] * len(mats)
+    for i, g in zip(dense, grams):
+        gram_ptrs[i] = g.data_ptr()
+    gram_ptrs = _int64(gram_ptrs)
+    out = torch.empty(len(xs), dtype=torch.float64)
+    native.cka_cpu(layout.ptrs.data_ptr(), gram_ptrs.data_ptr(), layout.rows.data_ptr(), layout.cols.data_ptr(),
+                   layout.is_double.data_ptr(), len(xs), KERNELS[kernel], threshold, unbiased, out.data_ptr())
+    return out
+
+
+def _mostly_zero(mats, layout: _Layout | None = None) -> list:
+    """Which matrices have at most SPARSE_GRAM_MAX_DENSITY nonzeros (judged from a sample of rows)."""
+    layout = layout or _Layout(mats)
+    flags = torch.zeros(len(mats), dtype=torch.uint8)
+    native.mostly_zero_cpu(layout.ptrs.data_ptr(), layout.rows.data_ptr(), layout.cols.data_ptr(),
+                           layout.is_double.data_ptr(), len(mats), SPARSE_GRAM_MAX_DENSITY, flags.data_ptr())
+    return flags.tolist()
 
 
 @contextlib.contextmanager
@@ -134,36 +166,19 @@ def _single_threaded_torch():
         torch.set_num_threads(threads)
 
 
-def _dense_grams_cpu(jobs) -> None:
-    """Many small independent GEMMs: one BLAS thread per matrix, the matrices in parallel (threads
-    that split each small GEMM spend their time in barriers, badly so on a busy machine)."""
-    def gram(job):
-        m, target = job
-        target.copy_(m @ m.T)
+def _dense_grams_cpu(mats) -> list:
+    """The Grams M M^T (in M's dtype) of many small matrices: one BLAS thread per matrix, the matrices
+    in parallel (threads that split each small GEMM spend their time in barriers, badly so on a busy
+    machine)."""
+    grams = [None] * len(mats)
 
-    jobs = sorted(jobs, key=lambda job: job[0].numel() * job[0].shape[0], reverse=True)
+    def gram(i):
+        grams[i] = mats[i] @ mats[i].T
+
+    order = sorted(range(len(mats)), key=lambda i: mats[i].numel() * mats[i].shape[0], reverse=True)
     with _single_threaded_torch() as threads, ThreadPoolExecutor(max_workers=threads) as pool:
-        list(pool.map(gram, jobs))
-
-
-def _sparse_grams(mats, gram: torch.Tensor, offsets) -> list:
-    """Native sparse Grams of the mostly-zero matrices; returns which matrices it wrote."""
-    done = torch.zeros(len(mats), dtype=torch.uint8)
-    for dtype in (torch.float32, torch.float64):  # one native call per input dtype
-        chosen = [i for i, m in enumerate(mats) if m.dtype == dtype]
-        if not chosen:
-            continue
-        ptrs = torch.tensor([mats[i].data_ptr() for i in chosen], dtype=torch.int64)
-        rows = torch.tensor([mats[i].shape[0] for i in chosen], dtype=torch.int64)
-        cols = torch.tensor([mats[i].shape[1] for i in chosen], dtype=torch.int64)
-        targets = torch.tensor([gram.data_ptr() + gram.element_size() * offsets[i] for i in chosen],
-                               dtype=torch.int64)
-        chosen_done = torch.zeros(len(chosen), dtype=torch.uint8)
-        native.sparse_gram_cpu(ptrs.data_ptr(), rows.data_ptr(), cols.data_ptr(), len(chosen),
-                               dtype == torch.float64, SPARSE_GRAM_MAX_DENSITY, targets.data_ptr(),
-                               chosen_done.data_ptr())
-        done[chosen] = chosen_done
-    return done.tolist()
+        list(pool.map(gram, order))
+    return grams
 
 
 # ---------------------------------------------------------------------------------------------
