@@ -13,6 +13,9 @@
 #include <numeric>
 #include <type_traits>
 #include <vector>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 #include "cka.h"
 #include "common.h"
@@ -122,20 +125,14 @@ inline double exp_nonpositive(double x) {
   const double t = xc * kLog2e + kShift;
   const double n = t - kShift;
   const double r = (xc - n * kLn2Hi) - n * kLn2Lo;
-  double p = 1.0 / 6227020800.0;  // 1/13!
-  p = p * r + 1.0 / 479001600.0;
-  p = p * r + 1.0 / 39916800.0;
-  p = p * r + 1.0 / 3628800.0;
-  p = p * r + 1.0 / 362880.0;
-  p = p * r + 1.0 / 40320.0;
-  p = p * r + 1.0 / 5040.0;
-  p = p * r + 1.0 / 720.0;
-  p = p * r + 1.0 / 120.0;
-  p = p * r + 1.0 / 24.0;
-  p = p * r + 1.0 / 6.0;
-  p = p * r + 0.5;
-  p = p * r + 1.0;
-  p = p * r + 1.0;
+  // Estrin's scheme, not Horner's: a chain of 13 dependent multiply-adds would bound the loop by
+  // latency; pairs of terms combined with r^2, r^4, r^8 leave a chain a third as long.
+  const double r2 = r * r, r4 = r2 * r2, r8 = r4 * r4;
+  const double q0 = 1.0 + r, q1 = 1.0 / 2 + r * (1.0 / 6), q2 = 1.0 / 24 + r * (1.0 / 120),
+               q3 = 1.0 / 720 + r * (1.0 / 5040), q4 = 1.0 / 40320 + r * (1.0 / 362880),
+               q5 = 1.0 / 3628800 + r * (1.0 / 39916800), q6 = 1.0 / 479001600 + r * (1.0 / 6227020800);
+  const double s0 = q0 + r2 * q1, s1 = q2 + r2 * q3, s2 = q4 + r2 * q5;
+  const double p = (s0 + r4 * s1) + r8 * (s2 + r4 * q6);
   uint64_t bits;
   std::memcpy(&bits, &t, sizeof bits);
   // The low bits of t hold n (two's complement); n + 1023 in [1, 1023] is the biased exponent of 2^n.
@@ -264,24 +261,40 @@ void dense_gram_side(const T* g, int64_t n, Side& s) {
   }
 }
 
-// True when the k values at p are all +-0: OR of the bit patterns without the sign (vectorises,
-// unlike a loop of branches), so that a scan of a 99 %-zero matrix skips most of it in blocks.
+// Bit e set where p[e] (e < k <= 32) is not +-0; NaN counts as nonzero, so that it reaches the Gram
+// diagonal and is reported. Branch-free: a 99 %-zero scan must not pay a misprediction per value.
 template <typename T>
-bool all_zero(const T* p, int64_t k) {
-  using Bits = std::conditional_t<sizeof(T) == 8, uint64_t, uint32_t>;
-  constexpr Bits kNoSign = static_cast<Bits>(~Bits(0)) >> 1;
-  Bits any = 0;
-  for (int64_t e = 0; e < k; ++e) {
-    Bits b;
-    std::memcpy(&b, p + e, sizeof(T));
-    any |= b & kNoSign;
-  }
-  return any == 0;
+uint32_t nonzero_mask(const T* p, int64_t k) {
+  uint32_t mask = 0;
+  for (int64_t e = 0; e < k; ++e) mask |= static_cast<uint32_t>(!(p[e] == T(0))) << e;
+  return mask;
 }
 
-// The float64 Gram of a mostly-zero n x d matrix into a side: one scan in row order (blocks of zeros
-// skipped) gathers the nonzeros, a stable counting sort groups them by column, and each column adds
-// the products of its pairs of nonzeros: the cost is ~ the sum over columns of nnz^2, not n^2 d.
+#ifdef __SSE2__
+// The same for 16 floats, four at a time (SSE2 is part of x86-64: no dispatch needed).
+inline uint32_t nonzero_mask16(const float* p) {
+  const __m128 zero = _mm_setzero_ps();
+  uint32_t is_zero = 0;
+  for (int q = 0; q < 4; ++q)
+    is_zero |= static_cast<uint32_t>(_mm_movemask_ps(_mm_cmpeq_ps(_mm_loadu_ps(p + 4 * q), zero))) << (4 * q);
+  return ~is_zero & 0xFFFFu;
+}
+#endif
+
+// Nonzeros of the values at p (columns c0, c0+1, ...), as one bit each.
+template <typename T>
+uint32_t block_mask(const T* p, int64_t k) {
+#ifdef __SSE2__
+  if constexpr (std::is_same_v<T, float>)
+    if (k == 16) return nonzero_mask16(p);
+#endif
+  return nonzero_mask(p, k);
+}
+
+// The float64 Gram of a mostly-zero n x d matrix into a side: one scan in row order (16 columns at
+// a time, a bit mask per block, so that the 85 % of blocks that are all zero at 99 % sparsity cost a
+// compare each) gathers the nonzeros, a stable counting sort groups them by column, and each column
+// adds the products of its pairs of nonzeros: the cost is ~ the sum over columns of nnz^2, not n^2 d.
 template <typename T>
 void sparse_gram_side(const T* x, int64_t n, int64_t d, Workspace& w, Side& s) {
   constexpr int64_t kBlock = 16;
@@ -290,13 +303,11 @@ void sparse_gram_side(const T* x, int64_t n, int64_t d, Workspace& w, Side& s) {
   for (int64_t i = 0; i < n; ++i) {
     const T* row = x + i * d;
     for (int64_t c0 = 0; c0 < d; c0 += kBlock) {
-      const int64_t c1 = std::min(d, c0 + kBlock);
-      if (all_zero(row + c0, c1 - c0)) continue;
-      for (int64_t c = c0; c < c1; ++c)
-        if (row[c] != T(0)) {
-          w.found.push_back({static_cast<int32_t>(i), static_cast<int32_t>(c), static_cast<double>(row[c])});
-          ++w.column_start[c + 1];
-        }
+      for (uint32_t mask = block_mask(row + c0, std::min(kBlock, d - c0)); mask != 0; mask &= mask - 1) {
+        const int64_t c = c0 + __builtin_ctz(mask);
+        w.found.push_back({static_cast<int32_t>(i), static_cast<int32_t>(c), static_cast<double>(row[c])});
+        ++w.column_start[c + 1];
+      }
     }
   }
   std::partial_sum(w.column_start.begin(), w.column_start.end(), w.column_start.begin());
