@@ -4,6 +4,7 @@
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define PYLTH_X86_CLONES __attribute__((target_clones("avx2", "default")))
+#define PYLTH_X86_DISPATCH 1  // target attributes and __builtin_cpu_supports exist
 #else
 #define PYLTH_X86_CLONES
 #endif

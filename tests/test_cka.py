@@ -117,9 +117,10 @@ def test_linear_cka_matches_feature_space_formula_and_unbiased_centring():
     np.testing.assert_allclose(got.numpy(), want, atol=1e-9)
 
 
-@pytest.mark.parametrize("n", [200, 201])  # n*n even: mean of two middle values; odd: one value
+@pytest.mark.parametrize("n", [200, 201, 203])  # n*n even: mean of two middle values; odd: one value
 def test_median_of_large_matrices_with_ties_and_zero_medians(n):
-    # Over 16k distances take the sampled selection; rows on a small integer grid give many tied
+    # Over 16k distances take the sampled selection (203: a count of distances, 20503, that leaves
+    # a tail after the AVX2 gather's steps of four); rows on a small integer grid give many tied
     # distances, and 3/5 repeated rows make the median 0 (the positives' median is used).
     g = torch.Generator().manual_seed(n)
     distinct = torch.randn(n, 6, generator=g, dtype=torch.float64)
