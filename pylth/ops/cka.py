@@ -1,8 +1,8 @@
 """CKA of many (X, Y) pairs in one native call: checks, Gram matrices, dispatch, pure-torch reference.
 
-The Gram products come from BLAS (torch) or, for mostly-zero CPU matrices, from the native sparse
-Gram; squared distances, the median bandwidth, the kernel and the HSIC sums are native (see
-csrc/cka.cpp and DESIGN.md "RBF CKA").
+The Gram products come from BLAS (torch) or, for mostly-zero CPU matrices, from the native CPU call
+itself, which gathers them pair by pair from the nonzeros; squared distances, the median bandwidth,
+the kernel and the HSIC sums are native (see csrc/cka.cpp and DESIGN.md "RBF CKA").
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from pylth.ops.native import has_native_cuda, native, warn_fallback
 KERNELS = {"linear": 0, "rbf": 1}
 # Below this fraction of nonzeros a CPU Gram is cheaper by gathering each column's nonzeros than by a
 # dense GEMM (the sparse work falls with the square of the density; measured in bench/test_bench_cka.py).
+# Judged from every 16th row of a matrix (every row under 64 rows): a wrong guess costs only time.
 SPARSE_GRAM_MAX_DENSITY = 0.05
 
 
