@@ -256,7 +256,10 @@ bool prepare(Side& s, int64_t n, CkaKernel kernel, double threshold, std::vector
 
 template <CkaKernel kKernel>
 HsicSums kernel_sums(const Side& x, const Side& y, int64_t n, bool unbiased, Workspace& w) {
-  std::vector<double>&rk = w.rk, &rl = w.rl, &krow = w.krow, &lrow = w.lrow;
+  std::vector<double>& rk = w.rk;
+  std::vector<double>& rl = w.rl;
+  std::vector<double>& krow = w.krow;
+  std::vector<double>& lrow = w.lrow;
   rk.assign(n, 0.0);
   rl.assign(n, 0.0);
   krow.resize(n);
@@ -510,7 +513,8 @@ int64_t sampled_row_nonzeros(const T* x, int64_t n, int64_t d, int64_t stride) {
 
 // mostly_zero[m] = 1 where at most max_density of matrix m's values are nonzero, judged from every
 // 16th row (every row of a matrix under 64 rows): reading 1/16 of a matrix decides whether its Gram
-// is cheaper to gather from its nonzeros than to multiply out. A wrong guess only costs time.
+// is cheaper to gather from its nonzeros than to multiply out. A wrong guess costs time (and a dense
+// matrix taken for sparse, memory for its nonzeros), never accuracy.
 void mostly_zero_cpu(std::uintptr_t x_ptrs_ptr, std::uintptr_t rows_ptr, std::uintptr_t cols_ptr,
                      std::uintptr_t is_double_ptr, int64_t count, double max_density, std::uintptr_t mostly_zero_ptr) {
   require(count >= 0, "count must be >= 0");
