@@ -502,13 +502,16 @@ void cka_cpu(std::uintptr_t x_ptrs_ptr, std::uintptr_t gram_ptrs_ptr, std::uintp
                                 "] has non-finite values (or values whose squares overflow)");
 }
 
-// Nonzeros in every stride-th row: a cheap look at a matrix's density.
+// Whether every stride-th row of x holds at most limit nonzeros in all; stops as soon as they pass
+// it (a dense matrix after its first row).
 template <typename T>
-int64_t sampled_row_nonzeros(const T* x, int64_t n, int64_t d, int64_t stride) {
+bool sampled_rows_within(const T* x, int64_t n, int64_t d, int64_t stride, double limit) {
   int64_t count = 0;
-  for (int64_t i = 0; i < n; i += stride)
+  for (int64_t i = 0; i < n; i += stride) {
     for (int64_t c = 0; c < d; ++c) count += x[i * d + c] != T(0);
-  return count;
+    if (static_cast<double>(count) > limit) return false;
+  }
+  return true;
 }
 
 // mostly_zero[m] = 1 where at most max_density of matrix m's values are nonzero, judged from every
@@ -533,10 +536,9 @@ void mostly_zero_cpu(std::uintptr_t x_ptrs_ptr, std::uintptr_t rows_ptr, std::ui
     const int64_t n = rows[m], d = cols[m];
     const int64_t stride = n >= 64 ? 16 : 1;
     const auto address = static_cast<std::uintptr_t>(x_ptrs[m]);
-    const int64_t nonzeros = is_double[m] ? sampled_row_nonzeros(as_ptr<const double>(address), n, d, stride)
-                                          : sampled_row_nonzeros(as_ptr<const float>(address), n, d, stride);
-    const int64_t sampled = (n + stride - 1) / stride * d;
-    mostly_zero[m] = static_cast<double>(nonzeros) <= max_density * static_cast<double>(sampled);
+    const double limit = max_density * static_cast<double>((n + stride - 1) / stride * d);
+    mostly_zero[m] = is_double[m] ? sampled_rows_within(as_ptr<const double>(address), n, d, stride, limit)
+                                  : sampled_rows_within(as_ptr<const float>(address), n, d, stride, limit);
   }
 }
 
