@@ -250,23 +250,32 @@ __device__ double kernel_value(const Gram<T>& side, int64_t i, int64_t j, double
   return exp(side.sq_distance(i, j) * scale);
 }
 
-// desc layout (int64): [2 * matrices] {Gram address, n} per matrix (pair p: matrices p and pairs + p);
-// then [3 * units] {pair, first row, end row}; then [2 * pairs] {first unit, units} per pair.
+// desc layout (int64): {Gram address, n} per matrix (pair p: matrices p and pairs + p), then the
+// prefix sums of the pairs' unit counts (pairs + 1 values). Unit u of pair p covers rows [c r, c r + r)
+// with c = u - first unit of p and r = ceil(unit_entries / n).
 template <typename T, CkaKernel kKernel>
-__global__ void __launch_bounds__(kSumThreads) sums_kernel(const int64_t* desc, int64_t pairs, int64_t units,
+__global__ void __launch_bounds__(kSumThreads) sums_kernel(const int64_t* desc, int64_t pairs, int64_t unit_entries,
                                                            const double* scale, bool unbiased, double* partials,
                                                            int32_t* finished, double* out) {
-  const int64_t* unit = desc + 4 * pairs + 3 * static_cast<int64_t>(blockIdx.x);
-  const int64_t p = unit[0];
+  const int64_t* first_unit = desc + 4 * pairs;
+  const int64_t u = blockIdx.x;
+  int64_t lo = 0, hi = pairs;  // the pair p with first_unit[p] <= u < first_unit[p + 1]
+  while (hi - lo > 1) {
+    const int64_t mid = (lo + hi) / 2;
+    if (first_unit[mid] <= u) lo = mid; else hi = mid;
+  }
+  const int64_t p = lo;
   const Gram<T> x{reinterpret_cast<const T*>(desc[2 * p]), desc[2 * p + 1]};
   const Gram<T> y{reinterpret_cast<const T*>(desc[2 * (pairs + p)]), desc[2 * (pairs + p) + 1]};
+  const int64_t n = x.n;
+  const int64_t rows = (unit_entries + n - 1) / n;
+  const int64_t row_begin = (u - first_unit[p]) * rows, row_end = min(n, row_begin + rows);
   const double scale_x = scale[p], scale_y = scale[pairs + p];
   const bool undefined = isnan(scale_x) || isnan(scale_y);
-  const int64_t n = x.n;
   // <K,L>, <K,K>, <L,L>, 1'K1, 1'L1, r.s, r.r, s.s over this block's rows (full rows: r_i is complete).
   double sums[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
-  for (int64_t i = unit[1] + warp; i < unit[2] && !undefined; i += warps) {
+  for (int64_t i = row_begin + warp; i < row_end && !undefined; i += warps) {
     double row[5] = {0, 0, 0, 0, 0};  // kl, kk, ll, r_i, s_i
     for (int64_t j = lane; j < n; j += 32) {
       const double k = kernel_value<T, kKernel>(x, i, j, scale_x, unbiased);
@@ -295,13 +304,13 @@ __global__ void __launch_bounds__(kSumThreads) sums_kernel(const int64_t* desc, 
     partials[8 * static_cast<int64_t>(blockIdx.x) + c] = total;
   }
   __threadfence();  // the partials are visible before the count that announces them
-  const int64_t* pair_units = desc + 4 * pairs + 3 * units + 2 * p;
-  if (atomicAdd(&finished[p], 1) != pair_units[1] - 1) return;
+  const int64_t units = first_unit[p + 1] - first_unit[p];
+  if (atomicAdd(&finished[p], 1) != units - 1) return;
   __threadfence();
-  const volatile double* all = partials + 8 * pair_units[0];
+  const volatile double* all = partials + 8 * first_unit[p];
   double total[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  for (int64_t u = 0; u < pair_units[1]; ++u)
-    for (int c = 0; c < 8; ++c) total[c] += all[8 * u + c];
+  for (int64_t k = 0; k < units; ++k)
+    for (int c = 0; c < 8; ++c) total[c] += all[8 * k + c];
   HsicSums t;
   t.kl = total[0];
   t.kk = total[1];
@@ -315,8 +324,8 @@ __global__ void __launch_bounds__(kSumThreads) sums_kernel(const int64_t* desc, 
 }
 
 template <typename T>
-void launch(const int64_t* desc, int64_t pairs, int64_t units, CkaKernel kernel, double threshold, bool unbiased,
-            double* workspace, int32_t* flags, double* out, cudaStream_t stream) {
+void launch(const int64_t* desc, int64_t pairs, int64_t units, int64_t unit_entries, CkaKernel kernel,
+            double threshold, bool unbiased, double* workspace, int32_t* flags, double* out, cudaStream_t stream) {
   double* scale = workspace;
   double* partials = workspace + 2 * pairs;
   int32_t* nonfinite = flags;
@@ -329,25 +338,25 @@ void launch(const int64_t* desc, int64_t pairs, int64_t units, CkaKernel kernel,
   PYLTH_CUDA_CHECK_LAUNCH();
   const dim3 grid(static_cast<unsigned>(units));
   if (kernel == CkaKernel::rbf)
-    sums_kernel<T, CkaKernel::rbf><<<grid, kSumThreads, 0, stream>>>(desc, pairs, units, scale, unbiased, partials,
-                                                                     finished, out);
+    sums_kernel<T, CkaKernel::rbf><<<grid, kSumThreads, 0, stream>>>(desc, pairs, unit_entries, scale, unbiased,
+                                                                     partials, finished, out);
   else
-    sums_kernel<T, CkaKernel::linear><<<grid, kSumThreads, 0, stream>>>(desc, pairs, units, scale, unbiased,
-                                                                        partials, finished, out);
+    sums_kernel<T, CkaKernel::linear><<<grid, kSumThreads, 0, stream>>>(desc, pairs, unit_entries, scale,
+                                                                        unbiased, partials, finished, out);
   PYLTH_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace
 
-void cka_from_grams_cuda(const int64_t* desc, int64_t pairs, int64_t units, bool gram_double, CkaKernel kernel,
-                         double threshold, bool unbiased, double* workspace, int32_t* flags, double* out,
-                         std::uintptr_t stream) {
+void cka_from_grams_cuda(const int64_t* desc, int64_t pairs, int64_t units, int64_t unit_entries, bool gram_double,
+                         CkaKernel kernel, double threshold, bool unbiased, double* workspace, int32_t* flags,
+                         double* out, std::uintptr_t stream) {
   if (pairs == 0) return;
   auto s = reinterpret_cast<cudaStream_t>(stream);
   if (gram_double)
-    launch<double>(desc, pairs, units, kernel, threshold, unbiased, workspace, flags, out, s);
+    launch<double>(desc, pairs, units, unit_entries, kernel, threshold, unbiased, workspace, flags, out, s);
   else
-    launch<float>(desc, pairs, units, kernel, threshold, unbiased, workspace, flags, out, s);
+    launch<float>(desc, pairs, units, unit_entries, kernel, threshold, unbiased, workspace, flags, out, s);
 }
 
 }  // namespace pylth

@@ -69,13 +69,13 @@ PYLTH_HOST_DEVICE inline double cka_from_sums(const HsicSums& t, int64_t n, bool
 #ifdef PYLTH_WITH_CUDA
 // CKA of every pair from Gram matrices already on the device (csrc/cka.cu); asynchronous on `stream`.
 // desc (device int64): {Gram address, n} for each of the 2 * pairs matrices (pair p: matrices p and
-// pairs + p; each Gram n x n row-major, double when gram_double, else float); then {pair, first row,
-// end row} for each of `units` work units (a pair's units contiguous, covering its rows); then {first
-// unit, units} per pair. workspace: 2 * pairs + 8 * units doubles. flags: 3 * pairs int32, zeroed by
+// pairs + p; each Gram n x n row-major, double when gram_double, else float), then pairs + 1 prefix
+// sums of the work units per pair: pair p has ceil(n / r) units of r = ceil(unit_entries / n) rows
+// each, `units` in all. workspace: 2 * pairs + 8 * units doubles. flags: 3 * pairs int32, zeroed by
 // the caller; flags[m] becomes 1 where matrix m's diagonal is not finite. out: float64 [pairs].
-void cka_from_grams_cuda(const int64_t* desc, int64_t pairs, int64_t units, bool gram_double, CkaKernel kernel,
-                         double threshold, bool unbiased, double* workspace, int32_t* flags, double* out,
-                         std::uintptr_t stream);
+void cka_from_grams_cuda(const int64_t* desc, int64_t pairs, int64_t units, int64_t unit_entries, bool gram_double,
+                         CkaKernel kernel, double threshold, bool unbiased, double* workspace, int32_t* flags,
+                         double* out, std::uintptr_t stream);
 #endif
 
 }  // namespace pylth

@@ -10,6 +10,7 @@ import contextlib
 import math
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import torch
 
 from pylth.ops.checks import check_same_length, check_tensor_list, cuda_stream
@@ -115,26 +116,19 @@ def _cka_cuda(xs, ys, kernel, threshold, unbiased) -> torch.Tensor:
     pairs = len(xs)
     dtype = _cuda_gram_dtype(mats)
     products, addresses = _cuda_grams(mats, dtype)
-    desc = []
-    for address, m in zip(addresses, mats):
-        desc += (address, m.shape[0])
-    pair_units = []
-    for p, x in enumerate(xs):
-        n = x.shape[0]
-        rows = -(-CUDA_UNIT_ENTRIES // n)
-        first = len(desc)
-        for start in range(0, n, rows):
-            desc += (p, start, min(n, start + rows))
-        pair_units += ((first - 4 * pairs) // 3, (len(desc) - first) // 3)
-    units = (len(desc) - 4 * pairs) // 3
-    desc_t = torch.tensor(desc + pair_units, dtype=torch.int64).to(device)
+    sizes = np.array([m.shape[0] for m in mats], dtype=np.int64)
+    rows = -(-CUDA_UNIT_ENTRIES // sizes[:pairs])  # per unit (the kernel recomputes it the same way)
+    first_unit = np.concatenate([[0], np.cumsum(-(-sizes[:pairs] // rows))])
+    units = int(first_unit[-1])
+    matrices = np.stack([np.array(addresses, dtype=np.int64), sizes], axis=1).ravel()
+    desc = torch.from_numpy(np.concatenate([matrices, first_unit])).to(device)
     workspace = torch.empty(2 * pairs + 8 * units, dtype=torch.float64, device=device)
     flags = torch.zeros(3 * pairs, dtype=torch.int32, device=device)
     out = torch.empty(pairs, dtype=torch.float64, device=device)
     with torch.cuda.device(device):  # the launches go to the current device: make it the inputs'
-        native.cka_from_grams_cuda(desc_t.data_ptr(), pairs, units, dtype == torch.float64, KERNELS[kernel],
-                                   threshold, unbiased, workspace.data_ptr(), flags.data_ptr(), out.data_ptr(),
-                                   cuda_stream(device))
+        native.cka_from_grams_cuda(desc.data_ptr(), pairs, units, CUDA_UNIT_ENTRIES, dtype == torch.float64,
+                                   KERNELS[kernel], threshold, unbiased, workspace.data_ptr(), flags.data_ptr(),
+                                   out.data_ptr(), cuda_stream(device))
     nonfinite = flags[: 2 * pairs].nonzero().flatten().tolist()  # waits for the kernels
     if nonfinite:
         m = nonfinite[0]
