@@ -49,16 +49,26 @@ __device__ V block_sum(V v) {
   return total;
 }
 
-// Calls f(i, j, valid) for every (i, j) of the strict upper triangle, a warp per row and a lane per
-// column, so that a row's reads are coalesced. Every lane of a warp makes the same calls (valid is
-// false past the row's end), which lets f use warp votes.
-template <typename F>
-__device__ void for_upper(int64_t n, F f) {
+// Calls f(i, j, valid, d) for every (i, j) of the strict upper triangle, with d its squared distance:
+// a warp per row and a lane per column, so that a row's reads are coalesced, and kUnroll columns per
+// lane loaded before any call, so that each lane has several loads in flight (the Gram sits in L2,
+// and one load at a time leaves the loop waiting on its latency). Every lane of a warp makes the
+// same calls (valid is false past the row's end), which lets f use warp votes.
+template <typename T, typename F>
+__device__ void for_upper(const Gram<T>& side, F f) {
+  constexpr int kUnroll = 4;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  const int64_t n = side.n;
   for (int64_t i = warp; i < n - 1; i += warps)
-    for (int64_t base = i + 1; base < n; base += 32) {
-      const int64_t j = base + lane;
-      f(i, j, j < n);
+    for (int64_t base = i + 1 + lane; base - lane < n; base += 32 * kUnroll) {
+      double d[kUnroll];
+#pragma unroll
+      for (int k = 0; k < kUnroll; ++k) {
+        const int64_t j = base + 32 * k;
+        d[k] = j < n ? side.sq_distance(i, j) : 0.0;
+      }
+#pragma unroll
+      for (int k = 0; k < kUnroll; ++k) f(i, base + 32 * k, base + 32 * k < n, d[k]);
     }
 }
 
@@ -101,8 +111,8 @@ __device__ double radix_select(const Gram<T>& side, int64_t q, double* buf) {
   for (int shift = 56; shift >= 0; shift -= 8) {
     for (int b = threadIdx.x; b < 256; b += blockDim.x) histogram[b] = 0;
     __syncthreads();
-    for_upper(side.n, [&](int64_t i, int64_t j, bool valid) {
-      const unsigned long long key = valid ? key_of(side.sq_distance(i, j)) : 0ull;
+    for_upper(side, [&](int64_t, int64_t, bool valid, double d) {
+      const unsigned long long key = valid ? key_of(d) : 0ull;
       const bool counted = valid && (key & mask) == prefix;
       const unsigned bin = static_cast<unsigned>((key >> shift) & 255);
       // Lanes of one bin add once together: the distances of a matrix share their top bits, so
@@ -135,8 +145,8 @@ __device__ RankPair select_ranks(const Gram<T>& side, int64_t lo, int64_t hi, do
   const int64_t n = side.n, m = n * (n - 1) / 2;
   const int lane = threadIdx.x % 32;
   if (m <= kBuffer) {  // everything fits: sort it whole
-    for_upper(n, [&](int64_t i, int64_t j, bool valid) {
-      if (valid) buf[i * (2 * n - i - 1) / 2 + (j - i - 1)] = side.sq_distance(i, j);
+    for_upper(side, [&](int64_t i, int64_t j, bool valid, double d) {
+      if (valid) buf[i * (2 * n - i - 1) / 2 + (j - i - 1)] = d;
     });
     const int count = static_cast<int>(m), size = next_pow2(count);
     __syncthreads();
@@ -151,6 +161,7 @@ __device__ RankPair select_ranks(const Gram<T>& side, int64_t lo, int64_t hi, do
   // for a large prime P: distinct and scattered. (An even stride would sample a few columns only,
   // whose values cluster, and miss the bracket far more often than a random sample.)
   constexpr int64_t kScatter = 2654435761;  // prime
+#pragma unroll 4
   for (int k = threadIdx.x; k < kBuffer; k += blockDim.x) {
     const int64_t t = static_cast<int64_t>(k) * kScatter % (n * n);
     int64_t i = t / n, j = t % n;
@@ -168,8 +179,7 @@ __device__ RankPair select_ranks(const Gram<T>& side, int64_t lo, int64_t hi, do
   if (threadIdx.x == 0) gathered = 0;
   __syncthreads();  // all have read the bracket before buf is overwritten
   int64_t below = 0;
-  for_upper(n, [&](int64_t i, int64_t j, bool valid) {
-    const double v = valid ? side.sq_distance(i, j) : 0.0;
+  for_upper(side, [&](int64_t, int64_t, bool valid, double v) {
     below += valid && v < low;
     const bool inside = valid && v >= low && v <= high;
     const unsigned voters = __ballot_sync(kFullWarp, inside);
@@ -210,7 +220,7 @@ __device__ double median_squared_distance(const Gram<T>& side, double* buf) {
   const double median = middle(side, mid.lo, mid.hi, buf);
   if (median > 0.0) return median;
   int64_t zeros = 0;
-  for_upper(side.n, [&](int64_t i, int64_t j, bool valid) { zeros += valid && side.sq_distance(i, j) == 0.0; });
+  for_upper(side, [&](int64_t, int64_t, bool valid, double d) { zeros += valid && d == 0.0; });
   zeros = block_sum(zeros);
   const int64_t positives = side.n * (side.n - 1) / 2 - zeros;
   if (positives == 0) return NAN;
