@@ -53,7 +53,9 @@ step timings "$LOG/timings.log" 240 $PY bench/gpu_timings.py --out "$LOG/timings
 step bench "$LOG/bench.log" 240 $PY -m pytest -q bench -k cuda --benchmark-only -p no:cacheprovider \
   --benchmark-group-by=group,param --benchmark-columns=min,median,max,rounds
 RUN=$(mktemp -d)
-step find_ticket "$LOG/find_ticket.log" 180 $PY -m pylth.find_ticket --device cuda --max-rounds 3 --out "$RUN/digits"
+# From another folder: run from the repository root, `python -m` would import the source tree (no _C).
+step find_ticket "$LOG/find_ticket.log" 180 env -C "$RUN" $PY -m pylth.find_ticket --device cuda --max-rounds 3 \
+  --out "$RUN/digits"
 
 echo
 printf '%s\n' "${summary[@]}"

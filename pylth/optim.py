@@ -109,6 +109,8 @@ class MaskedAdam(Optimizer):
         if work is None:
             self._plan = self._build_plan()
             work = self._plan.gather(self.param_groups, self.state)
+            if work is None:  # a plan must accept the state it was just built from
+                raise RuntimeError("MaskedAdam: internal error, a fresh launch plan rejected its own state")
         self._run(work)
         return loss
 

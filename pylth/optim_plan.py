@@ -13,6 +13,8 @@ from typing import NamedTuple, Optional
 
 import torch
 
+from pylth.ops.adam import runs_natively
+
 __all__ = ["DeviceBatch", "StepPlan", "StepWork", "runs_fused"]
 
 _F32 = torch.float32
@@ -84,7 +86,8 @@ class StepPlan:
             reference = []
             for p, gi in self.reference:
                 g = p.grad
-                if g is None or g.is_sparse or torch.is_complex(p) or runs_fused(p, g):
+                # On the reference path for its layout, or (CUDA params in a build without CUDA) its device.
+                if g is None or g.is_sparse or torch.is_complex(p) or (runs_fused(p, g) and runs_natively(p.device)):
                     return None
                 state = state_map[p]
                 reference.append((p, g, state["exp_avg"], state["exp_avg_sq"], state.get("mask"), state, gi))

@@ -9,6 +9,7 @@ import warnings
 import pytest
 import torch
 
+from pylth.ops.native import warn_fallback
 from pylth.optim import MaskedAdam
 
 SHAPES = [(5, 3), (7,), (2, 3, 4)]
@@ -152,3 +153,20 @@ def test_load_state_dict_rewinds_mid_run():
     run.step()
     run.check()
     assert int(run.opt.state[run.ours[0]]["step"]) == 2
+
+
+def test_params_whose_device_has_no_kernel_step_on_the_reference(monkeypatch):
+    # CUDA params in a build without CUDA go to the reference for their device, not their layout; the
+    # plan must accept them step after step (it once rebuilt, and rejected, itself on every step).
+    monkeypatch.setattr("pylth.optim.runs_natively", lambda device: False)
+    monkeypatch.setattr("pylth.optim_plan.runs_natively", lambda device: False)
+    run = Pair()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the reference's one-time fallback warning
+        try:
+            for _ in range(3):
+                run.step()
+        finally:
+            warn_fallback.cache_clear()  # so that later tests still see the warning once
+    run.check()
+    assert run.opt._plan.batches == [] and len(run.opt._plan.reference) == len(SHAPES)
