@@ -5,7 +5,8 @@
 #
 # Needs python3 with torch, pybind11, scikit-build-core, cmake, pytest and pytest-benchmark, and
 # clean-fid for the find_ticket run (e.g. installed from a carried wheel). Builds for the local GPU
-# only (PYLTH_GPU_ARCHS, default: the first GPU's compute capability). Writes into LOGDIR:
+# only (PYLTH_GPU_ARCHS, default: the first GPU's compute capability). PYLTH_COMMIT names the commit
+# in the logs where the tree is a copy without its git history. Writes into LOGDIR:
 #   env.txt         GPU, driver, torch, commit, pylth.build_info()
 #   build.log       pip's build output
 #   tests.log       the CUDA tests and tests/test_optim.py (which adds CUDA cases on a GPU)
@@ -38,7 +39,7 @@ step() {  # step NAME LOGFILE TIMEOUT_S COMMAND...: run it, log it, remember how
 ARCH=${PYLTH_GPU_ARCHS:-$($PY -c 'import torch; a, b = torch.cuda.get_device_capability(); print(f"{a}{b}")')}
 {
   nvidia-smi
-  echo "commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)"
+  echo "commit: ${PYLTH_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}"
   $PY -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name())'
   echo "building for sm_$ARCH"
 } >"$LOG/env.txt" 2>&1
@@ -52,7 +53,9 @@ step timings "$LOG/timings.log" 240 $PY bench/gpu_timings.py --out "$LOG/timings
 step bench "$LOG/bench.log" 240 $PY -m pytest -q bench -k cuda --benchmark-only -p no:cacheprovider \
   --benchmark-group-by=group,param --benchmark-columns=min,median,max,rounds
 RUN=$(mktemp -d)
-step find_ticket "$LOG/find_ticket.log" 180 $PY -m pylth.find_ticket --device cuda --max-rounds 3 --out "$RUN/digits"
+# From another folder: run from the repository root, `python -m` would import the source tree (no _C).
+step find_ticket "$LOG/find_ticket.log" 180 env -C "$RUN" $PY -m pylth.find_ticket --device cuda --max-rounds 3 \
+  --out "$RUN/digits"
 
 echo
 printf '%s\n' "${summary[@]}"

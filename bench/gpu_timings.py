@@ -203,6 +203,9 @@ def cka_rows(weight_shapes):
 
 
 def commit() -> str:
+    """$PYLTH_COMMIT when set (a copied working tree may carry another repository's history), else git's."""
+    if os.environ.get("PYLTH_COMMIT"):
+        return os.environ["PYLTH_COMMIT"]
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                               cwd=os.path.dirname(os.path.abspath(__file__)), check=True).stdout.strip()

@@ -543,14 +543,19 @@ void mostly_zero_cpu(std::uintptr_t x_ptrs_ptr, std::uintptr_t rows_ptr, std::ui
 }
 
 #ifdef PYLTH_WITH_CUDA
-void cka_from_grams_cuda_binding(std::uintptr_t gram, std::uintptr_t offsets, std::uintptr_t sizes, int64_t pairs,
-                                 int kernel_id, double threshold, bool unbiased, std::uintptr_t out,
+void cka_from_grams_cuda_binding(std::uintptr_t desc, int64_t pairs, int64_t units, int64_t unit_entries,
+                                 bool gram_double, int kernel_id, double threshold, bool unbiased,
+                                 std::uintptr_t workspace, std::uintptr_t flags, std::uintptr_t out,
                                  std::uintptr_t stream) {
-  require(pairs >= 0, "pairs must be >= 0");
+  require(pairs >= 0 && units >= pairs, "need pairs >= 0 and at least one work unit per pair");
+  require(unit_entries > 0, "unit_entries must be positive");
+  require(2 * pairs <= std::numeric_limits<int32_t>::max() && units <= std::numeric_limits<int32_t>::max(),
+          "too many pairs or work units for one launch");
   require(kernel_id == 0 || kernel_id == 1, "kernel must be 0 (linear) or 1 (rbf)");
   require(threshold > 0.0 && std::isfinite(threshold), "threshold must be a positive finite number");
-  cka_from_grams_cuda(as_ptr<double>(gram), as_ptr<const int64_t>(offsets), as_ptr<const int64_t>(sizes), pairs,
-                      static_cast<CkaKernel>(kernel_id), threshold, unbiased, as_ptr<double>(out), stream);
+  cka_from_grams_cuda(as_ptr<const int64_t>(desc), pairs, units, unit_entries, gram_double,
+                      static_cast<CkaKernel>(kernel_id), threshold, unbiased, as_ptr<double>(workspace), as_ptr<int32_t>(flags), as_ptr<double>(out),
+                      stream);
 }
 #endif
 
@@ -566,10 +571,10 @@ void register_cka(py::module_& m) {
         py::arg("is_double"), py::arg("count"), py::arg("max_density"), py::arg("mostly_zero"),
         "mostly_zero[m] = 1 where a row sample of matrix m has at most max_density nonzeros.");
 #ifdef PYLTH_WITH_CUDA
-  m.def("cka_from_grams_cuda", &cka_from_grams_cuda_binding, py::arg("gram"), py::arg("offsets"), py::arg("sizes"),
-        py::arg("pairs"), py::arg("kernel"), py::arg("threshold"), py::arg("unbiased"),
-        py::arg("out"), py::arg("stream"),
-        "cka_from_grams_cpu on the device: pointers to device memory, asynchronous on stream.");
+  m.def("cka_from_grams_cuda", &cka_from_grams_cuda_binding, py::arg("desc"), py::arg("pairs"), py::arg("units"),
+        py::arg("unit_entries"), py::arg("gram_double"), py::arg("kernel"), py::arg("threshold"), py::arg("unbiased"), py::arg("workspace"),
+        py::arg("flags"), py::arg("out"), py::arg("stream"),
+        "CKA of each pair from Gram matrices on the device (layout: csrc/cka.h); asynchronous on stream.");
 #endif
 }
 

@@ -1,8 +1,7 @@
-// CKA kernels shared by the CPU (cka.cpp) and CUDA (cka.cu) paths: the median-index arithmetic and
-// the CUDA launchers. Layout for both: one float64 buffer holds the Gram matrices of all inputs,
-// matrix m at gram + offsets[m] (n*n values, row-major); pair p compares matrix p with matrix
-// pairs + p. Only the diagonal and the strict upper triangle are read; the upper triangle is
-// overwritten with squared distances (the buffer is a workspace).
+// CKA kernels shared by the CPU (cka.cpp) and CUDA (cka.cu) paths: the median-index arithmetic, the
+// HSIC sums and the CUDA launcher. Pair p compares matrix p with matrix pairs + p. The CPU path takes
+// each matrix's address and its dense Gram's (or gathers a mostly-zero matrix's Gram itself): see
+// cka_cpu in cka.cpp. The CUDA layout: see below.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -67,11 +66,15 @@ PYLTH_HOST_DEVICE inline double cka_from_sums(const HsicSums& t, int64_t n, bool
 }
 
 #ifdef PYLTH_WITH_CUDA
-// CKA of every pair from Gram matrices already on the device; out: float64 [pairs]. Asynchronous
-// on `stream`; sizes/offsets are device int64 arrays (pairs and 2*pairs+1 entries).
-void cka_from_grams_cuda(double* gram, const int64_t* offsets, const int64_t* sizes, int64_t pairs,
-                         CkaKernel kernel, double threshold, bool unbiased, double* out,
-                         std::uintptr_t stream);
+// CKA of every pair from Gram matrices already on the device (csrc/cka.cu); asynchronous on `stream`.
+// desc (device int64): {Gram address, n} for each of the 2 * pairs matrices (pair p: matrices p and
+// pairs + p; each Gram n x n row-major, double when gram_double, else float), then pairs + 1 prefix
+// sums of the work units per pair: pair p has ceil(n / r) units of r = ceil(unit_entries / n) rows
+// each, `units` in all. workspace: 2 * pairs + 8 * units doubles. flags: 3 * pairs int32, zeroed by
+// the caller; flags[m] becomes 1 where matrix m's diagonal is not finite. out: float64 [pairs].
+void cka_from_grams_cuda(const int64_t* desc, int64_t pairs, int64_t units, int64_t unit_entries, bool gram_double,
+                         CkaKernel kernel, double threshold, bool unbiased, double* workspace, int32_t* flags,
+                         double* out, std::uintptr_t stream);
 #endif
 
 }  // namespace pylth

@@ -6,9 +6,11 @@ from typing import Optional
 import torch
 from torch.optim import Optimizer
 
-from pylth.ops.adam import AdamHyper, masked_adam_, masked_adam_reference_
+from pylth.ops.adam import (AdamHyper, adam_step_constants, check_masked_adam_arguments, launch_masked_adam_,
+                            masked_adam_reference_, runs_natively)
 from pylth.ops.checks import check_tensor
 from pylth.ops.native import warn_fallback
+from pylth.optim_plan import DeviceBatch, StepPlan, StepWork, runs_fused
 
 __all__ = ["MaskedAdam"]
 
@@ -21,7 +23,11 @@ class MaskedAdam(Optimizer):
     the active entries exactly the Adam update of ``grad * mask``. Masks are optimizer state: they
     travel through ``state_dict()`` / ``load_state_dict()``. float32 contiguous params take the fused
     kernel (all params of a device in one call); other dtypes or layouts take the pure-torch reference.
+    The pointer lists of that call are kept between steps (pylth.optim_plan) and rebuilt, with the full
+    argument checks, whenever a param, grad, state tensor, mask or param group changes.
     """
+
+    _plan: Optional[StepPlan] = None  # a class default also covers unpickled and deep-copied optimizers
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  decoupled_weight_decay=False):
@@ -59,6 +65,7 @@ class MaskedAdam(Optimizer):
         if not isinstance(param, torch.Tensor) or not self._owns(param):
             raise ValueError("param is not one of this optimizer's parameters")
         state = self._state_of(param)
+        self._plan = None
         if mask is None:
             state.pop("mask", None)
             return
@@ -74,8 +81,13 @@ class MaskedAdam(Optimizer):
             raise ValueError("param is not one of this optimizer's parameters")
         return self.state[param].get("mask") if param in self.state else None
 
+    def add_param_group(self, param_group: dict) -> None:
+        self._plan = None
+        super().add_param_group(param_group)
+
     def load_state_dict(self, state_dict) -> None:
         # torch casts every floating-point state tensor to the param's dtype: masks come back as 0./1.
+        self._plan = None
         super().load_state_dict(state_dict)
         for param, state in self.state.items():
             if "mask" in state:
@@ -93,38 +105,73 @@ class MaskedAdam(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        fused = ([], [], [], [], [], [])
-        reference = ([], [], [], [], [], [])
-        for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            hypers = {}  # one AdamHyper per step count in the group (usually a single one)
+        work = self._plan.gather(self.param_groups, self.state) if self._plan is not None else None
+        if work is None:
+            self._plan = self._build_plan()
+            work = self._plan.gather(self.param_groups, self.state)
+            if work is None:  # a plan must accept the state it was just built from
+                raise RuntimeError("MaskedAdam: internal error, a fresh launch plan rejected its own state")
+        self._run(work)
+        return loss
+
+    def _build_plan(self) -> StepPlan:
+        """Check every param with a grad as masked_adam_ does and sort it to the kernel or the reference."""
+        by_device: dict = {}  # device -> (params, group indices, states)
+        reference, gradless = [], []
+        for gi, group in enumerate(self.param_groups):
             for p in group["params"]:
                 grad = p.grad
                 if grad is None:
+                    gradless.append(p)
                     continue
                 if grad.is_sparse:
                     raise RuntimeError("MaskedAdam does not support sparse gradients")
                 if torch.is_complex(p):
                     raise TypeError("MaskedAdam does not support complex params")
                 state = self._state_of(p)
-                step = state["step"] = state["step"] + 1
-                hyper = hypers.get(step)
-                if hyper is None:
-                    hyper = hypers[step] = AdamHyper(
-                        float(group["lr"]), float(beta1), float(beta2), float(group["eps"]),
-                        float(group["weight_decay"]), bool(group["decoupled_weight_decay"]), step)
-                # Moments share p's layout (zeros_like preserves it), so p and grad decide.
-                native_ok = p.dtype == torch.float32 and p.is_contiguous() and grad.is_contiguous()
-                ps, gs, ms, vs, masks, hs = fused if native_ok else reference
-                ps.append(p)
-                gs.append(grad)
-                ms.append(state["exp_avg"])
-                vs.append(state["exp_avg_sq"])
-                masks.append(state.get("mask"))
-                hs.append(hyper)
-        if fused[0]:
-            masked_adam_(*fused)
-        if reference[0]:
+                if runs_fused(p, grad) and runs_natively(p.device):
+                    for seq, item in zip(by_device.setdefault(p.device, ([], [], [])), (p, gi, state)):
+                        seq.append(item)
+                else:
+                    reference.append((p, gi))
+        for params, groups, states in by_device.values():
+            check_masked_adam_arguments(
+                params, [p.grad for p in params], [s["exp_avg"] for s in states],
+                [s["exp_avg_sq"] for s in states], [s.get("mask") for s in states],
+                [self._hyper(self.param_groups[gi], s["step"] + 1) for gi, s in zip(groups, states)])
+        batches = [DeviceBatch(device, *lists) for device, lists in by_device.items()]
+        return StepPlan(self.param_groups, self.state, batches, reference, gradless)
+
+    @staticmethod
+    def _hyper(group: dict, step: int) -> AdamHyper:
+        beta1, beta2 = group["betas"]
+        return AdamHyper(float(group["lr"]), float(beta1), float(beta2), float(group["eps"]),
+                         float(group["weight_decay"]), bool(group["decoupled_weight_decay"]), step)
+
+    def _run(self, work: StepWork) -> None:
+        for state in work.states:
+            state["step"] += 1
+        constants: dict = {}  # (group index, step) -> the kernel's 8 constants
+
+        def constants_of(gi, step):
+            key = (gi, step)
+            if key not in constants:
+                constants[key] = list(adam_step_constants(self._hyper(self.param_groups[gi], step)))
+            return constants[key]
+
+        for batch, grad_ptrs, steps in work.batches:
+            consts = []
+            for gi, first, end in batch.group_runs:
+                run = steps[first:end]
+                if run.count(run[0]) == len(run):  # the usual case: the group's params share a step count
+                    consts += constants_of(gi, run[0] + 1) * len(run)
+                else:
+                    for step in run:
+                        consts += constants_of(gi, step + 1)
+            launch_masked_adam_(batch.device, batch.param_ptrs, grad_ptrs, batch.exp_avg_ptrs,
+                                batch.exp_avg_sq_ptrs, batch.mask_ptrs, batch.numels, consts)
+        if work.reference:
             warn_fallback("MaskedAdam", "params that are not contiguous float32")
-            masked_adam_reference_(*reference)
-        return loss
+            params, grads, exp_avgs, exp_avg_sqs, masks, states, groups = zip(*work.reference)
+            masked_adam_reference_(params, grads, exp_avgs, exp_avg_sqs, masks,
+                                   [self._hyper(self.param_groups[gi], s["step"]) for gi, s in zip(groups, states)])

@@ -117,17 +117,22 @@ def test_linear_cka_matches_feature_space_formula_and_unbiased_centring():
     np.testing.assert_allclose(got.numpy(), want, atol=1e-9)
 
 
-@pytest.mark.parametrize("n", [200, 201, 203])  # n*n even: mean of two middle values; odd: one value
-def test_median_of_large_matrices_with_ties_and_zero_medians(n):
-    # Over 16k distances take the sampled selection (203: a count of distances, 20503, that leaves
-    # a tail after the AVX2 gather's steps of four); rows on a small integer grid give many tied
-    # distances, and 3/5 repeated rows make the median 0 (the positives' median is used).
-    g = torch.Generator().manual_seed(n)
+def _large_cases(n, seed):
+    """Distinct rows, rows on a small integer grid (many tied distances), and 3/5 repeated rows (a zero
+    median: the positives' median is used)."""
+    g = torch.Generator().manual_seed(seed)
     distinct = torch.randn(n, 6, generator=g, dtype=torch.float64)
     grid = torch.randint(0, 3, (n, 3), generator=g).double()
     repeated = distinct.clone()
     repeated[: 3 * n // 5] = repeated[0]
-    xs, ys = [distinct, grid, repeated], [grid, repeated, distinct]
+    return [distinct, grid, repeated], [grid, repeated, distinct]
+
+
+@pytest.mark.parametrize("n", [200, 201, 203])  # n*n even: mean of two middle values; odd: one value
+def test_median_of_large_matrices_with_ties_and_zero_medians(n):
+    # Over 16k distances take the sampled selection (203: a count of distances, 20503, that leaves
+    # a tail after the CPU's AVX2 gather in steps of four).
+    xs, ys = _large_cases(n, seed=n)
     got = rbf_cka(xs, ys)
     want = [np_rbf_cka(x.numpy(), y.numpy(), 1.0, False) for x, y in zip(xs, ys)]
     np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1e-12)
@@ -351,3 +356,50 @@ def test_cuda_tensors_off_the_current_device():
         gpu = ops_cka.cka([x.to("cuda:1") for x in xs], [y.to("cuda:1") for y in ys])
     assert gpu.device == torch.device("cuda:1")
     np.testing.assert_allclose(gpu.cpu().numpy(), cpu.numpy(), atol=1e-9)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("unbiased", [False, True])
+# 100 rows: the upper triangle is sorted whole; 200/201/700: a sampled bracket, 700 with many units
+# per pair; 1300: the bracket overflows shared memory and the radix select decides.
+@pytest.mark.parametrize("n", [100, 200, 201, 700, 1300])
+def test_cuda_median_paths_match_numpy(n, unbiased):
+    xs, ys = _large_cases(n, seed=n)
+    got = rbf_cka([x.cuda() for x in xs], [y.cuda() for y in ys], threshold=0.5, unbiased=unbiased).cpu()
+    want = [np_rbf_cka(x.numpy(), y.numpy(), 0.5, unbiased) for x, y in zip(xs, ys)]
+    np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1e-10)
+    assert torch.equal(got, rbf_cka([x.cuda() for x in xs], [y.cuda() for y in ys], threshold=0.5,
+                                    unbiased=unbiased).cpu()), "the same inputs gave another result"
+
+
+@pytest.mark.cuda
+def test_cuda_float32_inputs_and_tf32_matmuls():
+    g = torch.Generator().manual_seed(12)
+    xs = [torch.randn(n, d, generator=g) for n, d in ((256, 512), (64, 2304), (3, 40))]
+    ys = [torch.randn(n, d, generator=g) + 0.3 * x[:, :1] for x, (n, d) in zip(xs, ((256, 128), (64, 9), (3, 7)))]
+    want = [np_rbf_cka(x.numpy(), y.numpy(), 1.0, False) for x, y in zip(xs, ys)]
+    float32_grams = rbf_cka([x.cuda() for x in xs], [y.cuda() for y in ys]).cpu()
+    np.testing.assert_allclose(float32_grams.numpy(), want, rtol=0, atol=1e-5)
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True  # pylth must then form the Grams in float64
+    try:
+        exact_grams = rbf_cka([x.cuda() for x in xs], [y.cuda() for y in ys]).cpu()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
+    np.testing.assert_allclose(exact_grams.numpy(), want, rtol=0, atol=1e-10)
+
+
+@pytest.mark.cuda
+def test_cuda_non_finite_and_degenerate_pairs():
+    xs, ys = random_pairs(seed=9)
+    ys[1] = ys[1].clone()
+    ys[1][2, 0] = math.nan
+    with pytest.raises(ValueError, match=r"ys\[1\] has non-finite"):
+        rbf_cka([x.cuda() for x in xs], [y.cuda() for y in ys])
+    xs, ys = random_pairs(seed=4)
+    alone = rbf_cka([x.cuda() for x in xs], [y.cuda() for y in ys]).cpu()
+    xs.insert(2, torch.ones(9, 6, dtype=torch.float64))  # every squared distance 0: no bandwidth
+    ys.insert(2, torch.randn(9, 3, dtype=torch.float64))
+    got = rbf_cka([x.cuda() for x in xs], [y.cuda() for y in ys]).cpu()
+    assert math.isnan(got[2].item())
+    assert torch.equal(torch.cat([got[:2], got[3:]]), alone)

@@ -114,7 +114,8 @@ class DiffusionConfig:
 @dataclasses.dataclass
 class EvalConfig:
     fid_samples: int = dataclasses.field(default=500, **help_field(
-        "samples for FID/KID, in all over every process (0: skip FID)"))
+        "samples for FID/KID, in all over every process (0: skip FID in pylth.train; find_ticket "
+        "records FID every round and needs >= 2)"))
     sampler: str = dataclasses.field(default="ddim", **help_field("sampler for FID and samples.png", choices=("ddpm", "ddim")))
     sample_steps: typing.Optional[int] = dataclasses.field(default=100, **help_field(
         "denoising steps of the sampler (ddpm with T steps is Ho et al.'s ancestral sampler)"))

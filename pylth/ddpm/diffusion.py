@@ -21,13 +21,20 @@ class GaussianDiffusion:
         self.alphas_cumprod = torch.cumprod(1.0 - self.betas, dim=0)
         self.alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod[:-1]])
         self.posterior_variance = self.betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
+        self._alphas_cumprod_on = {}  # device -> alphas_cumprod there
 
-    def _at(self, values: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return values.to(x.device)[t].to(x.dtype).view(-1, *([1] * (x.ndim - 1)))
+    def _alphas_cumprod_at(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """abar_t for each entry of t, shaped to broadcast over x. The schedule is copied to x's device
+        once: a copy from pageable host memory waits for the GPU's queue, so one per training step
+        would keep the host from running ahead of the GPU."""
+        values = self._alphas_cumprod_on.get(x.device)
+        if values is None:
+            values = self._alphas_cumprod_on[x.device] = self.alphas_cumprod.to(x.device)
+        return values[t].to(x.dtype).view(-1, *([1] * (x.ndim - 1)))
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise."""
-        abar = self._at(self.alphas_cumprod, t, x0)
+        abar = self._alphas_cumprod_at(t, x0)
         return abar.sqrt() * x0 + (1.0 - abar).sqrt() * noise
 
     def loss(self, model, x0: torch.Tensor, t=None, noise=None, generator=None) -> torch.Tensor:

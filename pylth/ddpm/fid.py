@@ -20,8 +20,8 @@ import warnings
 
 import numpy as np
 import torch
-from cleanfid.fid import frechet_distance, kernel_distance
-from scipy.linalg import LinAlgWarning
+from cleanfid.fid import kernel_distance
+from scipy import linalg
 from tqdm.auto import tqdm
 
 from pylth import distributed as D
@@ -36,18 +36,40 @@ def default_cache_dir() -> str:
     return os.environ.get("PYLTH_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "pylth"))
 
 
-def _frechet(mu1, sigma1, mu2, sigma2) -> float:
-    # Classifier features have dead (constant) ReLU units, so singular covariances are expected;
-    # clean-fid handles them, and its scipy warnings would only be noise.
+def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
+    """||mu1 - mu2||^2 + tr(S1) + tr(S2) - 2 tr(sqrtm(S1 S2)), with clean-fid's safeguards.
+
+    Our own rather than clean-fid's: that one passes ``disp=`` to scipy.linalg.sqrtm, which newer scipy
+    removed. Classifier features have dead (constant) units, so singular covariances are expected: when
+    the square root of the product is not finite, ``eps`` is added to both diagonals and it is retried.
+    Rounding leaves a tiny imaginary part, dropped; a large one (not covariances) is a ValueError.
+    """
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    if mu1.shape != mu2.shape or mu1.ndim != 1:
+        raise ValueError(f"mu1 and mu2 must be vectors of one length, got shapes {mu1.shape} and {mu2.shape}")
+    if sigma1.shape != (len(mu1), len(mu1)) or sigma2.shape != sigma1.shape:
+        raise ValueError(f"sigma1 and sigma2 must be {len(mu1)}x{len(mu1)}, got {sigma1.shape} and {sigma2.shape}")
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", LinAlgWarning)
-        return float(frechet_distance(mu1, sigma1, mu2, sigma2))
+        # Singular products are handled below; scipy's warning about them would only be noise.
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        covmean = linalg.sqrtm(sigma1 @ sigma2)  # no disp=: old and new scipy both take this call
+        if not np.isfinite(covmean).all():
+            offset = np.eye(len(mu1)) * eps
+            covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+    if np.iscomplexobj(covmean):
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+            raise ValueError(f"sqrtm(sigma1 @ sigma2) has an imaginary part up to {np.abs(covmean.imag).max():.3g}: "
+                             "sigma1 and sigma2 must be covariance matrices")
+        covmean = covmean.real
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
 
 
 def fid_from_features(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
     """Fréchet distance between Gaussians fitted to two feature sets [N, D]."""
-    return _frechet(*_stats(feats_a), *_stats(feats_b))
+    return frechet_distance(*_stats(feats_a), *_stats(feats_b))
 
 
 def kid_from_features(feats_a: np.ndarray, feats_b: np.ndarray, seed: int = 0) -> float:
@@ -216,7 +238,7 @@ def evaluate_fid(model, diffusion, dataset_name: str, dataset, num_samples: int,
     with D.fail_together("FID"):
         if D.is_main():
             mu, sigma = _stats(feats)
-            result = dict(fid=_frechet(mu, sigma, ref["mu"], ref["sigma"]),
+            result = dict(fid=frechet_distance(mu, sigma, ref["mu"], ref["sigma"]),
                           kid=kid_from_features(feats, ref["feats"], seed=seed),
                           fid_features=extract.kind, num_samples=num_samples)
     result = D.broadcast_object(result)

@@ -15,7 +15,8 @@ import torch
 from pylth.ops.checks import check_same_length, check_tensor, check_tensor_list, cuda_stream
 from pylth.ops.native import has_native_cuda, require_native, warn_fallback
 
-__all__ = ["AdamHyper", "masked_adam_", "masked_adam_reference_"]
+__all__ = ["AdamHyper", "adam_step_constants", "check_masked_adam_arguments", "launch_masked_adam_", "masked_adam_",
+           "masked_adam_reference_", "runs_natively"]
 
 
 class AdamHyper(NamedTuple):
@@ -30,7 +31,7 @@ class AdamHyper(NamedTuple):
     step: int
 
 
-def _step_constants(h: AdamHyper) -> tuple:
+def adam_step_constants(h: AdamHyper) -> tuple:
     """The 8 per-tensor constants csrc/adam.h expects, in double as torch computes its scalars."""
     bias_correction1 = 1.0 - h.beta1**h.step
     bias_correction2 = 1.0 - h.beta2**h.step
@@ -71,7 +72,8 @@ def _check_tensor_at(i, params, grads, exp_avgs, exp_avg_sqs, masks, hypers) -> 
         raise ValueError(f"hypers[{i}].step must be >= 1, got {hypers[i].step}")
 
 
-def _check_arguments(params, grads, exp_avgs, exp_avg_sqs, masks, hypers) -> None:
+def check_masked_adam_arguments(params, grads, exp_avgs, exp_avg_sqs, masks, hypers) -> None:
+    """Raise the TypeError/ValueError naming the first argument masked_adam_ cannot take."""
     check_tensor_list(params, "params", allow_empty=True)
     for name, seq in (("grads", grads), ("exp_avgs", exp_avgs), ("exp_avg_sqs", exp_avg_sqs),
                       ("masks", masks), ("hypers", hypers)):
@@ -97,26 +99,24 @@ def masked_adam_(
     masks are bool (or uint8) or None. CUDA tensors use the reference (warning once) when pylth was
     built without CUDA.
     """
-    _check_arguments(params, grads, exp_avgs, exp_avg_sqs, masks, hypers)
+    check_masked_adam_arguments(params, grads, exp_avgs, exp_avg_sqs, masks, hypers)
     by_device: dict = {}
     for i, p in enumerate(params):
         by_device.setdefault(p.device, []).append(i)
     constants_cache: dict = {}
     for device, idx in by_device.items():
-        if device.type == "cuda" and not has_native_cuda():
-            warn_fallback("masked_adam_", "pylth was built without CUDA")
+        if not runs_natively(device):
             masked_adam_reference_(*([seq[i] for i in idx] for seq in (params, grads, exp_avgs, exp_avg_sqs,
                                                                           masks, hypers)))
             continue
-        if device.type not in ("cpu", "cuda"):
-            raise ValueError(f"params on {device} are not supported: use CPU or CUDA tensors")
         consts = []
         for i in idx:
             h = hypers[i]
             if h not in constants_cache:
-                constants_cache[h] = _step_constants(h)
+                constants_cache[h] = adam_step_constants(h)
             consts.extend(constants_cache[h])
-        args = (
+        launch_masked_adam_(
+            device,
             [params[i].data_ptr() for i in idx],
             [grads[i].data_ptr() for i in idx],
             [exp_avgs[i].data_ptr() for i in idx],
@@ -125,12 +125,31 @@ def masked_adam_(
             [params[i].numel() for i in idx],
             consts,
         )
-        native = require_native()
-        if device.type == "cpu":
-            native.masked_adam_cpu(*args, torch.get_num_threads())
-        else:
-            with torch.cuda.device(device):
-                native.masked_adam_cuda(*args, cuda_stream(device))
+
+
+def runs_natively(device: torch.device) -> bool:
+    """Whether tensors on ``device`` take the native kernel; False (warning once) for CUDA tensors when
+    pylth was built without CUDA. Other device types are a ValueError."""
+    if device.type == "cuda" and not has_native_cuda():
+        warn_fallback("masked_adam_", "pylth was built without CUDA")
+        return False
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"params on {device} are not supported: use CPU or CUDA tensors")
+    return True
+
+
+def launch_masked_adam_(device: torch.device, param_ptrs: list, grad_ptrs: list, exp_avg_ptrs: list,
+                        exp_avg_sq_ptrs: list, mask_ptrs: list, numels: list, consts: list) -> None:
+    """The native step on prepared lists (data pointers, 0 for no mask; numels; 8 adam_step_constants per
+    tensor) of tensors on ``device`` that passed check_masked_adam_arguments and runs_natively. The one
+    launch path of masked_adam_ and MaskedAdam; it checks nothing itself: a stale pointer corrupts memory."""
+    native = require_native()
+    args = (param_ptrs, grad_ptrs, exp_avg_ptrs, exp_avg_sq_ptrs, mask_ptrs, numels, consts)
+    if device.type == "cpu":
+        native.masked_adam_cpu(*args, torch.get_num_threads())
+    else:
+        with torch.cuda.device(device):
+            native.masked_adam_cuda(*args, cuda_stream(device))
 
 
 @torch.no_grad()

@@ -10,6 +10,7 @@ import contextlib
 import math
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import torch
 
 from pylth.ops.checks import check_same_length, check_tensor_list, cuda_stream
@@ -75,46 +76,76 @@ def cka(xs, ys, *, kernel: str = "rbf", threshold: float = 1.0, unbiased: bool =
     threshold = check_threshold(threshold)
     device = check_tensor_list(xs, "xs")[0].device
     cpu_native = device.type == "cpu" and native is not None
-    xs, ys = check_cka_inputs(xs, ys, unbiased=unbiased, check_finite=not cpu_native)
+    cuda_native = device.type == "cuda" and has_native_cuda()
+    # The native kernels see a NaN or infinity in the Gram diagonals, at O(n) instead of O(n d).
+    xs, ys = check_cka_inputs(xs, ys, unbiased=unbiased, check_finite=not (cpu_native or cuda_native))
+    if cuda_native:
+        return _cka_cuda(xs, ys, kernel, threshold, unbiased)
     xs = [x.contiguous() for x in xs]
     ys = [y.contiguous() for y in ys]
-    if cpu_native or (device.type == "cuda" and has_native_cuda()):
-        return _cka_native(xs, ys, kernel, threshold, unbiased)
+    if cpu_native:
+        return _cka_cpu(xs, ys, kernel, threshold, unbiased)
     warn_fallback("cka", f"no native kernel for {device.type}")
     return cka_reference(xs, ys, kernel=kernel, threshold=threshold, unbiased=unbiased)
 
 
-def _cka_native(xs, ys, kernel, threshold, unbiased) -> torch.Tensor:
+# Kernel (and HSIC) entries per CUDA work unit: a pair is split into blocks of whole rows of about
+# this size, so that large pairs spread over many multiprocessors.
+CUDA_UNIT_ENTRIES = 8192
+
+
+def _cka_cuda(xs, ys, kernel, threshold, unbiased) -> torch.Tensor:
+    """Grams by one batched GEMM per input shape, kept where cuBLAS wrote them; then two native launches."""
     device = xs[0].device
-    if device.type == "cpu":
-        return _cka_cpu(xs, ys, kernel, threshold, unbiased)
     mats = xs + ys
-    sizes = [m.shape[0] for m in mats]
-    offsets = [0]
-    for n in sizes:
-        offsets.append(offsets[-1] + n * n)
-    gram = torch.empty(offsets[-1], dtype=torch.float64, device=device)
-    offsets_t = torch.tensor(offsets, dtype=torch.int64, device=device)
-    pair_sizes = torch.tensor(sizes[: len(xs)], dtype=torch.int64, device=device)
-    out = torch.empty(len(xs), dtype=torch.float64, device=device)
-    fill_grams(mats, gram, offsets)
-    with torch.cuda.device(device):  # the launch goes to the current device: make it the inputs'
-        native.cka_from_grams_cuda(gram.data_ptr(), offsets_t.data_ptr(), pair_sizes.data_ptr(), len(xs),
-                                   KERNELS[kernel], threshold, unbiased, out.data_ptr(),
-                                   cuda_stream(device))
+    pairs = len(xs)
+    dtype = _cuda_gram_dtype(mats)
+    products, addresses = _cuda_grams(mats, dtype)
+    sizes = np.array([m.shape[0] for m in mats], dtype=np.int64)
+    rows = -(-CUDA_UNIT_ENTRIES // sizes[:pairs])  # per unit (the kernel recomputes it the same way)
+    first_unit = np.concatenate([[0], np.cumsum(-(-sizes[:pairs] // rows))])
+    units = int(first_unit[-1])
+    matrices = np.stack([np.array(addresses, dtype=np.int64), sizes], axis=1).ravel()
+    desc = torch.from_numpy(np.concatenate([matrices, first_unit])).to(device)
+    workspace = torch.empty(2 * pairs + 8 * units, dtype=torch.float64, device=device)
+    flags = torch.zeros(3 * pairs, dtype=torch.int32, device=device)
+    out = torch.empty(pairs, dtype=torch.float64, device=device)
+    with torch.cuda.device(device):  # the launches go to the current device: make it the inputs'
+        native.cka_from_grams_cuda(desc.data_ptr(), pairs, units, CUDA_UNIT_ENTRIES, dtype == torch.float64,
+                                   KERNELS[kernel], threshold, unbiased, workspace.data_ptr(), flags.data_ptr(),
+                                   out.data_ptr(), cuda_stream(device))
+    nonfinite = flags[: 2 * pairs].nonzero().flatten().tolist()  # waits for the kernels
+    if nonfinite:
+        m = nonfinite[0]
+        name, i = ("xs", m) if m < pairs else ("ys", m - pairs)
+        raise ValueError(f"{name}[{i}] has non-finite values (or values whose squares overflow)")
+    del products  # kept alive until the kernels that read them have finished
     return out
 
 
-def fill_grams(mats, gram: torch.Tensor, offsets) -> None:
-    """Write each device matrix's Gram M M^T (float64) at gram[offsets[i]:]: one batched GEMM per shape."""
+def _cuda_gram_dtype(mats) -> torch.dtype:
+    """float32 Grams for float32 inputs unless matmuls may use TF32 (too coarse for CKA's 1e-5): float64."""
+    if any(m.dtype == torch.float64 for m in mats):
+        return torch.float64
+    tf32 = torch.backends.cuda.matmul.allow_tf32 or torch.get_float32_matmul_precision() != "highest"
+    return torch.float64 if tf32 else torch.float32
+
+
+def _cuda_grams(mats, dtype) -> tuple[list, list]:
+    """The Gram M M^T of every matrix, one batched GEMM per (rows, cols); returns the product tensors
+    (to keep alive) and each matrix's Gram address."""
     groups: dict[tuple, list[int]] = {}
-    for i, m in enumerate(mats):  # one batched GEMM per shape: fewer launches
-        groups.setdefault((tuple(m.shape), m.dtype), []).append(i)
-    for members in groups.values():
-        stacked = torch.stack([mats[i] for i in members])
-        for product, i in zip(torch.bmm(stacked, stacked.transpose(1, 2)), members):
-            n = mats[i].shape[0]
-            gram[offsets[i]: offsets[i] + n * n].view(n, n).copy_(product)
+    for i, m in enumerate(mats):
+        groups.setdefault(tuple(m.shape), []).append(i)
+    products, addresses = [], [0] * len(mats)
+    for (n, _), members in groups.items():
+        stacked = mats[members[0]].unsqueeze(0) if len(members) == 1 else torch.stack([mats[i] for i in members])
+        stacked = stacked.to(dtype)
+        product = torch.bmm(stacked, stacked.transpose(1, 2))
+        products.append(product)
+        for k, i in enumerate(members):
+            addresses[i] = product.data_ptr() + k * n * n * product.element_size()
+    return products, addresses
 
 
 def _int64(values) -> torch.Tensor:
