@@ -24,14 +24,16 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from conftest import load_param_shapes  # noqa: E402  (bench/conftest.py: the shared workload)
+from test_bench_adam import foreach_mask_step, workload  # noqa: E402  (the benchmarks' workloads and baselines)
+from test_bench_cka import random_ticket  # noqa: E402
+from test_bench_select import GLOBAL_RATIO, global_kthvalue, loop_kthvalue  # noqa: E402
 
 import pylth  # noqa: E402
-from pylth.cka import rbf_cka, weight_rows  # noqa: E402
+from pylth.cka import rbf_cka  # noqa: E402
 from pylth.ops.cka import cka_reference  # noqa: E402
 from pylth.ops.select import magnitude_select, magnitude_select_global  # noqa: E402
 from pylth.optim import MaskedAdam  # noqa: E402
 
-GLOBAL_RATIO = 0.2
 
 
 DEVICE = "cuda"  # --device cpu: a quick check of this script on a machine without a GPU
@@ -95,17 +97,7 @@ def copy_bandwidth_gbs() -> float:
 
 
 def adam_rows(shapes, bandwidth_gbs):
-    gen = torch.Generator(device=DEVICE).manual_seed(0)
-
-    def workload():
-        params = [torch.nn.Parameter(torch.randn(s, generator=gen, device=DEVICE) * 0.02) for s in shapes]
-        for p in params:
-            p.grad = torch.randn(p.shape, generator=gen, device=DEVICE) * 1e-3
-        masks = [torch.rand(p.shape, generator=gen, device=DEVICE) < 0.5 if p.dim() >= 2 else None
-                 for p in params]
-        return params, masks
-
-    params, masks = workload()
+    params, masks = workload(shapes, DEVICE, seed=0)
     masked = MaskedAdam(params, lr=2e-4)
     for p, m in zip(params, masks):
         if m is not None:
@@ -115,18 +107,8 @@ def adam_rows(shapes, bandwidth_gbs):
     masked_numel = sum(p.numel() for p, m in zip(params, masks) if m is not None)
     step_bytes = 28 * numel + masked_numel
 
-    fused_params, _ = workload()
-    fused = torch.optim.Adam(fused_params, lr=2e-4, fused=True)
-    b_params, b_masks = workload()
-    b_masked = [p for p, m in zip(b_params, b_masks) if m is not None]
-    b_floats = [m.float() for m in b_masks if m is not None]
-    b_opt = torch.optim.Adam(b_params, lr=2e-4, fused=True)
-
-    def foreach_step():
-        with torch.no_grad():
-            torch._foreach_mul_([p.grad for p in b_masked], b_floats)
-            b_opt.step()
-            torch._foreach_mul_(b_masked, b_floats)
+    fused = torch.optim.Adam(workload(shapes, DEVICE, seed=1)[0], lr=2e-4, fused=True)
+    foreach_step = foreach_mask_step(*workload(shapes, DEVICE, seed=2))
 
     ours_k, ours_w = kernel_ms(masked.step), wall_ms(masked.step)
     rows = []
@@ -137,21 +119,6 @@ def adam_rows(shapes, bandwidth_gbs):
         rows.append((f"masked Adam step, wall, vs {name}", ours_w, base_w, ""))
     assert all(((p.detach() == 0) | m).all() for p, m in zip(params, masks) if m is not None)
     return rows, {"adam_numel": numel, "adam_step_bytes": step_bytes}
-
-
-def loop_kthvalue(weights, masks, ratios):
-    out = []
-    for w, m, r in zip(weights, masks, ratios):
-        active = w.abs()[m]
-        k = int(r * active.numel() + 0.5)
-        out.append(m.clone() if k == 0 else m & (w.abs() > torch.kthvalue(active, k).values))
-    return out
-
-
-def global_kthvalue(weights, masks, ratio):
-    active = torch.cat([w.abs()[m] for w, m in zip(weights, masks)])
-    threshold = torch.kthvalue(active, int(ratio * active.numel() + 0.5)).values
-    return [m & (w.abs() > threshold) for w, m in zip(weights, masks)]
 
 
 def select_rows(weight_shapes):
@@ -171,16 +138,6 @@ def select_rows(weight_shapes):
          wall_ms(lambda: magnitude_select_global(weights, GLOBAL_RATIO, masks)),
          wall_ms(lambda: global_kthvalue(weights, masks, GLOBAL_RATIO)), ""),
     ]
-
-
-def random_ticket(shapes, sparsity, seed):
-    g = torch.Generator().manual_seed(seed)
-    rows = []
-    for shape in shapes:
-        w = torch.randn(shape, generator=g)
-        w[torch.rand(shape, generator=g) < sparsity] = 0
-        rows.append(weight_rows(w).contiguous())
-    return rows
 
 
 def cka_rows(weight_shapes):
