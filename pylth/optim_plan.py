@@ -13,7 +13,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from pylth.ops.adam import runs_natively
+from pylth.ops.adam import _MASK_DTYPES, runs_natively
 
 __all__ = ["DeviceBatch", "StepPlan", "StepWork", "runs_fused"]
 
@@ -103,13 +103,20 @@ class StepPlan:
             g = p.grad
             state = state_map[p]
             # Every read that the kernel's memory safety and the plan's pointers rest on. The grad setter
-            # checks shape and device, but `grad.data = ...` and a param's grad_dtype get around it.
+            # checks shape and device, but `grad.data = ...` and a param's grad_dtype get around it. The
+            # same object at the same address is not enough for the state tensors either: `.data =`,
+            # set_() and resize_() change a tensor's shape and dtype in place, and a freed block's
+            # address comes back for the next allocation.
             if not (g is not None and g.dtype is _F32 and g.is_contiguous() and g.shape == shape
                     and g.get_device() == dev
                     and p.data_ptr() == pp and p.dtype is _F32 and p.is_contiguous() and p.shape == shape
                     and state["exp_avg"] is m and m.data_ptr() == mp
+                    and m.dtype is _F32 and m.is_contiguous() and m.shape == shape
                     and state["exp_avg_sq"] is v and v.data_ptr() == vp
-                    and state.get("mask") is mask and (mask is None or mask.data_ptr() == kp)):
+                    and v.dtype is _F32 and v.is_contiguous() and v.shape == shape
+                    and state.get("mask") is mask
+                    and (mask is None or (mask.data_ptr() == kp and mask.dtype in _MASK_DTYPES
+                                          and mask.is_contiguous() and mask.shape == shape))):
                 raise _Stale
             grad_ptrs.append(g.data_ptr())
             steps.append(state["step"])

@@ -170,3 +170,23 @@ def test_params_whose_device_has_no_kernel_step_on_the_reference(monkeypatch):
             warn_fallback.cache_clear()  # so that later tests still see the warning once
     run.check()
     assert run.opt._plan.batches == [] and len(run.opt._plan.reference) == len(SHAPES)
+
+
+@pytest.mark.parametrize("change, error, match", [
+    (lambda st: st["exp_avg"].resize_(3), ValueError, r"exp_avgs\[1\] has shape"),
+    (lambda st: st["exp_avg_sq"].set_(st["exp_avg_sq"].untyped_storage(), 0, (7, 1)), ValueError,
+     r"exp_avg_sqs\[1\] has shape"),
+    (lambda st: setattr(st["exp_avg"], "data", st["exp_avg"].data.view(torch.int32)), TypeError, r"exp_avgs\[1\]"),
+    (lambda st: st["mask"].resize_(2), ValueError, r"masks\[1\] has shape"),
+])
+def test_state_tensor_changed_in_place_at_the_same_address_raises(change, error, match):
+    # The same object at the same address, but another shape or dtype: a plan that trusted the address
+    # would hand the kernel a buffer of another size (after a free, the address can even be reused).
+    run = Pair()
+    run.step()
+    state = run.opt.state[run.ours[1]]
+    address = state["exp_avg"].data_ptr(), state["exp_avg_sq"].data_ptr(), state["mask"].data_ptr()
+    change(state)
+    assert (state["exp_avg"].data_ptr(), state["exp_avg_sq"].data_ptr(), state["mask"].data_ptr()) == address
+    with pytest.raises(error, match=match):
+        run.opt.step()
