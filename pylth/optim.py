@@ -118,8 +118,14 @@ class MaskedAdam(Optimizer):
         """Check every param with a grad as masked_adam_ does and sort it to the kernel or the reference."""
         by_device: dict = {}  # device -> (params, group indices, states)
         reference, gradless = [], []
+        seen = set()
         for gi, group in enumerate(self.param_groups):
             for p in group["params"]:
+                # torch only warns about a param listed twice in a group; one launch would update it twice
+                # with the same step's constants, concurrently (a data race).
+                if id(p) in seen:
+                    raise ValueError(f"param_groups[{gi}] lists a param that appears earlier in the param groups")
+                seen.add(id(p))
                 grad = p.grad
                 if grad is None:
                     gradless.append(p)

@@ -190,3 +190,20 @@ def test_state_tensor_changed_in_place_at_the_same_address_raises(change, error,
     assert (state["exp_avg"].data_ptr(), state["exp_avg_sq"].data_ptr(), state["mask"].data_ptr()) == address
     with pytest.raises(error, match=match):
         run.opt.step()
+
+
+def test_param_listed_twice_raises():
+    # torch.optim only warns about a duplicate within a group; stepping it twice in one launch would race.
+    p = torch.nn.Parameter(torch.randn(5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        opt = MaskedAdam([p, p])
+    p.grad = torch.randn(5)
+    with pytest.raises(ValueError, match=r"param_groups\[0\] lists a param that appears earlier"):
+        opt.step()
+    run = Pair()
+    run.step()
+    run.opt.add_param_group({"params": [torch.nn.Parameter(torch.randn(2))]})
+    run.opt.param_groups[1]["params"].append(run.ours[0])  # behind add_param_group's back
+    with pytest.raises(ValueError, match=r"param_groups\[1\] lists a param"):
+        run.opt.step()
