@@ -1,8 +1,13 @@
 """Shared workload of the micro-benchmarks: the DDPM CIFAR-10 U-Net's parameter shapes."""
 import json
 import os
+import sys
 
 import pytest
+
+# The benchmarks check their results against the tests' oracles (tests/numpy_cka.py); appended, so
+# that this folder's modules (conftest among them) still come first.
+sys.path.append(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 
 _SHAPES_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ddpm_cifar10_param_shapes.json")
 

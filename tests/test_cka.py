@@ -1,4 +1,4 @@
-"""pylth.cka against a float64 numpy implementation of Kornblith et al. 2019 written here."""
+"""pylth.cka against a float64 numpy implementation of Kornblith et al. 2019 (tests/numpy_cka.py)."""
 import math
 
 import numpy as np
@@ -6,64 +6,9 @@ import pytest
 import torch
 
 import pylth.ops.cka as ops_cka
+from numpy_cka import (np_center, np_cka_from_kernels, np_linear_cka_features, np_rbf_cka, np_rbf_kernel,
+                       np_sq_distances)
 from pylth.cka import linear_cka, rbf_cka, weight_rows
-
-
-# ---- the numpy oracle: pairwise differences (exact zero diagonal), np.median, explicit centring ----
-
-def np_sq_distances(x):
-    x = np.asarray(x, dtype=np.float64)
-    diff = x[:, None, :] - x[None, :, :]
-    return (diff * diff).sum(-1)
-
-
-def np_rbf_kernel(x, threshold):
-    d2 = np_sq_distances(x)
-    median = np.median(d2)
-    if median == 0:
-        positive = d2[d2 > 0]
-        if positive.size == 0:
-            return None
-        median = np.median(positive)
-    return np.exp(-d2 / (2 * threshold**2 * median))
-
-
-def np_center(k, unbiased):
-    k = k.copy()
-    n = k.shape[0]
-    if unbiased:  # Kornblith et al.'s form of the U-statistic of Song et al. 2012
-        np.fill_diagonal(k, 0)
-        means = k.sum(0) / (n - 2)
-        means -= means.sum() / (2 * (n - 1))
-        k -= means[:, None]
-        k -= means[None, :]
-        np.fill_diagonal(k, 0)
-    else:
-        means = k.mean(0)
-        means -= means.mean() / 2
-        k -= means[:, None]
-        k -= means[None, :]
-    return k
-
-
-def np_cka_from_kernels(k, l, unbiased):
-    if k is None or l is None:
-        return math.nan
-    kc, lc = np_center(k, unbiased), np_center(l, unbiased)
-    return float((kc * lc).sum() / (np.linalg.norm(kc) * np.linalg.norm(lc)))
-
-
-def np_rbf_cka(x, y, threshold, unbiased):
-    return np_cka_from_kernels(np_rbf_kernel(x, threshold), np_rbf_kernel(y, threshold), unbiased)
-
-
-def np_linear_cka_features(x, y):
-    """Biased linear CKA in feature space: ||Y'X||^2 / (||X'X|| ||Y'Y||) on column-centred X, Y."""
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    x = x - x.mean(0)
-    y = y - y.mean(0)
-    return float(np.linalg.norm(y.T @ x) ** 2 / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)))
 
 
 def random_pairs(dtype=torch.float64, seed=0):
