@@ -109,6 +109,8 @@ def test_load_ticket_returns_theta_tau_times_mask(uniform_run):
         assert torch.equal(value, expected), name
     with pytest.raises(ValueError, match="round 3"):
         load_ticket(out, 3)
+    with pytest.raises(ValueError, match="round must be an int"):
+        load_ticket(out, True)
 
 
 def test_same_command_on_a_finished_run_changes_nothing(uniform_run):

@@ -136,6 +136,8 @@ def test_compute_masks_bad_input():
         compute_masks(model, "uniform", 0.2, masks={"head.bias_typo": torch.ones(8, dtype=torch.bool)})
     with pytest.raises(TypeError, match="seed"):
         compute_masks(model, "random", 0.2, seed=0.5)
+    with pytest.raises(TypeError, match="model"):
+        compute_masks("not a model", "uniform", 0.2)
     with torch.no_grad():
         model.down[2].weight[0, 0, 0, 0] = float("nan")
     for strategy in ("layerwise", "global"):
@@ -152,6 +154,8 @@ def test_sparsity_report_by_hand():
     assert list(report["per_tensor"].items()) == [("a", 0.75), ("b", 0.25), ("c", 0.0)]
     with pytest.raises(TypeError, match="masks"):
         sparsity_report([masks["a"]], [])
+    with pytest.raises(TypeError, match=r"masks\['b'\]"):
+        sparsity_report({"a": masks["a"], "b": [True, False]}, [])
 
 
 # Dense MACs of TinyUNet on one 3x8x8 image, per output position times weights:
@@ -194,3 +198,7 @@ def test_count_macs_bad_input():
         count_macs(model, example_inputs=torch.zeros(1, 3, 8, 8))
     with pytest.raises(TypeError, match="masks"):
         count_macs(model, (1, 3, 8, 8), masks=[1])
+    with pytest.raises(TypeError, match=r"masks\['out\.weight'\]"):
+        count_macs(model, (1, 3, 8, 8), masks={"out.weight": [True] * 48})
+    with pytest.raises(ValueError, match=r"masks\['out\.weight'\].*shape"):
+        count_macs(model, (1, 3, 8, 8), masks={"out.weight": torch.ones(48, dtype=torch.bool)})

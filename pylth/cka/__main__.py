@@ -78,14 +78,13 @@ def summary(results: list[LayerCka], round_k: int, args) -> str:
 def run(args) -> None:
     round_k, folder_a, folder_b = pick_round(args.run_a, args.run_b, args.round_k)
     results = compare_tickets(load_ticket(folder_a), load_ticket(folder_b), args.threshold, args.unbiased)
-    out = args.out or (f"cka_{os.path.basename(os.path.normpath(args.run_a))}_vs_"
-                       f"{os.path.basename(os.path.normpath(args.run_b))}_round_{round_k:02d}")
+    name_a, name_b = (os.path.basename(os.path.normpath(path)) for path in (args.run_a, args.run_b))
+    out = args.out or f"cka_{name_a}_vs_{name_b}_round_{round_k:02d}"
     if os.path.exists(out) and not os.path.isdir(out):
         raise ValueError(f"--out {out} exists and is not a directory")
     csv_path, png_path = os.path.join(out, "cka.csv"), os.path.join(out, "cka.png")
     atomic_write_text(to_csv(results), csv_path)
-    title = f"{os.path.basename(os.path.normpath(args.run_a))} vs {os.path.basename(os.path.normpath(args.run_b))}, round {round_k}"
-    atomic_write_bytes(to_png(results, title), png_path)
+    atomic_write_bytes(to_png(results, f"{name_a} vs {name_b}, round {round_k}"), png_path)
     print(summary(results, round_k, args))
     print(f"wrote {csv_path} and {png_path}")
 

@@ -53,10 +53,10 @@ def open_run(run: RunDirectory, config: dict, force: bool = False, log=print) ->
     """
     run.ensure_writable()
     old = run.read_config()
+    diffs = [] if old is None else config_differences(old, config)
     if old is None and run.has_contents():
         problem = f"--out {run.path} is not empty and holds no pylth run (no config.json)"
-    elif old is not None and config_differences(old, config):
-        diffs = config_differences(old, config)
+    elif diffs:
         problem = (f"--out {run.path} holds a run with a different configuration ("
                    + "; ".join(diffs[:6]) + ("; ..." if len(diffs) > 6 else "") + ")")
     else:

@@ -210,7 +210,6 @@ class Lottery:
         spec, run, ev = self.spec, self.run, self.spec.evaluation
         ema = result.ema_model.eval()
         check_masked_zero(ema, masks)
-        state = {n: v.detach().cpu().clone() for n, v in ema.state_dict().items()}
         # The FID samples come from the same seed every round, so samples.png compares rounds too.
         fid = evaluate_fid(ema, self.diffusion, spec.data.dataset, self.dataset, ev.fid_samples, sampler=ev.sampler,
                            steps=ev.sample_steps, eta=ev.eta, seed=spec.train.seed, device=self.device,
@@ -222,6 +221,7 @@ class Lottery:
         macs, dense_macs = count_macs(ema, (1, *spec.image_shape), masks=device_masks)
         if D.is_main():
             run.save_bytes(render_samples(fid["samples"][:SAMPLE_GRID]), run.round_file(k, "samples.png"))
+            state = {n: v.detach().cpu().clone() for n, v in ema.state_dict().items()}  # rank 0 writes it
             run.save(state, run.round_file(k, "model.pt"))
             record = {
                 "round": k, "sparsity": sparsity["overall"], "module_sparsity": dict(sparsity["per_module"]),

@@ -30,7 +30,7 @@ def load_ticket(run_dir: str, round: int, device="cpu") -> tuple[UNet, dict[str,
     config = run.read_config()
     if config is None:
         raise ValueError(f"run_dir {run.path} holds no pylth run (no config.json)")
-    if not isinstance(round, int) or round < 0:
+    if not isinstance(round, int) or isinstance(round, bool) or round < 0:
         raise ValueError(f"round must be an int >= 0, got {round!r}")
     finished = len(run.read_rounds())
     if round >= finished:

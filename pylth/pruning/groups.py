@@ -54,8 +54,9 @@ def module_groups(model: nn.Module, names: Sequence[str] | None = None,
             raise ValueError(f"names contains {n!r}, which is not a parameter of the model")
     if per_tensor:
         return [(n, [n]) for n in names]
-    groups = [(group_name, []) for group_name, _ in _blocks(model)]
-    prefixes = [prefix + "." if prefix else "" for _, prefix in _blocks(model)]
+    blocks = _blocks(model)
+    groups = [(group_name, []) for group_name, _ in blocks]
+    prefixes = [prefix + "." if prefix else "" for _, prefix in blocks]
     loose = []
     for n in names:
         index = next((i for i, p in enumerate(prefixes) if n.startswith(p)), None)

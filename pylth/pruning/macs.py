@@ -6,6 +6,8 @@ import inspect
 import torch
 from torch import nn
 
+from pylth.ops.checks import check_tensor
+
 
 def _example_inputs(model: nn.Module, input_size) -> tuple:
     """Zeros of ``input_size``; plus a zero time step per sample when forward takes a second input."""
@@ -50,7 +52,10 @@ def count_macs(model: nn.Module, input_size=None, masks=None, *, example_inputs=
     for module_name, module in model.named_modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             name = f"{module_name}.weight" if module_name else "weight"
-            kept = masks[name] if masks is not None and name in masks else module.weight
+            if masks is not None and name in masks:
+                kept = check_tensor(masks[name], f"masks[{name!r}]", contiguous=False, shape=module.weight.shape)
+            else:
+                kept = module.weight
             kept_weights[module] = (int(kept.count_nonzero()), module.weight.numel())
     totals = [0, 0]
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+from pylth.ops.checks import check_tensor
+
 
 def _sparsity(zeros: int, total: int) -> float:
     return zeros / total if total else 0.0
@@ -18,7 +20,7 @@ def sparsity_report(masks: dict, groups) -> dict:
         raise TypeError(f"masks must be a dict of name -> bool tensor, got {type(masks).__name__}")
     counts = OrderedDict()
     for name, m in masks.items():
-        kept = int(m.count_nonzero())
+        kept = int(check_tensor(m, f"masks[{name!r}]", contiguous=False).count_nonzero())
         counts[name] = (m.numel() - kept, m.numel())
     per_module = OrderedDict()
     for group_name, members in groups:

@@ -56,6 +56,8 @@ def compute_masks(model: nn.Module, strategy: str, prune_ratio: float, increment
     The prunable tensors are the keys of ``masks`` (current masks, True = active) or, when ``masks``
     is None, ``prunable_parameters(model)`` with everything active. Keys come back in forward order.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {sorted(STRATEGIES)}, got {strategy!r}")
     prune_ratio = _check_fraction(prune_ratio, "prune_ratio")
