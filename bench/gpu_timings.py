@@ -27,13 +27,13 @@ from conftest import load_param_shapes  # noqa: E402  (bench/conftest.py: the sh
 from test_bench_adam import foreach_mask_step, workload  # noqa: E402  (the benchmarks' workloads and baselines)
 from test_bench_cka import random_ticket  # noqa: E402
 from test_bench_select import GLOBAL_RATIO, global_kthvalue, loop_kthvalue  # noqa: E402
+from test_bench_select import workload as select_workload  # noqa: E402
 
 import pylth  # noqa: E402
 from pylth.cka import rbf_cka  # noqa: E402
 from pylth.ops.cka import cka_reference  # noqa: E402
 from pylth.ops.select import magnitude_select, magnitude_select_global  # noqa: E402
 from pylth.optim import MaskedAdam  # noqa: E402
-
 
 
 DEVICE = "cuda"  # --device cpu: a quick check of this script on a machine without a GPU
@@ -122,10 +122,7 @@ def adam_rows(shapes, bandwidth_gbs):
 
 
 def select_rows(weight_shapes):
-    gen = torch.Generator().manual_seed(0)
-    weights = [torch.randn(s, generator=gen).to(DEVICE) for s in weight_shapes]
-    masks = [(torch.rand(s, generator=gen) < 0.5).to(DEVICE) for s in weight_shapes]
-    ratios = [min(0.95, 0.2 + 0.01 * j) for j in range(len(weight_shapes))]
+    weights, masks, ratios = select_workload(weight_shapes, DEVICE)
     ours = magnitude_select(weights, ratios, masks)
     assert all(torch.equal(a, b) for a, b in zip(ours, loop_kthvalue(weights, masks, ratios))), "layerwise masks differ"
     ours = magnitude_select_global(weights, GLOBAL_RATIO, masks)

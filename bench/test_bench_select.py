@@ -17,7 +17,8 @@ GLOBAL_RATIO = 0.2
 _times = {}  # (device, case) -> (min, median) seconds
 
 
-def _workload(shapes, device):
+def workload(shapes, device):
+    """The weights, their 50 %-dense masks and the layerwise ratios (bench/gpu_timings.py times the same)."""
     gen = torch.Generator().manual_seed(0)
     weights = [torch.randn(s, generator=gen).to(device) for s in shapes]
     masks = [(torch.rand(s, generator=gen) < 0.5).to(device) for s in shapes]
@@ -27,12 +28,12 @@ def _workload(shapes, device):
 
 @pytest.fixture(scope="module")
 def cpu_workload(ddpm_weight_shapes):
-    return _workload(ddpm_weight_shapes, "cpu")
+    return workload(ddpm_weight_shapes, "cpu")
 
 
 @pytest.fixture(scope="module")
 def cuda_workload(ddpm_weight_shapes):
-    return _workload(ddpm_weight_shapes, "cuda")
+    return workload(ddpm_weight_shapes, "cuda")
 
 
 def loop_kthvalue(weights, masks, ratios):

@@ -55,9 +55,9 @@ def test_masked_adam_90_percent_sparse(benchmark, model_name, device):
     opt = MaskedAdam(params, lr=2e-4)
     for p, where in pruned:
         opt.set_mask(p, ~where)
-    bf16 = device == "cuda"
+    bf16, diffusion = device == "cuda", GaussianDiffusion()
     _run(benchmark, model_name, device, "masked",
-         lambda: train_step(model, GaussianDiffusion(), x0, opt, params, pruned, 1.0, bf16))
+         lambda: train_step(model, diffusion, x0, opt, params, pruned, 1.0, bf16))
     assert all(bool((p[where] == 0).all()) for p, where in pruned)
 
 
@@ -65,9 +65,9 @@ def test_masked_adam_90_percent_sparse(benchmark, model_name, device):
 def test_fused_adam_unmasked(benchmark, model_name, device):
     model, x0, params = _setup(model_name, device)
     opt = torch.optim.Adam(params, lr=2e-4, fused=True)
-    bf16 = device == "cuda"
+    bf16, diffusion = device == "cuda", GaussianDiffusion()
     _run(benchmark, model_name, device, "unmasked",
-         lambda: train_step(model, GaussianDiffusion(), x0, opt, params, [], 1.0, bf16))
+         lambda: train_step(model, diffusion, x0, opt, params, [], 1.0, bf16))
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -101,10 +101,10 @@ int64_t gather_bracket(const double* u, int64_t m, double low, double high, doub
   return gather_bracket_scalar(u, m, low, high, gathered, below);
 }
 
-// The same as middle_pair below without reordering u, faster on large u (Floyd-Rivest): two values
-// from a strided sample bracket ranks lo..hi; one pass (gather_bracket) counts what lies below the bracket
-// and gathers what lies in it, and only that small part is selected from. False (nothing computed)
-// when the sample misses.
+// The mean of the lo-th and hi-th smallest of u (see middle_pair) without reordering u, faster on large u
+// (Floyd-Rivest): two values from a strided sample bracket ranks lo..hi; one pass (gather_bracket)
+// counts what lies below the bracket and gathers what lies in it, and only that small part is selected
+// from. False (nothing computed) when the sample misses.
 bool middle_pair_sampled(const std::vector<double>& u, int64_t lo, int64_t hi, std::vector<double>& inside,
                          double& result) {
   constexpr int64_t kSample = 1024, kMargin = 64;
@@ -132,36 +132,32 @@ bool middle_pair_sampled(const std::vector<double>& u, int64_t lo, int64_t hi, s
   return true;
 }
 
-// Mean of the lo-th and hi-th smallest of u (hi is lo or lo + 1), reordering u: one selection for
+// Mean of the lo-th and hi-th smallest of u (hi is lo or lo + 1; lo == -1 stands for a diagonal zero);
+// u is only read, work is scratch. The sampled bracket when it holds, else in a copy: one selection for
 // hi, then the maximum of the part below it for lo.
-double middle_pair(std::vector<double>& u, int64_t lo, int64_t hi) {
-  std::vector<double> inside;
+double middle_pair(const std::vector<double>& u, int64_t lo, int64_t hi, std::vector<double>& work) {
   double sampled;
-  if (middle_pair_sampled(u, lo, hi, inside, sampled)) return sampled;
-  const double upper = order_statistic(u, hi);
+  if (middle_pair_sampled(u, lo, hi, work, sampled)) return sampled;
+  work.assign(u.begin(), u.end());
+  const double upper = order_statistic(work, hi);
   if (lo == hi) return upper;
-  const double lower = lo < 0 ? 0.0 : *std::max_element(u.begin(), u.begin() + hi);
+  const double lower = lo < 0 ? 0.0 : *std::max_element(work.begin(), work.begin() + hi);
   return 0.5 * (lower + upper);
 }
 
 // Median of all n*n squared distances (Kornblith et al. 2019); when it is 0, the median of the
 // positive ones; NaN when there are none (all rows identical). u: the strict upper triangle, only
-// read; work: scratch for the selections that need a copy to reorder.
+// read; work: scratch for the selections.
 double median_squared_distance(const std::vector<double>& u, int64_t n, std::vector<double>& work) {
   const MedianIndices mid = median_indices(n);
-  double median;
-  if (!middle_pair_sampled(u, mid.lo, mid.hi, work, median)) {
-    work.assign(u.begin(), u.end());
-    median = middle_pair(work, mid.lo, mid.hi);
-  }
+  const double median = middle_pair(u, mid.lo, mid.hi, work);
   if (median > 0.0) return median;
-  // The positives' median: each positive appears twice in the full matrix, which leaves it unchanged.
-  work.assign(u.begin(), u.end());
-  const auto first_positive = std::partition(work.begin(), work.end(), [](double v) { return v <= 0.0; });
-  const int64_t zeros = first_positive - work.begin();
-  const int64_t positives = static_cast<int64_t>(work.size()) - zeros;
+  // The positives' median: each positive appears twice in the full matrix, which leaves it unchanged,
+  // and the zeros (distances are clamped at 0) rank below every positive, as in csrc/cka.cu.
+  const int64_t zeros = std::count_if(u.begin(), u.end(), [](double v) { return v <= 0.0; });
+  const int64_t positives = static_cast<int64_t>(u.size()) - zeros;
   if (positives == 0) return kNaN;
-  return middle_pair(work, zeros + (positives - 1) / 2, zeros + positives / 2);
+  return middle_pair(u, zeros + (positives - 1) / 2, zeros + positives / 2, work);
 }
 
 // exp(x) for x <= 0 without a libm call per value, so that the loop over a row vectorises: x = n ln2 + r

@@ -1,4 +1,5 @@
 import os
+import pickle
 import stat
 
 import pytest
@@ -35,5 +36,5 @@ def test_files_get_the_umask_mode_not_mkstemp_0600(tmp_path):
 def test_torch_load_refuses_pickled_code(tmp_path):
     path = str(tmp_path / "e.pt")
     torch.save({"f": os.getcwd}, path)
-    with pytest.raises(Exception):
+    with pytest.raises(pickle.UnpicklingError):
         torch_load(path)

@@ -162,6 +162,10 @@ def test_bad_arguments_raise_naming_the_argument():
         magnitude_select(w, [0.1], [torch.ones(4, 4, dtype=torch.uint8)])
     with pytest.raises(ValueError, match="masks"):
         magnitude_select(w, [0.1], [torch.ones(4, 4, dtype=torch.bool)] * 2)
+    with pytest.raises(TypeError, match="names"):
+        magnitude_select(w, [0.1], names=5)
+    with pytest.raises(ValueError, match="names"):
+        magnitude_select(w, [0.1], names=["a", "b"])
 
 
 _OUT_OF_MEMORY_SCRIPT = """

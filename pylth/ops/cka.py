@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from pylth.ops.checks import check_same_length, check_tensor_list, cuda_stream
+from pylth.ops.checks import check_same_length, check_tensor, check_tensor_list, cuda_stream
 from pylth.ops.native import has_native_cuda, native, warn_fallback
 
 KERNELS = {"linear": 0, "rbf": 1}
@@ -38,12 +38,9 @@ def check_cka_inputs(xs, ys, *, unbiased: bool, check_finite: bool = True) -> tu
     device = xs[0].device
     for name, ts in (("xs", xs), ("ys", ys)):
         for i, t in enumerate(ts):
-            if t.dtype not in (torch.float32, torch.float64):
-                raise TypeError(f"{name}[{i}] must be float32 or float64, got {t.dtype}")
+            check_tensor(t, f"{name}[{i}]", dtypes=(torch.float32, torch.float64), device=device, contiguous=False)
             if t.dim() != 2:
                 raise ValueError(f"{name}[{i}] must be 2-D (rows x features), got shape {tuple(t.shape)}")
-            if t.device != device:
-                raise ValueError(f"{name}[{i}] is on {t.device} but xs[0] is on {device}")
             if t.shape[1] == 0:
                 raise ValueError(f"{name}[{i}] has no features (shape {tuple(t.shape)})")
     if check_finite:  # one device-to-host transfer for all tensors, not one per tensor

@@ -32,7 +32,9 @@ def require_native():
     return native
 
 
+@functools.lru_cache(maxsize=None)
 def has_native_cuda() -> bool:
+    """Whether the extension has the CUDA kernels (asked on every CUDA call: built once, then cached)."""
     return native is not None and bool(native.build_info()["cuda"])
 
 

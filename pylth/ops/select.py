@@ -75,7 +75,8 @@ def _check(weights, masks, names):
     if names is None:
         names = [f"weights[{i}]" for i in range(len(weights))]
     else:
-        names = list(names)
+        if isinstance(names, str) or not isinstance(names, (list, tuple)):
+            raise TypeError(f"names must be a list or tuple of str, got {type(names).__name__}")
         check_same_length(weights, "weights", names, "names")
     return weights, masks, names
 
