@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from pylth.optim import MaskedAdam
+from ratios import min_and_median, print_after_module
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 ROUNDS = {"cpu": 10, "cuda": 50, "cpu-overhead": 300}
@@ -36,8 +37,9 @@ def _sync(device):
 
 
 def _record(benchmark, device, name):
-    stats = benchmark.stats.stats
-    _times.setdefault(device, {})[name] = (stats.min, stats.median)
+    times = min_and_median(benchmark)
+    if times is not None:
+        _times.setdefault(device, {})[name] = times
 
 
 def _run(benchmark, device, name, step):
@@ -137,8 +139,4 @@ def _ratio_lines(device, t):
 def report_ratios(request):
     """After the module: MaskedAdam's time relative to each baseline (pytest-benchmark has no ratio column)."""
     yield
-    lines = [line for device, t in _times.items() for line in _ratio_lines(device, t)]
-    if lines:
-        # Teardown output is captured (and dropped) unless capture is lifted, as capsys.disabled() does.
-        with request.config.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
-            print("\n" + "\n".join(lines))
+    print_after_module(request, [line for device, t in _times.items() for line in _ratio_lines(device, t)])

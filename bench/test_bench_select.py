@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from pylth.ops.select import magnitude_select, magnitude_select_global
+from ratios import min_and_median, print_after_module
 
 GLOBAL_RATIO = 0.2
 _times = {}  # (device, case) -> (min, median) seconds
@@ -76,7 +77,9 @@ def _run(benchmark, device, case, workload):
             fn(weights, masks, ratios)
     benchmark.group = f"select-{device}-{case.split('-')[0]}"
     benchmark(call)
-    _times[(device, case)] = (benchmark.stats.stats.min, benchmark.stats.stats.median)
+    times = min_and_median(benchmark)
+    if times is not None:
+        _times[(device, case)] = times
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -110,6 +113,4 @@ def report_ratios(request):
             for stat, k in (("min", 0), ("median", 1)):
                 lines.append(f"select-{device} {mode} {stat}: pylth {ours[k] * 1e3:.2f} ms, {baseline} "
                              f"{base[k] * 1e3:.2f} ms: {base[k] / ours[k]:.1f}x faster")
-    if lines:
-        with request.config.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
-            print("\n" + "\n".join(lines))
+    print_after_module(request, lines)

@@ -14,6 +14,7 @@ import torch
 from pylth.ddpm import GaussianDiffusion, build_model
 from pylth.ddpm.trainer import train_step
 from pylth.optim import MaskedAdam
+from ratios import min_and_median, print_after_module
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 CASES = [(m, d) for d in DEVICES for m in ("digits", "cifar10")]
@@ -43,8 +44,9 @@ def _run(benchmark, model_name, device, name, step):
 
     benchmark.group = f"train-step-{model_name}-{device}"
     benchmark.pedantic(timed, rounds=ROUNDS[device], warmup_rounds=1)
-    stats = benchmark.stats.stats
-    _times.setdefault((model_name, device), {})[name] = (stats.min, stats.median)
+    times = min_and_median(benchmark)
+    if times is not None:
+        _times.setdefault((model_name, device), {})[name] = times
 
 
 @pytest.mark.parametrize("model_name,device", CASES)
@@ -81,6 +83,4 @@ def report_ratios(request):
                 ours, base = t["masked"][k], t["unmasked"][k]
                 lines.append(f"train-step {model_name}-{device} {stat}: 90%-sparse MaskedAdam step {ours * 1e3:.1f} ms"
                              f" = {ours / base:.3f}x the unmasked fused-Adam step ({base * 1e3:.1f} ms)")
-    if lines:
-        with request.config.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
-            print("\n" + "\n".join(lines))
+    print_after_module(request, lines)

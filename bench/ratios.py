@@ -1,0 +1,15 @@
+"""What the micro-benchmarks share to report ratios, which pytest-benchmark has no column for."""
+
+
+def min_and_median(benchmark):
+    """(min, median) seconds of a finished benchmark; None under --benchmark-disable (nothing timed)."""
+    stats = benchmark.stats
+    return None if stats is None else (stats.stats.min, stats.stats.median)
+
+
+def print_after_module(request, lines) -> None:
+    """Print ``lines`` from a module fixture's teardown, whose output pytest would otherwise capture
+    and drop (lifting capture as capsys.disabled() does)."""
+    if lines:
+        with request.config.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
+            print("\n" + "\n".join(lines))
