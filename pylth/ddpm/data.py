@@ -23,6 +23,11 @@ _IDX = {"mnist": "MNIST/raw", "fashion-mnist": "FashionMNIST/raw"}  # torchvisio
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
 
+def to_model_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels in [0, 255] as the float images in [-1, 1] that the models see."""
+    return images.float() / 127.5 - 1.0
+
+
 class ImageDataset(Dataset):
     """uint8 images [N, C, H, W] and int labels; optional random horizontal flips."""
 
@@ -33,10 +38,20 @@ class ImageDataset(Dataset):
         return self.images.shape[0]
 
     def __getitem__(self, i):
-        x = self.images[i].float() / 127.5 - 1.0
+        x = to_model_range(self.images[i])
         if self.hflip and torch.rand(()) < 0.5:
             x = x.flip(-1)
         return x, int(self.labels[i])
+
+
+def images_and_labels(dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every image of ``dataset`` (float, in [-1, 1]) and its label, as two tensors: an ImageDataset's
+    straight from its tensors (no flips), any other data set item by item."""
+    images = getattr(dataset, "images", None)
+    if isinstance(images, torch.Tensor):
+        return to_model_range(images), dataset.labels.long()
+    pairs = [dataset[i] for i in range(len(dataset))]
+    return torch.stack([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs], dtype=torch.long)
 
 
 def dataset_fingerprint(dataset) -> str:
