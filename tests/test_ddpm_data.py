@@ -86,6 +86,27 @@ def test_cifar10_reads_five_train_batches_and_flips_only_when_training(tmp_path)
     assert len(test) == 3 and not test.hflip
 
 
+def test_loader_batches_equal_the_items_one_by_one_flips_included():
+    from torch.utils.data import DataLoader
+
+    from pylth.ddpm.data import ImageDataset
+
+    rng = np.random.default_rng(4)
+    images = torch.from_numpy(rng.integers(0, 256, size=(40, 3, 6, 6), dtype=np.uint8))
+    ds = ImageDataset(images, torch.from_numpy(rng.integers(0, 10, size=40)), 10, hflip=True)
+    order = [int(i) for i in rng.permutation(40)[:32]]
+    torch.manual_seed(1)
+    one_by_one = [ds[i] for i in order]
+    torch.manual_seed(1)
+    (x, y), = DataLoader(ds, batch_sampler=[order], generator=torch.Generator())  # no draw from the global RNG
+    assert y.tolist() == [label for _, label in one_by_one] == ds.labels[order].tolist()
+    torch.testing.assert_close(x, torch.stack([item for item, _ in one_by_one]), rtol=0, atol=0)
+    plain = images[order].float() / 127.5 - 1.0
+    flipped = [bool(torch.equal(x[k], plain[k].flip(-1))) for k in range(32)]
+    assert any(flipped) and not all(flipped)
+    assert all(flipped[k] or torch.equal(x[k], plain[k]) for k in range(32))
+
+
 def test_cifar100_uses_fine_labels_and_reports_missing_batches(tmp_path):
     folder = tmp_path / "cifar-100-python"
     folder.mkdir()
