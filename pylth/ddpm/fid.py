@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from pylth import distributed as D
 from pylth.ddpm.classifier import FEATURE_DIM, LabelClassifier, load_or_train_classifier
 from pylth.ddpm.data import dataset_fingerprint, images_and_labels
+from pylth.ddpm.diffusion import derived_seed
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
 KID_REFERENCE_SIZE = 10000  # reference features kept for KID
@@ -162,7 +163,7 @@ def _batched_features(extract, images, batch_size: int) -> np.ndarray:
 
 def block_seed(seed: int, block: int) -> int:
     """The sampling seed of block ``block`` of a run seeded ``seed`` (distinct for distinct pairs)."""
-    return int(np.random.SeedSequence([int(seed), int(block)]).generate_state(1, np.uint64)[0] >> 1)
+    return derived_seed(seed, block)
 
 
 def sample_blocks(model, diffusion, num_samples: int, image_shape, blocks: range, *, batch_size: int,

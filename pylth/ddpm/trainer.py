@@ -9,7 +9,6 @@ import os
 import warnings
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -18,6 +17,7 @@ from tqdm.auto import tqdm
 
 from pylth import distributed as D
 from pylth.ddpm.config import help_field
+from pylth.ddpm.diffusion import derived_seed
 from pylth.io import atomic_torch_save, torch_load
 from pylth.optim import MaskedAdam
 
@@ -160,8 +160,7 @@ def iteration_noise(diffusion, config: TrainConfig, iteration: int, x0: torch.Te
     the sampler splits the images (rank r holds global rows r, r + world, ...): every image gets the
     same timestep and noise whatever the number of processes, and a resumed run the same as an
     uninterrupted one."""
-    seed = int(np.random.SeedSequence([config.seed, iteration]).generate_state(1, np.uint64)[0] >> 1)
-    gen = torch.Generator(device=x0.device).manual_seed(seed)
+    gen = torch.Generator(device=x0.device).manual_seed(derived_seed(config.seed, iteration))
     rows = x0.shape[0] * world
     t = torch.randint(0, diffusion.num_timesteps, (rows,), device=x0.device, generator=gen)
     noise = torch.randn((rows, *x0.shape[1:]), device=x0.device, dtype=x0.dtype, generator=gen)
