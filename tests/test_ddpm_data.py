@@ -134,6 +134,7 @@ def test_image_folder_with_class_subfolders(tmp_path):
     assert ds[0][0].shape == (3, 16, 16)
     info = dataset_info("folder", str(tmp_path))
     assert info["image_shape"] == (3, 16, 16) and info["model_overrides"]["image_size"] == 16
+    assert dataset_info("folder", str(tmp_path / "absent"), dataset=ds) == info  # the loaded set, not re-read
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "dog" / "odd.png")
     with pytest.raises(ValueError, match="odd.png"):
         load_dataset("folder", str(tmp_path))

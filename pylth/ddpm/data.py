@@ -87,8 +87,9 @@ def _check_name(name: str) -> None:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
 
 
-def dataset_info(name: str, root: str | None = None) -> dict:
-    """image_shape (C, H, W), num_classes and the U-Net preset for ``name`` (a folder: from its files)."""
+def dataset_info(name: str, root: str | None = None, dataset: ImageDataset | None = None) -> dict:
+    """image_shape (C, H, W), num_classes and the U-Net preset for ``name`` (a folder: from its files,
+    or from ``dataset`` when the caller has loaded it already, so they are not all read twice)."""
     _check_name(name)
     fixed = {
         "digits": ((1, 8, 8), 10, "digits"),
@@ -100,7 +101,7 @@ def dataset_info(name: str, root: str | None = None) -> dict:
     if name != "folder":
         shape, classes, preset = fixed[name]
         return dict(image_shape=shape, num_classes=classes, preset=preset)
-    ds = load_dataset("folder", root)
+    ds = load_dataset("folder", root) if dataset is None else dataset
     shape = tuple(ds.images.shape[1:])
     # The CIFAR-10 network, resized to the folder's channels and side.
     return dict(image_shape=shape, num_classes=ds.num_classes, preset="cifar10",
