@@ -111,5 +111,20 @@ def test_ema_starts_from_the_model_and_warms_up(digits):
 def test_bad_train_config_raises_value_error_naming_the_field(field, value):
     kwargs = dict(iterations=10)
     kwargs[field] = value
-    with pytest.raises(ValueError, match=field if field != "device" else "device"):
+    with pytest.raises(ValueError, match=field):
         TrainConfig(**kwargs)
+
+
+@pytest.mark.parametrize("field,value", [("lr", "2e-4"), ("grad_clip", None), ("ema_decay", "0.9")])
+def test_non_numeric_train_config_raises_type_error_naming_the_field(field, value):
+    with pytest.raises(TypeError, match=field):
+        TrainConfig(iterations=10, **{field: value})
+
+
+@pytest.mark.parametrize("field,value,error", [("eta", "0", TypeError), ("sample_batch_size", 2.5, ValueError),
+                                               ("sample_batch_size", "64", ValueError)])
+def test_bad_eval_config_raises_naming_the_field(field, value, error):
+    from pylth.ddpm.config import EvalConfig
+
+    with pytest.raises(error, match=field):
+        EvalConfig(**{field: value})
