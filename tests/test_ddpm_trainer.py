@@ -68,6 +68,9 @@ def test_masked_training_keeps_pruned_weights_exactly_zero_after_every_step(digi
     assert all(bool((ema[n][~mk] == 0).all()) for n, mk in masks.items())
     with pytest.raises(ValueError, match="not a parameter"):
         train(model, GaussianDiffusion(), digits, TrainConfig(iterations=1), masks={"nope": masks[next(iter(masks))]})
+    for end in (-1, "5", 2.0):
+        with pytest.raises(ValueError, match="end_iteration"):
+            train(model, GaussianDiffusion(), digits, TrainConfig(iterations=1), end_iteration=end)
 
 
 def test_resume_from_checkpoint_replays_the_uninterrupted_run(digits, tmp_path):

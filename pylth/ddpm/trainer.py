@@ -221,6 +221,8 @@ def train(model: nn.Module, diffusion, dataset, config: TrainConfig, *, masks: d
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     end = config.iterations if end_iteration is None else end_iteration
+    if not isinstance(end, int) or end < 0:
+        raise ValueError(f"end_iteration must be a non-negative int, got {end!r}")
     if not isinstance(start_iteration, int) or not 0 <= start_iteration <= end:
         raise ValueError(f"start_iteration must be an int in [0, end_iteration={end}], got {start_iteration!r}")
     device = resolve_device(config.device)
