@@ -154,3 +154,12 @@ def test_unknown_dataset_and_folder_without_root():
         load_dataset("imagenet")
     with pytest.raises(ValueError, match="root"):
         load_dataset("folder")
+
+
+@pytest.mark.parametrize("name", [n for n in DATASETS if n != "folder"])
+def test_each_data_set_names_a_preset_for_its_image_shape(name):
+    from pylth.ddpm import PRESETS
+
+    info = dataset_info(name)
+    preset = PRESETS[info["preset"]]
+    assert info["image_shape"] == (preset["in_channels"], preset["image_size"], preset["image_size"])

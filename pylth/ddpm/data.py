@@ -91,16 +91,16 @@ def dataset_info(name: str, root: str | None = None, dataset: ImageDataset | Non
     """image_shape (C, H, W), num_classes and the U-Net preset for ``name`` (a folder: from its files,
     or from ``dataset`` when the caller has loaded it already, so they are not all read twice)."""
     _check_name(name)
-    fixed = {
-        "digits": ((1, 8, 8), 10, "digits"),
-        "mnist": ((1, 28, 28), 10, "mnist"),
-        "fashion-mnist": ((1, 28, 28), 10, "fashion-mnist"),
-        "cifar10": ((3, 32, 32), 10, "cifar10"),
-        "cifar100": ((3, 32, 32), 100, "cifar100"),
+    fixed = {  # each has the U-Net preset of its own name
+        "digits": ((1, 8, 8), 10),
+        "mnist": ((1, 28, 28), 10),
+        "fashion-mnist": ((1, 28, 28), 10),
+        "cifar10": ((3, 32, 32), 10),
+        "cifar100": ((3, 32, 32), 100),
     }
     if name != "folder":
-        shape, classes, preset = fixed[name]
-        return dict(image_shape=shape, num_classes=classes, preset=preset)
+        shape, classes = fixed[name]
+        return dict(image_shape=shape, num_classes=classes, preset=name)
     ds = load_dataset("folder", root) if dataset is None else dataset
     shape = tuple(ds.images.shape[1:])
     # The CIFAR-10 network, resized to the folder's channels and side.
