@@ -315,8 +315,6 @@ def train(model: nn.Module, diffusion, dataset, config: TrainConfig, *, masks: d
             check_masked_zero(model, masks)
             save(it)
     bar.close()
-    if pending:
-        losses.extend(_global_losses(pending, world))
     check_masked_zero(model, masks)
     check_masked_zero(ema_model, masks)
     if checkpoint_path is not None:
