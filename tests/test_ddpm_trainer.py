@@ -118,7 +118,7 @@ def test_bad_train_config_raises_value_error_naming_the_field(field, value):
         TrainConfig(**kwargs)
 
 
-@pytest.mark.parametrize("field,value", [("lr", "2e-4"), ("grad_clip", None), ("ema_decay", "0.9")])
+@pytest.mark.parametrize("field,value", [("lr", "2e-4"), ("grad_clip", None), ("ema_decay", "0.9"), ("device", None)])
 def test_non_numeric_train_config_raises_type_error_naming_the_field(field, value):
     with pytest.raises(TypeError, match=field):
         TrainConfig(iterations=10, **{field: value})

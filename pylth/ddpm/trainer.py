@@ -57,6 +57,8 @@ class TrainConfig:
             raise ValueError(f"grad_clip must be >= 0, got {self.grad_clip!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
+        if not isinstance(self.device, str):
+            raise TypeError(f"device must be a str such as cpu, cuda or auto, got {self.device!r}")
         try:
             resolve_device(self.device)
         except RuntimeError as exc:
