@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> dict | None:
         if data.download and D.is_local_main():
             load_dataset(data.dataset, data.data_root, download=True, train=True)
     dataset = load_dataset(data.dataset, data.data_root, train=True)
-    info = dataset_info(data.dataset, data.data_root)
+    info = dataset_info(data.dataset, data.data_root, dataset=dataset)
     model = build_model(info["preset"], **info.get("model_overrides", {}))
     diffusion = GaussianDiffusion(diff_cfg.num_timesteps, diff_cfg.beta_start, diff_cfg.beta_end)
     if rank == 0:

@@ -86,6 +86,27 @@ def test_cifar10_reads_five_train_batches_and_flips_only_when_training(tmp_path)
     assert len(test) == 3 and not test.hflip
 
 
+def test_loader_batches_equal_the_items_one_by_one_flips_included():
+    from torch.utils.data import DataLoader
+
+    from pylth.ddpm.data import ImageDataset
+
+    rng = np.random.default_rng(4)
+    images = torch.from_numpy(rng.integers(0, 256, size=(40, 3, 6, 6), dtype=np.uint8))
+    ds = ImageDataset(images, torch.from_numpy(rng.integers(0, 10, size=40)), 10, hflip=True)
+    order = [int(i) for i in rng.permutation(40)[:32]]
+    torch.manual_seed(1)
+    one_by_one = [ds[i] for i in order]
+    torch.manual_seed(1)
+    (x, y), = DataLoader(ds, batch_sampler=[order], generator=torch.Generator())  # no draw from the global RNG
+    assert y.tolist() == [label for _, label in one_by_one] == ds.labels[order].tolist()
+    torch.testing.assert_close(x, torch.stack([item for item, _ in one_by_one]), rtol=0, atol=0)
+    plain = images[order].float() / 127.5 - 1.0
+    flipped = [bool(torch.equal(x[k], plain[k].flip(-1))) for k in range(32)]
+    assert any(flipped) and not all(flipped)
+    assert all(flipped[k] or torch.equal(x[k], plain[k]) for k in range(32))
+
+
 def test_cifar100_uses_fine_labels_and_reports_missing_batches(tmp_path):
     folder = tmp_path / "cifar-100-python"
     folder.mkdir()
@@ -113,6 +134,7 @@ def test_image_folder_with_class_subfolders(tmp_path):
     assert ds[0][0].shape == (3, 16, 16)
     info = dataset_info("folder", str(tmp_path))
     assert info["image_shape"] == (3, 16, 16) and info["model_overrides"]["image_size"] == 16
+    assert dataset_info("folder", str(tmp_path / "absent"), dataset=ds) == info  # the loaded set, not re-read
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "dog" / "odd.png")
     with pytest.raises(ValueError, match="odd.png"):
         load_dataset("folder", str(tmp_path))
@@ -132,3 +154,12 @@ def test_unknown_dataset_and_folder_without_root():
         load_dataset("imagenet")
     with pytest.raises(ValueError, match="root"):
         load_dataset("folder")
+
+
+@pytest.mark.parametrize("name", [n for n in DATASETS if n != "folder"])
+def test_each_data_set_names_a_preset_for_its_image_shape(name):
+    from pylth.ddpm import PRESETS
+
+    info = dataset_info(name)
+    preset = PRESETS[info["preset"]]
+    assert info["image_shape"] == (preset["in_channels"], preset["image_size"], preset["image_size"])

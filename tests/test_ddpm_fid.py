@@ -4,7 +4,6 @@ import os
 
 import numpy as np
 import pytest
-import torch
 
 from pylth.ddpm import GaussianDiffusion, build_model
 from pylth.ddpm import classifier as classifier_module

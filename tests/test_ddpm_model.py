@@ -63,6 +63,9 @@ def test_bad_model_arguments_raise_value_error():
         UNet(ch=48)
     with pytest.raises(ValueError, match="x must have shape"):
         build_model("digits")(torch.randn(1, 3, 8, 8), torch.tensor([0]))
+    for t in (torch.tensor(3), torch.tensor([1, 2, 3]), 3):
+        with pytest.raises(ValueError, match="t must be a tensor of shape"):
+            build_model("digits")(torch.randn(2, 1, 8, 8), t)
 
 
 def test_schedule_closed_forms_match_hand_computation():

@@ -68,6 +68,9 @@ def test_masked_training_keeps_pruned_weights_exactly_zero_after_every_step(digi
     assert all(bool((ema[n][~mk] == 0).all()) for n, mk in masks.items())
     with pytest.raises(ValueError, match="not a parameter"):
         train(model, GaussianDiffusion(), digits, TrainConfig(iterations=1), masks={"nope": masks[next(iter(masks))]})
+    for end in (-1, "5", 2.0):
+        with pytest.raises(ValueError, match="end_iteration"):
+            train(model, GaussianDiffusion(), digits, TrainConfig(iterations=1), end_iteration=end)
 
 
 def test_resume_from_checkpoint_replays_the_uninterrupted_run(digits, tmp_path):
@@ -111,5 +114,20 @@ def test_ema_starts_from_the_model_and_warms_up(digits):
 def test_bad_train_config_raises_value_error_naming_the_field(field, value):
     kwargs = dict(iterations=10)
     kwargs[field] = value
-    with pytest.raises(ValueError, match=field if field != "device" else "device"):
+    with pytest.raises(ValueError, match=field):
         TrainConfig(**kwargs)
+
+
+@pytest.mark.parametrize("field,value", [("lr", "2e-4"), ("grad_clip", None), ("ema_decay", "0.9"), ("device", None)])
+def test_non_numeric_train_config_raises_type_error_naming_the_field(field, value):
+    with pytest.raises(TypeError, match=field):
+        TrainConfig(iterations=10, **{field: value})
+
+
+@pytest.mark.parametrize("field,value,error", [("eta", "0", TypeError), ("sample_batch_size", 2.5, ValueError),
+                                               ("sample_batch_size", "64", ValueError)])
+def test_bad_eval_config_raises_naming_the_field(field, value, error):
+    from pylth.ddpm.config import EvalConfig
+
+    with pytest.raises(error, match=field):
+        EvalConfig(**{field: value})

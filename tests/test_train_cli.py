@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from pylth import train as train_cli
 from pylth.ddpm import classifier as classifier_module

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pylth.ddpm.data import dataset_fingerprint
+from pylth.ddpm.data import dataset_fingerprint, images_and_labels
 from pylth.io import atomic_torch_save, torch_load
 
 FEATURE_DIM = 128
@@ -33,18 +33,10 @@ class LabelClassifier(nn.Module):
         return self.fc(self.body(x))
 
 
-def _images_labels(dataset):
-    images = getattr(dataset, "images", None)
-    if isinstance(images, torch.Tensor):
-        return images.float() / 127.5 - 1.0, dataset.labels.long()
-    pairs = [dataset[i] for i in range(len(dataset))]
-    return torch.stack([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs], dtype=torch.long)
-
-
 def train_classifier(dataset, device, steps: int | None = None, seed: int = 0) -> tuple[LabelClassifier, float]:
     """Train on 90 % of ``dataset`` (random flips when it has them); returns (model, held-out accuracy)."""
     steps = TRAIN_STEPS if steps is None else steps
-    images, labels = _images_labels(dataset)
+    images, labels = images_and_labels(dataset)
     num_classes = int(getattr(dataset, "num_classes", int(labels.max()) + 1))
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)

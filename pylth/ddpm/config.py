@@ -136,7 +136,9 @@ class EvalConfig:
             raise ValueError(f"sample_steps must be a positive int, got {self.sample_steps!r}")
         if self.sampler not in ("ddpm", "ddim"):
             raise ValueError(f"sampler must be ddpm or ddim, got {self.sampler!r}")
+        if isinstance(self.eta, bool) or not isinstance(self.eta, (int, float)):
+            raise TypeError(f"eta must be a number, got {self.eta!r}")
         if self.eta < 0:
             raise ValueError(f"eta must be >= 0, got {self.eta!r}")
-        if self.sample_batch_size < 1:
+        if not isinstance(self.sample_batch_size, int) or self.sample_batch_size < 1:
             raise ValueError(f"sample_batch_size must be a positive int, got {self.sample_batch_size!r}")

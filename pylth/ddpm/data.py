@@ -23,6 +23,11 @@ _IDX = {"mnist": "MNIST/raw", "fashion-mnist": "FashionMNIST/raw"}  # torchvisio
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
 
+def to_model_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels in [0, 255] as the float images in [-1, 1] that the models see."""
+    return images.float() / 127.5 - 1.0
+
+
 class ImageDataset(Dataset):
     """uint8 images [N, C, H, W] and int labels; optional random horizontal flips."""
 
@@ -33,10 +38,31 @@ class ImageDataset(Dataset):
         return self.images.shape[0]
 
     def __getitem__(self, i):
-        x = self.images[i].float() / 127.5 - 1.0
+        x = to_model_range(self.images[i])
         if self.hflip and torch.rand(()) < 0.5:
             x = x.flip(-1)
         return x, int(self.labels[i])
+
+    def __getitems__(self, indices):
+        """``[self[i] for i in indices]``, converted and flipped as one batch: the DataLoader calls this
+        for every training batch, where per-image tensor ops cost ten times the batch's own work.
+        The flip draws are the per-image ones in the same order, so the items are identical."""
+        index = torch.as_tensor(indices, dtype=torch.long)
+        x = to_model_range(self.images[index])
+        if self.hflip:
+            flip = torch.rand(len(index)) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        return list(zip(x.unbind(0), self.labels[index].tolist()))
+
+
+def images_and_labels(dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every image of ``dataset`` (float, in [-1, 1]) and its label, as two tensors: an ImageDataset's
+    straight from its tensors (no flips), any other data set item by item."""
+    images = getattr(dataset, "images", None)
+    if isinstance(images, torch.Tensor):
+        return to_model_range(images), dataset.labels.long()
+    pairs = [dataset[i] for i in range(len(dataset))]
+    return torch.stack([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs], dtype=torch.long)
 
 
 def dataset_fingerprint(dataset) -> str:
@@ -44,7 +70,7 @@ def dataset_fingerprint(dataset) -> str:
     images = getattr(dataset, "images", None)
     h = hashlib.sha1(str(len(dataset)).encode())
     if isinstance(images, torch.Tensor):
-        h.update(images.contiguous().numpy().tobytes())
+        h.update(images.contiguous().numpy())  # the buffer itself, not a bytes copy of the whole data set
     return h.hexdigest()[:10]
 
 
@@ -61,20 +87,21 @@ def _check_name(name: str) -> None:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
 
 
-def dataset_info(name: str, root: str | None = None) -> dict:
-    """image_shape (C, H, W), num_classes and the U-Net preset for ``name`` (a folder: from its files)."""
+def dataset_info(name: str, root: str | None = None, dataset: ImageDataset | None = None) -> dict:
+    """image_shape (C, H, W), num_classes and the U-Net preset for ``name`` (a folder: from its files,
+    or from ``dataset`` when the caller has loaded it already, so they are not all read twice)."""
     _check_name(name)
-    fixed = {
-        "digits": ((1, 8, 8), 10, "digits"),
-        "mnist": ((1, 28, 28), 10, "mnist"),
-        "fashion-mnist": ((1, 28, 28), 10, "fashion-mnist"),
-        "cifar10": ((3, 32, 32), 10, "cifar10"),
-        "cifar100": ((3, 32, 32), 100, "cifar100"),
+    fixed = {  # each has the U-Net preset of its own name
+        "digits": ((1, 8, 8), 10),
+        "mnist": ((1, 28, 28), 10),
+        "fashion-mnist": ((1, 28, 28), 10),
+        "cifar10": ((3, 32, 32), 10),
+        "cifar100": ((3, 32, 32), 100),
     }
     if name != "folder":
-        shape, classes, preset = fixed[name]
-        return dict(image_shape=shape, num_classes=classes, preset=preset)
-    ds = load_dataset("folder", root)
+        shape, classes = fixed[name]
+        return dict(image_shape=shape, num_classes=classes, preset=name)
+    ds = load_dataset("folder", root) if dataset is None else dataset
     shape = tuple(ds.images.shape[1:])
     # The CIFAR-10 network, resized to the folder's channels and side.
     return dict(image_shape=shape, num_classes=ds.num_classes, preset="cifar10",

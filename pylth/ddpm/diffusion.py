@@ -3,10 +3,17 @@ samplers (ancestral DDPM and DDIM) over any subsequence of the timesteps. Knows 
 beyond calling ``model(x_t, t)``."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 SAMPLERS = ("ddpm", "ddim")
+
+
+def derived_seed(seed: int, index: int) -> int:
+    """The seed of draw ``index`` (a training iteration, a block of samples) of a run seeded ``seed``:
+    distinct for distinct pairs, unlike seed + index, and a valid torch seed."""
+    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1, np.uint64)[0] >> 1)
 
 
 class GaussianDiffusion:

@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 
 from pylth import distributed as D
 from pylth.ddpm.classifier import FEATURE_DIM, LabelClassifier, load_or_train_classifier
-from pylth.ddpm.data import dataset_fingerprint
+from pylth.ddpm.data import dataset_fingerprint, images_and_labels
+from pylth.ddpm.diffusion import derived_seed
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
 KID_REFERENCE_SIZE = 10000  # reference features kept for KID
@@ -162,7 +163,7 @@ def _batched_features(extract, images, batch_size: int) -> np.ndarray:
 
 def block_seed(seed: int, block: int) -> int:
     """The sampling seed of block ``block`` of a run seeded ``seed`` (distinct for distinct pairs)."""
-    return int(np.random.SeedSequence([int(seed), int(block)]).generate_state(1, np.uint64)[0] >> 1)
+    return derived_seed(seed, block)
 
 
 def sample_blocks(model, diffusion, num_samples: int, image_shape, blocks: range, *, batch_size: int,
@@ -187,11 +188,7 @@ def reference_statistics(dataset_name: str, dataset, extract, cache_dir: str, ba
     if os.path.exists(path):
         with np.load(path) as f:
             return {k: f[k] for k in f.files}
-    images = getattr(dataset, "images", None)
-    if isinstance(images, torch.Tensor):
-        images = images.float() / 127.5 - 1.0
-    else:
-        images = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    images, _ = images_and_labels(dataset)
     feats = _batched_features(extract, images, batch_size)
     mu, sigma = _stats(feats)
     keep = np.random.default_rng(0).permutation(len(feats))[:KID_REFERENCE_SIZE]

@@ -9,7 +9,6 @@ import os
 import warnings
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -18,6 +17,7 @@ from tqdm.auto import tqdm
 
 from pylth import distributed as D
 from pylth.ddpm.config import help_field
+from pylth.ddpm.diffusion import derived_seed
 from pylth.io import atomic_torch_save, torch_load
 from pylth.optim import MaskedAdam
 
@@ -47,12 +47,18 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+        for name in ("lr", "grad_clip", "ema_decay"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{name} must be a number, got {value!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
         if not self.grad_clip >= 0:
             raise ValueError(f"grad_clip must be >= 0, got {self.grad_clip!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
+        if not isinstance(self.device, str):
+            raise TypeError(f"device must be a str such as cpu, cuda or auto, got {self.device!r}")
         try:
             resolve_device(self.device)
         except RuntimeError as exc:
@@ -160,8 +166,7 @@ def iteration_noise(diffusion, config: TrainConfig, iteration: int, x0: torch.Te
     the sampler splits the images (rank r holds global rows r, r + world, ...): every image gets the
     same timestep and noise whatever the number of processes, and a resumed run the same as an
     uninterrupted one."""
-    seed = int(np.random.SeedSequence([config.seed, iteration]).generate_state(1, np.uint64)[0] >> 1)
-    gen = torch.Generator(device=x0.device).manual_seed(seed)
+    gen = torch.Generator(device=x0.device).manual_seed(derived_seed(config.seed, iteration))
     rows = x0.shape[0] * world
     t = torch.randint(0, diffusion.num_timesteps, (rows,), device=x0.device, generator=gen)
     noise = torch.randn((rows, *x0.shape[1:]), device=x0.device, dtype=x0.dtype, generator=gen)
@@ -218,6 +223,8 @@ def train(model: nn.Module, diffusion, dataset, config: TrainConfig, *, masks: d
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     end = config.iterations if end_iteration is None else end_iteration
+    if not isinstance(end, int) or end < 0:
+        raise ValueError(f"end_iteration must be a non-negative int, got {end!r}")
     if not isinstance(start_iteration, int) or not 0 <= start_iteration <= end:
         raise ValueError(f"start_iteration must be an int in [0, end_iteration={end}], got {start_iteration!r}")
     device = resolve_device(config.device)
@@ -310,8 +317,6 @@ def train(model: nn.Module, diffusion, dataset, config: TrainConfig, *, masks: d
             check_masked_zero(model, masks)
             save(it)
     bar.close()
-    if pending:
-        losses.extend(_global_losses(pending, world))
     check_masked_zero(model, masks)
     check_masked_zero(ema_model, masks)
     if checkpoint_path is not None:

@@ -162,6 +162,9 @@ class UNet(nn.Module):
         size = x.shape[-1]
         if x.ndim != 4 or x.shape[1] != self.config["in_channels"] or x.shape[-2:] != (size, size):
             raise ValueError(f"x must have shape [B, {self.config['in_channels']}, S, S], got {tuple(x.shape)}")
+        if not isinstance(t, torch.Tensor) or t.shape != x.shape[:1]:
+            raise ValueError(f"t must be a tensor of shape ({x.shape[0]},), one timestep per image, "
+                             f"got {tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
         pad = self.padded_size - size if size == self.config["image_size"] else 0
         if pad:
             x = F.pad(x, (0, pad, 0, pad))
