@@ -1,8 +1,10 @@
 """Make tests/ and bench/ exercise the *installed* pylth, never the source folder at the repository root.
 
 ``python -m pytest`` puts the working directory on sys.path, where the top-level ``pylth/`` source
-folder (without the compiled ``_C``) would shadow the installed package and silently test only the
-pure-torch fallbacks. Strip the repository root first, then fail loudly if ``pylth._C`` is missing.
+folder would shadow the installed package: the tests would run the checkout's Python, not what
+``pip install .`` installed. Strip the repository root first, then fail loudly unless the native
+module ``_pylth`` loads and matches the installed package. (tests/test_source_tree.py runs the
+commands from the repository root on purpose, in subprocesses.)
 """
 import os
 import sys
@@ -18,10 +20,12 @@ import pylth  # noqa: E402
 
 if os.path.dirname(os.path.abspath(pylth.__file__)) == os.path.join(_REPO_ROOT, "pylth"):
     raise RuntimeError(f"tests imported the source folder {pylth.__file__}; install pylth with `pip install .`")
+from pylth.ops.native import NativeUnavailable, require_native  # noqa: E402
+
 try:
-    from pylth import _C  # noqa: F401,E402
-except ImportError as exc:
-    raise RuntimeError(f"pylth._C is missing from the installed package ({exc}); rebuild with `pip install .`") from exc
+    require_native()
+except NativeUnavailable as exc:
+    raise RuntimeError(str(exc)) from None
 
 import torch  # noqa: E402
 

@@ -53,8 +53,8 @@ step timings "$LOG/timings.log" 240 $PY bench/gpu_timings.py --out "$LOG/timings
 step bench "$LOG/bench.log" 240 $PY -m pytest -q bench -k cuda --benchmark-only -p no:cacheprovider \
   --benchmark-group-by=group,param --benchmark-columns=min,median,max,rounds
 RUN=$(mktemp -d)
-# From another folder: run from the repository root, `python -m` would import the source tree (no _C).
-step find_ticket "$LOG/find_ticket.log" 180 env -C "$RUN" $PY -m pylth.find_ticket --device cuda --max-rounds 3 \
+# From the repository root, as the README says: the source folder with the installed native module.
+step find_ticket "$LOG/find_ticket.log" 180 $PY -m pylth.find_ticket --device cuda --max-rounds 3 \
   --out "$RUN/digits"
 
 echo

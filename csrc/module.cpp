@@ -1,6 +1,9 @@
-// pylth._C: one pybind11 module; each kernel family registers its functions from its own file.
+// _pylth: pylth's native module, one pybind11 module; each kernel family registers its functions from
+// its own file. A top-level module, not pylth._C: see CMakeLists.txt.
 #include <omp.h>
 #include <pybind11/pybind11.h>
+
+#include <string>
 
 #ifdef PYLTH_WITH_CUDA
 #include <cuda_runtime_api.h>
@@ -16,6 +19,8 @@ void register_cka(py::module_& m);
 
 static py::dict build_info() {
   py::dict info;
+  info["version"] = std::string(PYLTH_VERSION);
+  info["source_hash"] = std::string(PYLTH_SOURCE_HASH);
 #ifdef PYLTH_WITH_CUDA
   info["cuda"] = true;
   info["cuda_archs"] = std::string(PYLTH_CUDA_ARCHS);
@@ -31,9 +36,9 @@ static py::dict build_info() {
   return info;
 }
 
-PYBIND11_MODULE(_C, m) {
+PYBIND11_MODULE(_pylth, m) {
   m.doc() = "pylth native kernels (C++/OpenMP, CUDA when built with it); called through pylth.ops";
-  m.def("build_info", &build_info, "How this extension was built: CUDA, its architectures, OpenMP.");
+  m.def("build_info", &build_info, "How this extension was built: pylth version, source hash, CUDA, its architectures, OpenMP.");
   pylth::register_adam(m);
   pylth::register_select(m);
   pylth::register_cka(m);

@@ -2,9 +2,10 @@
 
 Layers (each uses only the ones below it): command lines (``pylth.find_ticket``, ``pylth.train``,
 ``pylth.cka``) -> ``pylth.lottery`` -> ``pylth.ddpm`` -> ``pylth.optim`` / ``pylth.pruning`` /
-``pylth.cka`` -> ``pylth.ops`` (tensor checks, dispatch) -> ``pylth._C`` (C++/OpenMP and CUDA kernels).
+``pylth.cka`` -> ``pylth.ops`` (tensor checks, dispatch) -> ``_pylth`` (C++/OpenMP and CUDA kernels).
 """
-from pylth.ops.native import build_info
+__version__ = "0.1.0"  # the one version: pyproject.toml reads it, and the native module must match it
 
-__version__ = "0.1.0"
+from pylth.ops.native import build_info  # noqa: E402
+
 __all__ = ["build_info", "__version__"]

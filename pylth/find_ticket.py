@@ -10,12 +10,13 @@ import dataclasses
 import os
 import sys
 
+from pylth.cli import run_command
 from pylth.ddpm.config import DataConfig, DiffusionConfig, EvalConfig, add_arguments, dataset_defaults, from_args
 from pylth.ddpm.data import dataset_info
 from pylth.ddpm.models import build_model
 from pylth.ddpm.trainer import TrainConfig, resolve_device
 from pylth.lottery import LotteryConfig, RunSpec, find_ticket
-from pylth.distributed import init_distributed, is_main, shutdown
+from pylth.distributed import init_distributed, shutdown
 
 # Defaults per data set (over pylth.train's). digits is the offline demo, sized so that the run without
 # arguments reaches >= 80 % sparsity in minutes on two CPU cores (short rounds: a higher lr, a short
@@ -88,21 +89,15 @@ def main(argv=None) -> int:
     known, _ = pre.parse_known_args(argv)
     parser = build_parser(known.dataset)
     args = parser.parse_args(argv)
-    try:
+
+    def body() -> None:
         spec = spec_from_args(args)
         _, device = init_distributed(resolve_device(spec.train.device))  # under torchrun: this rank's device
         spec.train = dataclasses.replace(spec.train, device=str(device))
         find_ticket(spec, args.out or default_out(spec), force=args.force)
         shutdown()
-    except (ValueError, FileNotFoundError) as exc:
-        if is_main():
-            print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        if is_main():
-            print(f"\n{parser.prog}: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
-    return 0
+
+    return run_command(parser.prog, body, on_interrupt="run the same command again to resume")
 
 
 if __name__ == "__main__":

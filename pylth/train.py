@@ -13,6 +13,7 @@ import time
 import torch
 
 from pylth import distributed as D
+from pylth.cli import run_command
 from pylth.ddpm import GaussianDiffusion, build_model
 from pylth.ddpm.config import DataConfig, DiffusionConfig, EvalConfig, add_arguments, dataset_defaults, from_args
 from pylth.ddpm.data import dataset_info, load_dataset
@@ -103,17 +104,14 @@ def main(argv=None) -> int:
             from_args(cls, args)
         except ValueError as exc:
             parser.error(str(exc))
-    try:
+
+    def body() -> None:
         metrics = run(args)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-        return 2
-    D.shutdown()
-    if metrics is None:
-        return 0
-    summary = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
-    print(summary)
-    return 0
+        D.shutdown()
+        if metrics is not None:
+            print(", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+
+    return run_command(parser.prog, body, on_interrupt="run the same command again to resume")
 
 
 if __name__ == "__main__":

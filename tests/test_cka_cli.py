@@ -105,13 +105,14 @@ def drop_from_model(run_a, run_b):
 def test_bad_input_is_a_message_not_a_traceback(runs, tmp_path, capsys, make_bad, extra, message):
     if make_bad:
         make_bad(*runs)
-    assert main([*runs, "--out", str(tmp_path / "out"), *extra]) == 1
+    assert main([*runs, "--out", str(tmp_path / "out"), *extra]) == 2  # every command's status for bad input
     err = capsys.readouterr().err
-    assert err.startswith("error:") and message in err and "Traceback" not in err
+    assert err.startswith("python -m pylth.cka: error:") and message in err and "Traceback" not in err
+    assert err.count("\n") == 1
 
 
 def test_missing_run_directory(tmp_path, capsys):
-    assert main([str(tmp_path / "nope"), str(tmp_path), "--out", str(tmp_path / "o")]) == 1
+    assert main([str(tmp_path / "nope"), str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "is not a directory" in capsys.readouterr().err
-    assert main([str(tmp_path), str(tmp_path), "--out", str(tmp_path / "o")]) == 1
+    assert main([str(tmp_path), str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "not a find_ticket run" in capsys.readouterr().err

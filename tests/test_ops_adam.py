@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from pylth import _C
+from pylth.ops.native import native as _C
 from pylth.ops.adam import AdamHyper, masked_adam_, masked_adam_reference_
 
 

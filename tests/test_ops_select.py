@@ -230,7 +230,7 @@ def test_cuda_tensors_off_the_current_device():
 @pytest.mark.parametrize("ties", [False, True])
 def test_radix_select_path_alone_matches_numpy(ties):
     """The exact fallback (taken when a sampled bracket misses) on its own, via the raw binding."""
-    from pylth import _C
+    from pylth.ops.native import native as _C
 
     weights, masks, ratios = random_case(300, ties=ties)
     outs = [torch.empty_like(m) for m in masks]

@@ -13,6 +13,7 @@ import math
 import os
 import sys
 
+from pylth.cli import run_command
 from pylth.cka.compare import LayerCka, compare_tickets, load_ticket, pick_round, upstream_downstream
 from pylth.io import atomic_write_bytes, atomic_write_text
 
@@ -91,12 +92,7 @@ def run(args) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        run(args)
-    except (ValueError, TypeError, OSError) as exc:  # bad input: a message, not a traceback
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_command("python -m pylth.cka", lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from pylth.ops.checks import check_same_length, check_tensor, check_tensor_list, cuda_stream
-from pylth.ops.native import has_native_cuda, native, warn_fallback
+from pylth.ops.native import has_native_cuda, native, require_native, warn_fallback
 
 KERNELS = {"linear": 0, "rbf": 1}
 # Below this fraction of nonzeros a CPU Gram is cheaper by gathering each column's nonzeros than by a
@@ -72,7 +72,7 @@ def cka(xs, ys, *, kernel: str = "rbf", threshold: float = 1.0, unbiased: bool =
         raise ValueError(f"kernel must be one of {sorted(KERNELS)}, got {kernel!r}")
     threshold = check_threshold(threshold)
     device = check_tensor_list(xs, "xs")[0].device
-    cpu_native = device.type == "cpu" and native is not None
+    cpu_native = device.type == "cpu" and require_native() is not None  # missing or stale: an error
     cuda_native = device.type == "cuda" and has_native_cuda()
     # The native kernels see a NaN or infinity in the Gram diagonals, at O(n) instead of O(n d).
     xs, ys = check_cka_inputs(xs, ys, unbiased=unbiased, check_finite=not (cpu_native or cuda_native))

@@ -1,34 +1,85 @@
-"""Loading of the compiled extension ``pylth._C`` and the one-time fallback warning."""
+"""Loading of pylth's native module ``_pylth`` (built from csrc/), its checks, and the fallback warning.
+
+``_pylth`` is a top-level module installed beside the ``pylth`` package rather than ``pylth._C``
+inside it: ``python -m pylth.<command>`` run from the repository root imports the source folder
+``pylth/``, which holds no compiled file, and a top-level module is found from there as well as from
+the installed package. The price is a check that the two belong together: the module records the
+pylth version and a hash of the sources it was built from (CMakeLists.txt computes it), and a
+mismatch makes the module unavailable with a one-line message that says what to run.
+"""
 from __future__ import annotations
 
+import fnmatch
 import functools
+import hashlib
+import os
 import warnings
 
-try:
-    from pylth import _C as native
-    _IMPORT_ERROR: Exception | None = None
-except ImportError as exc:  # a source checkout that was never built, or a broken build
-    native = None
-    _IMPORT_ERROR = exc
+import pylth
+
+NATIVE_MODULE = "_pylth"
+# The files whose hash the build records (CMakeLists.txt globs the same patterns, non-recursively).
+HASHED_PATTERNS = ("*.h", "*.cpp", "*.cu")
+
+
+class NativeUnavailable(ImportError):
+    """pylth's native module is missing, or was built for another pylth version or other sources."""
+
+
+def source_tree() -> str | None:
+    """The repository root when ``pylth`` is imported from a source checkout (csrc/ beside pylth/), else None."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(pylth.__file__)))
+    if os.path.isdir(os.path.join(root, "csrc")) and os.path.isfile(os.path.join(root, "CMakeLists.txt")):
+        return root
+    return None
+
+
+def source_hash(root: str) -> str:
+    """The hash CMakeLists.txt records: sha256 over "path sha256\\n" lines of csrc/*.{h,cpp,cu} and
+    CMakeLists.txt, sorted by path."""
+    csrc = os.path.join(root, "csrc")
+    names = [f"csrc/{n}" for n in os.listdir(csrc)
+             if any(fnmatch.fnmatchcase(n, p) for p in HASHED_PATTERNS) and os.path.isfile(os.path.join(csrc, n))]
+    lines = []
+    for rel in sorted(names + ["CMakeLists.txt"]):
+        with open(os.path.join(root, rel), "rb") as f:
+            lines.append(f"{rel} {hashlib.sha256(f.read()).hexdigest()}\n")
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+def _load():
+    """(module, None) when the native module is usable here, else (None, the one-line reason)."""
+    root = source_tree()
+    where = f" in {root}" if root else " from the pylth repository"
+    try:
+        import _pylth as module
+    except ImportError as exc:
+        return None, f"pylth's native module {NATIVE_MODULE} is not installed ({exc}); run `pip install .`{where}"
+    info = module.build_info()
+    if info.get("version") != pylth.__version__:
+        return None, (f"pylth's native module {module.__file__} was built for pylth {info.get('version')}, but "
+                      f"{os.path.dirname(pylth.__file__)} is pylth {pylth.__version__}; run `pip install .`{where}")
+    if root is not None and source_hash(root) != info.get("source_hash"):
+        return None, (f"pylth's native module {module.__file__} was built from other sources than {root}/csrc "
+                      f"(the kernels changed since the last `pip install .`); run `pip install .` in {root}")
+    return module, None
+
+
+native, _UNAVAILABLE = _load()
 
 
 def build_info() -> dict:
-    """How ``pylth._C`` was built: ``cuda`` (bool), ``cuda_archs``, ``openmp``, ``omp_max_threads``.
-
-    ``available`` is False (with ``error``) when the extension could not be imported.
-    """
+    """How the native module was built: ``version``, ``source_hash``, ``cuda`` (bool), ``cuda_archs``,
+    ``openmp``, ``omp_max_threads``. ``available`` is False (with ``error``) when it cannot be used."""
     if native is None:
-        return {"available": False, "error": str(_IMPORT_ERROR), "cuda": False, "openmp": False}
+        return {"available": False, "error": _UNAVAILABLE, "cuda": False, "openmp": False}
     return {"available": True, **native.build_info()}
 
 
 def require_native():
-    """The extension module, or an ImportError that says how to build it."""
+    """The native module, or NativeUnavailable with a one-line message that says what to run."""
     if native is None:
-        raise ImportError(
-            "pylth._C is not available (" + str(_IMPORT_ERROR) + "); install pylth with "
-            "`pip install .` from the repository instead of importing the source folder"
-        )
+        raise NativeUnavailable(_UNAVAILABLE)
     return native
 
 

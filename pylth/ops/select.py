@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 
 from pylth.ops.checks import check_same_length, check_tensor, check_tensor_list, cuda_stream
-from pylth.ops.native import has_native_cuda, native, warn_fallback
+from pylth.ops.native import has_native_cuda, native, require_native, warn_fallback
 
 # Flat indices travel in 33 bits of the 64-bit ranking key.
 MAX_ENTRIES = 2**33 - 1
@@ -100,7 +100,8 @@ def _check_ratios(ratios, count: int, name: str = "ratios") -> list[float]:
 
 def _dispatch(weights, masks, names, ratios, global_mode: bool) -> list[torch.Tensor]:
     device = weights[0].device
-    if device.type == "cpu" and native is not None:
+    if device.type == "cpu":
+        require_native()  # a missing or stale native module is an error, never a silent slow path
         return _run_cpu(weights, masks, names, ratios, global_mode)
     if device.type == "cuda" and has_native_cuda():
         return _run_cuda(weights, masks, names, ratios, global_mode)
