@@ -17,4 +17,34 @@ inline T* as_ptr(std::uintptr_t address) {
   return reinterpret_cast<T*>(address);
 }
 
+// The one calling convention of _pylth's entry points (pylth/ops/dispatch.py builds the calls):
+//   name_cpu(table, rows, width, scalars..., num_threads)
+//   name_cuda(table, rows, width, scalars..., stream)
+// The per-tensor arguments travel as one table: a contiguous int64 array of rows x width values
+// (data addresses as integers, sizes, flags), in host memory, or in device memory for a CUDA
+// launcher whose kernels read it (its header says so); each kernel's header names its columns.
+// The scalars follow, then the OpenMP thread count or the cudaStream_t as an integer.
+class Table {
+ public:
+  Table(std::uintptr_t address, int64_t rows, int64_t width, int64_t expected_width, const char* kernel)
+      : data_(as_ptr<const int64_t>(address)), rows_(rows), width_(width) {
+    require(width == expected_width, std::string(kernel) + ": the table must have " +
+                                         std::to_string(expected_width) + " columns, got " + std::to_string(width));
+    require(rows >= 0, std::string(kernel) + ": the table has a negative row count");
+    require(rows == 0 || address != 0, std::string(kernel) + ": null table");
+  }
+  int64_t rows() const { return rows_; }
+  const int64_t* data() const { return data_; }
+  // Only for tables in host memory.
+  int64_t at(int64_t row, int64_t column) const { return data_[row * width_ + column]; }
+  template <typename T>
+  T* ptr(int64_t row, int64_t column) const {
+    return as_ptr<T>(static_cast<std::uintptr_t>(at(row, column)));
+  }
+
+ private:
+  const int64_t* data_;
+  int64_t rows_, width_;
+};
+
 }  // namespace pylth
