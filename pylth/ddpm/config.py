@@ -10,6 +10,8 @@ import dataclasses
 import typing
 
 from pylth.ddpm.data import DATASETS
+from pylth.ddpm.models import DEFAULT_MODEL, MODELS, model_kind
+from pylth.ddpm.samplers import SAMPLERS
 
 
 def _flag(name: str) -> str:
@@ -72,18 +74,6 @@ def from_args(cls, args: argparse.Namespace, **overrides):
     return cls(**values)
 
 
-# Training defaults that differ per data set (command-line defaults; TrainConfig keeps Ho et al.'s).
-# digits runs last a few thousand steps: Ho et al.'s 5000-step warm-up would cover all of them.
-DATASET_TRAIN_DEFAULTS: dict[str, dict] = {
-    "digits": dict(lr=5e-4, warmup=100),
-}
-
-
-def dataset_defaults(dataset: str) -> dict:
-    """Flag defaults for ``dataset`` that override the dataclass defaults (pass as ``defaults``)."""
-    return dict(DATASET_TRAIN_DEFAULTS.get(dataset, {}))
-
-
 def help_field(text: str, **extra) -> dict:
     """``dataclasses.field`` keyword arguments carrying a flag's help text (and e.g. ``choices``)."""
     return dict(metadata=dict(help=text, **extra))
@@ -105,6 +95,15 @@ class DataConfig:
 
 
 @dataclasses.dataclass
+class ModelConfig:
+    model: str = dataclasses.field(default=DEFAULT_MODEL, **help_field(
+        "model kind: " + "; ".join(f"{k.name}: {k.summary}" for k in MODELS.values()), choices=tuple(MODELS)))
+
+    def __post_init__(self):
+        model_kind(self.model)  # an unknown kind is a ValueError naming the known ones
+
+
+@dataclasses.dataclass
 class DiffusionConfig:
     num_timesteps: int = dataclasses.field(default=1000, **help_field("diffusion steps T"))
     beta_start: float = dataclasses.field(default=1e-4, **help_field("first beta of the linear schedule"))
@@ -116,7 +115,8 @@ class EvalConfig:
     fid_samples: int = dataclasses.field(default=500, **help_field(
         "samples for FID/KID, in all over every process (0: skip FID in pylth.train; find_ticket "
         "records FID every round and needs >= 2)"))
-    sampler: str = dataclasses.field(default="ddim", **help_field("sampler for FID and samples.png", choices=("ddpm", "ddim")))
+    sampler: str = dataclasses.field(default="ddim", **help_field("sampler for FID and samples.png",
+                                                                  choices=tuple(SAMPLERS)))
     sample_steps: typing.Optional[int] = dataclasses.field(default=100, **help_field(
         "denoising steps of the sampler (ddpm with T steps is Ho et al.'s ancestral sampler)"))
     eta: float = dataclasses.field(default=0.0, **help_field("DDIM eta (0: deterministic)"))
@@ -134,8 +134,8 @@ class EvalConfig:
             raise ValueError(f"fid_samples must be 0 or an int >= 2, got {self.fid_samples!r}")
         if self.sample_steps is not None and (not isinstance(self.sample_steps, int) or self.sample_steps < 1):
             raise ValueError(f"sample_steps must be a positive int, got {self.sample_steps!r}")
-        if self.sampler not in ("ddpm", "ddim"):
-            raise ValueError(f"sampler must be ddpm or ddim, got {self.sampler!r}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
         if isinstance(self.eta, bool) or not isinstance(self.eta, (int, float)):
             raise TypeError(f"eta must be a number, got {self.eta!r}")
         if self.eta < 0:

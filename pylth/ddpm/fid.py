@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 from pylth import distributed as D
 from pylth.ddpm.classifier import FEATURE_DIM, LabelClassifier, load_or_train_classifier
 from pylth.ddpm.data import dataset_fingerprint, images_and_labels
-from pylth.ddpm.diffusion import derived_seed
+from pylth.ddpm.models import call_model
+from pylth.ddpm.seeds import derived_seed
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
 KID_REFERENCE_SIZE = 10000  # reference features kept for KID
@@ -202,9 +203,10 @@ def reference_statistics(dataset_name: str, dataset, extract, cache_dir: str, ba
 
 def evaluate_fid(model, diffusion, dataset_name: str, dataset, num_samples: int, *, sampler: str = "ddim",
                  steps: int | None = 100, seed: int = 0, device="cpu", inception_path=None, cache_dir=None,
-                 batch_size: int = 256, eta: float = 0.0, progress: bool = True, return_samples: bool = False
-                 ) -> dict:
-    """FID and KID of ``num_samples`` samples of ``model`` against ``dataset`` (the training set).
+                 batch_size: int = 256, eta: float = 0.0, progress: bool = True, return_samples: bool = False,
+                 predict=call_model) -> dict:
+    """FID and KID of ``num_samples`` samples of ``model`` against ``dataset`` (the training set);
+    ``predict(model, x_t, t)`` is how the model kind gives its noise prediction.
 
     Returns dict(fid, kid, fid_features, num_samples[, samples]); fid_features says whose features.
     ``return_samples``: True for all the samples, an int n for the first n. Under torch.distributed
@@ -229,7 +231,7 @@ def evaluate_fid(model, diffusion, dataset_name: str, dataset, num_samples: int,
     blocks = D.shard(-(-num_samples // batch_size))
     samples = sample_blocks(model, diffusion, num_samples, image_shape, blocks, batch_size=batch_size, seed=seed,
                             progress=progress and D.is_main(), sampler=sampler, steps=steps, eta=eta,
-                            device=torch.device(device))
+                            device=torch.device(device), predict=predict)
     feats = D.all_gather_rows(torch.from_numpy(_batched_features(extract, samples, batch_size))).numpy()
     result = None
     with D.fail_together("FID"):

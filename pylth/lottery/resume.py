@@ -5,7 +5,8 @@ import json
 import os
 import time
 
-from pylth.lottery.run_dir import RunDirectory
+from pylth.ddpm.models import DEFAULT_MODEL
+from pylth.run_dir import RunDirectory
 
 # Keys that may change between invocations without changing any finished round: where to run,
 # how fast, and how far to go (a larger --max-rounds or --target-sparsity extends a finished run).
@@ -53,6 +54,8 @@ def open_run(run: RunDirectory, config: dict, force: bool = False, log=print) ->
     """
     run.ensure_writable()
     old = run.read_config()
+    if old is not None:
+        old.setdefault("model_kind", DEFAULT_MODEL)  # runs made before model kinds were pylth's U-Net
     diffs = [] if old is None else config_differences(old, config)
     if old is None and run.has_contents():
         problem = f"--out {run.path} is not empty and holds no pylth run (no config.json)"
