@@ -22,13 +22,12 @@ import numpy as np
 import torch
 from cleanfid.fid import kernel_distance
 from scipy import linalg
-from tqdm.auto import tqdm
 
 from pylth import distributed as D
 from pylth.ddpm.classifier import FEATURE_DIM, LabelClassifier, load_or_train_classifier
 from pylth.ddpm.data import dataset_fingerprint, images_and_labels
 from pylth.ddpm.models import call_model
-from pylth.ddpm.seeds import derived_seed
+from pylth.ddpm.samplers import make_sampler, sample_blocks
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
 KID_REFERENCE_SIZE = 10000  # reference features kept for KID
@@ -162,27 +161,6 @@ def _batched_features(extract, images, batch_size: int) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros((0, extract.dim), np.float32)
 
 
-def block_seed(seed: int, block: int) -> int:
-    """The sampling seed of block ``block`` of a run seeded ``seed`` (distinct for distinct pairs)."""
-    return derived_seed(seed, block)
-
-
-def sample_blocks(model, diffusion, num_samples: int, image_shape, blocks: range, *, batch_size: int,
-                  seed: int, progress: bool = False, **sample_kwargs) -> torch.Tensor:
-    """Samples ``blocks.start * batch_size`` up to the end of block ``blocks.stop - 1`` (at most
-    ``num_samples``) of the global sequence: block j holds samples [j * batch_size, (j + 1) * batch_size)
-    and is drawn from seed ``block_seed(seed, j)``."""
-    out = []
-    first, last = blocks.start * batch_size, min(blocks.stop * batch_size, num_samples)
-    with tqdm(total=max(last - first, 0), desc="FID samples", disable=not progress, unit="img", leave=False) as bar:
-        for j in blocks:
-            n = min(batch_size, num_samples - j * batch_size)
-            out.append(diffusion.sample(model, n, image_shape, seed=block_seed(seed, j), batch_size=batch_size,
-                                        progress=False, **sample_kwargs))
-            bar.update(n)
-    return torch.cat(out) if out else torch.empty((0, *image_shape))
-
-
 def reference_statistics(dataset_name: str, dataset, extract, cache_dir: str, batch_size: int = 256) -> dict:
     """mu, sigma and up to KID_REFERENCE_SIZE features of the whole data set (no flips), cached."""
     path = os.path.join(cache_dir, f"ref-{dataset_name}-{dataset_fingerprint(dataset)}-{extract.id}.npz")
@@ -229,9 +207,9 @@ def evaluate_fid(model, diffusion, dataset_name: str, dataset, num_samples: int,
             ref = reference_statistics(dataset_name, dataset, extract, cache_dir, batch_size)
     image_shape = tuple(dataset[0][0].shape)
     blocks = D.shard(-(-num_samples // batch_size))
-    samples = sample_blocks(model, diffusion, num_samples, image_shape, blocks, batch_size=batch_size, seed=seed,
-                            progress=progress and D.is_main(), sampler=sampler, steps=steps, eta=eta,
-                            device=torch.device(device), predict=predict)
+    samples = sample_blocks(model, make_sampler(sampler, diffusion, steps, eta=eta), num_samples, image_shape,
+                            blocks, batch_size=batch_size, seed=seed, device=torch.device(device),
+                            progress=progress and D.is_main(), predict=predict, desc="FID samples")
     feats = D.all_gather_rows(torch.from_numpy(_batched_features(extract, samples, batch_size))).numpy()
     result = None
     with D.fail_together("FID"):

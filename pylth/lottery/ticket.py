@@ -21,11 +21,8 @@ def reinit_seed(seed: int, round_index: int) -> int:
     return seed + 1_000_003 * round_index
 
 
-def load_ticket(run_dir: str, round: int, device="cpu") -> tuple[nn.Module, dict[str, torch.Tensor]]:
-    """The ticket of ``round`` in ``run_dir``: the model holding its starting weights (theta_tau ⊙ m
-    under --reset rewind; theta_0 ⊙ m under init; round k's fresh random weights ⊙ m under reinit)
-    and its masks (name -> bool tensor)."""
-    run = RunDirectory(run_dir)
+def finished_round(run: RunDirectory, round) -> dict:
+    """The run's configuration, after checking that ``round`` is one of its finished rounds."""
     config = run.read_config()
     if config is None:
         raise ValueError(f"run_dir {run.path} holds no pylth run (no config.json)")
@@ -34,6 +31,15 @@ def load_ticket(run_dir: str, round: int, device="cpu") -> tuple[nn.Module, dict
     finished = len(run.read_rounds())
     if round >= finished:
         raise ValueError(f"round {round} of {run.path} is not finished ({finished} rounds are)")
+    return config
+
+
+def load_ticket(run_dir: str, round: int, device="cpu") -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """The ticket of ``round`` in ``run_dir``: the model holding its starting weights (theta_tau ⊙ m
+    under --reset rewind; theta_0 ⊙ m under init; round k's fresh random weights ⊙ m under reinit)
+    and its masks (name -> bool tensor)."""
+    run = RunDirectory(run_dir)
+    config = finished_round(run, round)
     masks = run.load(run.round_file(round, "mask.pt"))
     kind = config.get("model_kind", DEFAULT_MODEL)
     reset = config["lottery"]["reset"]
@@ -48,3 +54,13 @@ def load_ticket(run_dir: str, round: int, device="cpu") -> tuple[nn.Module, dict
     model.load_state_dict(state)
     apply_masks(model, masks)
     return model.to(device), masks
+
+
+def load_trained(run_dir: str, round: int, device="cpu") -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """The trained (EMA) model of ``round`` in ``run_dir`` (``round_XX/model.pt``, exactly zero where
+    pruned), in eval mode, and its masks."""
+    run = RunDirectory(run_dir)
+    config = finished_round(run, round)
+    model = model_kind(config.get("model_kind", DEFAULT_MODEL)).build(config["model"])
+    model.load_state_dict(run.load(run.round_file(round, "model.pt")))
+    return model.to(device).eval().requires_grad_(False), run.load(run.round_file(round, "mask.pt"))
