@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
 import torch
@@ -213,7 +213,7 @@ class Lottery:
         # The FID samples come from the same seed every round, so samples.png compares rounds too.
         fid = evaluate_fid(ema, self.diffusion, spec.data.dataset, self.dataset, ev.fid_samples, sampler=ev.sampler,
                            steps=ev.sample_steps, eta=ev.eta, seed=spec.train.seed, device=self.device,
-                           inception_path=ev.inception_path, cache_dir=ev.cache_dir,
+                           fid_features=ev.fid_features, inception_path=ev.inception_path, cache_dir=ev.cache_dir,
                            batch_size=ev.sample_batch_size, progress=D.is_main(), return_samples=SAMPLE_GRID)
         loss = heldout_loss(ema, self.diffusion, self.heldout, self.device, ev.sample_batch_size)
         sparsity = sparsity_report(masks, self.groups)
@@ -225,7 +225,8 @@ class Lottery:
             run.save(state, run.round_file(k, "model.pt"))
             record = {
                 "round": k, "sparsity": sparsity["overall"], "module_sparsity": dict(sparsity["per_module"]),
-                "fid": fid["fid"], "fid_features": fid["fid_features"], "fid_samples": fid["num_samples"],
+                "fid": fid["fid"], "fid_features": fid["fid_features"], "fid_weights": fid["fid_weights"],
+                "fid_samples": fid["num_samples"],
                 "kid": fid.get("kid"), "loss": loss, "train_loss": result.loss,
                 "macs": int(macs), "dense_macs": int(dense_macs),
                 "active_weights": sum(int(m.sum()) for m in masks.values()),
@@ -245,4 +246,5 @@ class Lottery:
 def find_ticket(spec: RunSpec, out: str, *, force: bool = False, log: Callable[[str], None] = print) -> list[dict]:
     """Run (or resume) Algorithm 1 into run directory ``out``; returns the finished rounds' records."""
     spec.lottery.validate()
+    spec = replace(spec, evaluation=spec.evaluation.resolved(spec.data.dataset))  # config.json: no "auto"
     return Lottery(spec, out, force=force, log=log).run_all()
