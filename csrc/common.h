@@ -24,9 +24,9 @@ inline T* as_ptr(std::uintptr_t address) {
 // (data addresses as integers, sizes, flags), in host memory, or in device memory for a CUDA
 // launcher whose kernels read it (its header says so); each kernel's header names its columns.
 // The scalars follow, then the OpenMP thread count or the cudaStream_t as an integer.
-class Table {
+class ArgTable {
  public:
-  Table(std::uintptr_t address, int64_t rows, int64_t width, int64_t expected_width, const char* kernel)
+  ArgTable(std::uintptr_t address, int64_t rows, int64_t width, int64_t expected_width, const char* kernel)
       : data_(as_ptr<const int64_t>(address)), rows_(rows), width_(width) {
     require(width == expected_width, std::string(kernel) + ": the table must have " +
                                          std::to_string(expected_width) + " columns, got " + std::to_string(width));
