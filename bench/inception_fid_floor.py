@@ -9,7 +9,8 @@ The images go through pylth's own InceptionFeatures (the weights of pylth[incept
 run, rerun with the same command, goes on where it stopped, and N processes started with --shard
 0/N ... N-1/N share the chunks. The test split comes first, in order; then the train split in a fixed
 random order, so that the train features done at any time are a uniform sample of it and --report's
-FID against them approaches the full one. DIR/log.jsonl holds one line per chunk (seconds, load).
+FID against them approaches the full one. DIR/log.jsonl holds one line per chunk: wall and CPU
+seconds (the CPU seconds of one thread are the cost that sharing the machine does not change), load.
 """
 from __future__ import annotations
 
@@ -50,14 +51,15 @@ def extract_chunks(args, plan, images) -> None:
         path = chunk_path(args.work, split, index)
         if position % shards != shard or os.path.exists(path) or (args.only and split != args.only):
             continue
-        start = time.time()
+        start, cpu_start = time.time(), time.process_time()
         batch = images[split][torch.from_numpy(idx)]
         feats = np.concatenate([extract(batch[i:i + args.batch_size]) for i in range(0, len(batch), args.batch_size)])
-        seconds = time.time() - start
+        seconds, cpu_seconds = time.time() - start, time.process_time() - cpu_start
         tmp = path + f".{os.getpid()}.tmp.npy"
         np.save(tmp, feats.astype(np.float32))
         os.replace(tmp, path)
-        line = dict(split=split, chunk=index, images=len(idx), seconds=round(seconds, 2), shard=args.shard,
+        line = dict(split=split, chunk=index, images=len(idx), seconds=round(seconds, 2),
+                    cpu_seconds=round(cpu_seconds, 2), shard=args.shard,
                     threads=torch.get_num_threads(), load=round(os.getloadavg()[0], 2), weights=extract.weights,
                     time=time.strftime("%Y-%m-%d %H:%M:%S"))
         with open(os.path.join(args.work, "log.jsonl"), "a") as f:
@@ -74,7 +76,8 @@ def report(args, plan) -> dict:
     if os.path.exists(os.path.join(args.work, "log.jsonl")):
         with open(os.path.join(args.work, "log.jsonl")) as f:
             log = [json.loads(line) for line in f]
-    out = {split: dict(chunks=len(paths), seconds=round(sum(r["seconds"] for r in log if r["split"] == split), 1))
+    out = {split: dict(chunks=len(paths), **{key: round(sum(r[key] for r in log if r["split"] == split), 1)
+                                             for key in ("seconds", "cpu_seconds")})
            for split, paths in done.items()}
     if len(done["test"]) == num_test and len(done["train"]) >= 1:
         test = np.concatenate([np.load(p) for p in done["test"]])
