@@ -7,9 +7,9 @@ split, and the time pylth takes to extract the features (README, "FID").
 The images go through pylth's own InceptionFeatures (the weights of pylth[inception], or
 --inception-path), in chunks of --chunk images, each saved as DIR/<split>-<index>.npy: an interrupted
 run, rerun with the same command, goes on where it stopped, and N processes started with --shard
-0/N ... N-1/N share the chunks. The test split comes first, in order; then the train split in a fixed
-random order, so that the train features done at any time are a uniform sample of it and --report's
-FID against them approaches the full one. DIR/log.jsonl holds one line per chunk: wall and CPU
+0/N ... N-1/N share the chunks. Both splits are taken in a fixed random order, a test chunk and a
+train chunk in turn until the test split is done: the features done at any time are a uniform sample
+of each split, and --report's FID of them approaches the full one as the run goes on. DIR/log.jsonl holds one line per chunk: wall and CPU
 seconds (the CPU seconds of one thread are the cost that sharing the machine does not change), load.
 """
 from __future__ import annotations
@@ -27,14 +27,18 @@ from pylth.ddpm.data import images_and_labels, load_dataset
 from pylth.ddpm.fid import fid_from_features
 from pylth.ddpm.inception import InceptionFeatures, find_weights
 
-TRAIN_ORDER_SEED = 0
+ORDER_SEED = 0
 
 
 def chunk_plan(num_test: int, num_train: int, chunk: int) -> list[tuple[str, int, np.ndarray]]:
-    """(split, chunk index, image indices) for every chunk: the test split in order, then the train split
-    in a seeded random order."""
-    order = {"test": np.arange(num_test), "train": np.random.default_rng(TRAIN_ORDER_SEED).permutation(num_train)}
-    return [(split, i // chunk, idx[i:i + chunk]) for split, idx in order.items() for i in range(0, len(idx), chunk)]
+    """(split, chunk index, image indices) for every chunk. Each split is taken in a seeded random
+    order, and the chunks alternate between the splits until the test split is done, then the rest of
+    the train split follows: what is done at any time is a uniform sample of each split."""
+    rng = np.random.default_rng(ORDER_SEED)
+    chunks = {split: [(split, i // chunk, idx[i:i + chunk]) for i in range(0, len(idx), chunk)]
+              for split, idx in (("test", rng.permutation(num_test)), ("train", rng.permutation(num_train)))}
+    pairs = [c for pair in zip(chunks["test"], chunks["train"]) for c in pair]
+    return pairs + chunks["test"][len(chunks["train"]):] + chunks["train"][len(chunks["test"]):]
 
 
 def chunk_path(work: str, split: str, index: int) -> str:
@@ -92,7 +96,7 @@ def main() -> None:
     parser.add_argument("--dataset", default="fashion-mnist")
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--inception-path", default=None)
-    parser.add_argument("--chunk", type=int, default=500, help="images per saved chunk")
+    parser.add_argument("--chunk", type=int, default=250, help="images per saved chunk")
     parser.add_argument("--batch-size", type=int, default=50, help="images per network call")
     parser.add_argument("--shard", default="0/1", help="K/N: this process does every N-th chunk from the K-th")
     parser.add_argument("--only", choices=("test", "train"), default=None, help="extract only this split")
