@@ -72,10 +72,9 @@ def extract_chunks(args, plan, images) -> None:
 
 
 def report(args, plan) -> dict:
-    """FID of the whole test split against the train chunks done so far, and the logged seconds."""
+    """FID of the test chunks done so far against the train chunks done so far, and the logged seconds."""
     done = {split: [chunk_path(args.work, s, i) for s, i, _ in plan if s == split
                     and os.path.exists(chunk_path(args.work, s, i))] for split in ("test", "train")}
-    num_test = sum(1 for s, _, _ in plan if s == "test")
     log = []
     if os.path.exists(os.path.join(args.work, "log.jsonl")):
         with open(os.path.join(args.work, "log.jsonl")) as f:
@@ -83,10 +82,11 @@ def report(args, plan) -> dict:
     out = {split: dict(chunks=len(paths), **{key: round(sum(r[key] for r in log if r["split"] == split), 1)
                                              for key in ("seconds", "cpu_seconds")})
            for split, paths in done.items()}
-    if len(done["test"]) == num_test and len(done["train"]) >= 1:
+    if done["test"] and done["train"]:  # a uniform sample of each split until all chunks are done
         test = np.concatenate([np.load(p) for p in done["test"]])
         train = np.concatenate([np.load(p) for p in done["train"]])
-        out.update(test_images=len(test), train_images=len(train), fid=fid_from_features(test, train))
+        out.update(test_images=len(test), train_images=len(train),
+                   complete=len(done["test"]) + len(done["train"]) == len(plan), fid=fid_from_features(test, train))
     return out
 
 
