@@ -1,5 +1,5 @@
 """python -m pylth.train: train a DDPM, then write DIR/checkpoint.pt, DIR/samples.png and
-DIR/metrics.json (fid, fid_features, kid, loss). Running the same command again resumes.
+DIR/metrics.json (fid, fid_features, fid_weights, kid, loss). Running the same command again resumes.
 Under torchrun every process trains (DDP) and samples its share for FID; rank 0 writes."""
 from __future__ import annotations
 
@@ -42,6 +42,8 @@ def run(args: argparse.Namespace) -> dict | None:
     data, model_cfg, train_cfg = from_args(DataConfig, args), from_args(ModelConfig, args), from_args(TrainConfig, args)
     diff_cfg, eval_cfg = from_args(DiffusionConfig, args), from_args(EvalConfig, args)
     rank, device = D.init_distributed(resolve_device(train_cfg.device))
+    if eval_cfg.fid_samples:  # before any work: asking for Inception without weights is an error
+        eval_cfg = eval_cfg.resolved(data.dataset)
     train_cfg = dataclasses.replace(train_cfg, device=str(device))
     torch.manual_seed(train_cfg.seed)
     with D.fail_together("downloading the data set"):  # one download per machine, the others wait
@@ -69,13 +71,14 @@ def run(args: argparse.Namespace) -> dict | None:
 
         fid = evaluate_fid(result.ema_model, diffusion, data.dataset, dataset, eval_cfg.fid_samples,
                            sampler=eval_cfg.sampler, steps=eval_cfg.sample_steps, eta=eval_cfg.eta,
-                           seed=train_cfg.seed, device=device, inception_path=eval_cfg.inception_path,
+                           seed=train_cfg.seed, device=device, fid_features=eval_cfg.fid_features,
+                           inception_path=eval_cfg.inception_path,
                            cache_dir=eval_cfg.cache_dir, batch_size=eval_cfg.sample_batch_size,
                            progress=rank == 0, return_samples=SAMPLE_GRID, predict=kind.predict)
         samples = fid.pop("samples")
         metrics.update(fid, sampler=eval_cfg.sampler, sample_steps=eval_cfg.sample_steps)
     else:
-        metrics.update(fid=None, fid_features=None, kid=None)
+        metrics.update(fid=None, fid_features=None, fid_weights=None, kid=None)
     if rank != 0:
         return None
     if samples is None or len(samples) < SAMPLE_GRID:

@@ -78,7 +78,8 @@ def fake():
         return TrainResult(model=model, ema_model=copy.deepcopy(model), loss=0.5, iterations=end_iteration)
 
     def evaluate_fid(model, diffusion, name, dataset, num_samples, **kw):
-        return dict(fid=10.0, kid=0.0, fid_features="classifier", num_samples=num_samples,
+        return dict(fid=10.0, kid=0.0, fid_features="classifier", fid_weights="classifier:fake",
+                    num_samples=num_samples,
                     samples=torch.zeros(num_samples, *dataset[0][0].shape))
 
     calls.parts = LotteryParts(train=train, evaluate_fid=evaluate_fid,

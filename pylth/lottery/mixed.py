@@ -168,7 +168,8 @@ class MixedExperiment:
         started = time.perf_counter()
         fid = evaluate_fid(schedule, self.diffusion, self.config["data"]["dataset"], self.dataset, ev["fid_samples"],
                            sampler=ev["sampler"], steps=ev["sample_steps"], eta=ev["eta"], seed=seed,
-                           device=self.device, inception_path=ev["inception_path"], cache_dir=ev["cache_dir"],
+                           device=self.device, fid_features=ev.get("fid_features", "auto"),
+                           inception_path=ev["inception_path"], cache_dir=ev["cache_dir"],
                            batch_size=ev["sample_batch_size"], progress=False)
         seconds = time.perf_counter() - started
         steps = {name: sum(1 for owner in owners.values() if names[owner] == name) for name in ("dense", "ticket")}

@@ -16,11 +16,11 @@ import torch
 
 from pylth import distributed as D
 from pylth.ddpm.diffusion import GaussianDiffusion
+from pylth.ddpm.images import grid_png
 from pylth.ddpm.models import model_kind
 from pylth.ddpm.trainer import resolve_device
 from pylth.lottery.evaluate import HeldOut, heldout_loss
 from pylth.lottery.parts import LotteryParts
-from pylth.ddpm.images import grid_png
 from pylth.lottery.report import fid_label, format_table
 from pylth.lottery.spec import RunSpec
 from pylth.lottery.ticket import reinit_seed
@@ -206,8 +206,9 @@ class Lottery:
         return self.parts.evaluate_fid(
             ema, self.diffusion, spec.data.dataset, self.data.dataset, ev.fid_samples, sampler=ev.sampler,
             steps=ev.sample_steps, eta=ev.eta, seed=spec.train.seed, device=self.device,
-            inception_path=ev.inception_path, cache_dir=ev.cache_dir, batch_size=ev.sample_batch_size,
-            progress=D.is_main(), return_samples=SAMPLE_GRID, predict=self.kind.predict)
+            fid_features=ev.fid_features, inception_path=ev.inception_path, cache_dir=ev.cache_dir,
+            batch_size=ev.sample_batch_size, progress=D.is_main(), return_samples=SAMPLE_GRID,
+            predict=self.kind.predict)
 
     def _measure(self, k: int, masks: dict, ema, fid: dict, result, started: float) -> dict:
         """Round k's record for rounds.jsonl: sparsity per module, FID, losses, MACs, time."""
@@ -218,7 +219,8 @@ class Lottery:
                                                                                for n, m in masks.items()})
         return {
             "round": k, "sparsity": sparsity["overall"], "module_sparsity": dict(sparsity["per_module"]),
-            "fid": fid["fid"], "fid_features": fid["fid_features"], "fid_samples": fid["num_samples"],
+            "fid": fid["fid"], "fid_features": fid["fid_features"], "fid_weights": fid["fid_weights"],
+            "fid_samples": fid["num_samples"],
             "kid": fid.get("kid"), "loss": loss, "train_loss": result.loss,
             "macs": int(macs), "dense_macs": int(dense_macs),
             "active_weights": sum(int(m.sum()) for m in masks.values()),
