@@ -55,6 +55,16 @@ def summary_table(rows, records) -> str:
     return "\n".join(lines)
 
 
+def _alone(summary: dict, k: int, model: str, fallback: float) -> float:
+    """The mean FID of the chain run by one model alone (an end point, averaged over the same seeds
+    as the curves), or ``fallback`` (rounds.jsonl's) when that end point was not measured."""
+    for order, switch in (("dense-first", 1.0 if model == "dense" else 0.0),
+                          ("ticket-first", 0.0 if model == "dense" else 1.0)):
+        if (k, order, switch) in summary:
+            return summary[k, order, switch][0]
+    return fallback
+
+
 def plot(rows, records, title: str) -> bytes:
     from matplotlib.figure import Figure
 
@@ -64,6 +74,7 @@ def plot(rows, records, title: str) -> bytes:
     label = "FID (classifier features)" if any(r.fid_features == "classifier" for r in rows) else "FID"
     rounds = sorted({k for k, _, _ in summary})
     for k in rounds:
+        color = None
         for order, style in zip(ORDERS, ("o-", "s--")):
             points = sorted((f, v) for (kk, o, f), v in summary.items() if kk == k and o == order)
             if not points:
@@ -74,14 +85,16 @@ def plot(rows, records, title: str) -> bytes:
             dense_chain = rows[0].dense_chain_macs
             costs = [100 * v[3] / dense_chain for _, v in points]
             name = f"round {k}, {order}"
-            ax_f.errorbar(xs, means, yerr=stds, fmt=style, capsize=2, markersize=4, label=name)
-            ax_c.errorbar(costs, means, yerr=stds, fmt=style, capsize=2, markersize=4, label=name)
-        ticket_fid = records[k]["fid"]
+            drawn = ax_f.errorbar(xs, means, yerr=stds, fmt=style, capsize=2, markersize=4, label=name)
+            color = color or drawn[0].get_color()
+            ax_c.errorbar(costs, means, yerr=stds, fmt=style, capsize=2, markersize=4, label=name,
+                          color=drawn[0].get_color())
         for ax in (ax_f, ax_c):
-            ax.axhline(ticket_fid, color="tab:red", linestyle=":", linewidth=1,
+            ax.axhline(_alone(summary, k, "ticket", records[k]["fid"]), color=color, linestyle=":", linewidth=1.2,
                        label=f"ticket alone (round {k}, {100 * records[k]['sparsity']:.0f}% sparse)")
+    dense = _alone(summary, rounds[0], "dense", records[0]["fid"]) if rounds else records[0]["fid"]
     for ax in (ax_f, ax_c):
-        ax.axhline(records[0]["fid"], color="grey", linestyle="--", linewidth=1, label="dense alone (round 0)")
+        ax.axhline(dense, color="grey", linestyle="--", linewidth=1, label="dense alone (round 0)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     ax_f.set_xlabel("switch point F (fraction of the reverse chain before the switch)")
