@@ -15,6 +15,7 @@ from pylth.cli import run_command
 from pylth.ddpm.trainer import resolve_device
 from pylth.io import atomic_write_bytes
 from pylth.lottery.mixed import ORDERS, MixedExperiment, summarize
+from pylth.run_lock import DirectoryLock
 
 PROG = "python -m pylth.mixed"
 DEFAULT_SWITCH_POINTS = "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1"
@@ -110,6 +111,12 @@ def plot(rows, records, title: str) -> bytes:
 
 def run(args) -> None:
     experiment = MixedExperiment(args.run, dense_run=args.dense_from, device=resolve_device(args.device))
+    # One experiment per run at a time (both would rewrite mixed.csv); find_ticket may go on meanwhile.
+    with DirectoryLock(experiment.run.path, name=".mixed.lock", flag="RUN", purpose="measures mixed chains in it"):
+        _measure(args, experiment)
+
+
+def _measure(args, experiment: MixedExperiment) -> None:
     records = experiment.records
     if len(records) < 2:
         raise ValueError(f"{experiment.run.path} has no finished pruning round (a ticket) yet")
@@ -128,7 +135,8 @@ def run(args) -> None:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return run_command(PROG, lambda: run(args), on_interrupt="run the same command again: finished points are kept")
+    return run_command(PROG, lambda: run(args), on_interrupt="run the same command again: finished points are kept",
+                       stops_on_signals=True)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from pylth import distributed as D
 from pylth.ddpm.classifier import FEATURE_DIM, LabelClassifier, load_or_train_classifier
 from pylth.ddpm.config import FID_FEATURES
 from pylth.ddpm.data import dataset_fingerprint, images_and_labels
+from pylth.ddpm.finite import first_nonfinite
 from pylth.ddpm.inception import INSTALL_HINT, InceptionFeatures, find_weights
 from pylth.ddpm.models import call_model
 from pylth.ddpm.samplers import make_sampler, sample_blocks
@@ -194,6 +195,10 @@ def evaluate_fid(model, diffusion, dataset_name: str, dataset, num_samples: int,
     keep = num_samples if return_samples is True else int(return_samples)
     if keep < 0:
         raise ValueError(f"return_samples must be a bool or an int >= 0, got {return_samples!r}")
+    if isinstance(model, torch.nn.Module):
+        bad = first_nonfinite(model.named_parameters())
+        if bad is not None:
+            raise ValueError(f"the model's weights hold NaN or infinity ({bad}): no FID is computed from them")
     cache_dir = cache_dir or default_cache_dir()
     with D.fail_together("loading the FID feature extractor"):
         extract = feature_extractor(dataset_name, dataset, fid_features=fid_features, inception_path=inception_path,
@@ -211,6 +216,10 @@ def evaluate_fid(model, diffusion, dataset_name: str, dataset, num_samples: int,
     result = None
     with D.fail_together("FID"):
         if D.is_main():
+            if not np.isfinite(feats).all():
+                bad = int((~np.isfinite(feats).all(axis=1)).sum())
+                raise ValueError(f"{bad} of the {len(feats)} samples for FID have non-finite features (the model's "
+                                 "outputs overflow): no FID is computed from them")
             mu, sigma = _stats(feats)
             result = dict(fid=frechet_distance(mu, sigma, ref["mu"], ref["sigma"]),
                           kid=kid_from_features(feats, ref["feats"], seed=seed),
