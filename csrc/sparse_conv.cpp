@@ -33,9 +33,8 @@ constexpr int kMaxUnits = 8;          // units per tile: each needs a general-pu
 // Below this many vector multiply-adds a call stays on one thread: waking the team costs more.
 constexpr std::int64_t kParallelMinWork = 1 << 16;
 
-constexpr int units_per_tile(int vectors) {
-  return std::min(kMaxUnits, kMaxAccumulators / vectors > 0 ? kMaxAccumulators / vectors : 1);
-}
+// Units of `vectors` vectors in one tile (vectors <= kMaxVectors <= kMaxAccumulators).
+constexpr int units_per_tile(int vectors) { return std::min(kMaxUnits, kMaxAccumulators / vectors); }
 
 // One call's constants. A unit is `vectors` vectors of consecutive outputs of one unit row, in chunk
 // `chunk` of that row; units are numbered image-major, then unit row, then chunk.
@@ -236,7 +235,8 @@ void sparse_linear_cpu(std::uintptr_t table_address, std::int64_t rows, std::int
   require(table.at(kScInput, 1) == batch * in_features, std::string(name) + ": input size mismatch");
   require(table.at(kScOutput, 1) == batch * out_features, std::string(name) + ": output size mismatch");
   require(table.at(kScWorkspace, 0) != 0 && table.at(kScWorkspace, 1) >= (in_features + out_features) * padded,
-          std::string(name) + ": the workspace must hold (in_features + out_features) x (batch rounded up to 8) floats");
+          std::string(name) + ": the workspace must hold (in_features + out_features) x (batch rounded up to 8) "
+                              "floats");
   const std::int64_t nnz = checked_nnz(table, out_features, name);
   if (batch == 0) return;
 
@@ -298,7 +298,8 @@ void register_sparse_conv(py::module_& m) {
          std::int64_t h, std::int64_t w, std::int64_t co, std::int64_t ho, std::int64_t wo, std::int64_t kh,
          std::int64_t kw, std::int64_t stride, std::int64_t pad, std::uintptr_t stream) {
         const ArgTable table(table_address, rows, width, kSparseConvTableWidth, "sparse_conv2d_cuda");
-        require(rows == kSgCudaRows, "sparse_conv2d_cuda: the table must have " + std::to_string(kSgCudaRows) + " rows");
+        require(rows == kSgCudaRows,
+                "sparse_conv2d_cuda: the table must have " + std::to_string(kSgCudaRows) + " rows");
         py::gil_scoped_release no_gil;
         sparse_conv2d_cuda_launch(table.data(), n, ci, h, w, co, ho, wo, kh, kw, stride, pad, stream);
       },

@@ -3,8 +3,8 @@
 // `#pragma GCC target("avx2,fma")` (no include guard on purpose). Compiled as AVX2 code from the
 // start, GCC broadcasts a weight with one vbroadcastss; an always_inline helper compiled for the
 // baseline and inlined into an AVX2 function builds the vector from eight inserts instead.
-// Needs, declared before: Plan, SlabLayout, TileFn, kLanes, kMaxUnits, kMaxVectors, units_per_tile, and <algorithm>,
-// <array>, <cstdint>, <cstring>, <utility>.
+// Needs, declared before: Plan, SlabLayout, TileFn, kLanes, kMaxUnits, kMaxVectors, units_per_tile,
+// and <algorithm>, <array>, <cstdint>, <cstring>, <utility>.
 
 // 8 floats: one ymm register in the AVX2 build, two xmm registers in the baseline.
 typedef float Vec __attribute__((vector_size(32)));

@@ -39,10 +39,10 @@ WORKSPACE_BYTES = 1 << 20
 
 
 class SparseWeight:
-    """A conv weight [Co, Ci, KH, KW] (or a linear weight [O, I], as [O, I, 1, 1]) reduced to its kept
-    entries, per output channel: ``values[row_ptr[c]:row_ptr[c+1]]`` at ``taps`` (``ci * KH * KW + kh
-    * KW + kw``, increasing). The taps describe the mask completely, so transposed forms (for a
-    backward pass) derive from them. Build it with ``compress_weight``."""
+    """A conv weight [Co, Ci, KH, KW] or linear weight [O, I] reduced to its kept entries, per output
+    channel: ``values[row_ptr[c]:row_ptr[c+1]]`` at ``taps`` (``ci * KH * KW + kh * KW + kw``, for a
+    linear weight the input index; increasing). The taps describe the mask completely, so transposed
+    forms (for a backward pass) derive from them. Build it with ``compress_weight``."""
 
     __slots__ = ("shape", "row_ptr", "taps", "values", "_plans")
 
