@@ -1,6 +1,7 @@
 """pylth: lottery tickets in DDPM diffusion models.
 
-Layers (each uses only the ones below it): command lines (``pylth.find_ticket``, ``pylth.train``,
+Layers (each uses only the ones below it; ARCHITECTURE.md says what may import what and where a new
+model kind, sampler, strategy or kernel goes): command lines (``pylth.find_ticket``, ``pylth.train``,
 ``pylth.cka``) -> ``pylth.lottery`` -> ``pylth.ddpm`` -> ``pylth.optim`` / ``pylth.pruning`` /
 ``pylth.cka`` -> ``pylth.ops`` (tensor checks, dispatch) -> ``_pylth`` (C++/OpenMP and CUDA kernels).
 """

@@ -11,35 +11,21 @@ import os
 import sys
 
 from pylth.cli import run_command
-from pylth.ddpm.config import DataConfig, DiffusionConfig, EvalConfig, add_arguments, dataset_defaults, from_args
+from pylth.ddpm.config import DataConfig, DiffusionConfig, EvalConfig, ModelConfig, add_arguments, from_args
 from pylth.ddpm.data import dataset_info
-from pylth.ddpm.models import build_model
+from pylth.ddpm.models import model_kind
+from pylth.ddpm.presets import flag_defaults
 from pylth.ddpm.trainer import TrainConfig, resolve_device
 from pylth.lottery import LotteryConfig, RunSpec, find_ticket
 from pylth.distributed import init_distributed, shutdown
 
-# Defaults per data set (over pylth.train's). digits is the offline demo, sized so that the run without
-# arguments reaches >= 80 % sparsity in minutes on two CPU cores (short rounds: a higher lr, a short
-# warm-up, target 90 %); the others use the paper's settings (Ho et al.'s training, Algorithm 1's
-# delta = 99 % and 25 rounds, FID on 50k samples for CIFAR).
-PAPER = dict(iterations=800_000, warmup=5000, ema_decay=0.9999, batch_size=128, checkpoint_every=5000,
-             fid_samples=50_000, sampler="ddpm", sample_steps=1000)
-DATASET_DEFAULTS = {
-    "digits": dict(iterations=300, lr=1e-3, warmup=30, ema_decay=0.99, batch_size=64, checkpoint_every=100,
-                   fid_samples=256, sampler="ddim", sample_steps=20, target_sparsity=0.9),
-    "mnist": dict(PAPER, iterations=100_000, fid_samples=10_000),
-    "fashion-mnist": dict(PAPER, iterations=100_000, fid_samples=10_000),
-    "cifar10": PAPER,
-    "cifar100": PAPER,
-    "folder": PAPER,
-}
-SECTIONS = (("data", DataConfig), ("training (every round)", TrainConfig),
+SECTIONS = (("data", DataConfig), ("model", ModelConfig), ("training (every round)", TrainConfig),
             ("diffusion", DiffusionConfig), ("evaluation (identical every round)", EvalConfig),
             ("lottery (Algorithm 1)", LotteryConfig))
 
 
 def build_parser(dataset: str = "digits") -> argparse.ArgumentParser:
-    defaults = {**dataset_defaults(dataset), **DATASET_DEFAULTS.get(dataset, DATASET_DEFAULTS["digits"])}
+    defaults = flag_defaults(dataset, "find_ticket")
     parser = argparse.ArgumentParser(
         prog="python -m pylth.find_ticket",
         description="Find a lottery ticket in a DDPM: train dense, then prune, rewind and retrain round after "
@@ -72,17 +58,18 @@ def _config(cls, args):
 
 
 def spec_from_args(args: argparse.Namespace) -> RunSpec:
-    data, train, diffusion, evaluation, lottery = (_config(cls, args) for _, cls in SECTIONS)
+    data, model, train, diffusion, evaluation, lottery = (_config(cls, args) for _, cls in SECTIONS)
     if evaluation.fid_samples < 2:
         raise ValueError(f"--fid-samples must be >= 2 (every round records FID), got {evaluation.fid_samples}")
     lottery.validate()
-    info = dataset_info(data.dataset, data.data_root)
-    model = build_model(info["preset"], **info.get("model_overrides", {}))
-    return RunSpec(data=data, model=model.config, image_shape=tuple(info["image_shape"]), train=train,
-                   diffusion=diffusion, evaluation=evaluation, lottery=lottery)
+    image_shape = tuple(dataset_info(data.dataset, data.data_root)["image_shape"])
+    config = model_kind(model.model).config_for(data.dataset, image_shape)
+    return RunSpec(data=data, model=config, image_shape=image_shape, train=train, diffusion=diffusion,
+                   evaluation=evaluation, lottery=lottery, model_kind=model.model)
 
 
-def main(argv=None) -> int:
+def main(argv=None, *, parts=None) -> int:
+    """The command; ``parts`` replaces the Lottery's collaborators (tests)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--dataset", default="digits")
@@ -94,7 +81,7 @@ def main(argv=None) -> int:
         spec = spec_from_args(args)
         _, device = init_distributed(resolve_device(spec.train.device))  # under torchrun: this rank's device
         spec.train = dataclasses.replace(spec.train, device=str(device))
-        find_ticket(spec, args.out or default_out(spec), force=args.force)
+        find_ticket(spec, args.out or default_out(spec), force=args.force, parts=parts)
         shutdown()
 
     return run_command(parser.prog, body, on_interrupt="run the same command again to resume")

@@ -1,11 +1,10 @@
 """python -m pylth.train: train a DDPM, then write DIR/checkpoint.pt, DIR/samples.png and
-DIR/metrics.json (fid, fid_features, kid, loss). Running the same command again resumes.
+DIR/metrics.json (fid, fid_features, fid_weights, kid, loss). Running the same command again resumes.
 Under torchrun every process trains (DDP) and samples its share for FID; rank 0 writes."""
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
 import os
 import sys
 import time
@@ -14,42 +13,37 @@ import torch
 
 from pylth import distributed as D
 from pylth.cli import run_command
-from pylth.ddpm import GaussianDiffusion, build_model
-from pylth.ddpm.config import DataConfig, DiffusionConfig, EvalConfig, add_arguments, dataset_defaults, from_args
+from pylth.ddpm import GaussianDiffusion
+from pylth.ddpm.config import DataConfig, DiffusionConfig, EvalConfig, ModelConfig, add_arguments, from_args
 from pylth.ddpm.data import dataset_info, load_dataset
+from pylth.ddpm.images import grid_png
+from pylth.ddpm.models import model_kind
+from pylth.ddpm.presets import flag_defaults
 from pylth.ddpm.trainer import TrainConfig, resolve_device, train
 from pylth.io import atomic_write_bytes, atomic_write_json
 
 SAMPLE_GRID = 64
+SECTIONS = (("data", DataConfig), ("model", ModelConfig), ("training", TrainConfig), ("diffusion", DiffusionConfig),
+            ("evaluation", EvalConfig))
 
 
 def build_parser(defaults: dict | None = None) -> argparse.ArgumentParser:
-    """The full parser; ``defaults`` overrides flag defaults (the data set's, see dataset_defaults)."""
+    """The full parser; ``defaults`` overrides flag defaults (the data set's: presets.flag_defaults)."""
     parser = argparse.ArgumentParser(prog="python -m pylth.train", description=__doc__)
     parser.add_argument("--out", required=True, help="output folder (checkpoint.pt, samples.png, metrics.json)")
-    for title, cls in (("data", DataConfig), ("training", TrainConfig), ("diffusion", DiffusionConfig),
-                       ("evaluation", EvalConfig)):
+    for title, cls in SECTIONS:
         add_arguments(parser.add_argument_group(title), cls, defaults=defaults)
     return parser
-
-
-def save_grid(images: torch.Tensor, path: str) -> None:
-    """A square-ish grid of images in [-1, 1] as a PNG, written atomically."""
-    from torchvision.utils import make_grid
-    from PIL import Image
-
-    grid = make_grid((images + 1) / 2, nrow=int(len(images) ** 0.5 + 0.999), padding=1, pad_value=1.0)
-    buf = io.BytesIO()
-    Image.fromarray((grid.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()).save(buf, format="PNG")
-    atomic_write_bytes(buf.getvalue(), path)
 
 
 def run(args: argparse.Namespace) -> dict | None:
     """Train and evaluate; returns the metrics (None on ranks other than 0, which train and sample
     their share for FID but write nothing)."""
-    data, train_cfg = from_args(DataConfig, args), from_args(TrainConfig, args)
+    data, model_cfg, train_cfg = from_args(DataConfig, args), from_args(ModelConfig, args), from_args(TrainConfig, args)
     diff_cfg, eval_cfg = from_args(DiffusionConfig, args), from_args(EvalConfig, args)
     rank, device = D.init_distributed(resolve_device(train_cfg.device))
+    if eval_cfg.fid_samples:  # before any work: asking for Inception without weights is an error
+        eval_cfg = eval_cfg.resolved(data.dataset)
     train_cfg = dataclasses.replace(train_cfg, device=str(device))
     torch.manual_seed(train_cfg.seed)
     with D.fail_together("downloading the data set"):  # one download per machine, the others wait
@@ -57,16 +51,18 @@ def run(args: argparse.Namespace) -> dict | None:
             load_dataset(data.dataset, data.data_root, download=True, train=True)
     dataset = load_dataset(data.dataset, data.data_root, train=True)
     info = dataset_info(data.dataset, data.data_root, dataset=dataset)
-    model = build_model(info["preset"], **info.get("model_overrides", {}))
+    kind = model_kind(model_cfg.model)
+    model_config = kind.config_for(data.dataset, info["image_shape"])
+    model = kind.build(model_config)
     diffusion = GaussianDiffusion(diff_cfg.num_timesteps, diff_cfg.beta_start, diff_cfg.beta_end)
     if rank == 0:
         os.makedirs(args.out, exist_ok=True)
         atomic_write_json(dict(data=dataclasses.asdict(data), train=dataclasses.asdict(train_cfg),
                                diffusion=dataclasses.asdict(diff_cfg), eval=dataclasses.asdict(eval_cfg),
-                               model=info["preset"]), os.path.join(args.out, "config.json"))
+                               model_kind=kind.name, model=model_config), os.path.join(args.out, "config.json"))
     start = time.time()
     result = train(model, diffusion, dataset, train_cfg, checkpoint_path=os.path.join(args.out, "checkpoint.pt"),
-                   progress_desc=f"train {data.dataset}")
+                   progress_desc=f"train {data.dataset}", predict=kind.predict)
     metrics = dict(dataset=data.dataset, iterations=result.iterations, loss=result.loss,
                    train_seconds=round(time.time() - start, 1))
     samples = None
@@ -75,20 +71,21 @@ def run(args: argparse.Namespace) -> dict | None:
 
         fid = evaluate_fid(result.ema_model, diffusion, data.dataset, dataset, eval_cfg.fid_samples,
                            sampler=eval_cfg.sampler, steps=eval_cfg.sample_steps, eta=eval_cfg.eta,
-                           seed=train_cfg.seed, device=device, inception_path=eval_cfg.inception_path,
+                           seed=train_cfg.seed, device=device, fid_features=eval_cfg.fid_features,
+                           inception_path=eval_cfg.inception_path,
                            cache_dir=eval_cfg.cache_dir, batch_size=eval_cfg.sample_batch_size,
-                           progress=rank == 0, return_samples=SAMPLE_GRID)
+                           progress=rank == 0, return_samples=SAMPLE_GRID, predict=kind.predict)
         samples = fid.pop("samples")
         metrics.update(fid, sampler=eval_cfg.sampler, sample_steps=eval_cfg.sample_steps)
     else:
-        metrics.update(fid=None, fid_features=None, kid=None)
+        metrics.update(fid=None, fid_features=None, fid_weights=None, kid=None)
     if rank != 0:
         return None
     if samples is None or len(samples) < SAMPLE_GRID:
         samples = diffusion.sample(result.ema_model, SAMPLE_GRID, info["image_shape"], sampler=eval_cfg.sampler,
                                    steps=eval_cfg.sample_steps, eta=eval_cfg.eta, seed=train_cfg.seed,
-                                   batch_size=eval_cfg.sample_batch_size, device=device)
-    save_grid(samples, os.path.join(args.out, "samples.png"))
+                                   batch_size=eval_cfg.sample_batch_size, device=device, predict=kind.predict)
+    atomic_write_bytes(grid_png(samples), os.path.join(args.out, "samples.png"))
     atomic_write_json(metrics, os.path.join(args.out, "metrics.json"))
     return metrics
 
@@ -97,9 +94,9 @@ def main(argv=None) -> int:
     # The data set picks some defaults (e.g. digits' short warm-up), so read it first.
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--dataset", default=DataConfig.dataset)
-    parser = build_parser(dataset_defaults(pre.parse_known_args(argv)[0].dataset))
+    parser = build_parser(flag_defaults(pre.parse_known_args(argv)[0].dataset, "train"))
     args = parser.parse_args(argv)
-    for cls in (DataConfig, TrainConfig, DiffusionConfig, EvalConfig):
+    for _, cls in SECTIONS:
         try:
             from_args(cls, args)
         except ValueError as exc:

@@ -25,7 +25,7 @@ from pylth.ddpm import GaussianDiffusion, classifier
 from pylth.ddpm.data import load_dataset
 from pylth.ddpm.fid import evaluate_fid
 from pylth.ddpm.trainer import TrainConfig, train
-from pylth.ddpm.unet import UNet
+from pylth.ddpm.models import UNet
 from pylth.io import torch_load
 from pylth.lottery import find_ticket
 
@@ -98,7 +98,7 @@ def worker(out: str, cache: str) -> None:
     quick_classifier()
     rank, device = D.init_distributed(torch.device("cpu"))
     import torch.distributed as dist
-    import pylth.lottery.rounds as rounds
+    from pylth.lottery import LotteryParts
 
     results = dict(world=D.world_size(), backend=dist.get_backend())
 
@@ -128,12 +128,12 @@ def worker(out: str, cache: str) -> None:
     # training: uninterrupted, then killed after the checkpoint at iteration 2 and resumed; rank 1
     # never reads the checkpoint file (rank 0 sends it: machines need not share a disk)
     if rank == 1:
-        import pylth.ddpm.trainer as trainer
+        import pylth.ddpm.trainer.checkpoint as checkpoint
 
         def no_reading(path, *args, **kwargs):
             raise AssertionError(f"rank 1 read {path}")
 
-        trainer.torch_load = no_reading
+        checkpoint.torch_load = no_reading
     weights, loss = train_tiny()
     resumed, resumed_loss = train_tiny(os.path.join(out, "ckpt.pt"), killed_after=2)
     results["same_weights_on_ranks"] = len(set(gathered(D.masks_checksum({"w": weights})))) == 1
@@ -147,7 +147,7 @@ def worker(out: str, cache: str) -> None:
 
     # find_ticket: record the masks every rank trains on
     seen = []
-    real_train = rounds.train
+    real_train = LotteryParts().train
 
     def spy(model, *args, masks=None, **kwargs):
         seen.append(D.masks_checksum(masks) if masks else "dense")
@@ -155,8 +155,8 @@ def worker(out: str, cache: str) -> None:
         seen.append(D.masks_checksum({"w": flat(result.model)}))
         return result
 
-    rounds.train = spy
-    records = find_ticket(lottery_spec(cache), os.path.join(out, "run"), log=lambda _m: None)
+    records = find_ticket(lottery_spec(cache), os.path.join(out, "run"), log=lambda _m: None,
+                          parts=LotteryParts(train=spy))
     results["lottery_seen"] = gathered(seen)
     results["lottery_sparsity"] = gathered([r["sparsity"] for r in records])
 

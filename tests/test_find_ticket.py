@@ -33,7 +33,7 @@ def test_a_real_round_zero_through_the_command_line_prints_the_table(tmp_path, c
 
 def test_the_default_run_directory_is_named_from_the_configuration(fake, tmp_path, monkeypatch):  # noqa: F811
     monkeypatch.chdir(tmp_path)
-    assert main(QUICK + ["--strategy", "uniform", "--seed", "3"]) == 0
+    assert main(QUICK + ["--strategy", "uniform", "--seed", "3"], parts=fake.parts) == 0
     assert os.listdir(tmp_path / "runs") == ["digits-uniform-rewind-p0.2-q0.01-i4-s3"]
 
 
@@ -76,14 +76,14 @@ def test_an_unwritable_out_is_refused(tmp_path, capsys):
 
 def test_another_configuration_on_a_run_is_refused_and_nothing_is_lost(fake, tmp_path, capsys):  # noqa: F811
     out = str(tmp_path / "run")
-    assert main(QUICK + ["--out", out]) == 0
+    assert main(QUICK + ["--out", out], parts=fake.parts) == 0
     before = file_digests(out)
     capsys.readouterr()
-    assert main(QUICK + ["--prune-ratio", "0.3", "--out", out]) == 2
+    assert main(QUICK + ["--prune-ratio", "0.3", "--out", out], parts=fake.parts) == 2
     err = capsys.readouterr().err
     assert "different configuration" in err and "prune_ratio" in err and "--force" in err
     assert file_digests(out) == before
-    assert main(QUICK + ["--max-rounds", "2", "--out", out]) == 0, "a larger --max-rounds is the same run, extended"
+    assert main(QUICK + ["--max-rounds", "2", "--out", out], parts=fake.parts) == 0, "a larger --max-rounds is the same run, extended"
     assert {p: d for p, d in file_digests(out).items() if p in before and p.startswith("round_")} == \
         {p: d for p, d in before.items() if p.startswith("round_")}
 

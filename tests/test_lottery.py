@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-import pylth.lottery.rounds as rounds
+from pylth.ddpm import GaussianDiffusion
+from pylth.ddpm.data import load_dataset
 from pylth.ddpm.trainer import train
 from pylth.io import torch_load
-from pylth.lottery import ConfigMismatchError, RunDirectory, find_ticket, load_ticket
+from pylth.lottery import ConfigMismatchError, LotteryParts, RunDirectory, find_ticket, load_ticket
 from pylth.lottery.ticket import fresh_model
 from pylth.pruning import module_groups
 from test_lottery_helpers import fid_cache, file_digests, tiny_spec  # noqa: F401  (fixtures)
@@ -91,7 +92,7 @@ def test_rewind_point_is_the_weights_after_tau_steps(uniform_run, fid_cache):  #
     tau = spec.rewind_iteration
     assert tau == 2
     model = fresh_model(spec.model, spec.train.seed)
-    train(model, rounds.GaussianDiffusion(), rounds.load_dataset("digits"), spec.train, end_iteration=tau,
+    train(model, GaussianDiffusion(), load_dataset("digits"), spec.train, end_iteration=tau,
           progress_desc="oracle")
     rewind = load(os.path.join(out, "rewind.pt"))
     for name, value in model.state_dict().items():
@@ -125,35 +126,29 @@ def resumed_run(uniform_run, tmp_path_factory):
     """The uniform run again, interrupted in round 2 after its checkpoint at iteration 4, then resumed."""
     spec, _, _ = uniform_run
     out = str(tmp_path_factory.mktemp("resumed-run"))
-    monkeypatch = pytest.MonkeyPatch()
-    real_train = rounds.train
+    real_train = LotteryParts().train
     seen = []
 
-    def interrupted(*args, progress_desc, **kw):
+    def interrupted(*args, progress_desc, on_iteration=None, **kw):
         def stop(iteration, model):
             if iteration == 5:  # after round 2's checkpoint at iteration 4
                 raise KeyboardInterrupt
-        return real_train(*args, progress_desc=progress_desc, on_iteration=stop, **kw) \
-            if progress_desc == "round 2" else real_train(*args, progress_desc=progress_desc, **kw)
+        return real_train(*args, progress_desc=progress_desc,
+                          on_iteration=stop if progress_desc == "round 2" else on_iteration, **kw)
 
-    try:
-        monkeypatch.setattr(rounds, "train", interrupted)
-        with pytest.raises(KeyboardInterrupt):
-            find_ticket(spec, out, log=lambda _m: None)
-        run = RunDirectory(out)
-        assert len(run.read_rounds()) == 2
-        checkpoint = run.round_file(2, "checkpoint.pt")
-        assert load(checkpoint)["iteration"] == 4
-        finished = {p: d for p, d in file_digests(out).items() if p.startswith(("round_00", "round_01", "rewind"))}
+    with pytest.raises(KeyboardInterrupt):
+        find_ticket(spec, out, log=lambda _m: None, parts=LotteryParts(train=interrupted))
+    run = RunDirectory(out)
+    assert len(run.read_rounds()) == 2
+    checkpoint = run.round_file(2, "checkpoint.pt")
+    assert load(checkpoint)["iteration"] == 4
+    finished = {p: d for p, d in file_digests(out).items() if p.startswith(("round_00", "round_01", "rewind"))}
 
-        def spy(*args, checkpoint_path, **kw):
-            seen.append(os.path.exists(checkpoint_path) and load(checkpoint_path)["iteration"])
-            return real_train(*args, checkpoint_path=checkpoint_path, **kw)
+    def spy(*args, checkpoint_path, **kw):
+        seen.append(os.path.exists(checkpoint_path) and load(checkpoint_path)["iteration"])
+        return real_train(*args, checkpoint_path=checkpoint_path, **kw)
 
-        monkeypatch.setattr(rounds, "train", spy)
-        records = find_ticket(spec, out, log=lambda _m: None)
-    finally:
-        monkeypatch.undo()
+    records = find_ticket(spec, out, log=lambda _m: None, parts=LotteryParts(train=spy))
     return out, records, seen, finished
 
 

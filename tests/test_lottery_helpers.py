@@ -10,9 +10,9 @@ import torch
 
 from pylth.ddpm import classifier
 from pylth.ddpm.config import DataConfig, DiffusionConfig, EvalConfig
-import pylth.lottery.rounds as rounds
-from pylth.ddpm.trainer import TrainConfig, TrainResult, apply_masks
-from pylth.lottery import LotteryConfig, RunSpec
+from pylth.ddpm.trainer import TrainConfig, TrainResult
+from pylth.lottery import LotteryConfig, LotteryParts, RunSpec
+from pylth.pruning import apply_masks
 
 # 8x8 digits U-Net, ~20k weights: the same code paths as the presets, a fraction of the time.
 TINY_MODEL = dict(in_channels=1, image_size=8, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,),
@@ -51,13 +51,20 @@ def file_digests(folder: str) -> dict[str, tuple[str, int]]:
     return out
 
 
+class FakeCalls(list):
+    """The calls of the stand-in trainer, and ``parts``: the collaborators to hand the Lottery."""
+
+    parts: LotteryParts
+
+
 @pytest.fixture
-def fake(monkeypatch):
-    """Replace training by seeded random steps (so trained magnitudes differ from theta_tau) and FID by a constant."""
-    calls = []
+def fake():
+    """Collaborators that replace training by seeded random steps (so trained magnitudes differ from
+    theta_tau) and FID by a constant; the fixture is the list of training calls."""
+    calls = FakeCalls()
 
     def train(model, diffusion, dataset, config, *, masks=None, start_iteration=0, end_iteration=None,
-              ema_state=None, checkpoint_path=None, on_iteration=None, progress_desc="train"):
+              ema_state=None, checkpoint_path=None, on_iteration=None, progress_desc="train", predict=None):
         calls.append(dict(start=start_iteration, end=end_iteration, masks=masks,
                           state={k: v.detach().clone() for k, v in model.state_dict().items()}))
         gen = torch.Generator().manual_seed(len(calls))
@@ -71,10 +78,10 @@ def fake(monkeypatch):
         return TrainResult(model=model, ema_model=copy.deepcopy(model), loss=0.5, iterations=end_iteration)
 
     def evaluate_fid(model, diffusion, name, dataset, num_samples, **kw):
-        return dict(fid=10.0, kid=0.0, fid_features="classifier", num_samples=num_samples,
+        return dict(fid=10.0, kid=0.0, fid_features="classifier", fid_weights="classifier:fake",
+                    num_samples=num_samples,
                     samples=torch.zeros(num_samples, *dataset[0][0].shape))
 
-    monkeypatch.setattr(rounds, "train", train)
-    monkeypatch.setattr(rounds, "evaluate_fid", evaluate_fid)
-    monkeypatch.setattr(rounds, "render_report", lambda records, title="": b"not drawn")
+    calls.parts = LotteryParts(train=train, evaluate_fid=evaluate_fid,
+                               render_report=lambda records, title="": b"not drawn")
     return calls

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-import pylth.lottery.rounds as rounds
 from pylth.io import torch_load
 from pylth.lottery import ConfigMismatchError, RunDirectory, find_ticket
 from pylth.lottery.ticket import fresh_model, reinit_seed
@@ -18,9 +17,9 @@ from test_lottery_helpers import fake, file_digests, tiny_spec  # noqa: F401  (f
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def run(tmp_path, name="run", **lottery):
+def run(fake, tmp_path, name="run", **lottery):
     out = str(tmp_path / name)
-    return out, find_ticket(tiny_spec(str(tmp_path / "cache"), **lottery), out, log=lambda _m: None)
+    return out, find_ticket(tiny_spec(str(tmp_path / "cache"), **lottery), out, log=lambda _m: None, parts=fake.parts)
 
 
 def masks_of(out, k):
@@ -41,7 +40,7 @@ def assert_smallest_pruned(weights, old_masks, new_masks):
 
 
 def test_layerwise_prunes_p_plus_j_q_of_each_module_by_trained_magnitude(fake, tmp_path):
-    out, records = run(tmp_path, strategy="layerwise", max_rounds=1, prune_ratio=0.2, increment=0.05)
+    out, records = run(fake, tmp_path, strategy="layerwise", max_rounds=1, prune_ratio=0.2, increment=0.05)
     before, after, weights = masks_of(out, 0), masks_of(out, 1), trained(out, 0)
     groups = module_groups(fresh_model(tiny_spec("").model, 0))
     for j, (_, names) in enumerate(groups):
@@ -55,7 +54,7 @@ def test_layerwise_prunes_p_plus_j_q_of_each_module_by_trained_magnitude(fake, t
 
 
 def test_global_prunes_p_of_all_remaining_weights_ranked_together(fake, tmp_path):
-    out, records = run(tmp_path, strategy="global", max_rounds=2)
+    out, records = run(fake, tmp_path, strategy="global", max_rounds=2)
     for k in (1, 2):
         old, new = masks_of(out, k - 1), masks_of(out, k)
         active = sum(int(m.sum()) for m in old.values())
@@ -64,8 +63,8 @@ def test_global_prunes_p_of_all_remaining_weights_ranked_together(fake, tmp_path
 
 
 def test_random_prunes_as_many_as_layerwise_but_other_weights(fake, tmp_path):
-    layer_out, _ = run(tmp_path, "layerwise", strategy="layerwise", max_rounds=1)
-    random_out, _ = run(tmp_path, "random", strategy="random", max_rounds=1)
+    layer_out, _ = run(fake, tmp_path, "layerwise", strategy="layerwise", max_rounds=1)
+    random_out, _ = run(fake, tmp_path, "random", strategy="random", max_rounds=1)
     a, b = masks_of(layer_out, 1), masks_of(random_out, 1)
     assert all(int(a[n].sum()) == int(b[n].sum()) for n in a)
     assert any(not torch.equal(a[n], b[n]) for n in a)
@@ -73,7 +72,7 @@ def test_random_prunes_as_many_as_layerwise_but_other_weights(fake, tmp_path):
 
 @pytest.mark.parametrize("reset", ["rewind", "init", "reinit"])
 def test_every_round_starts_from_its_reset_weights_times_the_mask(fake, tmp_path, reset):
-    out, _ = run(tmp_path, reset=reset, max_rounds=2)
+    out, _ = run(fake, tmp_path, reset=reset, max_rounds=2)
     spec = tiny_spec("", reset=reset)
     theta0 = fresh_model(spec.model, spec.train.seed).state_dict()
     assert all(torch.equal(fake[0]["state"][k], v) for k, v in theta0.items()), "round 0 starts from theta_0"
@@ -96,7 +95,7 @@ def test_every_round_starts_from_its_reset_weights_times_the_mask(fake, tmp_path
 
 
 def test_rewind_point_is_the_state_after_tau_steps(fake, tmp_path):
-    out, _ = run(tmp_path, max_rounds=0)
+    out, _ = run(fake, tmp_path, max_rounds=0)
     spec = tiny_spec("")
     model = fresh_model(spec.model, spec.train.seed)
     gen = torch.Generator().manual_seed(1)  # the stand-in trainer's steps, replayed to iteration tau
@@ -109,16 +108,16 @@ def test_rewind_point_is_the_state_after_tau_steps(fake, tmp_path):
 
 
 def test_stops_at_the_target_sparsity(fake, tmp_path):
-    _, records = run(tmp_path, strategy="uniform", target_sparsity=0.3, max_rounds=10)
+    _, records = run(fake, tmp_path, strategy="uniform", target_sparsity=0.3, max_rounds=10)
     assert [round(r["sparsity"], 3) for r in records] == [0.0, 0.2, 0.36]
 
 
 def test_a_larger_max_rounds_extends_a_finished_run_without_rewriting_it(fake, tmp_path):
-    out, first = run(tmp_path, max_rounds=1)
+    out, first = run(fake, tmp_path, max_rounds=1)
     before = {p: d for p, d in file_digests(out).items() if p.startswith(("round_", "rewind"))}
-    _, again = run(tmp_path, max_rounds=1)
+    _, again = run(fake, tmp_path, max_rounds=1)
     assert again == first
-    _, extended = run(tmp_path, max_rounds=2)
+    _, extended = run(fake, tmp_path, max_rounds=2)
     assert extended[:2] == first and extended[2]["round"] == 2
     after = file_digests(out)
     assert {p: after[p] for p in before} == before
@@ -126,13 +125,13 @@ def test_a_larger_max_rounds_extends_a_finished_run_without_rewriting_it(fake, t
 
 
 def test_force_renames_a_mismatched_run_aside_instead_of_deleting_it(fake, tmp_path):
-    out, _ = run(tmp_path, max_rounds=1)
+    out, _ = run(fake, tmp_path, max_rounds=1)
     before = file_digests(out)
     with pytest.raises(ConfigMismatchError, match="lottery.strategy"):
-        run(tmp_path, max_rounds=1, strategy="uniform")
+        run(fake, tmp_path, max_rounds=1, strategy="uniform")
     assert file_digests(out) == before
     spec = tiny_spec(str(tmp_path / "cache"), max_rounds=1, strategy="uniform")
-    records = find_ticket(spec, out, force=True, log=lambda _m: None)
+    records = find_ticket(spec, out, force=True, log=lambda _m: None, parts=fake.parts)
     assert len(records) == 2 and RunDirectory(out).read_config()["lottery"]["strategy"] == "uniform"
     aside = [p for p in os.listdir(tmp_path) if p.startswith("run.replaced-")]
     assert len(aside) == 1 and file_digests(str(tmp_path / aside[0])) == before
@@ -142,5 +141,5 @@ def test_a_non_empty_folder_without_a_run_is_refused(fake, tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "notes.txt").write_text("mine")
     with pytest.raises(ConfigMismatchError, match="holds no pylth run"):
-        run(tmp_path)
+        run(fake, tmp_path)
     assert os.listdir(tmp_path / "run") == ["notes.txt"]

@@ -14,7 +14,7 @@ import os
 import sys
 
 from pylth.cli import run_command
-from pylth.cka.compare import LayerCka, compare_tickets, load_ticket, pick_round, upstream_downstream
+from pylth.cka.compare import LayerCka, compare_tickets, pick_round, trained_weight_rows, upstream_downstream
 from pylth.io import atomic_write_bytes, atomic_write_text
 
 
@@ -77,8 +77,9 @@ def summary(results: list[LayerCka], round_k: int, args) -> str:
 
 
 def run(args) -> None:
-    round_k, folder_a, folder_b = pick_round(args.run_a, args.run_b, args.round_k)
-    results = compare_tickets(load_ticket(folder_a), load_ticket(folder_b), args.threshold, args.unbiased)
+    round_k = pick_round(args.run_a, args.run_b, args.round_k)
+    results = compare_tickets(trained_weight_rows(args.run_a, round_k), trained_weight_rows(args.run_b, round_k),
+                              args.threshold, args.unbiased)
     name_a, name_b = (os.path.basename(os.path.normpath(path)) for path in (args.run_a, args.run_b))
     out = args.out or f"cka_{name_a}_vs_{name_b}_round_{round_k:02d}"
     if os.path.exists(out) and not os.path.isdir(out):

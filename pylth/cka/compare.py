@@ -9,15 +9,14 @@ from __future__ import annotations
 import math
 import os
 import pickle
-import re
 from dataclasses import dataclass
 
 import torch
 
 from pylth.cka import linear_cka, rbf_cka, weight_rows
 from pylth.io import torch_load
+from pylth.run_dir import RunDirectory
 
-ROUND_DIR = re.compile(r"^round_(\d+)$")
 TICKET_FILES = ("model.pt", "mask.pt")
 
 
@@ -37,34 +36,29 @@ class LayerCka:
     linear_cka: float
 
 
-def finished_rounds(run_dir: str) -> dict[int, str]:
-    """Round number -> its folder, for the rounds that hold both model.pt and mask.pt."""
+def finished_rounds(run_dir: str) -> list[int]:
+    """The rounds of a run directory that hold both model.pt and mask.pt."""
     if not os.path.isdir(run_dir):
         raise RunError(f"{run_dir} is not a directory")
-    rounds = {}
-    for name in os.listdir(run_dir):
-        match = ROUND_DIR.match(name)
-        folder = os.path.join(run_dir, name)
-        if match and all(os.path.isfile(os.path.join(folder, f)) for f in TICKET_FILES):
-            rounds[int(match.group(1))] = folder
+    rounds = RunDirectory(run_dir).rounds_holding(TICKET_FILES)
     if not rounds:
         raise RunError(f"{run_dir} has no round_XX folder with both model.pt and mask.pt: not a find_ticket run")
     return rounds
 
 
-def pick_round(run_a: str, run_b: str, round_k: int | None) -> tuple[int, str, str]:
-    """The requested round (default: the last one both runs finished) and its two folders."""
+def pick_round(run_a: str, run_b: str, round_k: int | None) -> int:
+    """The requested round (default: the last one both runs finished), checked to be in both."""
     rounds_a, rounds_b = finished_rounds(run_a), finished_rounds(run_b)
     common = sorted(set(rounds_a) & set(rounds_b))
     if round_k is None:
         if not common:
-            raise RunError(f"{run_a} (rounds {sorted(rounds_a)}) and {run_b} (rounds {sorted(rounds_b)}) "
+            raise RunError(f"{run_a} (rounds {rounds_a}) and {run_b} (rounds {rounds_b}) "
                            "have no finished round in common")
         round_k = common[-1]
     for run, rounds in ((run_a, rounds_a), (run_b, rounds_b)):
         if round_k not in rounds:
-            raise RunError(f"--round {round_k}: {run} has no finished round {round_k} (it has {sorted(rounds)})")
-    return round_k, rounds_a[round_k], rounds_b[round_k]
+            raise RunError(f"--round {round_k}: {run} has no finished round {round_k} (it has {rounds})")
+    return round_k
 
 
 def _load(path: str) -> dict:
@@ -77,9 +71,10 @@ def _load(path: str) -> dict:
     return obj
 
 
-def load_ticket(round_dir: str) -> dict[str, torch.Tensor]:
-    """Layer name -> masked weight row matrix (float32), in mask.pt order."""
-    model_path, mask_path = (os.path.join(round_dir, f) for f in TICKET_FILES)
+def trained_weight_rows(run_dir: str, round_k: int) -> dict[str, torch.Tensor]:
+    """Layer name -> the round's masked trained weight as a row matrix (float32), in mask.pt order."""
+    run = RunDirectory(run_dir)
+    model_path, mask_path = (run.round_file(round_k, f) for f in TICKET_FILES)
     state, masks = _load(model_path), _load(mask_path)
     layers = {}
     for name, mask in masks.items():

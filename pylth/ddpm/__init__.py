@@ -1,8 +1,8 @@
-"""The DDPM of Ho et al. 2020: U-Net (``build_model``), diffusion and samplers
-(``GaussianDiffusion``), offline data sets (``pylth.ddpm.data``), the masked trainer
-(``pylth.ddpm.trainer``) and FID/KID (``pylth.ddpm.fid``)."""
+"""The DDPM of Ho et al. 2020: model kinds and pylth's U-Net (``pylth.ddpm.models``), the noise
+schedule with its training loss (``GaussianDiffusion``), samplers (``pylth.ddpm.samplers``), offline
+data sets (``pylth.ddpm.data``), the masked trainer (``pylth.ddpm.trainer``) and FID/KID
+(``pylth.ddpm.fid``)."""
 from pylth.ddpm.diffusion import GaussianDiffusion
-from pylth.ddpm.models import PRESETS, build_model
-from pylth.ddpm.unet import UNet
+from pylth.ddpm.models import PRESETS, UNet, build_model
 
 __all__ = ["GaussianDiffusion", "PRESETS", "UNet", "build_model"]

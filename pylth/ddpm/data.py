@@ -17,7 +17,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "folder")
+from pylth.ddpm.presets import DATASET_PRESETS, FOLDER_UNET_PRESET
+
+DATASETS = tuple(DATASET_PRESETS)
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 _IDX = {"mnist": "MNIST/raw", "fashion-mnist": "FashionMNIST/raw"}  # torchvision's download layout
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
@@ -91,20 +93,12 @@ def dataset_info(name: str, root: str | None = None, dataset: ImageDataset | Non
     """image_shape (C, H, W), num_classes and the U-Net preset for ``name`` (a folder: from its files,
     or from ``dataset`` when the caller has loaded it already, so they are not all read twice)."""
     _check_name(name)
-    fixed = {  # each has the U-Net preset of its own name
-        "digits": ((1, 8, 8), 10),
-        "mnist": ((1, 28, 28), 10),
-        "fashion-mnist": ((1, 28, 28), 10),
-        "cifar10": ((3, 32, 32), 10),
-        "cifar100": ((3, 32, 32), 100),
-    }
-    if name != "folder":
-        shape, classes = fixed[name]
-        return dict(image_shape=shape, num_classes=classes, preset=name)
+    preset = DATASET_PRESETS[name]
+    if preset.image_shape is not None:  # a named data set has the U-Net preset of its own name
+        return dict(image_shape=preset.image_shape, num_classes=preset.num_classes, preset=name)
     ds = load_dataset("folder", root) if dataset is None else dataset
     shape = tuple(ds.images.shape[1:])
-    # The CIFAR-10 network, resized to the folder's channels and side.
-    return dict(image_shape=shape, num_classes=ds.num_classes, preset="cifar10",
+    return dict(image_shape=shape, num_classes=ds.num_classes, preset=FOLDER_UNET_PRESET,
                 model_overrides=dict(in_channels=shape[0], image_size=shape[1]))
 
 

@@ -4,9 +4,13 @@
 ticket (its masked starting weights and masks). The command line is ``python -m pylth.find_ticket``.
 """
 from pylth.lottery.config import LotteryConfig
+from pylth.lottery.parts import LotteryParts
 from pylth.lottery.resume import ConfigMismatchError
-from pylth.lottery.rounds import RunSpec, find_ticket
-from pylth.lottery.run_dir import RunDirectory
+from pylth.lottery.rounds import Lottery, LotteryData
+from pylth.lottery.runner import find_ticket
+from pylth.lottery.spec import RunSpec
 from pylth.lottery.ticket import load_ticket
+from pylth.run_dir import RunDirectory
 
-__all__ = ["ConfigMismatchError", "LotteryConfig", "RunDirectory", "RunSpec", "find_ticket", "load_ticket"]
+__all__ = ["ConfigMismatchError", "Lottery", "LotteryConfig", "LotteryData", "LotteryParts", "RunDirectory",
+           "RunSpec", "find_ticket", "load_ticket"]

@@ -5,7 +5,8 @@ import json
 import os
 import time
 
-from pylth.lottery.run_dir import RunDirectory
+from pylth.ddpm.models import DEFAULT_MODEL
+from pylth.run_dir import RunDirectory
 
 # Keys that may change between invocations without changing any finished round: where to run,
 # how fast, and how far to go (a larger --max-rounds or --target-sparsity extends a finished run).
@@ -38,6 +39,17 @@ def config_differences(old: dict, new: dict) -> list[str]:
             for k in keys if old_flat.get(k, "<unset>") != new_flat.get(k, "<unset>")]
 
 
+def with_implicit_settings(old: dict, records: list[dict]) -> dict:
+    """A config.json from before a setting existed, with the value its run used: runs made before
+    --fid-features chose their FID features implicitly, and their rounds say which."""
+    evaluation = old.get("evaluation", {})
+    if "fid_features" in evaluation:
+        return old
+    used = records[0].get("fid_features") if records else None
+    implicit = used or ("inception" if evaluation.get("inception_path") else "classifier")
+    return {**old, "evaluation": {**evaluation, "fid_features": implicit}}
+
+
 def _move_aside(run: RunDirectory) -> str:
     target = f"{run.path}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
     os.rename(run.path, target)
@@ -53,6 +65,9 @@ def open_run(run: RunDirectory, config: dict, force: bool = False, log=print) ->
     """
     run.ensure_writable()
     old = run.read_config()
+    records = run.read_rounds() if old is not None else []
+    if old is not None:
+        old = with_implicit_settings({"model_kind": DEFAULT_MODEL, **old}, records)  # before model kinds: the U-Net
     diffs = [] if old is None else config_differences(old, config)
     if old is None and run.has_contents():
         problem = f"--out {run.path} is not empty and holds no pylth run (no config.json)"
@@ -65,8 +80,7 @@ def open_run(run: RunDirectory, config: dict, force: bool = False, log=print) ->
         if not force:
             raise ConfigMismatchError(problem + ". Use another --out, or --force to move it aside and start over.")
         log(f"{problem}; --force: moved it to {_move_aside(run)}")
-        old = None
-    records = run.read_rounds() if old is not None else []
+        old, records = None, []
     if old != json.loads(json.dumps(config)):
         run.write_config(config)  # records the latest --max-rounds / --target-sparsity / device
     return records

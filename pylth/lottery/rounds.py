@@ -1,88 +1,54 @@
 """Algorithm 1: train dense, then prune -> reset -> retrain -> evaluate, one round at a time.
 
-Every decision that depends on files is made by rank 0 and broadcast, so a ``torchrun`` job resumes
+A Lottery is given everything it works with: the spec, the opened run directory and its finished
+rounds, the data, and its collaborators (LotteryParts: train, evaluate_fid, render_report). Every
+decision that depends on files is made by rank 0 and broadcast, so a ``torchrun`` job resumes
 exactly like one process and every rank trains on the same masks and starting weights.
 """
 from __future__ import annotations
 
-import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from pylth.ddpm.config import DataConfig, DiffusionConfig, EvalConfig
-from pylth.ddpm.data import load_dataset
-from pylth.ddpm.diffusion import GaussianDiffusion
-from pylth.ddpm.fid import evaluate_fid
-from pylth.ddpm.trainer import TrainConfig, apply_masks, check_masked_zero, resolve_device, train
 from pylth import distributed as D
-from pylth.lottery.config import LotteryConfig
-from pylth.lottery.evaluate import heldout_loss, make_heldout
-from pylth.lottery.report import fid_label, format_table, render_report, render_samples
-from pylth.lottery.resume import open_run
-from pylth.lottery.run_dir import RunDirectory
-from pylth.lottery.ticket import fresh_model, reinit_seed
-from pylth.pruning import compute_masks, count_macs, module_groups, prunable_parameters, sparsity_report
+from pylth.ddpm.diffusion import GaussianDiffusion
+from pylth.ddpm.images import grid_png
+from pylth.ddpm.models import model_kind
+from pylth.ddpm.trainer import resolve_device
+from pylth.lottery.evaluate import HeldOut, heldout_loss
+from pylth.lottery.parts import LotteryParts
+from pylth.lottery.report import fid_label, format_table
+from pylth.lottery.spec import RunSpec
+from pylth.lottery.ticket import reinit_seed
+from pylth.pruning import (apply_masks, check_masked_zero, compute_masks, count_macs, module_groups,
+                           prunable_parameters, sparsity_report)
+from pylth.run_dir import RunDirectory
 
 SAMPLE_GRID = 64  # images in round_XX/samples.png
 
 
 @dataclass
-class RunSpec:
-    """Everything that defines a run; its JSON form is config.json."""
-
-    data: DataConfig
-    model: dict  # UNet constructor arguments
-    image_shape: tuple
-    train: TrainConfig
-    diffusion: DiffusionConfig
-    evaluation: EvalConfig
-    lottery: LotteryConfig
-
-    @property
-    def rewind_iteration(self) -> int:
-        return math.floor(self.lottery.rewind_fraction * self.train.iterations + 0.5)
-
-    def to_json(self) -> dict:
-        out = asdict(self)
-        out["rewind_iteration"] = self.rewind_iteration
-        return out
+class LotteryData:
+    dataset: object  # the training set
+    heldout: HeldOut  # fixed images, timesteps and noise for the held-out loss
 
 
 class Lottery:
-    def __init__(self, spec: RunSpec, out: str, *, force: bool = False, log: Callable[[str], None] = print):
-        self.spec, self.run = spec, RunDirectory(out)
+    def __init__(self, spec: RunSpec, run: RunDirectory, records: list[dict], data: LotteryData,
+                 parts: LotteryParts = LotteryParts(), log: Callable[[str], None] = print):
+        self.spec, self.run, self.records, self.data, self.parts = spec, run, records, data, parts
         self.log = log if D.is_main() else (lambda _msg: None)
         self.device = resolve_device(spec.train.device)
         d = spec.diffusion
         self.diffusion = GaussianDiffusion(d.num_timesteps, d.beta_start, d.beta_end)
-        self.model = fresh_model(spec.model, spec.train.seed)
+        self.kind = model_kind(spec.model_kind)
+        self.model = self.kind.fresh(spec.model, spec.train.seed)
         self.prunable = [name for name, _ in prunable_parameters(self.model)]
-        self.groups = module_groups(self.model)
-        # The data first: a missing file must not leave a half-made run directory behind.
-        data = spec.data
-        if data.download and D.is_local_main():  # one process per machine downloads, the others wait and read
-            load_dataset(data.dataset, data.data_root, download=True, train=True)
-        D.barrier()
-        self.dataset = load_dataset(data.dataset, data.data_root, train=True)
-        self.heldout = make_heldout(load_dataset(data.dataset, data.data_root, train=False),
-                                    spec.lottery.heldout_samples, self.diffusion.num_timesteps, spec.train.seed)
-        # Rank 0 opens (or refuses) the run directory; every rank learns the outcome.
-        outcome, error = None, None
-        if D.is_main():
-            try:
-                outcome = ("ok", open_run(self.run, spec.to_json(), force=force, log=self.log))
-            except ValueError as exc:
-                outcome, error = ("error", str(exc)), exc
-        status, payload = D.broadcast_object(outcome)
-        if error is not None:
-            raise error
-        if status == "error":
-            raise ValueError(payload)
-        self.records: list[dict] = payload
+        self.groups = module_groups(self.model, blocks=self.kind.pruning_groups(self.model))
 
     # -- files, read on rank 0 and broadcast ---------------------------------------------------
     def _shared_state(self, path: str) -> dict[str, torch.Tensor]:
@@ -127,11 +93,18 @@ class Lottery:
             return False
         return True
 
+    def _train(self, masks, start: int, checkpoint: str, desc: str, on_iteration=None):
+        spec = self.spec
+        return self.parts.train(self.model, self.diffusion, self.data.dataset, spec.train, masks=masks,
+                                start_iteration=start, end_iteration=spec.train.iterations,
+                                checkpoint_path=checkpoint, on_iteration=on_iteration, progress_desc=desc,
+                                predict=self.kind.predict)
+
     def _dense_round(self) -> None:
         """Round 0: train the dense model from theta_0, saving theta_tau on the way."""
         spec, run, tau = self.spec, self.run, self.spec.rewind_iteration
         started = time.time()
-        self.model = fresh_model(spec.model, spec.train.seed)
+        self.model = self.kind.fresh(spec.model, spec.train.seed)
         theta0 = {k: v.clone() for k, v in self.model.state_dict().items()}
         if spec.lottery.reset == "init" and not self._exists(run.init_path):
             self._save(theta0, run.init_path)
@@ -155,12 +128,29 @@ class Lottery:
             os.remove(checkpoint)
         D.barrier()
         self.log(f"round 0: dense training, {spec.train.iterations} iterations, rewind point at iteration {tau}")
-        result = train(self.model, self.diffusion, self.dataset, spec.train, masks=None, start_iteration=0,
-                       end_iteration=spec.train.iterations, checkpoint_path=checkpoint,
-                       on_iteration=keep_rewind_point, progress_desc="round 0 (dense)")
+        result = self._train(None, 0, checkpoint, "round 0 (dense)", on_iteration=keep_rewind_point)
         if not self._exists(run.rewind_path):
             raise RuntimeError(f"theta_tau was not captured at iteration {tau}; delete {checkpoint} and rerun")
         self._finish_round(0, masks, result, started)
+
+    def _next_masks(self, k: int, previous: dict) -> dict | None:
+        """Round k's masks, pruned from the previous round's trained (EMA) weights by magnitude; None
+        when the strategy prunes nothing more."""
+        cfg = self.spec.lottery
+        self.model.load_state_dict(self._shared_state(self.run.round_file(k - 1, "model.pt")))
+        masks = None
+        if D.is_main():
+            device = next(self.model.parameters()).device
+            masks = compute_masks(self.model, cfg.strategy, cfg.prune_ratio, increment=cfg.increment, cap=cfg.cap,
+                                  masks={n: m.to(device) for n, m in previous.items()},
+                                  seed=self.spec.train.seed + k, blocks=self.kind.pruning_groups(self.model))
+            masks = {n: masks[n].cpu() for n in self.prunable}
+        masks = self._shared_masks(masks)
+        if any(bool((masks[n] & ~previous[n]).any()) for n in masks):
+            raise RuntimeError(f"round {k}: the new masks revive pruned weights (masks must nest)")
+        if sum(int(m.sum()) for m in masks.values()) >= sum(int(m.sum()) for m in previous.values()):
+            return None
+        return masks
 
     def _pruning_round(self, k: int) -> bool:
         """Round k >= 1; returns False when no weight is left to prune."""
@@ -171,18 +161,8 @@ class Lottery:
         if self._exists(mask_file):  # resuming this round: its masks were fixed before training began
             masks = self._shared_masks(run.load(mask_file) if D.is_main() else None)
         else:
-            trained = self._shared_state(run.round_file(k - 1, "model.pt"))
-            self.model.load_state_dict(trained)
-            masks = None
-            if D.is_main():  # pruning scores: magnitudes of the previous round's trained (EMA) weights
-                device = next(self.model.parameters()).device
-                masks = compute_masks(self.model, cfg.strategy, cfg.prune_ratio, increment=cfg.increment, cap=cfg.cap,
-                                      masks={n: m.to(device) for n, m in previous.items()}, seed=spec.train.seed + k)
-                masks = {n: masks[n].cpu() for n in self.prunable}
-            masks = self._shared_masks(masks)
-            if any(bool((masks[n] & ~previous[n]).any()) for n in masks):
-                raise RuntimeError(f"round {k}: the new masks revive pruned weights (masks must nest)")
-            if sum(int(m.sum()) for m in masks.values()) >= sum(int(m.sum()) for m in previous.values()):
+            masks = self._next_masks(k, previous)
+            if masks is None:
                 self.log(f"round {k}: the strategy prunes nothing more; stopping")
                 return False
             self._save(masks, mask_file)
@@ -192,57 +172,73 @@ class Lottery:
         sparsity = sparsity_report(masks, self.groups)["overall"]
         self.log(f"round {k}: {cfg.strategy} pruning to {100 * sparsity:.2f}% sparsity, reset {cfg.reset}, "
                  f"training iterations {start}..{spec.train.iterations}")
-        result = train(self.model, self.diffusion, self.dataset, spec.train,
-                       masks={n: m.to(self.device) for n, m in masks.items()}, start_iteration=start,
-                       end_iteration=spec.train.iterations, checkpoint_path=run.round_file(k, "checkpoint.pt"),
-                       progress_desc=f"round {k}")
+        result = self._train({n: m.to(self.device) for n, m in masks.items()}, start, run.round_file(k, "checkpoint.pt"),
+                             f"round {k}")
         self._finish_round(k, masks, result, started)
         return True
 
     def _starting_state(self, k: int) -> dict[str, torch.Tensor]:
         reset = self.spec.lottery.reset
         if reset == "reinit":
-            return fresh_model(self.spec.model, reinit_seed(self.spec.train.seed, k)).state_dict()
+            return self.kind.fresh(self.spec.model, reinit_seed(self.spec.train.seed, k)).state_dict()
         return self._shared_state(self.run.init_path if reset == "init" else self.run.rewind_path)
 
+    # -- finishing a round: evaluate, measure, write, commit, report ---------------------------
     def _finish_round(self, k: int, masks: dict, result, started: float) -> None:
         """Evaluate round k, write its files, then append it to rounds.jsonl (the commit point)."""
-        spec, run, ev = self.spec, self.run, self.spec.evaluation
         ema = result.ema_model.eval()
         check_masked_zero(ema, masks)
-        # The FID samples come from the same seed every round, so samples.png compares rounds too.
-        fid = evaluate_fid(ema, self.diffusion, spec.data.dataset, self.dataset, ev.fid_samples, sampler=ev.sampler,
-                           steps=ev.sample_steps, eta=ev.eta, seed=spec.train.seed, device=self.device,
-                           inception_path=ev.inception_path, cache_dir=ev.cache_dir,
-                           batch_size=ev.sample_batch_size, progress=D.is_main(), return_samples=SAMPLE_GRID)
-        loss = heldout_loss(ema, self.diffusion, self.heldout, self.device, ev.sample_batch_size)
-        sparsity = sparsity_report(masks, self.groups)
-        device_masks = {n: m.to(self.device) for n, m in masks.items()}
-        macs, dense_macs = count_macs(ema, (1, *spec.image_shape), masks=device_masks)
+        fid = self._evaluate(ema)
+        record = self._measure(k, masks, ema, fid, result, started)
         if D.is_main():
-            run.save_bytes(render_samples(fid["samples"][:SAMPLE_GRID]), run.round_file(k, "samples.png"))
-            state = {n: v.detach().cpu().clone() for n, v in ema.state_dict().items()}  # rank 0 writes it
-            run.save(state, run.round_file(k, "model.pt"))
-            record = {
-                "round": k, "sparsity": sparsity["overall"], "module_sparsity": dict(sparsity["per_module"]),
-                "fid": fid["fid"], "fid_features": fid["fid_features"], "fid_samples": fid["num_samples"],
-                "kid": fid.get("kid"), "loss": loss, "train_loss": result.loss,
-                "macs": int(macs), "dense_macs": int(dense_macs),
-                "active_weights": sum(int(m.sum()) for m in masks.values()),
-                "seconds": time.time() - started,
-            }
-            self.records = run.append_round(self.records, record)
-            checkpoint = run.round_file(k, "checkpoint.pt")
-            if os.path.exists(checkpoint):
-                os.remove(checkpoint)
-            run.save_bytes(render_report(self.records, title=os.path.basename(run.path)), run.report_path)
+            self._write_round_files(k, ema, fid["samples"])
+            self._commit(k, record)
+            self._draw_report()
             self.log(f"round {k}: sparsity {100 * record['sparsity']:.2f}%, {fid_label([record])} {record['fid']:.3f}, "
-                     f"held-out loss {loss:.5f}, MACs {100 * macs / dense_macs:.1f}% of dense, "
-                     f"{record['seconds']:.0f} s")
+                     f"held-out loss {record['loss']:.5f}, MACs {100 * record['macs'] / record['dense_macs']:.1f}% "
+                     f"of dense, {record['seconds']:.0f} s")
         self.records = D.broadcast_object(self.records)
 
+    def _evaluate(self, ema) -> dict:
+        """FID of the round's EMA model (every rank samples its share), with the first SAMPLE_GRID
+        samples. The samples come from the same seed every round, so samples.png compares rounds too."""
+        spec, ev = self.spec, self.spec.evaluation
+        return self.parts.evaluate_fid(
+            ema, self.diffusion, spec.data.dataset, self.data.dataset, ev.fid_samples, sampler=ev.sampler,
+            steps=ev.sample_steps, eta=ev.eta, seed=spec.train.seed, device=self.device,
+            fid_features=ev.fid_features, inception_path=ev.inception_path, cache_dir=ev.cache_dir,
+            batch_size=ev.sample_batch_size, progress=D.is_main(), return_samples=SAMPLE_GRID,
+            predict=self.kind.predict)
 
-def find_ticket(spec: RunSpec, out: str, *, force: bool = False, log: Callable[[str], None] = print) -> list[dict]:
-    """Run (or resume) Algorithm 1 into run directory ``out``; returns the finished rounds' records."""
-    spec.lottery.validate()
-    return Lottery(spec, out, force=force, log=log).run_all()
+    def _measure(self, k: int, masks: dict, ema, fid: dict, result, started: float) -> dict:
+        """Round k's record for rounds.jsonl: sparsity per module, FID, losses, MACs, time."""
+        loss = heldout_loss(ema, self.diffusion, self.data.heldout, self.device, self.spec.evaluation.sample_batch_size,
+                            predict=self.kind.predict)
+        sparsity = sparsity_report(masks, self.groups)
+        macs, dense_macs = count_macs(ema, (1, *self.spec.image_shape), masks={n: m.to(self.device)
+                                                                               for n, m in masks.items()})
+        return {
+            "round": k, "sparsity": sparsity["overall"], "module_sparsity": dict(sparsity["per_module"]),
+            "fid": fid["fid"], "fid_features": fid["fid_features"], "fid_weights": fid["fid_weights"],
+            "fid_samples": fid["num_samples"],
+            "kid": fid.get("kid"), "loss": loss, "train_loss": result.loss,
+            "macs": int(macs), "dense_macs": int(dense_macs),
+            "active_weights": sum(int(m.sum()) for m in masks.values()),
+            "seconds": time.time() - started,
+        }
+
+    def _write_round_files(self, k: int, ema, samples) -> None:
+        run = self.run
+        run.save_bytes(grid_png(samples[:SAMPLE_GRID]), run.round_file(k, "samples.png"))
+        run.save({n: v.detach().cpu().clone() for n, v in ema.state_dict().items()}, run.round_file(k, "model.pt"))
+
+    def _commit(self, k: int, record: dict) -> None:
+        """The round is finished once it is in rounds.jsonl; its checkpoint is then of no use."""
+        self.records = self.run.append_round(self.records, record)
+        checkpoint = self.run.round_file(k, "checkpoint.pt")
+        if os.path.exists(checkpoint):
+            os.remove(checkpoint)
+
+    def _draw_report(self) -> None:
+        self.run.save_bytes(self.parts.render_report(self.records, title=os.path.basename(self.run.path)),
+                            self.run.report_path)

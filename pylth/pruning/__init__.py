@@ -7,11 +7,15 @@
 from pylth.pruning.groups import module_groups, prunable_parameters
 from pylth.pruning.macs import count_macs
 from pylth.pruning.masks import global_magnitude_masks, magnitude_masks
+from pylth.pruning.model_masks import apply_masks, check_masked_zero, checked_masks
 from pylth.pruning.report import sparsity_report
 from pylth.pruning.strategies import STRATEGIES, compute_masks, layerwise_ratios
 
 __all__ = [
     "STRATEGIES",
+    "apply_masks",
+    "check_masked_zero",
+    "checked_masks",
     "compute_masks",
     "count_macs",
     "global_magnitude_masks",

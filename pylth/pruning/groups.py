@@ -23,24 +23,29 @@ def prunable_parameters(model: nn.Module, types=DEFAULT_TYPES) -> list[tuple[str
     return found
 
 
-def _blocks(model: nn.Module) -> list[tuple[str, str]]:
-    """(group name, qualified module prefix) of the model's blocks."""
-    if hasattr(model, "pruning_groups"):
+def _blocks(model: nn.Module, blocks=None) -> list[tuple[str, str]]:
+    """(group name, qualified module prefix) of the model's blocks: ``blocks`` (name, submodule) when
+    given (a model kind's pruning groups), else ``model.pruning_groups()``, else its children."""
+    if blocks is None and hasattr(model, "pruning_groups"):
+        blocks = model.pruning_groups()
+    if blocks is not None:
         qualified = {id(m): n for n, m in model.named_modules()}
-        blocks = []
-        for group_name, module in model.pruning_groups():
+        found = []
+        for group_name, module in blocks:
             if id(module) not in qualified:
-                raise ValueError(f"pruning_groups() returned {group_name!r}, which is not a submodule of the model")
-            blocks.append((group_name, qualified[id(module)]))
-        return blocks
+                raise ValueError(f"the pruning group {group_name!r} is not a submodule of the model")
+            found.append((group_name, qualified[id(module)]))
+        return found
     return [(name, name) for name, _ in model.named_children()]
 
 
 def module_groups(model: nn.Module, names: Sequence[str] | None = None,
-                  per_tensor: bool = False) -> list[tuple[str, list[str]]]:
+                  per_tensor: bool = False, blocks=None) -> list[tuple[str, list[str]]]:
     """Ordered ``(group name, [parameter names])``: a group is a U-Net block.
 
-    Blocks come from ``model.pruning_groups()`` when the model has it, else its top-level children.
+    Blocks are ``blocks`` (``[(group name, submodule)]`` in forward order, e.g. a model kind's
+    pruning groups) when given, else ``model.pruning_groups()`` when the model has it, else its
+    top-level children.
     ``names`` (default: the prunable parameters) are assigned to the first block whose prefix
     contains them; blocks without any are dropped; a name outside every block forms a group of its
     own, after the blocks. ``per_tensor=True`` makes each parameter its own group.
@@ -54,9 +59,9 @@ def module_groups(model: nn.Module, names: Sequence[str] | None = None,
             raise ValueError(f"names contains {n!r}, which is not a parameter of the model")
     if per_tensor:
         return [(n, [n]) for n in names]
-    blocks = _blocks(model)
-    groups = [(group_name, []) for group_name, _ in blocks]
-    prefixes = [prefix + "." if prefix else "" for _, prefix in blocks]
+    found = _blocks(model, blocks)
+    groups = [(group_name, []) for group_name, _ in found]
+    prefixes = [prefix + "." if prefix else "" for _, prefix in found]
     loose = []
     for n in names:
         index = next((i for i, p in enumerate(prefixes) if n.startswith(p)), None)

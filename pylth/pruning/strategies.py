@@ -50,8 +50,9 @@ def _check_fraction(value, name: str) -> float:
 
 
 def compute_masks(model: nn.Module, strategy: str, prune_ratio: float, increment: float = 0.01,
-                  cap: float = 0.95, masks=None, seed: int = 0, per_tensor: bool = False) -> dict:
-    """New masks ``{parameter name: bool tensor}`` after one pruning step of ``strategy``.
+                  cap: float = 0.95, masks=None, seed: int = 0, per_tensor: bool = False, blocks=None) -> dict:
+    """New masks ``{parameter name: bool tensor}`` after one pruning step of ``strategy``; module j is
+    the j-th block of ``module_groups(model, blocks=blocks)``.
 
     The prunable tensors are the keys of ``masks`` (current masks, True = active) or, when ``masks``
     is None, ``prunable_parameters(model)`` with everything active. Keys come back in forward order.
@@ -81,7 +82,7 @@ def compute_masks(model: nn.Module, strategy: str, prune_ratio: float, increment
     if not names:
         raise ValueError("the model has no prunable parameters")
     group_of = {}
-    for j, (_, members) in enumerate(module_groups(model, names, per_tensor=per_tensor)):
+    for j, (_, members) in enumerate(module_groups(model, names, per_tensor=per_tensor, blocks=blocks)):
         for n in members:
             group_of[n] = j
     weights = [params[n] for n in names]

@@ -14,9 +14,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 
 from pylth.io import atomic_torch_save, atomic_write_bytes, atomic_write_json, atomic_write_text, torch_load
+
+
+ROUND_DIR_FORMAT = "round_{:02d}"
+_ROUND_DIR = re.compile(r"^round_(\d+)$")
 
 
 class RunDirectory:
@@ -48,10 +53,19 @@ class RunDirectory:
         return self.file("report.png")
 
     def round_dir(self, k: int) -> str:
-        return self.file(f"round_{k:02d}")
+        return self.file(ROUND_DIR_FORMAT.format(k))
 
     def round_file(self, k: int, name: str) -> str:
         return os.path.join(self.round_dir(k), name)
+
+    def rounds_holding(self, names) -> list[int]:
+        """The round numbers whose round_XX folder holds every file of ``names``, ascending."""
+        found = []
+        for entry in (os.listdir(self.path) if os.path.isdir(self.path) else []):
+            match = _ROUND_DIR.match(entry)
+            if match and all(os.path.isfile(self.round_file(int(match.group(1)), n)) for n in names):
+                found.append(int(match.group(1)))
+        return sorted(found)
 
     # -- checks -------------------------------------------------------------------------------
     def ensure_writable(self) -> None:

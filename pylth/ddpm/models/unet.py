@@ -15,6 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pylth.ddpm.models.registry import ModelKind, register
+from pylth.ddpm.presets import DATASET_PRESETS
+
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     """Transformer-style sin/cos embedding of integer timesteps (a fixed table, not a parameter)."""
@@ -82,26 +85,35 @@ class ResBlock(nn.Module):
         return self.attn(h)
 
 
+def unet_config(in_channels: int = 3, image_size: int = 32, ch: int = 128, ch_mult=(1, 2, 2, 2),
+                num_res_blocks: int = 2, attn_resolutions=(16,), dropout: float = 0.1, norm_groups: int = 32) -> dict:
+    """The U-Net's constructor arguments, checked and complete (what a run records), without building it."""
+    ch_mult, attn_resolutions = tuple(int(m) for m in ch_mult), tuple(int(r) for r in attn_resolutions)
+    for name, value in (("in_channels", in_channels), ("image_size", image_size), ("ch", ch),
+                        ("num_res_blocks", num_res_blocks), ("norm_groups", norm_groups)):
+        if not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if not ch_mult or min(ch_mult) <= 0:
+        raise ValueError(f"ch_mult must be a non-empty tuple of positive ints, got {ch_mult!r}")
+    if any((ch * m) % norm_groups for m in ch_mult):
+        raise ValueError(f"ch * each ch_mult must be divisible by norm_groups={norm_groups}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    return dict(in_channels=in_channels, image_size=image_size, ch=ch, ch_mult=ch_mult,
+                num_res_blocks=num_res_blocks, attn_resolutions=attn_resolutions, dropout=dropout,
+                norm_groups=norm_groups)
+
+
 class UNet(nn.Module):
     """Noise-prediction U-Net: ``forward(x, t)`` maps images [B, C, H, W] and timesteps [B] to noise."""
 
     def __init__(self, in_channels: int = 3, image_size: int = 32, ch: int = 128, ch_mult=(1, 2, 2, 2),
                  num_res_blocks: int = 2, attn_resolutions=(16,), dropout: float = 0.1, norm_groups: int = 32):
         super().__init__()
-        ch_mult, attn_resolutions = tuple(int(m) for m in ch_mult), tuple(int(r) for r in attn_resolutions)
-        for name, value in (("in_channels", in_channels), ("image_size", image_size), ("ch", ch),
-                            ("num_res_blocks", num_res_blocks), ("norm_groups", norm_groups)):
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if not ch_mult or min(ch_mult) <= 0:
-            raise ValueError(f"ch_mult must be a non-empty tuple of positive ints, got {ch_mult!r}")
-        if any((ch * m) % norm_groups for m in ch_mult):
-            raise ValueError(f"ch * each ch_mult must be divisible by norm_groups={norm_groups}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-        self.config = dict(in_channels=in_channels, image_size=image_size, ch=ch, ch_mult=ch_mult,
-                           num_res_blocks=num_res_blocks, attn_resolutions=attn_resolutions,
-                           dropout=dropout, norm_groups=norm_groups)
+        self.config = unet_config(in_channels=in_channels, image_size=image_size, ch=ch, ch_mult=ch_mult,
+                                  num_res_blocks=num_res_blocks, attn_resolutions=attn_resolutions,
+                                  dropout=dropout, norm_groups=norm_groups)
+        ch_mult, attn_resolutions = self.config["ch_mult"], self.config["attn_resolutions"]
         factor = 2 ** (len(ch_mult) - 1)
         self.padded_size = -(-image_size // factor) * factor
         tdim = 4 * ch
@@ -180,3 +192,32 @@ class UNet(nn.Module):
             h = m(torch.cat([h, skips.pop()], dim=1), temb) if isinstance(m, ResBlock) else m(h)
         h = self.tail(h)
         return h[..., :size, :size] if pad else h
+
+
+def build_model(name: str, **overrides) -> UNet:
+    """The U-Net preset ``name`` (one of PRESETS), with constructor arguments overridden."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return UNet(**{**PRESETS[name], **overrides})
+
+
+def config_for_dataset(dataset: str, image_shape) -> dict:
+    """pylth's U-Net for ``dataset``: its preset, sized to ``image_shape``'s channels and side."""
+    if dataset not in DATASET_PRESETS:
+        raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASET_PRESETS)}")
+    channels, height, width = (int(s) for s in image_shape)
+    if height != width:
+        raise ValueError(f"pylth's U-Net needs square images, got {height}x{width}")
+    return unet_config(**{**DATASET_PRESETS[dataset].unet, "in_channels": channels, "image_size": height})
+
+
+# The U-Net presets by name: one per named data set (a folder takes cifar10's, resized).
+PRESETS: dict[str, dict] = {name: dict(p.unet) for name, p in DATASET_PRESETS.items() if p.image_shape is not None}
+
+register(ModelKind(
+    name="unet",
+    summary="pylth's DDPM U-Net (Ho et al. 2020; the paper's CIFAR-10 network at 32x32)",
+    config_for=config_for_dataset,
+    build=lambda config: UNet(**config),
+    pruning_groups=lambda model: model.pruning_groups(),
+))

@@ -1,0 +1,148 @@
+"""Samplers, registered by name, and the loop that runs one from starting noise to images.
+
+A sampler is a small object in the shape of diffusers' schedulers: ``step(eps, index, x, noise)``
+turns the model's noise prediction at ``timesteps[index]`` into the sample at the next timestep. It
+knows the noise schedule and its own options, nothing of models or training, and it may keep state
+between the steps of one chain (a multistep solver); ``reset()`` starts a new chain.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from pylth.ddpm.models.registry import call_model
+from pylth.ddpm.schedule import NoiseSchedule
+from pylth.ddpm.seeds import derived_seed
+
+
+class Sampler:
+    """Walks ``timesteps`` (descending) of ``schedule``; subclasses give the update rule."""
+
+    name = ""
+
+    def __init__(self, schedule: NoiseSchedule, steps: int | None = None, eta: float = 0.0):
+        """``steps``: that many timesteps spread evenly over the chain (None: all T). ``eta``: the
+        noise scale of samplers that have one (DDIM); the others ignore it."""
+        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not eta >= 0:
+            raise ValueError(f"eta must be a number >= 0, got {eta!r}")
+        self.schedule = schedule
+        self.timesteps = schedule.timesteps(steps)
+        self.eta = float(eta)
+
+    def reset(self) -> None:
+        """Forget the previous chain (these samplers keep no state between steps)."""
+
+    def step(self, eps: torch.Tensor, index: int, x: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        """The sample at ``timesteps[index + 1]`` (after the last index: the clean image) from ``x`` at
+        ``timesteps[index]``; ``noise`` is a standard normal draw shaped like x (None at the last index)."""
+        t = self.timesteps[index]
+        s = self.timesteps[index + 1] if index + 1 < len(self.timesteps) else -1
+        abar_t, abar_s = self.schedule.alpha_bar(t), self.schedule.alpha_bar(s)
+        x0 = ((x - (1.0 - abar_t) ** 0.5 * eps) / abar_t ** 0.5).clamp(-1.0, 1.0)
+        if s < 0:
+            return x0
+        return self.update(eps, x, x0, abar_t, abar_s, noise)
+
+    def update(self, eps, x, x0, abar_t: float, abar_s: float, noise) -> torch.Tensor:
+        """The move from x at abar_t to abar_s, given the predicted noise and clean image."""
+        raise NotImplementedError
+
+
+class DDPMSampler(Sampler):
+    """Ho et al.'s ancestral sampler: the posterior q(x_s | x_t, x0) of the (respaced) forward process."""
+
+    name = "ddpm"
+
+    def update(self, eps, x, x0, abar_t, abar_s, noise):
+        beta = 1.0 - abar_t / abar_s
+        mean = (abar_s ** 0.5 * beta / (1.0 - abar_t)) * x0 + \
+            ((1.0 - beta) ** 0.5 * (1.0 - abar_s) / (1.0 - abar_t)) * x
+        return mean + ((1.0 - abar_s) / (1.0 - abar_t) * beta) ** 0.5 * noise
+
+
+class DDIMSampler(Sampler):
+    """Song et al.'s DDIM; eta = 0 is deterministic given the starting noise."""
+
+    name = "ddim"
+
+    def update(self, eps, x, x0, abar_t, abar_s, noise):
+        sigma = self.eta * ((1.0 - abar_s) / (1.0 - abar_t) * (1.0 - abar_t / abar_s)) ** 0.5
+        direction = max(1.0 - abar_s - sigma ** 2, 0.0) ** 0.5 * eps
+        return abar_s ** 0.5 * x0 + direction + sigma * noise
+
+
+SAMPLERS: dict[str, type[Sampler]] = {cls.name: cls for cls in (DDPMSampler, DDIMSampler)}
+
+
+def make_sampler(name: str, schedule: NoiseSchedule, steps: int | None = None, eta: float = 0.0) -> Sampler:
+    """The sampler registered as ``name``; an unknown name is a ValueError listing the known ones."""
+    if name not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {name!r}")
+    return SAMPLERS[name](schedule, steps, eta=eta)
+
+
+@torch.no_grad()
+def sample(model, sampler: Sampler, num_samples: int, image_shape, *, seed: int = 0, batch_size: int = 256,
+           device=None, progress: bool = True, predict: Callable = call_model) -> torch.Tensor:
+    """``num_samples`` images in [-1, 1] (on the CPU), made in batches of ``batch_size`` by ``sampler``
+    with ``predict(model, x_t, t)``'s noise predictions.
+
+    All noise comes from one CPU generator seeded with ``seed``: each image's starting noise first,
+    then, per batch, one draw per step but the last (whatever the sampler uses of it). So results do
+    not depend on the device or the batch size, and samplers compare at equal noise."""
+    if not isinstance(num_samples, int) or num_samples < 0:
+        raise ValueError(f"num_samples must be a non-negative int, got {num_samples!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    image_shape = tuple(int(s) for s in image_shape)
+    ts = sampler.timesteps
+    if device is None:
+        device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(int(seed))
+    noise = torch.randn((num_samples, *image_shape), generator=generator)
+    was_training = getattr(model, "training", False)
+    if was_training:
+        model.eval()
+    out = []
+    bar = tqdm(total=num_samples * len(ts), desc=f"sample ({sampler.name}, {len(ts)} steps)", disable=not progress,
+               unit="img-step", leave=False)
+    try:
+        for start in range(0, num_samples, batch_size):
+            x = noise[start:start + batch_size].to(device)
+            sampler.reset()
+            for i, t in enumerate(ts):
+                z = torch.randn(x.shape, generator=generator).to(device) if i + 1 < len(ts) else None
+                eps = predict(model, x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)).float()
+                x = sampler.step(eps, i, x, z)
+                bar.update(x.shape[0])
+            out.append(x.clamp(-1.0, 1.0).float().cpu())
+    finally:
+        bar.close()
+        if was_training:
+            model.train(True)
+    return torch.cat(out) if out else torch.empty((0, *image_shape))
+
+
+def block_seed(seed: int, block: int) -> int:
+    """The sampling seed of block ``block`` of a run seeded ``seed`` (distinct for distinct pairs)."""
+    return derived_seed(seed, block)
+
+
+def sample_blocks(model, sampler: Sampler, num_samples: int, image_shape, blocks: range, *, batch_size: int,
+                  seed: int, device=None, progress: bool = False, predict: Callable = call_model,
+                  desc: str = "samples") -> torch.Tensor:
+    """Samples ``blocks.start * batch_size`` up to the end of block ``blocks.stop - 1`` (at most
+    ``num_samples``) of a run's sequence of samples: block j holds samples [j * batch_size, (j + 1) *
+    batch_size) and is drawn from seed ``block_seed(seed, j)``. So the sequence does not depend on how
+    the blocks are shared out among processes: FID samples and ``python -m pylth.sample`` agree."""
+    out = []
+    first, last = blocks.start * batch_size, min(blocks.stop * batch_size, num_samples)
+    with tqdm(total=max(last - first, 0), desc=desc, disable=not progress, unit="img", leave=False) as bar:
+        for j in blocks:
+            n = min(batch_size, num_samples - j * batch_size)
+            out.append(sample(model, sampler, n, image_shape, seed=block_seed(seed, j), batch_size=batch_size,
+                              device=device, progress=False, predict=predict))
+            bar.update(n)
+    return torch.cat(out) if out else torch.empty((0, *image_shape))

@@ -1,0 +1,50 @@
+"""What training changes step by step and a checkpoint holds, and how it is set up for a run."""
+from __future__ import annotations
+
+import collections
+import copy
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from pylth.optim import MaskedAdam
+from pylth.pruning.model_masks import apply_masks, checked_masks
+
+LOSS_WINDOW = 100  # the reported training loss is the mean of the last this many steps
+
+
+@dataclass
+class TrainState:
+    model: nn.Module
+    ema_model: nn.Module
+    optimizer: MaskedAdam
+    masks: dict  # name -> bool tensor on the model's device (True = kept)
+    iteration: int  # steps taken so far
+    ema_updates: int = 0
+    losses: collections.deque = field(default_factory=lambda: collections.deque(maxlen=LOSS_WINDOW))
+    pending: list = field(default_factory=list)  # step losses still on the device, read back in bulk
+
+    @property
+    def pruned(self) -> list:
+        """(param, bool tensor True where pruned) of every masked parameter."""
+        named = dict(self.model.named_parameters())
+        return [(named[name], ~mask) for name, mask in self.masks.items()]
+
+
+def setup_state(model: nn.Module, config, device: torch.device, masks: dict | None, ema_state: dict | None,
+                start_iteration: int) -> TrainState:
+    """The state at ``start_iteration``: the model on ``device`` with its masks applied, an EMA copy
+    (``ema_state`` when given, masked too) and a fresh MaskedAdam holding the masks."""
+    model.to(device).train()
+    masks = checked_masks(model, masks)
+    apply_masks(model, masks)
+    ema_model = copy.deepcopy(model).eval().requires_grad_(False)
+    if ema_state is not None:
+        ema_model.load_state_dict(ema_state)
+        apply_masks(ema_model, masks)
+    optimizer = MaskedAdam(model.parameters(), lr=config.lr)
+    named = dict(model.named_parameters())
+    for name, mask in masks.items():
+        optimizer.set_mask(named[name], mask)
+    return TrainState(model=model, ema_model=ema_model, optimizer=optimizer, masks=masks, iteration=start_iteration)

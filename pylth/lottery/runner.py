@@ -1,0 +1,57 @@
+"""find_ticket: the small runner that joins the pieces. It loads the data, opens (or refuses) the run
+directory on rank 0, and hands both to a Lottery with its collaborators."""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable
+
+from pylth import distributed as D
+from pylth.ddpm.data import load_dataset
+from pylth.lottery.evaluate import make_heldout
+from pylth.lottery.parts import LotteryParts
+from pylth.lottery.resume import open_run
+from pylth.lottery.rounds import Lottery, LotteryData
+from pylth.lottery.spec import RunSpec
+from pylth.run_dir import RunDirectory
+
+
+def load_lottery_data(spec: RunSpec) -> LotteryData:
+    """The training set and the fixed held-out set. Under --download one process per machine fetches
+    the files first while the others wait."""
+    data = spec.data
+    if data.download and D.is_local_main():
+        load_dataset(data.dataset, data.data_root, download=True, train=True)
+    D.barrier()
+    dataset = load_dataset(data.dataset, data.data_root, train=True)
+    heldout = make_heldout(load_dataset(data.dataset, data.data_root, train=False), spec.lottery.heldout_samples,
+                           spec.diffusion.num_timesteps, spec.train.seed)
+    return LotteryData(dataset, heldout)
+
+
+def open_shared_run(spec: RunSpec, run: RunDirectory, force: bool, log) -> list[dict]:
+    """Rank 0 opens (or refuses) the run directory; every rank learns the outcome: the finished rounds."""
+    outcome, error = None, None
+    if D.is_main():
+        try:
+            outcome = ("ok", open_run(run, spec.to_json(), force=force, log=log))
+        except ValueError as exc:
+            outcome, error = ("error", str(exc)), exc
+    status, payload = D.broadcast_object(outcome)
+    if error is not None:
+        raise error
+    if status == "error":
+        raise ValueError(payload)
+    return payload
+
+
+def find_ticket(spec: RunSpec, out: str, *, force: bool = False, log: Callable[[str], None] = print,
+                parts: LotteryParts | None = None) -> list[dict]:
+    """Run (or resume) Algorithm 1 into run directory ``out``; returns the finished rounds' records.
+    The data is read first: a missing file must not leave a half-made run directory behind."""
+    spec.lottery.validate()
+    spec = replace(spec, evaluation=spec.evaluation.resolved(spec.data.dataset))  # config.json: no "auto"
+    data = load_lottery_data(spec)
+    run = RunDirectory(out)
+    main_log = log if D.is_main() else (lambda _msg: None)
+    records = open_shared_run(spec, run, force, main_log)
+    return Lottery(spec, run, records, data, parts or LotteryParts(), log=log).run_all()
