@@ -3,8 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pylth.ddpm import build_model
-from pylth.ddpm.unet import UNet
+from pylth.ddpm import UNet, build_model
 from pylth.ops.native import native as _C
 from pylth.ops.sparse_conv import (SparseWeight, compress_weight, sparse_conv2d, sparse_conv2d_reference,
                                    sparse_linear, sparse_linear_reference)
