@@ -35,6 +35,7 @@ class SparseTicket:
     config: dict  # its constructor configuration
     state: dict  # the full state_dict, exactly zero where masked
     masks: dict  # name -> bool tensor (True = kept)
+    extra: dict  # what the writer added (find_ticket: the run's diffusion, image shape, sampling settings, seed)
 
 
 def _kind_and_config(model: nn.Module, kind: str | None, config: dict | None) -> tuple[str, dict]:
@@ -59,10 +60,11 @@ def _positions(mask: torch.Tensor) -> tuple[str, torch.Tensor]:
 
 
 def save_sparse(path: str, model: nn.Module, masks: dict, *, kind: str | None = None,
-                config: dict | None = None) -> int:
+                config: dict | None = None, extra: dict | None = None) -> int:
     """Write ``model`` (its state_dict) and ``masks`` (name -> bool tensor, True = kept) to the ticket
     file ``path`` (atomically); returns its size in bytes. ``kind`` and ``config`` name the model kind
-    and its configuration; pylth's U-Net gives them itself."""
+    and its configuration; pylth's U-Net gives them itself. ``extra``: JSON-able facts kept beside
+    them (read back as ``SparseTicket.extra``)."""
     kind, config = _kind_and_config(model, kind, config)
     masks = {n: m.cpu() for n, m in checked_masks(model, masks).items()}
     state = {n: t.detach().cpu() for n, t in model.state_dict().items()}
@@ -80,7 +82,8 @@ def save_sparse(path: str, model: nn.Module, masks: dict, *, kind: str | None = 
     from safetensors.torch import save
 
     metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "pylth_version": pylth.__version__,
-                "model_kind": kind, "model_config": json.dumps(config), "masked": json.dumps(layout)}
+                "model_kind": kind, "model_config": json.dumps(config), "masked": json.dumps(layout),
+                "extra": json.dumps(extra or {})}
     data = save(tensors, metadata=metadata)
     atomic_write_bytes(data, path)
     return len(data)
@@ -119,7 +122,8 @@ def read_sparse(path: str) -> SparseTicket:
             weight = torch.zeros(numel, dtype=values.dtype)
             weight[flat] = values
             state[name], masks[name] = weight.reshape(shape), flat.reshape(shape)
-        return SparseTicket(metadata["model_kind"], json.loads(metadata["model_config"]), state, masks)
+        return SparseTicket(metadata["model_kind"], json.loads(metadata["model_config"]), state, masks,
+                            json.loads(metadata.get("extra", "{}")))
     except UnreadableFileError:
         raise
     except Exception as exc:  # noqa: BLE001 - a damaged file fails in many ways inside safetensors
