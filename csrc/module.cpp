@@ -16,6 +16,7 @@ void register_adam(py::module_& m);
 void register_select(py::module_& m);
 void register_cka(py::module_& m);
 void register_sparse_conv(py::module_& m);
+void register_group_norm_silu(py::module_& m);
 }  // namespace pylth
 
 static py::dict build_info() {
@@ -44,4 +45,5 @@ PYBIND11_MODULE(_pylth, m) {
   pylth::register_select(m);
   pylth::register_cka(m);
   pylth::register_sparse_conv(m);
+  pylth::register_group_norm_silu(m);
 }

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from pylth.pruning.model_masks import checked_masks
-from pylth.sparse.modules import SparseConv2d, SparseLinear, unsupported_conv
+from pylth.sparse.modules import SparseConv2d, SparseLinear, fuse_group_norm_silu, unsupported_conv
 
 CONV_MAX_DENSITY = 0.15
 LINEAR_MAX_DENSITY = 0.10
@@ -35,7 +35,10 @@ class LayerChoice:
 
 
 class SparsifyReport(list):
-    """One LayerChoice per masked Conv2d/Linear, in module order."""
+    """One LayerChoice per masked Conv2d/Linear, in module order; ``fused_norms``: how many GroupNorm +
+    SiLU pairs became one GroupNormSiLU pass."""
+
+    fused_norms = 0
 
     @property
     def sparse(self) -> list[str]:
@@ -46,7 +49,9 @@ class SparsifyReport(list):
         return [c.name for c in self if not c.sparse]
 
     def __str__(self) -> str:
-        lines = [f"sparsify: {len(self.sparse)} of {len(self)} masked layers made sparse"]
+        head = (f"sparsify: {len(self.sparse)} of {len(self)} masked layers made sparse, "
+                f"{self.fused_norms} GroupNorm + SiLU pairs fused")
+        lines = [head]
         lines += [f"  {c.name}: {c.kind}, density {c.density:.4f}, " + ("sparse" if c.sparse else f"dense ({c.reason})")
                   for c in self]
         return "\n".join(lines)
@@ -76,9 +81,11 @@ def sparsify(model: nn.Module, masks: dict, *, max_density: float | None = None,
     """A copy of ``model`` for sampling: every Conv2d/Linear whose weight has a mask in ``masks``
     (name -> bool tensor, True = kept) becomes a SparseConv2d/SparseLinear holding only its kept
     weights, or, where the dense op is faster (see the module docstring; ``max_density`` overrides
-    the measured crossover for every layer), stays dense with its weight masked. Other modules are
-    unchanged. The copy is in eval mode without gradients, on ``device`` (default: the model's); its
-    ``sparsify_report`` says which layers were made sparse and why the others were not."""
+    the measured crossover for every layer), stays dense with its weight masked. On the CPU, when any
+    layer was made sparse, each GroupNorm followed by SiLU in an ``nn.Sequential`` becomes one
+    GroupNormSiLU pass; other modules are unchanged. The copy is in eval mode without gradients, on
+    ``device`` (default: the model's); its ``sparsify_report`` says which layers were made sparse and
+    why the others were not."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if max_density is not None and (isinstance(max_density, bool) or not isinstance(max_density, (int, float))
@@ -105,6 +112,9 @@ def sparsify(model: nn.Module, masks: dict, *, max_density: float | None = None,
     for name, mask in masks.items():  # masked parameters of other modules: kept dense and masked
         if name not in handled:
             params[name].masked_fill_(~mask, 0)
+    if target.type == "cpu" and report.sparse:
+        # Where the convs run sparse, GroupNorm + SiLU is a large share of the forward: one pass for both.
+        report.fused_norms = fuse_group_norm_silu(model)
     model.sparsify_report = report
     return model.to(target)
 

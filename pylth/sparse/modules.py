@@ -1,4 +1,5 @@
-"""Conv2d and Linear layers that hold only their kept weights and run the sparse kernels (inference).
+"""Conv2d and Linear layers that hold only their kept weights and run the sparse kernels, and GroupNorm
+fused with the SiLU after it (inference).
 
 A module keeps its compressed weight as buffers (``values``, ``taps``, ``row_ptr``: see
 pylth.ops.sparse_conv), so ``.to(device)`` and ``state_dict()`` carry them, and the dense shape.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pylth.ops.group_norm_silu import group_norm_silu
 from pylth.ops.sparse_conv import SparseWeight, compress_weight, sparse_conv2d, sparse_linear
 
 
@@ -101,3 +103,46 @@ def unsupported_conv(conv: nn.Conv2d) -> str:
     if conv.weight.dtype != torch.float32:
         return f"dtype {conv.weight.dtype} (the kernels are fp32)"
     return ""
+
+
+class GroupNormSiLU(nn.GroupNorm):
+    """``nn.GroupNorm`` followed by SiLU, run as one native pass on the CPU (pylth.ops.group_norm_silu):
+    with the convs sparse, these elementwise passes are a large share of the forward. A GroupNorm
+    subclass, so its parameters and state-dict keys stay the GroupNorm's; inference only."""
+
+    @classmethod
+    def from_group_norm(cls, norm: nn.GroupNorm) -> GroupNormSiLU:
+        fused = cls(norm.num_groups, norm.num_channels, norm.eps, norm.affine,
+                    device=norm.weight.device if norm.affine else None)
+        if norm.affine:
+            fused.weight, fused.bias = norm.weight, norm.bias
+        return fused
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            raise RuntimeError("GroupNormSiLU is for inference only: its input requires grad. Sample under "
+                               "torch.no_grad()")
+        return group_norm_silu(x, self.num_groups, self.weight, self.bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", then SiLU"
+
+
+def fuse_group_norm_silu(model: nn.Module) -> int:
+    """Replace each GroupNorm directly followed by SiLU inside an ``nn.Sequential`` with a GroupNormSiLU
+    and the SiLU with ``nn.Identity`` (so indices and state-dict keys stay); returns how many."""
+    fused = 0
+    for module in model.modules():
+        if not isinstance(module, nn.Sequential):
+            continue
+        for i in range(len(module) - 1):
+            norm, act = module[i], module[i + 1]
+            if type(norm) is nn.GroupNorm and type(act) is nn.SiLU and _fp32(norm):
+                module[i], module[i + 1] = GroupNormSiLU.from_group_norm(norm), nn.Identity()
+                fused += 1
+    return fused
+
+
+def _fp32(norm: nn.GroupNorm) -> bool:
+    """The fused kernel is fp32, like the sparse ones."""
+    return not norm.affine or norm.weight.dtype == torch.float32

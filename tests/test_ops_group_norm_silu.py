@@ -1,0 +1,101 @@
+"""GroupNorm + SiLU in one native pass against torch's two ops in float64 (the oracle), on odd shapes,
+with far-from-zero means, without affine parameters, and in the sparsified U-Net."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pylth.ddpm import build_model
+from pylth.ops.group_norm_silu import group_norm_silu
+from pylth.pruning import compute_masks
+from pylth.sparse import sparsify
+from pylth.sparse.modules import GroupNormSiLU
+
+
+def oracle(x, groups, weight, bias, eps):
+    w = None if weight is None else weight.double()
+    b = None if bias is None else bias.double()
+    return F.silu(F.group_norm(x.double(), groups, w, b, eps))
+
+
+@pytest.mark.parametrize("shape,groups", [((8, 128, 32, 32), 32), ((3, 12, 7, 5), 4), ((2, 6, 1, 1), 3),
+                                          ((1, 5, 3), 5), ((4, 64, 28, 28), 32), ((2, 8, 9, 9), 1)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_matches_group_norm_then_silu(shape, groups, threads, monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)  # what pylth's launcher passes to OpenMP
+    g = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(shape, generator=g) * 3 + 1
+    weight, bias = torch.randn(shape[1], generator=g), torch.randn(shape[1], generator=g)
+    got = group_norm_silu(x, groups, weight, bias, 1e-5)
+    want = oracle(x, groups, weight, bias, 1e-5)
+    assert got.dtype == torch.float32 and got.shape == x.shape
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+    # as accurate as torch's own fp32 ops, within a small factor
+    torch_error = (F.silu(F.group_norm(x, groups, weight, bias, 1e-5)).double() - want).abs().max()
+    assert (got.double() - want).abs().max() <= 4 * torch_error + 1e-6
+
+
+def test_a_mean_far_from_zero_keeps_the_variance():
+    # mean 1000, std 0.01: E[x^2] - mean^2 in fp32 would lose every digit of the variance
+    x = 1000 + 0.01 * torch.randn(2, 8, 6, 6, generator=torch.Generator().manual_seed(3))
+    got = group_norm_silu(x, 2)
+    want = oracle(x, 2, None, None, 1e-5)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)  # torch's fp32 ops: off by 5e-3
+
+
+def test_extremes_saturate_like_silu():
+    x = torch.tensor([-1e4, -100.0, -30.0, -1.0, 0.0, 1.0, 30.0, 100.0, 1e4]).repeat(2, 1).reshape(1, 2, 9)
+    weight, bias = torch.full((2,), 60.0), torch.zeros(2)  # normalised values spread to about +-200
+    got = group_norm_silu(x, 1, weight, bias, 0.0)
+    want = oracle(x, 1, weight, bias, 0.0)
+    assert torch.isfinite(got).all() and want.abs().max() > 100
+    # fp32 rounding of values ~200 bounds the absolute error of those near 0
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-7 * want.abs().max().item())
+
+
+def test_non_contiguous_input_and_empty_batch():
+    x = torch.randn(4, 6, 5, 7).transpose(2, 3)
+    torch.testing.assert_close(group_norm_silu(x, 3).double(), oracle(x, 3, None, None, 1e-5), rtol=1e-5, atol=1e-5)
+    assert group_norm_silu(torch.empty(0, 6, 4, 4), 3).shape == (0, 6, 4, 4)
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda x: group_norm_silu(x.double(), 2), "x must have dtype"),
+    (lambda x: group_norm_silu(x, 3), "num_groups"),
+    (lambda x: group_norm_silu(x, True), "num_groups"),
+    (lambda x: group_norm_silu(x, 2, torch.ones(3)), "weight has shape"),
+    (lambda x: group_norm_silu(x, 2, None, torch.ones(4, dtype=torch.float64)), "bias must have dtype"),
+    (lambda x: group_norm_silu(x, 2, eps=-1.0), "eps"),
+    (lambda x: group_norm_silu(x[0, 0, 0], 1), "batch and a channel"),
+])
+def test_bad_arguments_name_the_argument(call, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+        call(torch.randn(2, 4, 3, 3))
+
+
+def test_sparsify_fuses_the_unet_pairs_and_keeps_its_outputs_and_keys():
+    torch.manual_seed(0)
+    model = build_model("digits").eval()
+    masks = compute_masks(model, "uniform", 0.95)
+    plain = sparsify(model, masks)
+    assert plain.sparsify_report.fused_norms > 0 and "GroupNorm + SiLU pairs fused" in str(plain.sparsify_report)
+    assert isinstance(plain.down[0].b1[0], GroupNormSiLU) and isinstance(plain.down[0].b1[1], nn.Identity)
+    assert type(plain.down[2].attn.n) is nn.GroupNorm  # no SiLU after it
+    assert sparsify(model, masks, max_density=0.0).sparsify_report.fused_norms == 0  # nothing sparse: unchanged
+    # the fused network against the same network with torch's GroupNorm and SiLU put back
+    unfused = sparsify(model, masks)
+    for m in unfused.modules():
+        if isinstance(m, nn.Sequential):
+            for i in range(len(m) - 1):
+                if isinstance(m[i], GroupNormSiLU):
+                    norm = nn.GroupNorm(m[i].num_groups, m[i].num_channels, m[i].eps)
+                    norm.load_state_dict(m[i].state_dict())
+                    m[i], m[i + 1] = norm, nn.SiLU()
+    assert set(plain.state_dict()) == set(unfused.state_dict())  # the fused modules keep GroupNorm's keys
+    x, t = torch.randn(3, 1, 8, 8), torch.tensor([1, 500, 999])
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x, t), unfused(x, t), rtol=1e-5, atol=1e-5)
+    with pytest.raises(RuntimeError, match="inference only"):
+        plain.down[0].b1[0](torch.randn(1, 32, 8, 8, requires_grad=True))
