@@ -14,6 +14,7 @@ RESUMABLE_KEYS = frozenset({
     "data.data_root", "data.download", "evaluation.inception_path", "evaluation.cache_dir",
     "lottery.max_rounds", "lottery.target_sparsity",
     "train.device", "train.num_workers", "train.checkpoint_every",
+    "init_from.folder",  # the --init-from folder may move; its files' digest must not change
 })
 
 
@@ -56,6 +57,7 @@ def open_run(run: RunDirectory, config: dict, force: bool = False, log=print) ->
     old = run.read_config()
     if old is not None:
         old.setdefault("model_kind", DEFAULT_MODEL)  # runs made before model kinds were pylth's U-Net
+        old.setdefault("init_from", None)  # and before --init-from
     diffs = [] if old is None else config_differences(old, config)
     if old is None and run.has_contents():
         problem = f"--out {run.path} is not empty and holds no pylth run (no config.json)"
