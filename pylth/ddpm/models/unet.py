@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pylth.ddpm.models.registry import ModelKind, register
+from pylth.ddpm.models.unet_diffusers import as_diffusers
 from pylth.ddpm.presets import DATASET_PRESETS
 
 
@@ -220,4 +221,5 @@ register(ModelKind(
     config_for=config_for_dataset,
     build=lambda config: UNet(**config),
     pruning_groups=lambda model: model.pruning_groups(),
+    as_diffusers=as_diffusers,
 ))
