@@ -5,12 +5,12 @@
 
 #include <omp.h>
 #include <pybind11/pybind11.h>
-#include <pybind11/stl.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "common.h"
 
@@ -75,31 +75,25 @@ PYLTH_X86_CLONES void adam_range_plain(
 }
 
 struct WorkItem {
-  std::size_t tensor;
+  int64_t tensor;
   std::int64_t begin, end;
 };
 
-void masked_adam_cpu(const std::vector<std::uintptr_t>& params, const std::vector<std::uintptr_t>& grads,
-                     const std::vector<std::uintptr_t>& exp_avgs, const std::vector<std::uintptr_t>& exp_avg_sqs,
-                     const std::vector<std::uintptr_t>& masks, const std::vector<std::int64_t>& numels,
-                     const std::vector<double>& consts, int num_threads) {
-  const std::size_t n = params.size();
-  require(grads.size() == n && exp_avgs.size() == n && exp_avg_sqs.size() == n && masks.size() == n &&
-              numels.size() == n,
-          "masked_adam_cpu: params, grads, exp_avgs, exp_avg_sqs, masks and numels must have the same length");
-  require(consts.size() == n * kAdamConstCount, "masked_adam_cpu: consts must hold 8 values per tensor");
+void masked_adam_cpu(std::uintptr_t table_address, int64_t rows, int64_t width, std::uintptr_t consts_address,
+                     int num_threads) {
+  const ArgTable table(table_address, rows, width, kAdamColumns, "masked_adam_cpu");
+  check_adam_table(table, consts_address, "masked_adam_cpu");
   require(num_threads >= 1, "masked_adam_cpu: num_threads must be >= 1");
+  const double* consts = as_ptr<const double>(consts_address);
 
-  std::vector<AdamConsts> per_tensor(n);
+  std::vector<AdamConsts> per_tensor(rows);
   std::vector<WorkItem> items;
   std::int64_t total = 0;
-  for (std::size_t t = 0; t < n; ++t) {
-    require(numels[t] >= 0, "masked_adam_cpu: numels[" + std::to_string(t) + "] is negative");
-    require(numels[t] == 0 || (params[t] && grads[t] && exp_avgs[t] && exp_avg_sqs[t]),
-            "masked_adam_cpu: null data pointer for tensor " + std::to_string(t));
+  for (int64_t t = 0; t < rows; ++t) {
+    const int64_t numel = table.at(t, kAdamNumel);
     per_tensor[t] = adam_consts_at(consts, t);
-    total += numels[t];
-    for (std::int64_t b = 0; b < numels[t]; b += kChunk) items.push_back({t, b, std::min(b + kChunk, numels[t])});
+    total += numel;
+    for (std::int64_t b = 0; b < numel; b += kChunk) items.push_back({t, b, std::min(b + kChunk, numel)});
   }
 
   py::gil_scoped_release no_gil;
@@ -107,30 +101,41 @@ void masked_adam_cpu(const std::vector<std::uintptr_t>& params, const std::vecto
 #pragma omp parallel for schedule(static) num_threads(num_threads) if (total >= kParallelMinElements)
   for (std::int64_t k = 0; k < count; ++k) {
     const WorkItem& w = items[k];
-    const std::size_t t = w.tensor;
-    float* p = as_ptr<float>(params[t]) + w.begin;
-    const float* g = as_ptr<const float>(grads[t]) + w.begin;
-    float* m = as_ptr<float>(exp_avgs[t]) + w.begin;
-    float* v = as_ptr<float>(exp_avg_sqs[t]) + w.begin;
+    const int64_t t = w.tensor;
+    float* p = table.ptr<float>(t, kAdamParam) + w.begin;
+    const float* g = table.ptr<const float>(t, kAdamGrad) + w.begin;
+    float* m = table.ptr<float>(t, kAdamExpAvg) + w.begin;
+    float* v = table.ptr<float>(t, kAdamExpAvgSq) + w.begin;
+    const std::uint8_t* mask = table.ptr<const std::uint8_t>(t, kAdamMask);
     const std::int64_t len = w.end - w.begin;
-    if (masks[t])
-      adam_range_masked(p, g, m, v, as_ptr<const std::uint8_t>(masks[t]) + w.begin, len, per_tensor[t]);
+    if (mask)
+      adam_range_masked(p, g, m, v, mask + w.begin, len, per_tensor[t]);
     else
       adam_range_plain(p, g, m, v, len, per_tensor[t]);
   }
 }
 
+#ifdef PYLTH_WITH_CUDA
+void masked_adam_cuda_binding(std::uintptr_t table_address, int64_t rows, int64_t width, std::uintptr_t consts_address,
+                              std::uintptr_t stream) {
+  const ArgTable table(table_address, rows, width, kAdamColumns, "masked_adam_cuda");
+  check_adam_table(table, consts_address, "masked_adam_cuda");
+  masked_adam_cuda(table, as_ptr<const double>(consts_address), stream);
+}
+#endif
+
 }  // namespace
 
 void register_adam(py::module_& m) {
-  m.def("masked_adam_cpu", &masked_adam_cpu, py::arg("params"), py::arg("grads"), py::arg("exp_avgs"),
-        py::arg("exp_avg_sqs"), py::arg("masks"), py::arg("numels"), py::arg("consts"), py::arg("num_threads"),
-        "One masked Adam/AdamW step over many float32 CPU tensors (data pointers as integers, mask 0 = none, "
-        "8 constants per tensor, see csrc/adam.h). Entries whose uint8/bool mask is 0 end as exactly 0.");
+  m.def("masked_adam_cpu", &masked_adam_cpu, py::arg("table"), py::arg("rows"), py::arg("width"), py::arg("consts"),
+        py::arg("num_threads"),
+        "One masked Adam/AdamW step over many float32 CPU tensors: a table row per tensor and 8 float64 "
+        "constants per tensor (layouts: csrc/adam.h). Entries whose uint8/bool mask is 0 end as exactly 0.");
 #ifdef PYLTH_WITH_CUDA
-  m.def("masked_adam_cuda", &masked_adam_cuda, py::arg("params"), py::arg("grads"), py::arg("exp_avgs"),
-        py::arg("exp_avg_sqs"), py::arg("masks"), py::arg("numels"), py::arg("consts"), py::arg("stream"),
-        "The CUDA version of masked_adam_cpu on the current device and the given cudaStream_t (an integer).");
+  m.def("masked_adam_cuda", &masked_adam_cuda_binding, py::arg("table"), py::arg("rows"), py::arg("width"),
+        py::arg("consts"), py::arg("stream"),
+        "The CUDA version of masked_adam_cpu (both tables in host memory) on the current device and the "
+        "given cudaStream_t (an integer).");
 #endif
 }
 

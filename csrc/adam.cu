@@ -97,15 +97,7 @@ bool aligned(std::uintptr_t address, std::uintptr_t bytes) { return address % by
 
 }  // namespace
 
-void masked_adam_cuda(const std::vector<std::uintptr_t>& params, const std::vector<std::uintptr_t>& grads,
-                      const std::vector<std::uintptr_t>& exp_avgs, const std::vector<std::uintptr_t>& exp_avg_sqs,
-                      const std::vector<std::uintptr_t>& masks, const std::vector<std::int64_t>& numels,
-                      const std::vector<double>& consts, std::uintptr_t stream) {
-  const std::size_t n = params.size();
-  require(grads.size() == n && exp_avgs.size() == n && exp_avg_sqs.size() == n && masks.size() == n &&
-              numels.size() == n,
-          "masked_adam_cuda: params, grads, exp_avgs, exp_avg_sqs, masks and numels must have the same length");
-  require(consts.size() == n * kAdamConstCount, "masked_adam_cuda: consts must hold 8 values per tensor");
+void masked_adam_cuda(const ArgTable& tensors, const double* consts, std::uintptr_t stream) {
   cudaStream_t cuda_stream = reinterpret_cast<cudaStream_t>(stream);
 
   TensorTable table{};
@@ -115,24 +107,23 @@ void masked_adam_cuda(const std::vector<std::uintptr_t>& params, const std::vect
     PYLTH_CUDA_CHECK_LAUNCH();
     table = TensorTable{};
   };
-  for (std::size_t t = 0; t < n; ++t) {
-    require(numels[t] >= 0, "masked_adam_cuda: numels[" + std::to_string(t) + "] is negative");
-    if (numels[t] == 0) continue;
-    require(params[t] && grads[t] && exp_avgs[t] && exp_avg_sqs[t],
-            "masked_adam_cuda: null data pointer for tensor " + std::to_string(t));
-    const std::int64_t blocks = (numels[t] + kChunk - 1) / kChunk;
+  for (std::int64_t t = 0; t < tensors.rows(); ++t) {
+    const std::int64_t numel = tensors.at(t, kAdamNumel);
+    if (numel == 0) continue;
+    const std::int64_t blocks = (numel + kChunk - 1) / kChunk;
     require(blocks < (std::int64_t(1) << 30), "masked_adam_cuda: tensor " + std::to_string(t) + " is too large");
     if (table.count == kMaxTensors || table.first_block[table.count] + blocks > (std::int64_t(1) << 30)) launch();
     const int k = table.count;
-    table.p[k] = reinterpret_cast<float*>(params[t]);
-    table.g[k] = reinterpret_cast<const float*>(grads[t]);
-    table.m[k] = reinterpret_cast<float*>(exp_avgs[t]);
-    table.v[k] = reinterpret_cast<float*>(exp_avg_sqs[t]);
-    table.mask[k] = reinterpret_cast<const std::uint8_t*>(masks[t]);
-    table.numel[k] = numels[t];
+    table.p[k] = tensors.ptr<float>(t, kAdamParam);
+    table.g[k] = tensors.ptr<const float>(t, kAdamGrad);
+    table.m[k] = tensors.ptr<float>(t, kAdamExpAvg);
+    table.v[k] = tensors.ptr<float>(t, kAdamExpAvgSq);
+    table.mask[k] = tensors.ptr<const std::uint8_t>(t, kAdamMask);
+    table.numel[k] = numel;
     table.c[k] = adam_consts_at(consts, t);
-    table.vectorised[k] = aligned(params[t], 16) && aligned(grads[t], 16) && aligned(exp_avgs[t], 16) &&
-                          aligned(exp_avg_sqs[t], 16) && aligned(masks[t], 4);
+    table.vectorised[k] = aligned(tensors.at(t, kAdamParam), 16) && aligned(tensors.at(t, kAdamGrad), 16) &&
+                          aligned(tensors.at(t, kAdamExpAvg), 16) && aligned(tensors.at(t, kAdamExpAvgSq), 16) &&
+                          aligned(tensors.at(t, kAdamMask), 4);
     table.first_block[k + 1] = table.first_block[k] + static_cast<int>(blocks);
     table.count = k + 1;
   }

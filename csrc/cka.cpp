@@ -440,37 +440,42 @@ std::vector<int64_t> largest_first(const std::vector<int64_t>& cost) {
   return order;
 }
 
-// Per matrix m (2 * pairs of them; pair p compares m = p with m = pairs + p): x_ptrs[m] its row-major
-// rows x cols values (float64 where is_double[m], else float32), gram_ptrs[m] its dense Gram in the
-// same dtype or 0 to gather the Gram from its nonzeros. out: float64 [pairs].
-void cka_cpu(std::uintptr_t x_ptrs_ptr, std::uintptr_t gram_ptrs_ptr, std::uintptr_t rows_ptr, std::uintptr_t cols_ptr,
-             std::uintptr_t is_double_ptr, int64_t pairs, int kernel_id, double threshold, bool unbiased,
-             std::uintptr_t out_ptr) {
-  require(pairs >= 0, "pairs must be >= 0");
+// The matrices of a CPU table (csrc/cka.h), checked: shapes in int32 range, every matrix's address.
+std::vector<Matrix> matrices_of(const ArgTable& table, int64_t min_cols, const char* kernel) {
+  constexpr int64_t kInt32Max = std::numeric_limits<int32_t>::max();
+  std::vector<Matrix> mats(table.rows());
+  for (int64_t m = 0; m < table.rows(); ++m) {
+    const int64_t rows = table.at(m, kCkaRows), cols = table.at(m, kCkaCols);
+    require(rows >= 0 && rows <= kInt32Max && cols >= min_cols && cols <= kInt32Max,
+            std::string(kernel) + ": bad shape in row " + std::to_string(m));
+    require(table.at(m, kCkaMatrix) != 0 || rows * cols == 0,
+            std::string(kernel) + ": null matrix address in row " + std::to_string(m));
+    mats[m] = {static_cast<std::uintptr_t>(table.at(m, kCkaMatrix)), static_cast<std::uintptr_t>(table.at(m, kCkaGram)),
+               rows, cols, table.at(m, kCkaIsDouble) != 0};
+  }
+  return mats;
+}
+
+// Pair p compares table row p with row pairs + p; out: float64 [pairs].
+void cka_cpu(std::uintptr_t table_address, int64_t rows, int64_t width, int kernel_id, double threshold, bool unbiased,
+             std::uintptr_t out_address, int num_threads) {
+  const ArgTable table(table_address, rows, width, kCkaColumns, "cka_cpu");
+  require(rows % 2 == 0, "cka_cpu: the table must hold an even number of rows (xs, then ys)");
   require(kernel_id == 0 || kernel_id == 1, "kernel must be 0 (linear) or 1 (rbf)");
   require(threshold > 0.0 && std::isfinite(threshold), "threshold must be a positive finite number");
-  const int64_t* x_ptrs = as_ptr<const int64_t>(x_ptrs_ptr);
-  const int64_t* gram_ptrs = as_ptr<const int64_t>(gram_ptrs_ptr);
-  const int64_t* rows = as_ptr<const int64_t>(rows_ptr);
-  const int64_t* cols = as_ptr<const int64_t>(cols_ptr);
-  const uint8_t* is_double = as_ptr<const uint8_t>(is_double_ptr);
-  double* out = as_ptr<double>(out_ptr);
-  constexpr int64_t kInt32Max = std::numeric_limits<int32_t>::max();
-  std::vector<Matrix> mats(2 * pairs);
-  for (int64_t m = 0; m < 2 * pairs; ++m) {
-    require(rows[m] >= 0 && rows[m] <= kInt32Max && cols[m] >= 1 && cols[m] <= kInt32Max,
-            "cka: bad shape at entry " + std::to_string(m));
-    require(x_ptrs[m] != 0, "cka: null pointer at entry " + std::to_string(m));
-    mats[m] = {static_cast<std::uintptr_t>(x_ptrs[m]), static_cast<std::uintptr_t>(gram_ptrs[m]), rows[m], cols[m],
-               is_double[m] != 0};
-  }
+  require(num_threads >= 1, "cka_cpu: num_threads must be >= 1");
+  require(rows == 0 || out_address != 0, "cka_cpu: null out");
+  const int64_t pairs = rows / 2;
+  const std::vector<Matrix> mats = matrices_of(table, 1, "cka_cpu");
+  double* out = as_ptr<double>(out_address);
   std::vector<int64_t> cost(pairs);
   for (int64_t p = 0; p < pairs; ++p) {
-    const int64_t n = rows[p];
-    require(rows[pairs + p] == n, "cka: pair " + std::to_string(p) + " has unequal row counts");
+    const Matrix &x = mats[p], &y = mats[pairs + p];
+    const int64_t n = x.rows;
+    require(y.rows == n, "cka: pair " + std::to_string(p) + " has unequal row counts");
     require(n >= (unbiased ? 4 : 2), "every pair needs at least " + std::string(unbiased ? "4" : "2") + " rows");
     // Roughly: an exp per distance, and a fraction of that per value a mostly-zero side's scan reads.
-    const int64_t scanned = (gram_ptrs[p] == 0 ? cols[p] : 0) + (gram_ptrs[pairs + p] == 0 ? cols[pairs + p] : 0);
+    const int64_t scanned = (x.gram == 0 ? x.cols : 0) + (y.gram == 0 ? y.cols : 0);
     cost[p] = n * n + n * scanned / 8;
   }
   const CkaKernel kernel = static_cast<CkaKernel>(kernel_id);
@@ -479,7 +484,7 @@ void cka_cpu(std::uintptr_t x_ptrs_ptr, std::uintptr_t gram_ptrs_ptr, std::uintp
   {
     py::gil_scoped_release release;
     FirstError error;
-#pragma omp parallel
+#pragma omp parallel num_threads(num_threads)
     {
       Workspace w;
 #pragma omp for schedule(dynamic, 1)
@@ -514,43 +519,42 @@ bool sampled_rows_within(const T* x, int64_t n, int64_t d, int64_t stride, doubl
 // 16th row (every row of a matrix under 64 rows): reading 1/16 of a matrix decides whether its Gram
 // is cheaper to gather from its nonzeros than to multiply out. A wrong guess costs time (and a dense
 // matrix taken for sparse, memory for its nonzeros), never accuracy.
-void mostly_zero_cpu(std::uintptr_t x_ptrs_ptr, std::uintptr_t rows_ptr, std::uintptr_t cols_ptr,
-                     std::uintptr_t is_double_ptr, int64_t count, double max_density, std::uintptr_t mostly_zero_ptr) {
-  require(count >= 0, "count must be >= 0");
-  const int64_t* x_ptrs = as_ptr<const int64_t>(x_ptrs_ptr);
-  const int64_t* rows = as_ptr<const int64_t>(rows_ptr);
-  const int64_t* cols = as_ptr<const int64_t>(cols_ptr);
-  const uint8_t* is_double = as_ptr<const uint8_t>(is_double_ptr);
-  uint8_t* mostly_zero = as_ptr<uint8_t>(mostly_zero_ptr);
-  for (int64_t m = 0; m < count; ++m) {
-    require(rows[m] >= 0 && cols[m] >= 0, "mostly_zero: bad shape at entry " + std::to_string(m));
-    require(x_ptrs[m] != 0 || rows[m] * cols[m] == 0, "mostly_zero: null pointer at entry " + std::to_string(m));
-  }
+void mostly_zero_cpu(std::uintptr_t table_address, int64_t rows, int64_t width, double max_density,
+                     std::uintptr_t mostly_zero_address, int num_threads) {
+  const ArgTable table(table_address, rows, width, kCkaColumns, "mostly_zero_cpu");
+  require(num_threads >= 1, "mostly_zero_cpu: num_threads must be >= 1");
+  require(rows == 0 || mostly_zero_address != 0, "mostly_zero_cpu: null mostly_zero");
+  const std::vector<Matrix> mats = matrices_of(table, 0, "mostly_zero_cpu");
+  uint8_t* mostly_zero = as_ptr<uint8_t>(mostly_zero_address);
   py::gil_scoped_release release;
-#pragma omp parallel for schedule(dynamic, 1)
-  for (int64_t m = 0; m < count; ++m) {
-    const int64_t n = rows[m], d = cols[m];
+#pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads)
+  for (int64_t m = 0; m < rows; ++m) {
+    const int64_t n = mats[m].rows, d = mats[m].cols;
     const int64_t stride = n >= 64 ? 16 : 1;
-    const auto address = static_cast<std::uintptr_t>(x_ptrs[m]);
     const double limit = max_density * static_cast<double>((n + stride - 1) / stride * d);
-    mostly_zero[m] = is_double[m] ? sampled_rows_within(as_ptr<const double>(address), n, d, stride, limit)
-                                  : sampled_rows_within(as_ptr<const float>(address), n, d, stride, limit);
+    mostly_zero[m] = mats[m].is_double ? sampled_rows_within(as_ptr<const double>(mats[m].x), n, d, stride, limit)
+                                       : sampled_rows_within(as_ptr<const float>(mats[m].x), n, d, stride, limit);
   }
 }
 
 #ifdef PYLTH_WITH_CUDA
-void cka_from_grams_cuda_binding(std::uintptr_t desc, int64_t pairs, int64_t units, int64_t unit_entries,
-                                 bool gram_double, int kernel_id, double threshold, bool unbiased,
-                                 std::uintptr_t workspace, std::uintptr_t flags, std::uintptr_t out,
-                                 std::uintptr_t stream) {
-  require(pairs >= 0 && units >= pairs, "need pairs >= 0 and at least one work unit per pair");
+static_assert(kCkaCudaColumns == 2, "cka.cu's kernels read rows of 2 values: Gram address, n");
+
+void cka_cuda(std::uintptr_t table_address, int64_t rows, int64_t width, int64_t units, int64_t unit_entries,
+              bool gram_double, int kernel_id, double threshold, bool unbiased, std::uintptr_t workspace,
+              std::uintptr_t flags, std::uintptr_t out, std::uintptr_t stream) {
+  const ArgTable table(table_address, rows, width, kCkaCudaColumns, "cka_cuda");
+  require(rows % 2 == 0, "cka_cuda: the table must hold an even number of rows (xs, then ys)");
+  const int64_t pairs = rows / 2;
+  require(units >= pairs, "cka_cuda: need at least one work unit per pair");
   require(unit_entries > 0, "unit_entries must be positive");
   require(2 * pairs <= std::numeric_limits<int32_t>::max() && units <= std::numeric_limits<int32_t>::max(),
           "too many pairs or work units for one launch");
   require(kernel_id == 0 || kernel_id == 1, "kernel must be 0 (linear) or 1 (rbf)");
   require(threshold > 0.0 && std::isfinite(threshold), "threshold must be a positive finite number");
-  cka_from_grams_cuda(as_ptr<const int64_t>(desc), pairs, units, unit_entries, gram_double,
-                      static_cast<CkaKernel>(kernel_id), threshold, unbiased, as_ptr<double>(workspace), as_ptr<int32_t>(flags), as_ptr<double>(out),
+  require(pairs == 0 || (workspace && flags && out), "cka_cuda: null workspace, flags or out");
+  cka_from_grams_cuda(table.data(), pairs, units, unit_entries, gram_double, static_cast<CkaKernel>(kernel_id),
+                      threshold, unbiased, as_ptr<double>(workspace), as_ptr<int32_t>(flags), as_ptr<double>(out),
                       stream);
 }
 #endif
@@ -558,18 +562,17 @@ void cka_from_grams_cuda_binding(std::uintptr_t desc, int64_t pairs, int64_t uni
 }  // namespace
 
 void register_cka(py::module_& m) {
-  m.def("cka_cpu", &cka_cpu, py::arg("x_ptrs"), py::arg("gram_ptrs"), py::arg("rows"), py::arg("cols"),
-        py::arg("is_double"), py::arg("pairs"), py::arg("kernel"), py::arg("threshold"), py::arg("unbiased"),
-        py::arg("out"),
-        "CKA of each pair (matrix p against matrix pairs+p); kernel 0 linear, 1 rbf. Each matrix's Gram is "
-        "read from gram_ptrs or, where that is 0, gathered from the matrix's nonzeros.");
-  m.def("mostly_zero_cpu", &mostly_zero_cpu, py::arg("x_ptrs"), py::arg("rows"), py::arg("cols"),
-        py::arg("is_double"), py::arg("count"), py::arg("max_density"), py::arg("mostly_zero"),
-        "mostly_zero[m] = 1 where a row sample of matrix m has at most max_density nonzeros.");
+  m.def("cka_cpu", &cka_cpu, py::arg("table"), py::arg("rows"), py::arg("width"), py::arg("kernel"),
+        py::arg("threshold"), py::arg("unbiased"), py::arg("out"), py::arg("num_threads"),
+        "CKA of each pair (table row p against row rows/2 + p; layout: csrc/cka.h); kernel 0 linear, 1 rbf. "
+        "Each matrix's Gram is read from its Gram column or, where that is 0, gathered from its nonzeros.");
+  m.def("mostly_zero_cpu", &mostly_zero_cpu, py::arg("table"), py::arg("rows"), py::arg("width"),
+        py::arg("max_density"), py::arg("mostly_zero"), py::arg("num_threads"),
+        "mostly_zero[m] = 1 where a row sample of table row m's matrix has at most max_density nonzeros.");
 #ifdef PYLTH_WITH_CUDA
-  m.def("cka_from_grams_cuda", &cka_from_grams_cuda_binding, py::arg("desc"), py::arg("pairs"), py::arg("units"),
-        py::arg("unit_entries"), py::arg("gram_double"), py::arg("kernel"), py::arg("threshold"), py::arg("unbiased"), py::arg("workspace"),
-        py::arg("flags"), py::arg("out"), py::arg("stream"),
+  m.def("cka_cuda", &cka_cuda, py::arg("table"), py::arg("rows"), py::arg("width"), py::arg("units"),
+        py::arg("unit_entries"), py::arg("gram_double"), py::arg("kernel"), py::arg("threshold"),
+        py::arg("unbiased"), py::arg("workspace"), py::arg("flags"), py::arg("out"), py::arg("stream"),
         "CKA of each pair from Gram matrices on the device (layout: csrc/cka.h); asynchronous on stream.");
 #endif
 }

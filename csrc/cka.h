@@ -1,7 +1,6 @@
-// CKA kernels shared by the CPU (cka.cpp) and CUDA (cka.cu) paths: the median-index arithmetic, the
-// HSIC sums and the CUDA launcher. Pair p compares matrix p with matrix pairs + p. The CPU path takes
-// each matrix's address and its dense Gram's (or gathers a mostly-zero matrix's Gram itself): see
-// cka_cpu in cka.cpp. The CUDA layout: see below.
+// CKA kernels shared by the CPU (cka.cpp) and CUDA (cka.cu) paths: the table layouts, the median-index
+// arithmetic, the HSIC sums and the CUDA launcher. Pair p compares matrix p with matrix pairs + p: a
+// table holds one row per matrix, the xs then the ys (rows = 2 * pairs).
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -13,6 +12,24 @@
 #endif
 
 namespace pylth {
+
+// CPU table (host memory), one row per matrix: the address of its row-major rows x cols values
+// (float64 where is_double is 1, else float32), the address of its dense Gram in the same dtype or 0
+// (cka_cpu then gathers the Gram from the matrix's nonzeros), rows, cols, is_double.
+//   cka_cpu(table, rows, width, kernel, threshold, unbiased, out, num_threads): out, float64 [pairs].
+//   mostly_zero_cpu(table, rows, width, max_density, mostly_zero, num_threads): the Gram column unread;
+//     mostly_zero, uint8 [rows].
+enum CkaColumn : int { kCkaMatrix = 0, kCkaGram, kCkaRows, kCkaCols, kCkaIsDouble, kCkaColumns };
+
+// CUDA table (device memory, read by the kernels), one row per matrix: {Gram address, n}; each Gram n x n
+// row-major, double when gram_double, else float. The table is followed in the same allocation by
+// pairs + 1 prefix sums of the work units per pair: pair p has ceil(n / r) units of
+// r = ceil(unit_entries / n) rows each, `units` in all.
+//   cka_cuda(table, rows, width, units, unit_entries, gram_double, kernel, threshold, unbiased,
+//            workspace, flags, out, stream): workspace, 2 * pairs + 8 * units doubles; flags, 3 * pairs
+//   int32 zeroed by the caller (flags[m] becomes 1 where matrix m's diagonal is not finite); out,
+//   float64 [pairs]; asynchronous on `stream`.
+enum CkaCudaColumn : int { kCkaCudaGram = 0, kCkaCudaSize, kCkaCudaColumns };
 
 enum class CkaKernel : int { linear = 0, rbf = 1 };
 
@@ -66,12 +83,8 @@ PYLTH_HOST_DEVICE inline double cka_from_sums(const HsicSums& t, int64_t n, bool
 }
 
 #ifdef PYLTH_WITH_CUDA
-// CKA of every pair from Gram matrices already on the device (csrc/cka.cu); asynchronous on `stream`.
-// desc (device int64): {Gram address, n} for each of the 2 * pairs matrices (pair p: matrices p and
-// pairs + p; each Gram n x n row-major, double when gram_double, else float), then pairs + 1 prefix
-// sums of the work units per pair: pair p has ceil(n / r) units of r = ceil(unit_entries / n) rows
-// each, `units` in all. workspace: 2 * pairs + 8 * units doubles. flags: 3 * pairs int32, zeroed by
-// the caller; flags[m] becomes 1 where matrix m's diagonal is not finite. out: float64 [pairs].
+// CKA of every pair from Gram matrices already on the device (csrc/cka.cu), as cka_cuda above; desc is
+// the CUDA table's device address.
 void cka_from_grams_cuda(const int64_t* desc, int64_t pairs, int64_t units, int64_t unit_entries, bool gram_double,
                          CkaKernel kernel, double threshold, bool unbiased, double* workspace, int32_t* flags,
                          double* out, std::uintptr_t stream);

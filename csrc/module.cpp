@@ -15,6 +15,7 @@ namespace pylth {
 void register_adam(py::module_& m);
 void register_select(py::module_& m);
 void register_cka(py::module_& m);
+void register_sparse_conv(py::module_& m);
 }  // namespace pylth
 
 static py::dict build_info() {
@@ -42,4 +43,5 @@ PYBIND11_MODULE(_pylth, m) {
   pylth::register_adam(m);
   pylth::register_select(m);
   pylth::register_cka(m);
+  pylth::register_sparse_conv(m);
 }

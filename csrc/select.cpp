@@ -12,7 +12,6 @@
 // two-pass radix select on the key bits finds the exact threshold and the pass is repeated.
 #include <omp.h>
 #include <pybind11/pybind11.h>
-#include <pybind11/stl.h>
 
 #include <algorithm>
 #include <cmath>
@@ -22,9 +21,7 @@
 
 #include "common.h"
 #include "omp_error.h"
-#ifdef PYLTH_WITH_CUDA
 #include "select.h"
-#endif
 
 namespace pylth {
 namespace {
@@ -124,7 +121,8 @@ void histogram_segment(const Segment& s, int shift, uint32_t digit_mask, int pre
 
 class Group {
  public:
-  Group(std::vector<Segment> segments, bool parallel) : segs_(std::move(segments)), parallel_(parallel) {
+  // threads: OpenMP threads across the group's segments (1: run serially).
+  Group(std::vector<Segment> segments, int threads) : segs_(std::move(segments)), threads_(threads) {
     total_ = 0;
     for (const Segment& s : segs_) total_ += s.size;
   }
@@ -156,7 +154,7 @@ class Group {
 
  private:
   std::vector<Segment> segs_;
-  bool parallel_;
+  int threads_;
   int64_t total_;
 
   const Segment& segment_of(int64_t flat) const {
@@ -207,7 +205,7 @@ class Group {
     std::vector<PassCounts> counts(count);
     std::vector<std::vector<uint64_t>> found(count);
     FirstError error;  // collecting candidates allocates
-#pragma omp parallel for schedule(dynamic, 1) if (parallel_ && count > 1)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads_) if (threads_ > 1 && count > 1)
     for (int64_t i = 0; i < count; ++i) {
       error.run([&] {
         if (segs_[i].mask)
@@ -236,7 +234,7 @@ class Group {
     const int64_t count = static_cast<int64_t>(segs_.size());
     const size_t bins = size_t(digit_mask) + 1;
     // One histogram per thread, allocated before the region: nothing in it may throw.
-    const int threads = parallel_ && count > 1 ? omp_get_max_threads() : 1;
+    const int threads = count > 1 ? threads_ : 1;
     std::vector<int64_t> local(size_t(threads) * bins, 0);
 #pragma omp parallel num_threads(threads)
     {
@@ -281,47 +279,38 @@ class Group {
   }
 };
 
-std::vector<Segment> make_segments(const std::vector<std::uintptr_t>& weights,
-                                   const std::vector<std::uintptr_t>& masks,
-                                   const std::vector<std::uintptr_t>& outs,
-                                   const std::vector<int64_t>& sizes) {
-  const size_t count = weights.size();
-  require(masks.size() == count && outs.size() == count && sizes.size() == count,
-          "select: weights, masks, outs and sizes must have the same length");
-  std::vector<Segment> segs(count);
-  for (size_t i = 0; i < count; ++i) {
-    require(sizes[i] >= 0 && sizes[i] <= int64_t(kIndexMask), "select: segment size out of range");
-    require(sizes[i] == 0 || (weights[i] && outs[i]), "select: null weight or output pointer");
-    segs[i] = Segment{as_ptr<const uint32_t>(weights[i]), as_ptr<const uint8_t>(masks[i]),
-                      as_ptr<uint8_t>(outs[i]), sizes[i], 0};
+std::vector<Segment> make_segments(const ArgTable& table) {
+  std::vector<Segment> segs(table.rows());
+  for (int64_t i = 0; i < table.rows(); ++i) {
+    const int64_t size = table.at(i, kSelectSize);
+    require(size >= 0 && size <= int64_t(kIndexMask), "select_cpu: size out of range in row " + std::to_string(i));
+    require(size == 0 || (table.at(i, kSelectWeight) && table.at(i, kSelectOut)),
+            "select_cpu: null weight or output address in row " + std::to_string(i));
+    segs[i] = Segment{table.ptr<const uint32_t>(i, kSelectWeight), table.ptr<const uint8_t>(i, kSelectMask),
+                      table.ptr<uint8_t>(i, kSelectOut), size, 0};
   }
   return segs;
 }
 
-void check_ratio(double r) { require(r >= 0.0 && r <= 1.0, "select: ratios must lie in [0, 1]"); }
+void check_ratio(double r) { require(r >= 0.0 && r <= 1.0, "select_cpu: ratios must lie in [0, 1]"); }
 
 // Per-segment mode; returns the index of the first segment with a non-finite weight, or -1.
-int64_t select_segments_cpu(const std::vector<std::uintptr_t>& weights,
-                            const std::vector<std::uintptr_t>& masks,
-                            const std::vector<std::uintptr_t>& outs, const std::vector<int64_t>& sizes,
-                            const std::vector<double>& ratios, bool use_bracket) {
-  std::vector<Segment> segs = make_segments(weights, masks, outs, sizes);
+int64_t select_segments(const std::vector<Segment>& segs, const double* ratios, bool use_bracket, int num_threads) {
   const int64_t count = static_cast<int64_t>(segs.size());
-  require(int64_t(ratios.size()) == count, "select: one ratio per segment");
-  for (double r : ratios) check_ratio(r);
+  for (int64_t i = 0; i < count; ++i) check_ratio(ratios[i]);
   // Largest first so the dynamic schedule balances the threads.
   std::vector<int64_t> order(count);
   for (int64_t i = 0; i < count; ++i) order[i] = i;
-  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return sizes[a] > sizes[b]; });
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return segs[a].size > segs[b].size; });
   std::vector<uint8_t> bad(count, 0);
   {
     pybind11::gil_scoped_release release;
     FirstError error;
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads)
     for (int64_t n = 0; n < count; ++n) {
       const int64_t i = order[n];
       error.run([&] {
-        Group group({segs[i]}, false);
+        Group group({segs[i]}, 1);
         bad[i] = !group.run(ratios[i], 0x5eed0000ull + uint64_t(i), use_bracket);
       });
     }
@@ -333,22 +322,18 @@ int64_t select_segments_cpu(const std::vector<std::uintptr_t>& weights,
 }
 
 // Global mode: all segments ranked as one concatenated tensor.
-int64_t select_global_cpu(const std::vector<std::uintptr_t>& weights,
-                          const std::vector<std::uintptr_t>& masks,
-                          const std::vector<std::uintptr_t>& outs, const std::vector<int64_t>& sizes,
-                          double ratio, bool use_bracket) {
-  std::vector<Segment> segs = make_segments(weights, masks, outs, sizes);
+int64_t select_global(std::vector<Segment> segs, double ratio, bool use_bracket, int num_threads) {
   check_ratio(ratio);
   int64_t base = 0;
   for (Segment& s : segs) {
     s.base = base;
     base += s.size;
   }
-  require(base <= int64_t(kIndexMask), "select: too many entries in total");
+  require(base <= int64_t(kIndexMask), "select_cpu: too many entries in total");
   bool ok;
   {
     pybind11::gil_scoped_release release;
-    Group group(segs, true);
+    Group group(segs, num_threads);
     ok = group.run(ratio, 0x5eedull, use_bracket);
   }
   if (ok) return -1;
@@ -359,25 +344,41 @@ int64_t select_global_cpu(const std::vector<std::uintptr_t>& weights,
   return 0;
 }
 
+int64_t select_cpu(std::uintptr_t table_address, int64_t rows, int64_t width, std::uintptr_t ratios_address,
+                   bool global_mode, bool use_bracket, int num_threads) {
+  const ArgTable table(table_address, rows, width, kSelectColumns, "select_cpu");
+  require(num_threads >= 1, "select_cpu: num_threads must be >= 1");
+  require(rows == 0 || ratios_address != 0, "select_cpu: null ratios");
+  std::vector<Segment> segs = make_segments(table);
+  const double* ratios = as_ptr<const double>(ratios_address);
+  if (global_mode) return rows == 0 ? -1 : select_global(std::move(segs), ratios[0], use_bracket, num_threads);
+  return select_segments(segs, ratios, use_bracket, num_threads);
+}
+
+#ifdef PYLTH_WITH_CUDA
+void select_cuda_binding(std::uintptr_t table_address, int64_t rows, int64_t width, std::uintptr_t ratios,
+                         std::uintptr_t workspace, std::uintptr_t bad, int64_t chunks, bool global_mode,
+                         std::uintptr_t stream) {
+  require(ratios && workspace && bad, "select_cuda: null ratios, workspace or bad");
+  const ArgTable table(table_address, rows, width, kSelectColumns, "select_cuda");
+  select_cuda(table, ratios, workspace, bad, chunks, global_mode, stream);
+}
+#endif
+
 }  // namespace
 
 void register_select(pybind11::module_& m) {
-  m.def("select_segments_cpu", &select_segments_cpu, pybind11::arg("weights"), pybind11::arg("masks"),
-        pybind11::arg("outs"), pybind11::arg("sizes"), pybind11::arg("ratios"),
-        pybind11::arg("use_bracket") = true,
-        "Per-segment magnitude selection (fp32 weights, uint8 masks or 0, uint8 outputs); "
+  namespace py = pybind11;
+  m.def("select_cpu", &select_cpu, py::arg("table"), py::arg("rows"), py::arg("width"), py::arg("ratios"),
+        py::arg("global_mode"), py::arg("use_bracket"), py::arg("num_threads"),
+        "Per-segment (or global) magnitude selection over a table of segments (layout: csrc/select.h); "
         "returns the first segment with a non-finite weight or -1.");
-  m.def("select_global_cpu", &select_global_cpu, pybind11::arg("weights"), pybind11::arg("masks"),
-        pybind11::arg("outs"), pybind11::arg("sizes"), pybind11::arg("ratio"),
-        pybind11::arg("use_bracket") = true,
-        "Global magnitude selection over all segments; returns a segment with a non-finite weight or -1.");
 #ifdef PYLTH_WITH_CUDA
   m.attr("SELECT_CUDA_CHUNK") = kSelectCudaChunk;
-  m.def("select_cuda_workspace_words", &select_cuda_workspace_words, pybind11::arg("segments"),
-        pybind11::arg("groups"), pybind11::arg("chunks"), "int64 words of zeroed workspace select_cuda needs.");
-  m.def("select_cuda", &select_cuda, pybind11::arg("meta"), pybind11::arg("ratios"), pybind11::arg("workspace"),
-        pybind11::arg("bad"), pybind11::arg("segments"), pybind11::arg("chunks"), pybind11::arg("global_mode"),
-        pybind11::arg("stream"),
+  m.def("select_cuda_workspace_words", &select_cuda_workspace_words, py::arg("segments"), py::arg("groups"),
+        py::arg("chunks"), "int64 words of zeroed workspace select_cuda needs.");
+  m.def("select_cuda", &select_cuda_binding, py::arg("table"), py::arg("rows"), py::arg("width"), py::arg("ratios"),
+        py::arg("workspace"), py::arg("bad"), py::arg("chunks"), py::arg("global_mode"), py::arg("stream"),
         "Segmented (or global) magnitude selection on the GPU; see csrc/select.h for the layout.");
 #endif
 }

@@ -58,6 +58,8 @@ struct Table {
   __device__ int group_of(int segment) const { return global_mode ? 0 : segment; }
 };
 
+static_assert(kSelectColumns == 4, "the kernels read rows of 4 values: weight, mask, out, size");
+
 struct ChunkView {
   const uint32_t* bits;
   const uint8_t* mask;
@@ -227,12 +229,12 @@ int64_t select_cuda_workspace_words(int64_t segments, int64_t groups, int64_t ch
   return groups * kBins + 3 * groups + 2 * chunks;
 }
 
-void select_cuda(std::uintptr_t meta, std::uintptr_t ratios, std::uintptr_t workspace, std::uintptr_t bad,
-                 int64_t segments, int64_t chunks, bool global_mode, std::uintptr_t stream) {
-  require(segments > 0 && segments < (int64_t(1) << 31), "select_cuda: segments out of range");
+void select_cuda(const ArgTable& segments, std::uintptr_t ratios, std::uintptr_t workspace, std::uintptr_t bad,
+                 int64_t chunks, bool global_mode, std::uintptr_t stream) {
+  require(segments.rows() > 0 && segments.rows() < (int64_t(1) << 31), "select_cuda: segments out of range");
   require(chunks > 0 && chunks < (int64_t(1) << 31), "select_cuda: chunks out of range");
-  const int64_t groups = global_mode ? 1 : segments;
-  const Table t{as_ptr<const int64_t>(meta), int(segments), global_mode};
+  const int64_t groups = global_mode ? 1 : segments.rows();
+  const Table t{segments.data(), int(segments.rows()), global_mode};
   const Workspace w = carve(as_ptr<int64_t>(workspace), groups, chunks);
   const double* r = as_ptr<const double>(ratios);
   int* flags = as_ptr<int>(bad);

@@ -1,7 +1,8 @@
 """python -m pylth.find_ticket: find a lottery ticket in a DDPM (Algorithm 1) into a run directory.
 
 With no arguments it runs offline on scikit-learn's bundled 8x8 ``digits`` on the CPU. The same
-command on the same --out resumes. Under ``torchrun`` every rank trains (DDP) and rank 0 writes.
+command on the same --out resumes, also after SIGTERM/SIGUSR1 (checkpoint written, exit 75). Under
+``torchrun`` every rank trains (DDP) and rank 0 writes, holding --out's lock.
 """
 from __future__ import annotations
 
@@ -87,7 +88,7 @@ def main(argv=None, *, parts=None) -> int:
         find_ticket(spec, args.out or default_out(spec), force=args.force, parts=parts)
         shutdown()
 
-    return run_command(parser.prog, body, on_interrupt="run the same command again to resume")
+    return run_command(parser.prog, body, on_interrupt="run the same command again to resume", stops_on_signals=True)
 
 
 if __name__ == "__main__":

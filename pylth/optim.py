@@ -23,7 +23,7 @@ class MaskedAdam(Optimizer):
     the active entries exactly the Adam update of ``grad * mask``. Masks are optimizer state: they
     travel through ``state_dict()`` / ``load_state_dict()``. float32 contiguous params take the fused
     kernel (all params of a device in one call); other dtypes or layouts take the pure-torch reference.
-    The pointer lists of that call are kept between steps (pylth.optim_plan) and rebuilt, with the full
+    The tables of that call are kept between steps (pylth.optim_plan) and rebuilt, with the full
     argument checks, whenever a param, grad, state tensor, mask or param group changes.
     """
 
@@ -162,20 +162,12 @@ class MaskedAdam(Optimizer):
         def constants_of(gi, step):
             key = (gi, step)
             if key not in constants:
-                constants[key] = list(adam_step_constants(self._hyper(self.param_groups[gi], step)))
+                constants[key] = adam_step_constants(self._hyper(self.param_groups[gi], step))
             return constants[key]
 
-        for batch, grad_ptrs, steps in work.batches:
-            consts = []
-            for gi, first, end in batch.group_runs:
-                run = steps[first:end]
-                if run.count(run[0]) == len(run):  # the usual case: the group's params share a step count
-                    consts += constants_of(gi, run[0] + 1) * len(run)
-                else:
-                    for step in run:
-                        consts += constants_of(gi, step + 1)
-            launch_masked_adam_(batch.device, batch.param_ptrs, grad_ptrs, batch.exp_avg_ptrs,
-                                batch.exp_avg_sq_ptrs, batch.mask_ptrs, batch.numels, consts)
+        for batch, grad_addresses, steps in work.batches:
+            batch.write_step(grad_addresses, steps, constants_of)
+            launch_masked_adam_(batch.device, batch.table, batch.constants)
         if work.reference:
             warn_fallback("MaskedAdam", "params that are not contiguous float32")
             params, grads, exp_avgs, exp_avg_sqs, masks, states, groups = zip(*work.reference)

@@ -1,10 +1,13 @@
 """MaskedAdam's launch plan: what a step hands the native kernel, kept from one step to the next.
 
-Checking 300+ tensors and building their pointer lists in Python used to cost more than the kernel.
-A plan is built after the full checks and keeps the pointer lists; each step then confirms, tensor by
-tensor, that nothing they were built from changed (cheap attribute reads: pointers, shapes, dtypes,
-contiguity, which state tensors and grads are there) and gathers the grads' pointers. Any difference
-sends the optimizer back to a fresh build with the full checks, so bad input fails as it always did.
+Checking 300+ tensors and building the kernel's table in Python used to cost more than the kernel.
+A plan is built after the full checks and keeps the kernel's two host tables (pylth.ops.adam: one row
+per tensor of addresses and sizes, one of step constants); each step then confirms, tensor by tensor,
+that nothing the table was built from changed (cheap attribute reads: addresses, shapes, dtypes,
+contiguity, which state tensors and grads are there), gathers the grads' addresses, and rewrites only
+the grad column and the constants. Any difference sends the optimizer back to a fresh build with the
+full checks, so bad input fails as it always did. The kernel reads both tables during its call (the
+CUDA launcher copies them into its launches' arguments), so the next step may rewrite them.
 """
 from __future__ import annotations
 
@@ -13,9 +16,9 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from pylth.ops.adam import _MASK_DTYPES, runs_natively
+from pylth.ops.adam import _MASK_DTYPES, CONSTANT_COUNT, GRAD_COLUMN, adam_table, runs_natively
 
-__all__ = ["DeviceBatch", "StepPlan", "StepWork", "runs_fused"]
+__all__ = ["DeviceBatch", "PlannedTensor", "StepPlan", "StepWork", "runs_fused"]
 
 _F32 = torch.float32
 
@@ -25,8 +28,23 @@ def runs_fused(param: torch.Tensor, grad: torch.Tensor) -> bool:
     return param.dtype == _F32 and param.is_contiguous() and grad.is_contiguous()
 
 
+class PlannedTensor(NamedTuple):
+    """A kernel-bound param and its state as the plan saw them: what every step re-reads and compares."""
+
+    param: torch.Tensor
+    shape: torch.Size
+    device_index: int  # param.get_device(): -1 on the CPU
+    param_address: int
+    exp_avg: torch.Tensor
+    exp_avg_address: int
+    exp_avg_sq: torch.Tensor
+    exp_avg_sq_address: int
+    mask: Optional[torch.Tensor]
+    mask_address: int  # 0: no mask
+
+
 class DeviceBatch:
-    """The kernel-bound params of one device, in param-group order, with the pointers the kernel takes."""
+    """The kernel-bound params of one device, in param-group order, and the kernel's tables for them."""
 
     def __init__(self, device: torch.device, params: list, groups: list, states: list):
         self.device = device
@@ -36,25 +54,37 @@ class DeviceBatch:
                 self.group_runs[-1][2] = k + 1
             else:
                 self.group_runs.append([gi, k, k + 1])
-        self.param_ptrs = [p.data_ptr() for p in params]
-        self.exp_avg_ptrs = [s["exp_avg"].data_ptr() for s in states]
-        self.exp_avg_sq_ptrs = [s["exp_avg_sq"].data_ptr() for s in states]
+        exp_avgs, exp_avg_sqs = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]
         masks = [s.get("mask") for s in states]
-        self.mask_ptrs = [0 if m is None else m.data_ptr() for m in masks]
-        self.numels = [p.numel() for p in params]
-        # What every step re-reads and compares, one tuple per param.
-        self.entries = [
-            (p, p.shape, p.get_device(), pp, s["exp_avg"], mp, s["exp_avg_sq"], vp, m, kp)
-            for p, s, m, pp, mp, vp, kp in zip(params, states, masks, self.param_ptrs, self.exp_avg_ptrs,
-                                               self.exp_avg_sq_ptrs, self.mask_ptrs)
-        ]
+        self.table = adam_table(params, [p.grad for p in params], exp_avgs, exp_avg_sqs, masks)
+        # What every step re-reads and compares: the table's tensors and the addresses it holds.
+        self.entries = [PlannedTensor(p, p.shape, p.get_device(), pp, m, mp, v, vp, mask, kp)
+                        for p, m, v, mask, (pp, _, mp, vp, kp, _) in zip(params, exp_avgs, exp_avg_sqs, masks,
+                                                                           self.table.tolist())]
+        self.constants = torch.empty((len(params), CONSTANT_COUNT), dtype=torch.float64)
+        # numpy views of the tables' host memory: the cheapest writes from Python.
+        self._grad_addresses = self.table.numpy()[:, GRAD_COLUMN]
+        self._constant_rows = self.constants.numpy()
+
+    def write_step(self, grad_addresses: list, steps: list, constants_of) -> None:
+        """This step's grad addresses and constants into the tables; ``steps[k]``: entry k's steps so far,
+        ``constants_of(group index, step)``: the 8 adam_step_constants."""
+        self._grad_addresses[:] = grad_addresses
+        rows = self._constant_rows
+        for gi, first, end in self.group_runs:
+            run = steps[first:end]
+            if run.count(run[0]) == len(run):  # the usual case: the group's params share a step count
+                rows[first:end] = constants_of(gi, run[0] + 1)
+            else:
+                for k, step in enumerate(run, first):
+                    rows[k] = constants_of(gi, step + 1)
 
 
 class StepWork(NamedTuple):
-    """One step's gathered inputs: per batch its grads' pointers and steps so far; the reference params."""
+    """One step's gathered inputs: per batch its grads' addresses and steps so far; the reference params."""
 
     states: list  # every stepped param's state, to count the step in
-    batches: list  # (DeviceBatch, grad_ptrs, steps)
+    batches: list  # (DeviceBatch, grad addresses, steps)
     reference: list  # (param, grad, exp_avg, exp_avg_sq, mask, state, group index)
 
 
@@ -98,7 +128,8 @@ class StepPlan:
 
     @staticmethod
     def _gather_batch(batch: DeviceBatch, state_map, states: list) -> tuple:
-        grad_ptrs, steps = [], []
+        grad_addresses, steps = [], []
+        # Unpacked in PlannedTensor's field order: tuple unpacking is the cheapest read of 300+ entries.
         for p, shape, dev, pp, m, mp, v, vp, mask, kp in batch.entries:
             g = p.grad
             state = state_map[p]
@@ -118,10 +149,10 @@ class StepPlan:
                     and (mask is None or (mask.data_ptr() == kp and mask.dtype in _MASK_DTYPES
                                           and mask.is_contiguous() and mask.shape == shape))):
                 raise _Stale
-            grad_ptrs.append(g.data_ptr())
+            grad_addresses.append(g.data_ptr())
             steps.append(state["step"])
             states.append(state)
-        return batch, grad_ptrs, steps
+        return batch, grad_addresses, steps
 
 
 class _Stale(Exception):

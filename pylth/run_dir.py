@@ -6,9 +6,17 @@
     init.pt              theta_0 (only with --reset init)
     round_XX/mask.pt     parameter name -> bool tensor, prunable weights in forward order
     round_XX/model.pt    the trained EMA state_dict, exactly zero where the mask is False
+    round_XX/ticket.safetensors  the same model with only its kept weights (pylth.sparse.load_sparse)
     round_XX/samples.png a grid of samples from that model
     round_XX/checkpoint.pt  mid-round training state, removed when the round finishes
     report.png           FID against sparsity, sparsity per module for every round
+    .lock                held by the process writing the run (pylth.run_lock); read-only commands ignore it
+
+Integrity: a round's record in rounds.jsonl holds ``files``, the SHA-256 of every file the round
+wrote (its round_XX folder but checkpoint.pt, and for round 0 rewind.pt / init.pt too), as paths
+relative to the run directory. ``verify`` checks them before a resume and before a ticket is
+loaded; a damaged or missing file, or an unreadable line of rounds.jsonl, is a DamagedRunError
+that names the file and says what to do, and nothing is written.
 """
 from __future__ import annotations
 
@@ -17,16 +25,43 @@ import os
 import re
 import tempfile
 
-from pylth.io import atomic_torch_save, atomic_write_bytes, atomic_write_json, atomic_write_text, torch_load
-
+from pylth.io import (UnreadableFileError, atomic_torch_save, atomic_write_bytes, atomic_write_json, atomic_write_text,
+                      sha256_file, torch_load)
+from pylth.run_lock import DirectoryLock
 
 ROUND_DIR_FORMAT = "round_{:02d}"
+TICKET_FILE = "ticket.safetensors"  # a round's model with only its kept weights (pylth.sparse.save_sparse)
 _ROUND_DIR = re.compile(r"^round_(\d+)$")
+UNRECORDED_ROUND_FILES = frozenset({"checkpoint.pt"})  # mid-round state: changes, then goes
+RUN_FILES_OF_ROUND_0 = ("rewind.pt", "init.pt")  # written during round 0, read by every later round
+
+
+class DamagedRunError(UnreadableFileError):
+    """A run directory file that is missing, damaged, or differs from its recorded digest: ``problem``
+    says which and how, ``remedy`` what to do; the message is both."""
+
+    def __init__(self, problem: str, remedy: str):
+        super().__init__(f"{problem}. Nothing was changed: {remedy}")
+        self.problem, self.remedy = problem, remedy
+
+
+def redo_hint(k: int) -> str:
+    """What to do about a damaged file of finished round k (README: "A damaged run directory")."""
+    if k == 0:
+        return ("restore it from a copy, or start over with --force (the run is moved aside, nothing is deleted): "
+                "every round depends on round 0")
+    return (f"restore it from a copy, or redo rounds {k} onwards: move round_{k:02d} and any later round folders "
+            f"out of the run, cut rounds.jsonl to {_first_lines(k)}, and rerun")
+
+
+def _first_lines(n: int) -> str:
+    return "its first line" if n == 1 else f"its first {n} lines"
 
 
 class RunDirectory:
     def __init__(self, path: str):
         self.path = os.path.abspath(path)
+        self._lock: DirectoryLock | None = None
 
     # -- layout -------------------------------------------------------------------------------
     def file(self, name: str) -> str:
@@ -82,27 +117,94 @@ class RunDirectory:
     def has_contents(self) -> bool:
         return os.path.isdir(self.path) and any(not n.startswith(".") for n in os.listdir(self.path))
 
+    # -- one writer ---------------------------------------------------------------------------
+    def lock(self) -> None:
+        """Hold the directory's lock (it must exist), or raise RunLocked naming the holder. Locking
+        again after the folder was renamed (--force) locks the new folder and lets the old one go."""
+        lock = DirectoryLock(self.path).acquire()
+        if self._lock is not None:
+            self._lock.release()
+        self._lock = lock
+
+    def unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
     # -- reads --------------------------------------------------------------------------------
     def read_config(self) -> dict | None:
         if not os.path.exists(self.config_path):
             return None
-        with open(self.config_path, encoding="utf-8") as f:
-            return json.load(f)
+        try:
+            with open(self.config_path, encoding="utf-8") as f:
+                config = json.load(f)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            config = exc
+        if not isinstance(config, dict):
+            reason = f"not valid JSON: {config}" if isinstance(config, Exception) else "not a JSON object"
+            raise DamagedRunError(f"{self.config_path} is damaged ({reason})",
+                                  "restore it from a copy, or start over with --force (the run is moved aside)")
+        return config
 
     def read_rounds(self) -> list[dict]:
-        """The finished rounds, in order; raises ValueError when the file is not a clean 0, 1, 2... sequence."""
+        """The finished rounds, in order; a line that is not a record, or rounds that are not 0, 1, 2...,
+        is a DamagedRunError naming the file and the line."""
         if not os.path.exists(self.rounds_path):
             return []
-        with open(self.rounds_path, encoding="utf-8") as f:
-            records = [json.loads(line) for line in f if line.strip()]
-        for expected, record in enumerate(records):
-            if record.get("round") != expected:
-                raise ValueError(f"{self.rounds_path}: line {expected + 1} is round {record.get('round')}, "
-                                 f"expected {expected}")
+        with open(self.rounds_path, "rb") as f:
+            lines = [line for line in f.read().split(b"\n") if line.strip()]
+        records = []
+        for number, line in enumerate(lines, start=1):
+            try:
+                record = json.loads(line)
+                problem = None if isinstance(record, dict) and record.get("round") == number - 1 else (
+                    f"holds round {record.get('round')!r}, expected {number - 1}" if isinstance(record, dict)
+                    else "is not a JSON object")
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                problem = f"is not valid JSON ({exc})"
+            if problem is not None:
+                redo = (f"cut it to {_first_lines(number - 1)} to redo rounds {number - 1} onwards" if number > 1
+                        else "start over with --force (the run is moved aside)")
+                raise DamagedRunError(f"{self.rounds_path} is damaged: line {number} {problem}",
+                                      f"restore it from a copy, or {redo}")
+            records.append(record)
         return records
 
-    def load(self, path: str):
-        return torch_load(path)
+    def load(self, path: str, remedy: str = ""):
+        """A .pt file of the run; a missing or unreadable one is an UnreadableFileError naming it."""
+        return torch_load(path, remedy=remedy)
+
+    # -- integrity ----------------------------------------------------------------------------
+    def relative(self, path: str) -> str:
+        return os.path.relpath(path, self.path).replace(os.sep, "/")
+
+    def round_digests(self, k: int) -> dict[str, str]:
+        """Relative path -> SHA-256 of every file round k wrote: its folder but checkpoint.pt (and temp
+        files), and for round 0 the run files it wrote (rewind.pt, init.pt)."""
+        folder = self.round_dir(k)
+        paths = [p for p in (os.path.join(folder, n) for n in sorted(os.listdir(folder))
+                             if not n.startswith(".") and n not in UNRECORDED_ROUND_FILES) if os.path.isfile(p)]
+        if k == 0:
+            paths += [self.file(n) for n in RUN_FILES_OF_ROUND_0 if os.path.isfile(self.file(n))]
+        return {self.relative(p): sha256_file(p) for p in paths}
+
+    def verify(self, records: list[dict], paths=None) -> None:
+        """Check files against the digests the records hold (every recorded file, or only ``paths``):
+        a missing or changed file is a DamagedRunError. Rounds recorded before digests existed are
+        not checked."""
+        wanted = None if paths is None else {self.relative(os.path.abspath(p)) for p in paths}
+        for record in records:
+            for rel, digest in record.get("files", {}).items():
+                if wanted is not None and rel not in wanted:
+                    continue
+                path, k = self.file(rel), record["round"]
+                if not os.path.isfile(path):
+                    problem = "is missing"
+                elif sha256_file(path) != digest:
+                    problem = "is damaged: its SHA-256 differs from the one rounds.jsonl records"
+                else:
+                    continue
+                raise DamagedRunError(f"{path} (a file of finished round {k}) {problem}", redo_hint(k))
 
     # -- writes (rank 0) ----------------------------------------------------------------------
     def write_config(self, config: dict) -> None:

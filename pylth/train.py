@@ -1,6 +1,7 @@
 """python -m pylth.train: train a DDPM, then write DIR/checkpoint.pt, DIR/samples.png and
-DIR/metrics.json (fid, fid_features, kid, loss). Running the same command again resumes.
-Under torchrun every process trains (DDP) and samples its share for FID; rank 0 writes."""
+DIR/metrics.json (fid, fid_features, fid_weights, kid, loss). Running the same command again resumes,
+also after SIGTERM/SIGUSR1 (checkpoint written, exit 75). Under torchrun every process trains (DDP) and
+samples its share for FID; rank 0 writes, and holds DIR's lock."""
 from __future__ import annotations
 
 import argparse
@@ -19,8 +20,9 @@ from pylth.ddpm.data import dataset_info, load_dataset
 from pylth.ddpm.images import grid_png
 from pylth.ddpm.models import model_kind, resolve_model
 from pylth.ddpm.presets import flag_defaults
-from pylth.ddpm.trainer import TrainConfig, resolve_device, train
+from pylth.ddpm.trainer import Diverged, TrainConfig, resolve_device, train
 from pylth.io import atomic_write_bytes, atomic_write_json
+from pylth.run_lock import DirectoryLock
 
 SAMPLE_GRID = 64
 SECTIONS = (("data", DataConfig), ("model", ModelConfig), ("training", TrainConfig), ("diffusion", DiffusionConfig),
@@ -38,10 +40,20 @@ def build_parser(defaults: dict | None = None) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> dict | None:
     """Train and evaluate; returns the metrics (None on ranks other than 0, which train and sample
-    their share for FID but write nothing)."""
+    their share for FID but write nothing). Rank 0 holds --out's lock while it runs."""
+    lock = DirectoryLock(args.out)
+    try:
+        return _run(args, lock)
+    finally:
+        lock.release()
+
+
+def _run(args: argparse.Namespace, lock: DirectoryLock) -> dict | None:
     data, model_cfg, train_cfg = from_args(DataConfig, args), from_args(ModelConfig, args), from_args(TrainConfig, args)
     diff_cfg, eval_cfg = from_args(DiffusionConfig, args), from_args(EvalConfig, args)
     rank, device = D.init_distributed(resolve_device(train_cfg.device))
+    if eval_cfg.fid_samples:  # before any work: asking for Inception without weights is an error
+        eval_cfg = eval_cfg.resolved(data.dataset)
     train_cfg = dataclasses.replace(train_cfg, device=str(device))
     torch.manual_seed(train_cfg.seed)
     with D.fail_together("downloading the data set"):  # one download per machine, the others wait
@@ -53,15 +65,21 @@ def run(args: argparse.Namespace) -> dict | None:
     model_config, init_from = resolve_model(kind, data.dataset, info["image_shape"], model_cfg.init_from)
     model = kind.initial(model_config, train_cfg.seed, init_from)
     diffusion = GaussianDiffusion(diff_cfg.num_timesteps, diff_cfg.beta_start, diff_cfg.beta_end)
-    if rank == 0:
-        os.makedirs(args.out, exist_ok=True)
-        atomic_write_json(dict(data=dataclasses.asdict(data), train=dataclasses.asdict(train_cfg),
-                               diffusion=dataclasses.asdict(diff_cfg), eval=dataclasses.asdict(eval_cfg),
-                               model_kind=kind.name, model=model_config, init_from=init_from),
-                          os.path.join(args.out, "config.json"))
+    with D.fail_together("opening --out"):  # one writer: a second train on the same --out is refused
+        if rank == 0:
+            os.makedirs(args.out, exist_ok=True)
+            lock.acquire()
+            atomic_write_json(dict(data=dataclasses.asdict(data), train=dataclasses.asdict(train_cfg),
+                                   diffusion=dataclasses.asdict(diff_cfg), eval=dataclasses.asdict(eval_cfg),
+                                   model_kind=kind.name, model=model_config, init_from=init_from),
+                              os.path.join(args.out, "config.json"))
     start = time.time()
-    result = train(model, diffusion, dataset, train_cfg, checkpoint_path=os.path.join(args.out, "checkpoint.pt"),
-                   progress_desc=f"train {data.dataset}", predict=kind.predict)
+    try:
+        result = train(model, diffusion, dataset, train_cfg, checkpoint_path=os.path.join(args.out, "checkpoint.pt"),
+                       progress_desc=f"train {data.dataset}", predict=kind.predict)
+    except Diverged as exc:
+        raise Diverged(f"{exc}. Lower --lr (or raise --warmup) and rerun: training goes on from the last good "
+                       "checkpoint, if there is one", exc.iteration) from None
     metrics = dict(dataset=data.dataset, iterations=result.iterations, loss=result.loss,
                    train_seconds=round(time.time() - start, 1))
     samples = None
@@ -70,13 +88,14 @@ def run(args: argparse.Namespace) -> dict | None:
 
         fid = evaluate_fid(result.ema_model, diffusion, data.dataset, dataset, eval_cfg.fid_samples,
                            sampler=eval_cfg.sampler, steps=eval_cfg.sample_steps, eta=eval_cfg.eta,
-                           seed=train_cfg.seed, device=device, inception_path=eval_cfg.inception_path,
+                           seed=train_cfg.seed, device=device, fid_features=eval_cfg.fid_features,
+                           inception_path=eval_cfg.inception_path,
                            cache_dir=eval_cfg.cache_dir, batch_size=eval_cfg.sample_batch_size,
                            progress=rank == 0, return_samples=SAMPLE_GRID, predict=kind.predict)
         samples = fid.pop("samples")
         metrics.update(fid, sampler=eval_cfg.sampler, sample_steps=eval_cfg.sample_steps)
     else:
-        metrics.update(fid=None, fid_features=None, kid=None)
+        metrics.update(fid=None, fid_features=None, fid_weights=None, kid=None)
     if rank != 0:
         return None
     if samples is None or len(samples) < SAMPLE_GRID:
@@ -106,7 +125,7 @@ def main(argv=None) -> int:
         if metrics is not None:
             print(", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
 
-    return run_command(parser.prog, body, on_interrupt="run the same command again to resume")
+    return run_command(parser.prog, body, on_interrupt="run the same command again to resume", stops_on_signals=True)
 
 
 if __name__ == "__main__":

@@ -11,3 +11,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """The digits training set (the bundled 8x8 images)."""
+    from pylth.ddpm.data import load_dataset
+
+    return load_dataset("digits")

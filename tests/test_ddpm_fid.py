@@ -58,8 +58,9 @@ def test_evaluate_fid_labels_its_features_and_caches_reference_statistics(tmp_pa
     kwargs = dict(sampler="ddim", steps=2, seed=0, device="cpu", cache_dir=str(tmp_path), batch_size=64,
                   progress=False)
     result = evaluate_fid(model, GaussianDiffusion(), "digits", digits, 20, **kwargs)
-    assert set(result) == {"fid", "kid", "fid_features", "num_samples"}
+    assert set(result) == {"fid", "kid", "fid_features", "fid_weights", "num_samples"}
     assert result["fid_features"] == "classifier" and result["num_samples"] == 20 and result["fid"] > 0
+    assert result["fid_weights"].startswith("classifier:digits:sha1=")
     assert sorted(f.name.split("-")[0] for f in tmp_path.iterdir()) == ["classifier", "ref"]
     again = evaluate_fid(model, GaussianDiffusion(), "digits", digits, 20, **kwargs)
     assert again["fid"] == pytest.approx(result["fid"])

@@ -2,7 +2,8 @@
 is also its worker script) against the same work done in one process here.
 
 - training: 2 ranks with the same global batch match 1 process; both ranks hold the same weights and EMA; a
-  run interrupted and resumed under torchrun equals the uninterrupted one bit for bit;
+  run interrupted and resumed under torchrun equals the uninterrupted one bit for bit; a SIGTERM to one
+  rank stops both at the same step with a checkpoint, and the resume is exact too;
 - FID: the sharded samples are the one-process samples bit for bit, and the scores are equal;
 - find_ticket: one round writes one run directory, every rank trains on the same masks, and the
   sparsity equals the one-process run's;
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -28,6 +30,7 @@ from pylth.ddpm.trainer import TrainConfig, train
 from pylth.ddpm.models import UNet
 from pylth.io import torch_load
 from pylth.lottery import find_ticket
+from pylth.preemption import Preempted, stop_on_signals
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # when run as the torchrun worker
 from test_lottery_helpers import TINY_MODEL, tiny_spec  # noqa: E402
@@ -79,6 +82,33 @@ def train_tiny(checkpoint=None, killed_after=None) -> tuple[torch.Tensor, float]
     model = tiny_model()
     result = train(model, GaussianDiffusion(), dataset, config, masks=tiny_masks(model), checkpoint_path=checkpoint)
     return torch.cat([flat(result.model), flat(result.ema_model)]), result.loss
+
+
+def preempted_tiny(checkpoint: str, rank: int) -> dict:
+    """30 steps, uninterrupted; then the same with SIGTERM to rank 1 alone at iteration 3, then resumed.
+    Returns how the stopped run ended on this rank and whether the resumed run equals the straight one."""
+    config = TrainConfig(iterations=30, batch_size=16, warmup=0, ema_decay=0.9, checkpoint_every=1000)
+    dataset = load_dataset("digits")
+    model = tiny_model()
+    straight = train(model, GaussianDiffusion(), dataset, config, masks=tiny_masks(model))
+
+    def signal_rank_1(iteration, _model):
+        if rank == 1 and iteration == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    outcome = None
+    with stop_on_signals():
+        model = tiny_model()
+        try:
+            train(model, GaussianDiffusion(), dataset, config, masks=tiny_masks(model), checkpoint_path=checkpoint,
+                  on_iteration=signal_rank_1)
+        except Preempted as exc:
+            outcome = str(exc)
+    model = tiny_model()
+    resumed = train(model, GaussianDiffusion(), dataset, config, masks=tiny_masks(model), checkpoint_path=checkpoint)
+    exact = torch.equal(torch.cat([flat(straight.model), flat(straight.ema_model)]),
+                        torch.cat([flat(resumed.model), flat(resumed.ema_model)]))
+    return dict(outcome=outcome, exact=exact, loss_exact=straight.loss == resumed.loss)
 
 
 def fid_tiny(cache: str) -> dict:
@@ -140,6 +170,9 @@ def worker(out: str, cache: str) -> None:
     results["loss"], results["resumed_loss"] = loss, resumed_loss
     results["resume_exact"] = bool(torch.equal(weights, resumed))
     results["ckpt_rng_states"] = len(torch_load(os.path.join(out, "ckpt.pt"))["rng"]) if rank == 0 else None
+
+    # a stop signal to one rank: every rank stops at the same step, after rank 0 wrote the checkpoint
+    results["preempt"] = gathered(preempted_tiny(os.path.join(out, "preempt.pt"), rank))
 
     # FID
     fid = fid_tiny(cache)
@@ -217,6 +250,17 @@ def test_resume_under_torchrun_equals_the_uninterrupted_run(runs):
     r = job["results"]
     assert r["resume_exact"] and r["resumed_loss"] == r["loss"]
     assert r["ckpt_rng_states"] == 2  # one RNG state per process
+
+
+def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step_and_the_resume_is_exact(runs):
+    *_, run_dir = runs
+    checkpoint = os.path.join(os.path.dirname(run_dir), "preempt.pt")
+    preempt = runs[1]["results"]["preempt"]
+    # rank 1 got SIGTERM at iteration 3; both learn of it when the losses are next read back, at 25
+    assert [p["outcome"] for p in preempt] == [
+        f"stopped by a stop signal to another process after iteration 25 of 30; {checkpoint} holds the state",
+        f"stopped by SIGTERM after iteration 25 of 30; {checkpoint} holds the state"]
+    assert all(p["exact"] and p["loss_exact"] for p in preempt)
 
 
 def test_sharded_fid_samples_and_scores_equal_one_process(runs):

@@ -1,3 +1,4 @@
+import hashlib
 import os
 import pickle
 import stat
@@ -5,7 +6,7 @@ import stat
 import pytest
 import torch
 
-from pylth.io import atomic_torch_save, atomic_write_json, torch_load
+from pylth.io import UnreadableFileError, atomic_torch_save, atomic_write_json, sha256_file, torch_load
 
 
 def test_atomic_writes_round_trip_and_leave_no_temp_files(tmp_path):
@@ -33,8 +34,31 @@ def test_files_get_the_umask_mode_not_mkstemp_0600(tmp_path):
     assert stat.S_IMODE(os.stat(tmp_path / "d.json").st_mode) == 0o644
 
 
-def test_torch_load_refuses_pickled_code(tmp_path):
+def test_torch_load_refuses_pickled_code_naming_the_file(tmp_path):
     path = str(tmp_path / "e.pt")
     torch.save({"f": os.getcwd}, path)
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(UnreadableFileError, match=f"cannot read {path} .*weights_only") as info:
         torch_load(path)
+    assert isinstance(info.value.__cause__, pickle.UnpicklingError)
+
+
+def test_torch_load_names_a_damaged_or_missing_file_and_says_what_to_do(tmp_path):
+    path = str(tmp_path / "f.pt")
+    atomic_torch_save({"w": torch.arange(1000.0)}, path)
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2])
+    with pytest.raises(UnreadableFileError, match=f"^cannot read {path} \\(PytorchStreamReader failed reading zip "
+                                                  "archive: failed finding central directory\\): it is damaged or is "
+                                                  "not a file pylth wrote. Delete it.$"):
+        torch_load(path, remedy="Delete it.")
+    with pytest.raises(UnreadableFileError, match=f"^{tmp_path}/none.pt is missing.$"):
+        torch_load(str(tmp_path / "none.pt"))
+
+
+def test_sha256_file_is_hashlibs_digest_of_the_bytes(tmp_path):
+    path = tmp_path / "g.bin"
+    data = bytes(range(256)) * 5000  # several read chunks
+    path.write_bytes(data)
+    assert sha256_file(str(path)) == hashlib.sha256(data).hexdigest()

@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from pylth.ddpm import classifier
+from pylth.ddpm import build_model, classifier
 from pylth.ddpm.config import DataConfig, DiffusionConfig, EvalConfig
 from pylth.ddpm.trainer import TrainConfig, TrainResult
 from pylth.lottery import LotteryConfig, LotteryParts, RunSpec
@@ -17,6 +17,12 @@ from pylth.pruning import apply_masks
 # 8x8 digits U-Net, ~20k weights: the same code paths as the presets, a fraction of the time.
 TINY_MODEL = dict(in_channels=1, image_size=8, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,),
                   dropout=0.0, norm_groups=4)
+
+
+def small_digits_unet(seed: int):
+    """A one-level digits U-Net (ch 32) initialised from ``seed``: for tests of the trainer."""
+    torch.manual_seed(seed)
+    return build_model("digits", ch=32, ch_mult=(1,), num_res_blocks=1, attn_resolutions=())
 
 
 def tiny_spec(cache_dir: str, iterations: int = 6, train: dict | None = None, **lottery) -> RunSpec:
@@ -40,11 +46,16 @@ def fid_cache(tmp_path_factory):
     mp.undo()
 
 
+LOCK_FILES = (".lock", ".mixed.lock")  # every writer rewrites its lock file (the holder's pid): not run content
+
+
 def file_digests(folder: str) -> dict[str, tuple[str, int]]:
-    """relative path -> (sha256, mtime_ns) of every file under ``folder``."""
+    """relative path -> (sha256, mtime_ns) of every file under ``folder``, lock files aside."""
     out = {}
     for root, _, files in os.walk(folder):
         for name in files:
+            if name in LOCK_FILES:
+                continue
             path = os.path.join(root, name)
             with open(path, "rb") as f:
                 out[os.path.relpath(path, folder)] = (hashlib.sha256(f.read()).hexdigest(), os.stat(path).st_mtime_ns)
@@ -83,7 +94,8 @@ def fake_calls(step_size: float = 1.0) -> FakeCalls:
         return TrainResult(model=model, ema_model=copy.deepcopy(model), loss=0.5, iterations=end_iteration)
 
     def evaluate_fid(model, diffusion, name, dataset, num_samples, **kw):
-        return dict(fid=10.0, kid=0.0, fid_features="classifier", num_samples=num_samples,
+        return dict(fid=10.0, kid=0.0, fid_features="classifier", fid_weights="classifier:fake",
+                    num_samples=num_samples,
                     samples=torch.zeros(num_samples, *dataset[0][0].shape))
 
     calls.parts = LotteryParts(train=train, evaluate_fid=evaluate_fid,

@@ -2,8 +2,9 @@
 import pytest
 import torch
 
+from pylth.ops.adam import AdamHyper, adam_constants_table, adam_table, masked_adam_, masked_adam_reference_
+from pylth.ops.dispatch import pack_table
 from pylth.ops.native import native as _C
-from pylth.ops.adam import AdamHyper, masked_adam_, masked_adam_reference_
 
 
 def _case(shapes, seed, device="cpu", mask_dtype=torch.bool):
@@ -86,15 +87,44 @@ def test_bad_arguments_name_the_argument():
         masked_adam_(ps[0], gs, ms, vs, masks, h)
 
 
+def _native_call(table, constants=None, num_threads=1):
+    constants = torch.zeros((table.shape[0], 8), dtype=torch.float64) if constants is None else constants
+    _C.masked_adam_cpu(table.data_ptr(), table.shape[0], table.shape[1], constants.data_ptr(), num_threads)
+
+
+def test_native_entry_point_takes_its_table():
+    # The table masked_adam_ builds, given straight to the entry point, is the step torch's Adam takes.
+    p, g = torch.randn(10), torch.randn(10)
+    m, v = torch.zeros(10), torch.zeros(10)
+    want = p.clone().requires_grad_()
+    want.grad = g.clone()
+    torch.optim.Adam([want], lr=1e-2).step()
+    h = AdamHyper(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled=False, step=1)
+    _native_call(adam_table([p], [g], [m], [v], [None]), adam_constants_table([h]))
+    torch.testing.assert_close(p, want.detach(), rtol=1e-6, atol=1e-7)
+
+
 def test_native_entry_point_raises_instead_of_aborting():
-    with pytest.raises(ValueError, match="same length"):
-        _C.masked_adam_cpu([0], [], [], [], [], [], [], 1)
-    with pytest.raises(ValueError, match="8 values per tensor"):
-        _C.masked_adam_cpu([0], [0], [0], [0], [0], [0], [1.0], 1)
-    with pytest.raises(ValueError, match="null data pointer"):
-        _C.masked_adam_cpu([0], [0], [0], [0], [0], [3], [1.0] * 8, 1)
+    t = torch.zeros(3)
+    row = [t.data_ptr(), t.data_ptr(), t.data_ptr(), t.data_ptr(), 0, 3]
+    with pytest.raises(ValueError, match="masked_adam_cpu: the table must have 6 columns, got 5"):
+        _native_call(pack_table([row[:5]], 5))
+    with pytest.raises(ValueError, match="negative row count"):
+        _C.masked_adam_cpu(0, -1, 6, 0, 1)
+    with pytest.raises(ValueError, match="null table"):
+        _C.masked_adam_cpu(0, 1, 6, 0, 1)
+    with pytest.raises(ValueError, match="null consts table"):
+        _C.masked_adam_cpu(pack_table([row], 6).data_ptr(), 1, 6, 0, 1)
+    for column in range(4):  # param, grad, exp_avg, exp_avg_sq
+        with pytest.raises(ValueError, match="null data address in row 1"):
+            _native_call(pack_table([row, row[:column] + [0] + row[column + 1:]], 6))
+    with pytest.raises(ValueError, match="negative element count in row 0"):
+        _native_call(pack_table([row[:5] + [-1]], 6))
     with pytest.raises(ValueError, match="num_threads"):
-        _C.masked_adam_cpu([], [], [], [], [], [], [], 0)
+        _native_call(pack_table([row], 6), num_threads=0)
+    _native_call(pack_table([[0, 0, 0, 0, 0, 0]], 6))  # an empty tensor needs no addresses
+    _native_call(pack_table([], 6))
+    assert torch.equal(t, torch.zeros(3))  # none of the calls that raised touched the data
 
 
 @pytest.mark.cuda

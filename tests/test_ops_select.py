@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from pylth.ops.dispatch import pack_table
+from pylth.ops.native import native as _C
 from pylth.ops.select import magnitude_select, magnitude_select_global, reference_select
 
 
@@ -227,16 +229,47 @@ def test_cuda_tensors_off_the_current_device():
     assert_same([g.cpu() for g in got], want)
 
 
+def _select_cpu(rows, ratios, global_mode=False, use_bracket=True, width=4):
+    table = pack_table(rows, width)
+    ratios = torch.tensor(ratios, dtype=torch.float64)
+    return _C.select_cpu(table.data_ptr(), table.shape[0], width, ratios.data_ptr(), global_mode, use_bracket, 1)
+
+
+def _rows(weights, masks, outs):
+    return [(w.data_ptr(), m.data_ptr(), o.data_ptr(), w.numel()) for w, m, o in zip(weights, masks, outs)]
+
+
 @pytest.mark.parametrize("ties", [False, True])
 def test_radix_select_path_alone_matches_numpy(ties):
-    """The exact fallback (taken when a sampled bracket misses) on its own, via the raw binding."""
-    from pylth.ops.native import native as _C
-
+    """The exact fallback (taken when a sampled bracket misses) on its own, via the native entry point."""
     weights, masks, ratios = random_case(300, ties=ties)
     outs = [torch.empty_like(m) for m in masks]
-    args = ([w.data_ptr() for w in weights], [m.data_ptr() for m in masks], [o.data_ptr() for o in outs],
-            [w.numel() for w in weights])
-    assert _C.select_segments_cpu(*args, ratios, use_bracket=False) == -1
+    assert _select_cpu(_rows(weights, masks, outs), ratios, use_bracket=False) == -1
     assert_same(outs, numpy_oracle(weights, ratios, masks))
-    assert _C.select_global_cpu(*args, ratios[0], use_bracket=False) == -1
+    assert _select_cpu(_rows(weights, masks, outs), ratios[:1], global_mode=True, use_bracket=False) == -1
     assert_same(outs, numpy_oracle(weights, ratios, masks, global_mode=True))
+
+
+def test_native_entry_point_raises_instead_of_aborting():
+    w, out = torch.randn(5), torch.empty(5, dtype=torch.bool)
+    good = (w.data_ptr(), 0, out.data_ptr(), 5)
+    with pytest.raises(ValueError, match="select_cpu: the table must have 4 columns, got 3"):
+        _select_cpu([good[:3]], [0.5], width=3)
+    with pytest.raises(ValueError, match="null table"):
+        _C.select_cpu(0, 2, 4, 0, False, True, 1)
+    with pytest.raises(ValueError, match="null ratios"):
+        table = pack_table([good], 4)
+        _C.select_cpu(table.data_ptr(), 1, 4, 0, False, True, 1)
+    with pytest.raises(ValueError, match="null weight or output address in row 1"):
+        _select_cpu([good, (0, 0, out.data_ptr(), 5)], [0.5, 0.5])
+    with pytest.raises(ValueError, match="null weight or output address in row 0"):
+        _select_cpu([(w.data_ptr(), 0, 0, 5)], [0.5], global_mode=True)
+    with pytest.raises(ValueError, match="size out of range in row 0"):
+        _select_cpu([good[:3] + (-1,)], [0.5])
+    with pytest.raises(ValueError, match=r"ratios must lie in \[0, 1\]"):
+        _select_cpu([good], [1.5])
+    with pytest.raises(ValueError, match="num_threads"):
+        table, ratios = pack_table([good], 4), torch.tensor([0.5], dtype=torch.float64)
+        _C.select_cpu(table.data_ptr(), 1, 4, ratios.data_ptr(), False, True, 0)
+    w[3] = float("inf")
+    assert _select_cpu([(0, 0, 0, 0), good], [0.5, 0.5]) == 1  # an empty segment needs no addresses

@@ -1,7 +1,7 @@
 """MaskedAdam's kept launch plan follows every change between steps (oracle: torch.optim.Adam on grad * mask).
 
-Each test changes something the plan's pointer lists were built from, between two steps, and does the
-same to a torch.optim.Adam run on masked copies; a stale plan would write through old pointers.
+Each test changes something the plan's kernel table was built from, between two steps, and does the
+same to a torch.optim.Adam run on masked copies; a stale plan would write through old addresses.
 """
 import copy
 import warnings
@@ -9,6 +9,7 @@ import warnings
 import pytest
 import torch
 
+from pylth.ops.adam import GRAD_COLUMN, adam_step_constants
 from pylth.ops.native import warn_fallback
 from pylth.optim import MaskedAdam
 
@@ -55,6 +56,26 @@ class Pair:
             torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-6, atol=1e-7)
         for p, m in zip(self.ours, self.masks):
             assert (p.detach()[~m] == 0).all()
+
+
+def test_plan_keeps_its_tables_and_rewrites_only_grads_and_constants():
+    # The host-overhead property: steps over the same params reuse the plan's tables; each step writes
+    # its grads' addresses (new tensors every step here) and its step's constants into them.
+    run = Pair()
+    run.step()
+    plan = run.opt._plan
+    (batch,) = plan.batches
+    table, constants, kept = batch.table, batch.constants, batch.table.clone()
+    for step in (2, 3):
+        run.step()
+        assert run.opt._plan is plan and batch.table is table and batch.constants is constants
+        grads = [p.grad.data_ptr() for p in run.ours]
+        assert table[:, GRAD_COLUMN].tolist() == grads
+        others = [c for c in range(table.shape[1]) if c != GRAD_COLUMN]
+        assert torch.equal(table[:, others], kept[:, others])
+        want = adam_step_constants(run.opt._hyper(run.opt.param_groups[0], step))
+        assert constants.tolist() == [list(want)] * len(SHAPES)
+    run.check()
 
 
 def test_mask_changes_between_steps():

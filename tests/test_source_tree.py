@@ -73,6 +73,8 @@ COMMANDS = [
     ["pylth.find_ticket", "--out", "{tmp}/run"],
     ["pylth.train", "--iterations", "2", "--out", "{tmp}/run"],
     ["pylth.cka", "{tmp}/a", "{tmp}/b", "--out", "{tmp}/run"],
+    ["pylth.sample", "{tmp}/a", "--out", "{tmp}/run"],
+    ["pylth.mixed", "{tmp}/run"],
 ]
 
 

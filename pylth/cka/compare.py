@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import math
 import os
-import pickle
 from dataclasses import dataclass
 
 import torch
 
 from pylth.cka import linear_cka, rbf_cka, weight_rows
-from pylth.io import torch_load
 from pylth.run_dir import RunDirectory
 
 TICKET_FILES = ("model.pt", "mask.pt")
@@ -61,11 +59,10 @@ def pick_round(run_a: str, run_b: str, round_k: int | None) -> int:
     return round_k
 
 
-def _load(path: str) -> dict:
-    try:
-        obj = torch_load(path)
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
-        raise RunError(f"cannot read {path}: {exc}") from None
+def _load(run: RunDirectory, path: str) -> dict:
+    """A finished round's file, checked against its digest in rounds.jsonl when the run records one."""
+    run.verify(run.read_rounds(), [path])
+    obj = run.load(path)
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise RunError(f"{path} must hold a dict of name -> tensor")
     return obj
@@ -75,7 +72,7 @@ def trained_weight_rows(run_dir: str, round_k: int) -> dict[str, torch.Tensor]:
     """Layer name -> the round's masked trained weight as a row matrix (float32), in mask.pt order."""
     run = RunDirectory(run_dir)
     model_path, mask_path = (run.round_file(round_k, f) for f in TICKET_FILES)
-    state, masks = _load(model_path), _load(mask_path)
+    state, masks = _load(run, model_path), _load(run, mask_path)
     layers = {}
     for name, mask in masks.items():
         if name not in state:

@@ -13,6 +13,8 @@ from pylth.ddpm.data import DATASETS
 from pylth.ddpm.models import DEFAULT_MODEL, MODELS, model_kind
 from pylth.ddpm.samplers import SAMPLERS
 
+FID_FEATURES = ("auto", "inception", "classifier")
+
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
@@ -127,9 +129,13 @@ class EvalConfig:
     sample_batch_size: int = dataclasses.field(default=256, **help_field(
         "images per sampling batch; FID samples come in blocks of this size, each with its own seed, "
         "shared out across processes (so the samples depend on it, not on the number of processes)"))
+    fid_features: str = dataclasses.field(default="auto", **help_field(
+        "features for FID: inception (Inception-v3: the weights of pylth[inception], or --inception-path), "
+        "classifier (a small CNN trained on the data set's labels), or auto: inception where the weights "
+        "are found, except on digits without --inception-path", choices=FID_FEATURES))
     inception_path: typing.Optional[str] = dataclasses.field(default=None, **help_field(
-        "local inception-2015-12-05.pt (or its folder) for Inception FID; default $PYLTH_INCEPTION_PATH, "
-        "else FID on features of a classifier trained on the data set's labels"))
+        "clean-fid's local inception-2015-12-05.pt (or its folder) for Inception FID, instead of the "
+        "bundled weights; default $PYLTH_INCEPTION_PATH"))
     cache_dir: typing.Optional[str] = dataclasses.field(default=None, **help_field(
         "cache for FID reference statistics and classifiers (default $PYLTH_CACHE_DIR or ~/.cache/pylth)"))
 
@@ -146,3 +152,19 @@ class EvalConfig:
             raise ValueError(f"eta must be >= 0, got {self.eta!r}")
         if not isinstance(self.sample_batch_size, int) or self.sample_batch_size < 1:
             raise ValueError(f"sample_batch_size must be a positive int, got {self.sample_batch_size!r}")
+        if self.fid_features not in FID_FEATURES:
+            raise ValueError(f"fid_features must be one of {', '.join(FID_FEATURES)}, got {self.fid_features!r}")
+
+    def resolved(self, dataset: str) -> "EvalConfig":
+        """This configuration with fid_features "auto" made concrete for ``dataset`` (what a run
+        records in config.json, so that it keeps its features when resumed); a FileNotFoundError
+        when inception is asked for and no weights are installed. Under torch.distributed rank 0
+        decides and every rank gets its answer, so that all extract the same features."""
+        from pylth import distributed as D
+        from pylth.ddpm.fid import resolve_fid_features  # scipy and clean-fid: only when needed
+
+        kind = None
+        with D.fail_together("choosing the FID features"):
+            if D.is_main():
+                kind = resolve_fid_features(dataset, self.fid_features, self.inception_path)
+        return dataclasses.replace(self, fid_features=D.broadcast_object(kind))

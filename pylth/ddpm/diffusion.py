@@ -7,7 +7,8 @@ from typing import Callable
 
 import torch
 
-from pylth.ddpm.samplers import SAMPLERS, call_model, make_sampler, sample
+from pylth.ddpm.models import call_model
+from pylth.ddpm.samplers import SAMPLERS, make_sampler, sample
 from pylth.ddpm.schedule import NoiseSchedule
 from pylth.ddpm.seeds import derived_seed
 

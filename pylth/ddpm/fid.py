@@ -1,11 +1,12 @@
 """FID and KID of generated samples against the training set, on clean-fid's formulas.
 
-Features come from clean-fid's InceptionV3W when a local weights file is given (argument or
-$PYLTH_INCEPTION_PATH; nothing is ever downloaded or written at clean-fid's default path), else from
-a small classifier trained on the data set's labels (pylth.ddpm.classifier), cached. Every result
-names its features: ``fid_features`` is "inception" or "classifier"; FIDs of different feature kinds,
-sample counts, samplers or reference sets are not comparable. Reference statistics of the training
-set are computed once per (data set, features) and cached in ``cache_dir``.
+Features come from Inception-v3 (pylth.ddpm.inception: the weights bundled by pylth[inception], or
+clean-fid's file given as a local path; nothing is ever downloaded) or from a small classifier trained
+on the data set's labels (pylth.ddpm.classifier), cached; resolve_fid_features says which. Every result
+names its features: ``fid_features`` is "inception" or "classifier" and ``fid_weights`` identifies the
+file; FIDs of different features, sample counts, samplers or reference sets are not comparable.
+Reference statistics of the training set are computed once per (data set, features) and cached in
+``cache_dir``.
 
 Samples are generated in blocks of ``batch_size``, block j from its own seed (seed, j), so the samples
 do not depend on how the blocks are spread over processes: under torch.distributed each rank samples
@@ -22,15 +23,19 @@ import numpy as np
 import torch
 from cleanfid.fid import kernel_distance
 from scipy import linalg
-from tqdm.auto import tqdm
 
 from pylth import distributed as D
 from pylth.ddpm.classifier import FEATURE_DIM, LabelClassifier, load_or_train_classifier
+from pylth.ddpm.config import FID_FEATURES
 from pylth.ddpm.data import dataset_fingerprint, images_and_labels
+from pylth.ddpm.finite import first_nonfinite
+from pylth.ddpm.inception import INSTALL_HINT, InceptionFeatures, find_weights
 from pylth.ddpm.models import call_model
-from pylth.ddpm.seeds import derived_seed
+from pylth.ddpm.samplers import make_sampler, sample_blocks
 
-INCEPTION_FILE = "inception-2015-12-05.pt"
+# auto picks classifier features here: 8x8 digits upsampled to 299 x 299 make Inception FID slow on a
+# CPU and of little meaning.
+CLASSIFIER_BY_DEFAULT = ("digits",)
 KID_REFERENCE_SIZE = 10000  # reference features kept for KID
 
 
@@ -91,36 +96,6 @@ def _stats(feats: np.ndarray):
     return feats.mean(axis=0), np.cov(feats, rowvar=False)
 
 
-class InceptionFeatures:
-    """clean-fid's InceptionV3W (2048-d pool features) on clean-resized 299x299 images."""
-
-    kind = "inception"
-    dim = 2048
-
-    def __init__(self, path: str, device):
-        from cleanfid.inception_torchscript import InceptionV3W
-        from cleanfid.resize import build_resizer
-
-        folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
-        if not os.path.isfile(os.path.join(folder, INCEPTION_FILE)) or (
-                not os.path.isdir(path) and os.path.basename(path) != INCEPTION_FILE):
-            raise FileNotFoundError(f"inception weights: {INCEPTION_FILE} not found at {path} "
-                                    f"(give the file {INCEPTION_FILE} or the folder that holds it)")
-        self.model = InceptionV3W(folder, download=False, resize_inside=False).to(device).eval()
-        self.resize = build_resizer("clean")
-        self.device = device
-        self.id = "inception-" + hashlib.sha1(os.path.abspath(os.path.join(folder, INCEPTION_FILE)).encode()).hexdigest()[:10]
-
-    @torch.no_grad()
-    def __call__(self, images: torch.Tensor) -> np.ndarray:
-        x = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        resized = np.stack([self.resize(img) for img in x.permute(0, 2, 3, 1).cpu().numpy()])
-        batch = torch.from_numpy(resized).permute(0, 3, 1, 2).float().to(self.device)
-        return self.model(batch).cpu().numpy()
-
-
 class ClassifierFeatures:
     """Penultimate-layer features of the data set's cached label classifier."""
 
@@ -135,52 +110,51 @@ class ClassifierFeatures:
             if D.is_main():
                 model, path = load_or_train_classifier(dataset_name, dataset, cache_dir, device)
                 with open(path, "rb") as f:
-                    digest = hashlib.sha1(f.read()).hexdigest()[:10]
+                    digest = hashlib.sha1(f.read()).hexdigest()
                 payload = (model.cpu().state_dict(), model.body[0].in_channels, model.fc.out_features, digest)
         state, in_channels, num_classes, digest = D.broadcast_object(payload)
         self.model = LabelClassifier(in_channels, num_classes)
         self.model.load_state_dict(state)
         self.model = self.model.to(device).eval().requires_grad_(False)
         self.device = device
-        self.id = "classifier-" + digest
+        self.id = "classifier-" + digest[:10]
+        self.weights = f"classifier:{dataset_name}:sha1={digest}"
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> np.ndarray:
         return self.model.features(images.to(self.device)).float().cpu().numpy()
 
 
-def feature_extractor(dataset_name: str, dataset, *, inception_path=None, cache_dir=None, device="cpu"):
-    """Inception features when a weights path is given (or in $PYLTH_INCEPTION_PATH), else classifier."""
-    inception_path = inception_path or os.environ.get("PYLTH_INCEPTION_PATH") or None
-    if inception_path:
-        return InceptionFeatures(inception_path, torch.device(device))
+def resolve_fid_features(dataset_name: str, fid_features: str = "auto", inception_path=None) -> str:
+    """"inception" or "classifier": what ``fid_features`` asks for, "auto" resolved.
+
+    auto: Inception where weights are found (``inception_path``, $PYLTH_INCEPTION_PATH, or the
+    bundled file), except on the data sets of CLASSIFIER_BY_DEFAULT without an explicit path. Asking
+    for "inception" without weights is a FileNotFoundError that says how to install them."""
+    if fid_features not in FID_FEATURES:
+        raise ValueError(f"fid_features must be one of {', '.join(FID_FEATURES)}, got {fid_features!r}")
+    if fid_features == "classifier":
+        return fid_features
+    explicit = inception_path or os.environ.get("PYLTH_INCEPTION_PATH")
+    if fid_features == "auto" and dataset_name in CLASSIFIER_BY_DEFAULT and not explicit:
+        return "classifier"
+    weights = find_weights(inception_path)
+    if weights is None and fid_features == "inception":
+        raise FileNotFoundError(f"Inception FID needs the Inception weights, and none are installed: {INSTALL_HINT}")
+    return "inception" if weights is not None else "classifier"
+
+
+def feature_extractor(dataset_name: str, dataset, *, fid_features: str = "auto", inception_path=None,
+                      cache_dir=None, device="cpu"):
+    """The features ``resolve_fid_features`` picks: InceptionFeatures or ClassifierFeatures."""
+    if resolve_fid_features(dataset_name, fid_features, inception_path) == "inception":
+        return InceptionFeatures(find_weights(inception_path), torch.device(device))
     return ClassifierFeatures(dataset_name, dataset, cache_dir or default_cache_dir(), torch.device(device))
 
 
 def _batched_features(extract, images, batch_size: int) -> np.ndarray:
     parts = [extract(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
     return np.concatenate(parts) if parts else np.zeros((0, extract.dim), np.float32)
-
-
-def block_seed(seed: int, block: int) -> int:
-    """The sampling seed of block ``block`` of a run seeded ``seed`` (distinct for distinct pairs)."""
-    return derived_seed(seed, block)
-
-
-def sample_blocks(model, diffusion, num_samples: int, image_shape, blocks: range, *, batch_size: int,
-                  seed: int, progress: bool = False, **sample_kwargs) -> torch.Tensor:
-    """Samples ``blocks.start * batch_size`` up to the end of block ``blocks.stop - 1`` (at most
-    ``num_samples``) of the global sequence: block j holds samples [j * batch_size, (j + 1) * batch_size)
-    and is drawn from seed ``block_seed(seed, j)``."""
-    out = []
-    first, last = blocks.start * batch_size, min(blocks.stop * batch_size, num_samples)
-    with tqdm(total=max(last - first, 0), desc="FID samples", disable=not progress, unit="img", leave=False) as bar:
-        for j in blocks:
-            n = min(batch_size, num_samples - j * batch_size)
-            out.append(diffusion.sample(model, n, image_shape, seed=block_seed(seed, j), batch_size=batch_size,
-                                        progress=False, **sample_kwargs))
-            bar.update(n)
-    return torch.cat(out) if out else torch.empty((0, *image_shape))
 
 
 def reference_statistics(dataset_name: str, dataset, extract, cache_dir: str, batch_size: int = 256) -> dict:
@@ -202,13 +176,15 @@ def reference_statistics(dataset_name: str, dataset, extract, cache_dir: str, ba
 
 
 def evaluate_fid(model, diffusion, dataset_name: str, dataset, num_samples: int, *, sampler: str = "ddim",
-                 steps: int | None = 100, seed: int = 0, device="cpu", inception_path=None, cache_dir=None,
-                 batch_size: int = 256, eta: float = 0.0, progress: bool = True, return_samples: bool = False,
-                 predict=call_model) -> dict:
+                 steps: int | None = 100, seed: int = 0, device="cpu", fid_features: str = "auto",
+                 inception_path=None, cache_dir=None, batch_size: int = 256, eta: float = 0.0,
+                 progress: bool = True, return_samples: bool = False, predict=call_model) -> dict:
     """FID and KID of ``num_samples`` samples of ``model`` against ``dataset`` (the training set);
     ``predict(model, x_t, t)`` is how the model kind gives its noise prediction.
 
-    Returns dict(fid, kid, fid_features, num_samples[, samples]); fid_features says whose features.
+    Returns dict(fid, kid, fid_features, fid_weights, num_samples[, samples]): fid_features says which
+    features ("inception" or "classifier", see resolve_fid_features), fid_weights which file made them
+    (source:file:sha1=...), so FIDs from different weights can be told apart.
     ``return_samples``: True for all the samples, an int n for the first n. Under torch.distributed
     every rank must call this; sampling is shared out (see the module docstring) and every rank
     returns the same dict."""
@@ -219,27 +195,35 @@ def evaluate_fid(model, diffusion, dataset_name: str, dataset, num_samples: int,
     keep = num_samples if return_samples is True else int(return_samples)
     if keep < 0:
         raise ValueError(f"return_samples must be a bool or an int >= 0, got {return_samples!r}")
+    if isinstance(model, torch.nn.Module):
+        bad = first_nonfinite(model.named_parameters())
+        if bad is not None:
+            raise ValueError(f"the model's weights hold NaN or infinity ({bad}): no FID is computed from them")
     cache_dir = cache_dir or default_cache_dir()
     with D.fail_together("loading the FID feature extractor"):
-        extract = feature_extractor(dataset_name, dataset, inception_path=inception_path, cache_dir=cache_dir,
-                                    device=device)
+        extract = feature_extractor(dataset_name, dataset, fid_features=fid_features, inception_path=inception_path,
+                                    cache_dir=cache_dir, device=device)
     ref = None
     with D.fail_together("FID reference statistics"):
         if D.is_main():  # cached after the first time; only rank 0 scores
             ref = reference_statistics(dataset_name, dataset, extract, cache_dir, batch_size)
     image_shape = tuple(dataset[0][0].shape)
     blocks = D.shard(-(-num_samples // batch_size))
-    samples = sample_blocks(model, diffusion, num_samples, image_shape, blocks, batch_size=batch_size, seed=seed,
-                            progress=progress and D.is_main(), sampler=sampler, steps=steps, eta=eta,
-                            device=torch.device(device), predict=predict)
+    samples = sample_blocks(model, make_sampler(sampler, diffusion, steps, eta=eta), num_samples, image_shape,
+                            blocks, batch_size=batch_size, seed=seed, device=torch.device(device),
+                            progress=progress and D.is_main(), predict=predict, desc="FID samples")
     feats = D.all_gather_rows(torch.from_numpy(_batched_features(extract, samples, batch_size))).numpy()
     result = None
     with D.fail_together("FID"):
         if D.is_main():
+            if not np.isfinite(feats).all():
+                bad = int((~np.isfinite(feats).all(axis=1)).sum())
+                raise ValueError(f"{bad} of the {len(feats)} samples for FID have non-finite features (the model's "
+                                 "outputs overflow): no FID is computed from them")
             mu, sigma = _stats(feats)
             result = dict(fid=frechet_distance(mu, sigma, ref["mu"], ref["sigma"]),
                           kid=kid_from_features(feats, ref["feats"], seed=seed),
-                          fid_features=extract.kind, num_samples=num_samples)
+                          fid_features=extract.kind, fid_weights=extract.weights, num_samples=num_samples)
     result = D.broadcast_object(result)
     if keep:
         first = blocks.start * batch_size  # this rank's samples are [first, first + len(samples))

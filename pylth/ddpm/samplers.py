@@ -13,7 +13,9 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from pylth.ddpm.models.registry import call_model
 from pylth.ddpm.schedule import NoiseSchedule
+from pylth.ddpm.seeds import derived_seed
 
 
 class Sampler:
@@ -137,11 +139,6 @@ def make_sampler(name: str, schedule: NoiseSchedule, steps: int | None = None, e
     return SAMPLERS[name](schedule, steps, eta=eta)
 
 
-def call_model(model, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """The default way to ask a model for its noise prediction: ``model(x_t, t)``."""
-    return model(x, t)
-
-
 @torch.no_grad()
 def sample(model, sampler: Sampler, num_samples: int, image_shape, *, seed: int = 0, batch_size: int = 256,
            device=None, progress: bool = True, predict: Callable = call_model) -> torch.Tensor:
@@ -181,4 +178,27 @@ def sample(model, sampler: Sampler, num_samples: int, image_shape, *, seed: int 
         bar.close()
         if was_training:
             model.train(True)
+    return torch.cat(out) if out else torch.empty((0, *image_shape))
+
+
+def block_seed(seed: int, block: int) -> int:
+    """The sampling seed of block ``block`` of a run seeded ``seed`` (distinct for distinct pairs)."""
+    return derived_seed(seed, block)
+
+
+def sample_blocks(model, sampler: Sampler, num_samples: int, image_shape, blocks: range, *, batch_size: int,
+                  seed: int, device=None, progress: bool = False, predict: Callable = call_model,
+                  desc: str = "samples") -> torch.Tensor:
+    """Samples ``blocks.start * batch_size`` up to the end of block ``blocks.stop - 1`` (at most
+    ``num_samples``) of a run's sequence of samples: block j holds samples [j * batch_size, (j + 1) *
+    batch_size) and is drawn from seed ``block_seed(seed, j)``. So the sequence does not depend on how
+    the blocks are shared out among processes: FID samples and ``python -m pylth.sample`` agree."""
+    out = []
+    first, last = blocks.start * batch_size, min(blocks.stop * batch_size, num_samples)
+    with tqdm(total=max(last - first, 0), desc=desc, disable=not progress, unit="img", leave=False) as bar:
+        for j in blocks:
+            n = min(batch_size, num_samples - j * batch_size)
+            out.append(sample(model, sampler, n, image_shape, seed=block_seed(seed, j), batch_size=batch_size,
+                              device=device, progress=False, predict=predict))
+            bar.update(n)
     return torch.cat(out) if out else torch.empty((0, *image_shape))

@@ -1,4 +1,5 @@
-"""Opening a run directory: start it, resume it, or refuse a different configuration."""
+"""Opening a run directory: lock it, then start it, resume it (after checking the finished rounds'
+files), or refuse a different configuration or a damaged run."""
 from __future__ import annotations
 
 import json
@@ -6,7 +7,7 @@ import os
 import time
 
 from pylth.ddpm.models import DEFAULT_MODEL
-from pylth.run_dir import RunDirectory
+from pylth.run_dir import DamagedRunError, RunDirectory
 
 # Keys that may change between invocations without changing any finished round: where to run,
 # how fast, and how far to go (a larger --max-rounds or --target-sparsity extends a finished run).
@@ -40,38 +41,79 @@ def config_differences(old: dict, new: dict) -> list[str]:
             for k in keys if old_flat.get(k, "<unset>") != new_flat.get(k, "<unset>")]
 
 
+def with_implicit_settings(old: dict, records: list[dict]) -> dict:
+    """A config.json from before a setting existed, with the value its run used: runs made before
+    --fid-features chose their FID features implicitly, and their rounds say which."""
+    evaluation = old.get("evaluation", {})
+    if "fid_features" in evaluation:
+        return old
+    used = records[0].get("fid_features") if records else None
+    implicit = used or ("inception" if evaluation.get("inception_path") else "classifier")
+    return {**old, "evaluation": {**evaluation, "fid_features": implicit}}
+
+
 def _move_aside(run: RunDirectory) -> str:
     target = f"{run.path}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
     os.rename(run.path, target)
     os.makedirs(run.path)
+    run.lock()  # the new, empty folder; the old one's lock went with it
     return target
 
 
+def _refused(problem: str) -> ConfigMismatchError:
+    return ConfigMismatchError(problem + ". Use another --out, or --force to move it aside and start over.")
+
+
+def _foreign(run: RunDirectory) -> str | None:
+    """Why ``run`` is not a folder pylth may use, or None."""
+    if not os.path.exists(run.config_path) and run.has_contents():
+        return f"--out {run.path} is not empty and holds no pylth run (no config.json)"
+    return None
+
+
+def _problem(run: RunDirectory, old: dict | None, config: dict) -> str | None:
+    """Why ``run`` cannot go on as a run of ``config``, or None."""
+    if old is None:
+        return _foreign(run)
+    diffs = config_differences(old, config)
+    if diffs:
+        return (f"--out {run.path} holds a run with a different configuration ("
+                + "; ".join(diffs[:6]) + ("; ..." if len(diffs) > 6 else "") + ")")
+    return None
+
+
 def open_run(run: RunDirectory, config: dict, force: bool = False, log=print) -> list[dict]:
-    """Prepare ``run`` for ``config`` and return its finished rounds (rank 0 only).
+    """Lock ``run`` for this process, prepare it for ``config`` and return its finished rounds (rank 0
+    only), their files checked against the digests in rounds.jsonl.
 
     A mismatched configuration, or a non-empty folder that holds no run, is refused with a
-    ConfigMismatchError unless ``force``; then the old folder is renamed aside, never deleted.
+    ConfigMismatchError, and a damaged run with a DamagedRunError, unless ``force``; then the old
+    folder is renamed aside, never deleted. Nothing is written before these checks pass.
     """
     run.ensure_writable()
-    old = run.read_config()
-    if old is not None:
-        old.setdefault("model_kind", DEFAULT_MODEL)  # runs made before model kinds were pylth's U-Net
-        old.setdefault("init_from", None)  # and before --init-from
-    diffs = [] if old is None else config_differences(old, config)
-    if old is None and run.has_contents():
-        problem = f"--out {run.path} is not empty and holds no pylth run (no config.json)"
-    elif diffs:
-        problem = (f"--out {run.path} holds a run with a different configuration ("
-                   + "; ".join(diffs[:6]) + ("; ..." if len(diffs) > 6 else "") + ")")
-    else:
-        problem = None
-    if problem is not None:
+    if not force and _foreign(run):  # someone else's folder: refuse it before a lock file is left in it
+        raise _refused(_foreign(run))
+    run.lock()
+    records = []
+    try:
+        old = run.read_config()
+        if old is not None:
+            records = run.read_rounds()
+            # Runs made before model kinds were pylth's U-Net, before --init-from (theta_0 from the seed);
+            # their rounds name their FID features.
+            old = with_implicit_settings({"model_kind": DEFAULT_MODEL, "init_from": None, **old}, records)
+        problem = _problem(run, old, config)
+        if problem is not None and not force:
+            raise _refused(problem)
+        if problem is None and old is not None:
+            run.verify(records)
+    except DamagedRunError as exc:
         if not force:
-            raise ConfigMismatchError(problem + ". Use another --out, or --force to move it aside and start over.")
+            raise
+        problem = f"--out {run.path} cannot be resumed ({exc.problem})"
+    if problem is not None:
         log(f"{problem}; --force: moved it to {_move_aside(run)}")
-        old = None
-    records = run.read_rounds() if old is not None else []
+        old, records = None, []
     if old != json.loads(json.dumps(config)):
         run.write_config(config)  # records the latest --max-rounds / --target-sparsity / device
     return records

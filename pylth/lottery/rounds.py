@@ -9,26 +9,31 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Callable
 
 import torch
 
 from pylth import distributed as D
 from pylth.ddpm.diffusion import GaussianDiffusion
+from pylth.ddpm.finite import first_nonfinite
+from pylth.ddpm.images import grid_png
 from pylth.ddpm.models import model_kind
-from pylth.ddpm.trainer import resolve_device
+from pylth.ddpm.trainer import Diverged, resolve_device
 from pylth.lottery.evaluate import HeldOut, heldout_loss
 from pylth.lottery.parts import LotteryParts
-from pylth.ddpm.images import grid_png
 from pylth.lottery.report import fid_label, format_table
 from pylth.lottery.spec import RunSpec
 from pylth.lottery.ticket import reinit_seed
 from pylth.pruning import (apply_masks, check_masked_zero, compute_masks, count_macs, module_groups,
                            prunable_parameters, sparsity_report)
-from pylth.run_dir import RunDirectory
+from pylth.run_dir import TICKET_FILE, RunDirectory
+from pylth.sparse import save_sparse
 
 SAMPLE_GRID = 64  # images in round_XX/samples.png
+SAMPLING_SETTINGS = ("sampler", "sample_steps", "eta", "sample_batch_size")  # kept in each ticket file
+DIVERGED_REMEDY = ("Lower --lr (or raise --warmup) and rerun with --force: this run is moved aside, nothing is "
+                   "deleted, and the search starts over with the new values")
 
 
 @dataclass
@@ -93,12 +98,18 @@ class Lottery:
             return False
         return True
 
-    def _train(self, masks, start: int, checkpoint: str, desc: str, on_iteration=None):
+    def _train(self, k: int, masks, start: int, desc: str, on_iteration=None):
         spec = self.spec
-        return self.parts.train(self.model, self.diffusion, self.data.dataset, spec.train, masks=masks,
-                                start_iteration=start, end_iteration=spec.train.iterations,
-                                checkpoint_path=checkpoint, on_iteration=on_iteration, progress_desc=desc,
-                                predict=self.kind.predict)
+        try:
+            return self.parts.train(self.model, self.diffusion, self.data.dataset, spec.train, masks=masks,
+                                    start_iteration=start, end_iteration=spec.train.iterations,
+                                    checkpoint_path=self._checkpoint(k), on_iteration=on_iteration,
+                                    progress_desc=desc, predict=self.kind.predict)
+        except Diverged as exc:
+            raise Diverged(f"round {k}: {exc}. {DIVERGED_REMEDY}", exc.iteration) from None
+
+    def _checkpoint(self, k: int) -> str:
+        return self.run.round_file(k, "checkpoint.pt")
 
     def _dense_round(self) -> None:
         """Round 0: train the dense model from theta_0, saving theta_tau on the way."""
@@ -118,17 +129,22 @@ class Lottery:
             # ``iteration`` counts the steps taken so far.
             if iteration == tau:
                 state = getattr(model, "module", model).state_dict()
+                bad = first_nonfinite(state.items())  # every later round starts from these weights
+                if bad is not None:
+                    raise Diverged(f"training diverged by iteration {tau}, the rewind point: {bad} holds NaN or "
+                                   "infinity", tau)
                 self._save({k: v.detach().cpu().clone() for k, v in state.items()}, run.rewind_path)
 
-        checkpoint = run.round_file(0, "checkpoint.pt")
-        if D.is_main() and not os.path.exists(run.rewind_path) and os.path.exists(checkpoint) \
-                and run.load(checkpoint)["iteration"] >= tau:
-            # Killed between the checkpoint and theta_tau's file: only a restart recovers theta_tau.
-            self.log("round 0's checkpoint is past the rewind point, which was not saved: restarting round 0")
-            os.remove(checkpoint)
-        D.barrier()
+        checkpoint = self._checkpoint(0)
+        with D.fail_together("reading round 0's checkpoint"):
+            if D.is_main() and not os.path.exists(run.rewind_path) and os.path.exists(checkpoint) \
+                    and run.load(checkpoint, remedy="It was left as it is: delete it to redo round 0's training from "
+                                                    "its start")["iteration"] >= tau:
+                # Killed between the checkpoint and theta_tau's file: only a restart recovers theta_tau.
+                self.log("round 0's checkpoint is past the rewind point, which was not saved: restarting round 0")
+                os.remove(checkpoint)
         self.log(f"round 0: dense training, {spec.train.iterations} iterations, rewind point at iteration {tau}")
-        result = self._train(None, 0, checkpoint, "round 0 (dense)", on_iteration=keep_rewind_point)
+        result = self._train(0, None, 0, "round 0 (dense)", on_iteration=keep_rewind_point)
         if not self._exists(run.rewind_path):
             raise RuntimeError(f"theta_tau was not captured at iteration {tau}; delete {checkpoint} and rerun")
         self._finish_round(0, masks, result, started)
@@ -159,7 +175,8 @@ class Lottery:
         previous = self._shared_masks(run.load(run.round_file(k - 1, "mask.pt")) if D.is_main() else None)
         mask_file = run.round_file(k, "mask.pt")
         if self._exists(mask_file):  # resuming this round: its masks were fixed before training began
-            masks = self._shared_masks(run.load(mask_file) if D.is_main() else None)
+            remedy = f"It was left as it is: round {k} has not finished; delete it to prune round {k} again"
+            masks = self._shared_masks(run.load(mask_file, remedy=remedy) if D.is_main() else None)
         else:
             masks = self._next_masks(k, previous)
             if masks is None:
@@ -172,8 +189,7 @@ class Lottery:
         sparsity = sparsity_report(masks, self.groups)["overall"]
         self.log(f"round {k}: {cfg.strategy} pruning to {100 * sparsity:.2f}% sparsity, reset {cfg.reset}, "
                  f"training iterations {start}..{spec.train.iterations}")
-        result = self._train({n: m.to(self.device) for n, m in masks.items()}, start, run.round_file(k, "checkpoint.pt"),
-                             f"round {k}")
+        result = self._train(k, {n: m.to(self.device) for n, m in masks.items()}, start, f"round {k}")
         self._finish_round(k, masks, result, started)
         return True
 
@@ -191,7 +207,7 @@ class Lottery:
         fid = self._evaluate(ema)
         record = self._measure(k, masks, ema, fid, result, started)
         if D.is_main():
-            self._write_round_files(k, ema, fid["samples"])
+            record.update(self._write_round_files(k, ema, masks, fid["samples"]))
             self._commit(k, record)
             self._draw_report()
             self.log(f"round {k}: sparsity {100 * record['sparsity']:.2f}%, {fid_label([record])} {record['fid']:.3f}, "
@@ -206,8 +222,9 @@ class Lottery:
         return self.parts.evaluate_fid(
             ema, self.diffusion, spec.data.dataset, self.data.dataset, ev.fid_samples, sampler=ev.sampler,
             steps=ev.sample_steps, eta=ev.eta, seed=spec.train.seed, device=self.device,
-            inception_path=ev.inception_path, cache_dir=ev.cache_dir, batch_size=ev.sample_batch_size,
-            progress=D.is_main(), return_samples=SAMPLE_GRID, predict=self.kind.predict)
+            fid_features=ev.fid_features, inception_path=ev.inception_path, cache_dir=ev.cache_dir,
+            batch_size=ev.sample_batch_size, progress=D.is_main(), return_samples=SAMPLE_GRID,
+            predict=self.kind.predict)
 
     def _measure(self, k: int, masks: dict, ema, fid: dict, result, started: float) -> dict:
         """Round k's record for rounds.jsonl: sparsity per module, FID, losses, MACs, time."""
@@ -218,22 +235,32 @@ class Lottery:
                                                                                for n, m in masks.items()})
         return {
             "round": k, "sparsity": sparsity["overall"], "module_sparsity": dict(sparsity["per_module"]),
-            "fid": fid["fid"], "fid_features": fid["fid_features"], "fid_samples": fid["num_samples"],
+            "fid": fid["fid"], "fid_features": fid["fid_features"], "fid_weights": fid["fid_weights"],
+            "fid_samples": fid["num_samples"],
             "kid": fid.get("kid"), "loss": loss, "train_loss": result.loss,
             "macs": int(macs), "dense_macs": int(dense_macs),
             "active_weights": sum(int(m.sum()) for m in masks.values()),
             "seconds": time.time() - started,
         }
 
-    def _write_round_files(self, k: int, ema, samples) -> None:
+    def _write_round_files(self, k: int, ema, masks: dict, samples) -> dict:
+        """samples.png, model.pt (the dense state_dict) and the ticket file (only the kept weights);
+        returns the two models' sizes for the record."""
         run = self.run
         run.save_bytes(grid_png(samples[:SAMPLE_GRID]), run.round_file(k, "samples.png"))
         run.save({n: v.detach().cpu().clone() for n, v in ema.state_dict().items()}, run.round_file(k, "model.pt"))
+        spec = self.spec
+        facts = dict(round=k, diffusion=asdict(spec.diffusion), image_shape=list(spec.image_shape), seed=spec.train.seed,
+                     evaluation={key: getattr(spec.evaluation, key) for key in SAMPLING_SETTINGS})
+        ticket_bytes = save_sparse(run.round_file(k, TICKET_FILE), ema, masks, kind=spec.model_kind,
+                                   config=spec.model, extra=facts)
+        return {"ticket_bytes": ticket_bytes, "dense_bytes": os.path.getsize(run.round_file(k, "model.pt"))}
 
     def _commit(self, k: int, record: dict) -> None:
-        """The round is finished once it is in rounds.jsonl; its checkpoint is then of no use."""
-        self.records = self.run.append_round(self.records, record)
-        checkpoint = self.run.round_file(k, "checkpoint.pt")
+        """The round is finished once it is in rounds.jsonl, with the digests of the files it wrote
+        (checked on resume and by load_ticket); its checkpoint is then of no use."""
+        self.records = self.run.append_round(self.records, dict(record, files=self.run.round_digests(k)))
+        checkpoint = self._checkpoint(k)
         if os.path.exists(checkpoint):
             os.remove(checkpoint)
 

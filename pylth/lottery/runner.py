@@ -1,7 +1,9 @@
 """find_ticket: the small runner that joins the pieces. It loads the data, opens (or refuses) the run
-directory on rank 0, and hands both to a Lottery with its collaborators."""
+directory on rank 0, which holds its lock until the end, and hands both to a Lottery with its
+collaborators."""
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable
 
 from pylth import distributed as D
@@ -48,8 +50,12 @@ def find_ticket(spec: RunSpec, out: str, *, force: bool = False, log: Callable[[
     """Run (or resume) Algorithm 1 into run directory ``out``; returns the finished rounds' records.
     The data is read first: a missing file must not leave a half-made run directory behind."""
     spec.lottery.validate()
+    spec = replace(spec, evaluation=spec.evaluation.resolved(spec.data.dataset))  # config.json: no "auto"
     data = load_lottery_data(spec)
     run = RunDirectory(out)
     main_log = log if D.is_main() else (lambda _msg: None)
-    records = open_shared_run(spec, run, force, main_log)
-    return Lottery(spec, run, records, data, parts or LotteryParts(), log=log).run_all()
+    try:
+        records = open_shared_run(spec, run, force, main_log)
+        return Lottery(spec, run, records, data, parts or LotteryParts(), log=log).run_all()
+    finally:
+        run.unlock()

@@ -1,8 +1,6 @@
 """Tickets: the masked starting weights of a round, and loading one back from a run directory."""
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import nn
 
@@ -21,30 +19,49 @@ def reinit_seed(seed: int, round_index: int) -> int:
     return seed + 1_000_003 * round_index
 
 
-def load_ticket(run_dir: str, round: int, device="cpu") -> tuple[nn.Module, dict[str, torch.Tensor]]:
-    """The ticket of ``round`` in ``run_dir``: the model holding its starting weights (theta_tau ⊙ m
-    under --reset rewind; theta_0 ⊙ m under init; round k's fresh random weights ⊙ m under reinit)
-    and its masks (name -> bool tensor)."""
-    run = RunDirectory(run_dir)
+def finished_round(run: RunDirectory, round) -> tuple[dict, list[dict]]:
+    """The run's configuration and finished rounds, after checking that ``round`` is one of them."""
     config = run.read_config()
     if config is None:
         raise ValueError(f"run_dir {run.path} holds no pylth run (no config.json)")
     if not isinstance(round, int) or isinstance(round, bool) or round < 0:
         raise ValueError(f"round must be an int >= 0, got {round!r}")
-    finished = len(run.read_rounds())
-    if round >= finished:
-        raise ValueError(f"round {round} of {run.path} is not finished ({finished} rounds are)")
-    masks = run.load(run.round_file(round, "mask.pt"))
+    records = run.read_rounds()
+    if round >= len(records):
+        raise ValueError(f"round {round} of {run.path} is not finished ({len(records)} rounds are)")
+    return config, records
+
+
+def load_verified(run: RunDirectory, records: list[dict], path: str):
+    """A finished round's file, after checking it against the digest rounds.jsonl holds for it."""
+    run.verify(records, [path])
+    return run.load(path)
+
+
+def load_ticket(run_dir: str, round: int, device="cpu") -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """The ticket of ``round`` in ``run_dir``: the model holding its starting weights (theta_tau ⊙ m
+    under --reset rewind; theta_0 ⊙ m under init; round k's fresh random weights ⊙ m under reinit)
+    and its masks (name -> bool tensor)."""
+    run = RunDirectory(run_dir)
+    config, records = finished_round(run, round)
+    masks = load_verified(run, records, run.round_file(round, "mask.pt"))
     kind = config.get("model_kind", DEFAULT_MODEL)
     reset = config["lottery"]["reset"]
     if reset == "reinit" and round > 0:
         state = fresh_model(config["model"], reinit_seed(config["train"]["seed"], round), kind).state_dict()
     else:
-        path = run.init_path if reset == "init" else run.rewind_path
-        if not os.path.exists(path):
-            raise ValueError(f"{path} is missing")
-        state = run.load(path)
+        state = load_verified(run, records, run.init_path if reset == "init" else run.rewind_path)
     model = model_kind(kind).build(config["model"])
     model.load_state_dict(state)
     apply_masks(model, masks)
     return model.to(device), masks
+
+
+def load_trained(run_dir: str, round: int, device="cpu") -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """The trained (EMA) model of ``round`` in ``run_dir`` (``round_XX/model.pt``, exactly zero where
+    pruned), in eval mode, and its masks."""
+    run = RunDirectory(run_dir)
+    config, records = finished_round(run, round)
+    model = model_kind(config.get("model_kind", DEFAULT_MODEL)).build(config["model"])
+    model.load_state_dict(load_verified(run, records, run.round_file(round, "model.pt")))
+    return model.to(device).eval().requires_grad_(False), load_verified(run, records, run.round_file(round, "mask.pt"))

@@ -1,4 +1,4 @@
-"""Fused masked Adam/AdamW: argument checks, CPU/CUDA dispatch, and the pure-torch reference.
+"""Fused masked Adam/AdamW: argument checks, the kernel's tables, dispatch, and the pure-torch reference.
 
 One call updates many tensors in place. For tensor i with mask ``masks[i]`` (bool, or None for no
 mask): where the mask is True the param and moments get exactly torch.optim.Adam's update (AdamW's
@@ -12,11 +12,22 @@ from typing import NamedTuple, Optional, Sequence
 
 import torch
 
-from pylth.ops.checks import check_same_length, check_tensor, check_tensor_list, cuda_stream
-from pylth.ops.native import has_native_cuda, require_native, warn_fallback
+from pylth.ops.checks import check_same_length, check_tensor, check_tensor_list
+from pylth.ops.dispatch import NATIVE, backend, launch, pack_table
 
-__all__ = ["AdamHyper", "adam_step_constants", "check_masked_adam_arguments", "launch_masked_adam_", "masked_adam_",
+__all__ = ["AdamHyper", "CONSTANT_COUNT", "GRAD_COLUMN", "TABLE_COLUMNS", "TABLE_WIDTH", "adam_constants_table",
+           "adam_step_constants", "adam_table", "check_masked_adam_arguments", "launch_masked_adam_", "masked_adam_",
            "masked_adam_reference_", "runs_natively"]
+
+KERNEL = "masked_adam"
+# The kernel's table (csrc/adam.h): one row per tensor, the data addresses of param, grad, exp_avg and
+# exp_avg_sq, the mask's (0: no mask), and the element count. Only the grad column changes from one
+# MaskedAdam step to the next.
+TABLE_COLUMNS = ("param", "grad", "exp_avg", "exp_avg_sq", "mask", "numel")
+TABLE_WIDTH = len(TABLE_COLUMNS)
+GRAD_COLUMN = TABLE_COLUMNS.index("grad")
+# The second table: adam_step_constants, one row of 8 float64 per tensor.
+CONSTANT_COUNT = 8
 
 
 class AdamHyper(NamedTuple):
@@ -103,53 +114,40 @@ def masked_adam_(
     by_device: dict = {}
     for i, p in enumerate(params):
         by_device.setdefault(p.device, []).append(i)
-    constants_cache: dict = {}
     for device, idx in by_device.items():
+        entries = [[seq[i] for i in idx] for seq in (params, grads, exp_avgs, exp_avg_sqs, masks, hypers)]
         if not runs_natively(device):
-            masked_adam_reference_(*([seq[i] for i in idx] for seq in (params, grads, exp_avgs, exp_avg_sqs,
-                                                                          masks, hypers)))
+            masked_adam_reference_(*entries)
             continue
-        consts = []
-        for i in idx:
-            h = hypers[i]
-            if h not in constants_cache:
-                constants_cache[h] = adam_step_constants(h)
-            consts.extend(constants_cache[h])
-        launch_masked_adam_(
-            device,
-            [params[i].data_ptr() for i in idx],
-            [grads[i].data_ptr() for i in idx],
-            [exp_avgs[i].data_ptr() for i in idx],
-            [exp_avg_sqs[i].data_ptr() for i in idx],
-            [0 if masks[i] is None else masks[i].data_ptr() for i in idx],
-            [params[i].numel() for i in idx],
-            consts,
-        )
+        launch_masked_adam_(device, adam_table(*entries[:5]), adam_constants_table(entries[5]))
 
 
 def runs_natively(device: torch.device) -> bool:
     """Whether tensors on ``device`` take the native kernel; False (warning once) for CUDA tensors when
     pylth was built without CUDA. Other device types are a ValueError."""
-    if device.type == "cuda" and not has_native_cuda():
-        warn_fallback("masked_adam_", "pylth was built without CUDA")
-        return False
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"params on {device} are not supported: use CPU or CUDA tensors")
-    return True
+    return backend(KERNEL, device) == NATIVE
 
 
-def launch_masked_adam_(device: torch.device, param_ptrs: list, grad_ptrs: list, exp_avg_ptrs: list,
-                        exp_avg_sq_ptrs: list, mask_ptrs: list, numels: list, consts: list) -> None:
-    """The native step on prepared lists (data pointers, 0 for no mask; numels; 8 adam_step_constants per
-    tensor) of tensors on ``device`` that passed check_masked_adam_arguments and runs_natively. The one
-    launch path of masked_adam_ and MaskedAdam; it checks nothing itself: a stale pointer corrupts memory."""
-    native = require_native()
-    args = (param_ptrs, grad_ptrs, exp_avg_ptrs, exp_avg_sq_ptrs, mask_ptrs, numels, consts)
-    if device.type == "cpu":
-        native.masked_adam_cpu(*args, torch.get_num_threads())
-    else:
-        with torch.cuda.device(device):
-            native.masked_adam_cuda(*args, cuda_stream(device))
+def adam_table(params, grads, exp_avgs, exp_avg_sqs, masks) -> torch.Tensor:
+    """The kernel's host table of tensors that passed check_masked_adam_arguments (columns: TABLE_WIDTH)."""
+    return pack_table([(p.data_ptr(), g.data_ptr(), m.data_ptr(), v.data_ptr(), 0 if k is None else k.data_ptr(),
+                        p.numel()) for p, g, m, v, k in zip(params, grads, exp_avgs, exp_avg_sqs, masks)],
+                      TABLE_WIDTH)
+
+
+def adam_constants_table(hypers) -> torch.Tensor:
+    """The kernel's float64 host table of adam_step_constants, one row per tensor (repeated hypers computed once)."""
+    unique = {h: adam_step_constants(h) for h in set(hypers)}
+    rows = [unique[h] for h in hypers]
+    return torch.tensor(rows, dtype=torch.float64).reshape(len(rows), CONSTANT_COUNT)
+
+
+def launch_masked_adam_(device: torch.device, table: torch.Tensor, constants: torch.Tensor) -> None:
+    """The native step over ``table`` (adam_table) and ``constants`` (adam_constants_table), both on the
+    host, for tensors on ``device`` that passed check_masked_adam_arguments and runs_natively. The one
+    launch path of masked_adam_ and MaskedAdam; it checks no tensor itself: a stale address corrupts
+    memory."""
+    launch(KERNEL, device, table, constants.data_ptr())
 
 
 @torch.no_grad()

@@ -2,7 +2,8 @@
 
 The Gram products come from BLAS (torch) or, for mostly-zero CPU matrices, from the native CPU call
 itself, which gathers them pair by pair from the nonzeros; squared distances, the median bandwidth,
-the kernel and the HSIC sums are native (see csrc/cka.cpp and DESIGN.md "RBF CKA").
+the kernel and the HSIC sums are native. csrc/cka.h documents the estimators and the tables the native
+calls take; the README's "CKA between tickets" gives the definitions.
 """
 from __future__ import annotations
 
@@ -10,13 +11,17 @@ import contextlib
 import math
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 import torch
 
-from pylth.ops.checks import check_same_length, check_tensor, check_tensor_list, cuda_stream
-from pylth.ops.native import has_native_cuda, native, require_native, warn_fallback
+from pylth.ops.checks import check_same_length, check_tensor, check_tensor_list
+from pylth.ops.dispatch import NATIVE, backend, launch, pack_table
 
 KERNELS = {"linear": 0, "rbf": 1}
+# The native tables (csrc/cka.h), one row per matrix, the xs then the ys. CPU: the matrix's address, its
+# dense Gram's (0: the kernel gathers it from the nonzeros), rows, cols, is_double. CUDA: the Gram's
+# address and n, followed by each pair's first work unit.
+CPU_TABLE_WIDTH, GRAM_COLUMN = 5, 1
+CUDA_TABLE_WIDTH = 2
 # Below this fraction of nonzeros a CPU Gram is cheaper by gathering each column's nonzeros than by a
 # dense GEMM (the sparse work falls with the square of the density; measured in bench/test_bench_cka.py).
 # Judged from every 16th row of a matrix (every row under 64 rows): a wrong guess costs only time.
@@ -72,18 +77,14 @@ def cka(xs, ys, *, kernel: str = "rbf", threshold: float = 1.0, unbiased: bool =
         raise ValueError(f"kernel must be one of {sorted(KERNELS)}, got {kernel!r}")
     threshold = check_threshold(threshold)
     device = check_tensor_list(xs, "xs")[0].device
-    cpu_native = device.type == "cpu" and require_native() is not None  # missing or stale: an error
-    cuda_native = device.type == "cuda" and has_native_cuda()
+    native = backend("cka", device) == NATIVE  # a missing or stale native module is an error
     # The native kernels see a NaN or infinity in the Gram diagonals, at O(n) instead of O(n d).
-    xs, ys = check_cka_inputs(xs, ys, unbiased=unbiased, check_finite=not (cpu_native or cuda_native))
-    if cuda_native:
+    xs, ys = check_cka_inputs(xs, ys, unbiased=unbiased, check_finite=not native)
+    if not native:
+        return cka_reference(xs, ys, kernel=kernel, threshold=threshold, unbiased=unbiased)
+    if device.type == "cuda":
         return _cka_cuda(xs, ys, kernel, threshold, unbiased)
-    xs = [x.contiguous() for x in xs]
-    ys = [y.contiguous() for y in ys]
-    if cpu_native:
-        return _cka_cpu(xs, ys, kernel, threshold, unbiased)
-    warn_fallback("cka", f"no native kernel for {device.type}")
-    return cka_reference(xs, ys, kernel=kernel, threshold=threshold, unbiased=unbiased)
+    return _cka_cpu([x.contiguous() for x in xs], [y.contiguous() for y in ys], kernel, threshold, unbiased)
 
 
 # Kernel (and HSIC) entries per CUDA work unit: a pair is split into blocks of whole rows of about
@@ -98,25 +99,24 @@ def _cka_cuda(xs, ys, kernel, threshold, unbiased) -> torch.Tensor:
     pairs = len(xs)
     dtype = _cuda_gram_dtype(mats)
     products, addresses = _cuda_grams(mats, dtype)
-    sizes = np.array([m.shape[0] for m in mats], dtype=np.int64)
-    rows = -(-CUDA_UNIT_ENTRIES // sizes[:pairs])  # per unit (the kernel recomputes it the same way)
-    first_unit = np.concatenate([[0], np.cumsum(-(-sizes[:pairs] // rows))])
-    units = int(first_unit[-1])
-    matrices = np.stack([np.array(addresses, dtype=np.int64), sizes], axis=1).ravel()
-    desc = torch.from_numpy(np.concatenate([matrices, first_unit])).to(device)
+    sizes = [m.shape[0] for m in mats]
+    first_unit = [0]
+    for n in sizes[:pairs]:
+        rows = -(-CUDA_UNIT_ENTRIES // n)  # per unit (the kernel recomputes it the same way)
+        first_unit.append(first_unit[-1] + -(-n // rows))
+    table = pack_table(list(zip(addresses, sizes)), CUDA_TABLE_WIDTH, device, trailer=first_unit)
+    units = first_unit[-1]
     workspace = torch.empty(2 * pairs + 8 * units, dtype=torch.float64, device=device)
     flags = torch.zeros(3 * pairs, dtype=torch.int32, device=device)
     out = torch.empty(pairs, dtype=torch.float64, device=device)
-    with torch.cuda.device(device):  # the launches go to the current device: make it the inputs'
-        native.cka_from_grams_cuda(desc.data_ptr(), pairs, units, CUDA_UNIT_ENTRIES, dtype == torch.float64,
-                                   KERNELS[kernel], threshold, unbiased, workspace.data_ptr(), flags.data_ptr(),
-                                   out.data_ptr(), cuda_stream(device))
+    launch("cka", device, table, units, CUDA_UNIT_ENTRIES, dtype == torch.float64, KERNELS[kernel], threshold,
+           unbiased, workspace.data_ptr(), flags.data_ptr(), out.data_ptr())
     nonfinite = flags[: 2 * pairs].nonzero().flatten().tolist()  # waits for the kernels
     if nonfinite:
         m = nonfinite[0]
         name, i = ("xs", m) if m < pairs else ("ys", m - pairs)
         raise ValueError(f"{name}[{i}] has non-finite values (or values whose squares overflow)")
-    del products  # kept alive until the kernels that read them have finished
+    del products, table  # kept alive until the kernels that read them have finished
     return out
 
 
@@ -145,43 +145,35 @@ def _cuda_grams(mats, dtype) -> tuple[list, list]:
     return products, addresses
 
 
-def _int64(values) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.int64)
-
-
-class _Layout:
-    """Addresses, shapes and dtypes of CPU matrices, as the native calls take them."""
-
-    def __init__(self, mats):
-        self.ptrs = _int64([m.data_ptr() for m in mats])
-        self.rows = _int64([m.shape[0] for m in mats])
-        self.cols = _int64([m.shape[1] for m in mats])
-        self.is_double = torch.tensor([m.dtype == torch.float64 for m in mats], dtype=torch.uint8)
+def _cpu_table(mats) -> torch.Tensor:
+    """The CPU table of contiguous ``mats``, its Gram column 0 (the kernel gathers every Gram)."""
+    return pack_table([(m.data_ptr(), 0, m.shape[0], m.shape[1], int(m.dtype == torch.float64)) for m in mats],
+                      CPU_TABLE_WIDTH)
 
 
 def _cka_cpu(xs, ys, kernel, threshold, unbiased) -> torch.Tensor:
     """BLAS Grams for the dense matrices only; the native call gathers the mostly-zero ones' Grams
     itself, pair by pair in per-thread memory, and computes every pair's CKA."""
     mats = xs + ys
-    layout = _Layout(mats)
-    dense = [i for i, sparse in enumerate(_mostly_zero(mats, layout)) if not sparse]
+    table = _cpu_table(mats)
+    sparse = _mostly_zero(mats, table)
+    dense = [i for i in range(len(mats)) if not sparse[i]]
     grams = _dense_grams_cpu([mats[i] for i in dense])  # alive until the native call returns
-    gram_ptrs = [0] * len(mats)
+    gram_addresses = [0] * len(mats)
     for i, g in zip(dense, grams):
-        gram_ptrs[i] = g.data_ptr()
-    gram_ptrs = _int64(gram_ptrs)
+        gram_addresses[i] = g.data_ptr()
+    table[:, GRAM_COLUMN] = torch.tensor(gram_addresses, dtype=torch.int64)
     out = torch.empty(len(xs), dtype=torch.float64)
-    native.cka_cpu(layout.ptrs.data_ptr(), gram_ptrs.data_ptr(), layout.rows.data_ptr(), layout.cols.data_ptr(),
-                   layout.is_double.data_ptr(), len(xs), KERNELS[kernel], threshold, unbiased, out.data_ptr())
+    launch("cka", "cpu", table, KERNELS[kernel], threshold, unbiased, out.data_ptr())
     return out
 
 
-def _mostly_zero(mats, layout: _Layout | None = None) -> list:
-    """Which matrices have at most SPARSE_GRAM_MAX_DENSITY nonzeros (judged from a sample of rows)."""
-    layout = layout or _Layout(mats)
+def _mostly_zero(mats, table: torch.Tensor | None = None) -> list:
+    """Which contiguous CPU matrices have at most SPARSE_GRAM_MAX_DENSITY nonzeros (judged from a sample of
+    rows); ``table``: their CPU table when the caller has it already."""
+    table = _cpu_table(mats) if table is None else table
     flags = torch.zeros(len(mats), dtype=torch.uint8)
-    native.mostly_zero_cpu(layout.ptrs.data_ptr(), layout.rows.data_ptr(), layout.cols.data_ptr(),
-                           layout.is_double.data_ptr(), len(mats), SPARSE_GRAM_MAX_DENSITY, flags.data_ptr())
+    launch("mostly_zero", "cpu", table, SPARSE_GRAM_MAX_DENSITY, flags.data_ptr())
     return flags.tolist()
 
 

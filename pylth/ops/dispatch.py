@@ -32,12 +32,24 @@ def backend(kernel: str, device: torch.device) -> str:
     return NATIVE
 
 
-def pack_table(rows: Sequence[Sequence[int]], width: int, device: torch.device | None = None) -> torch.Tensor:
-    """The int64 table of ``rows`` (each ``width`` integers), on the host or moved to ``device``."""
-    table = torch.tensor(rows, dtype=torch.int64) if rows else torch.empty((0, width), dtype=torch.int64)
-    if table.ndim != 2 or table.shape[1] != width:
-        raise ValueError(f"every table row must hold {width} integers")
-    return table if device is None or torch.device(device).type == "cpu" else table.to(device)
+def pack_table(rows: Sequence[Sequence[int]], width: int, device: torch.device | None = None, *,
+               trailer: Sequence[int] = ()) -> torch.Tensor:
+    """The int64 table of ``rows`` (each ``width`` integers), on the host or moved to ``device``.
+
+    ``trailer``: integers that follow the table in the same allocation, for a CUDA launcher whose
+    kernels read offsets right after the rows (its header says so); the result is the rows x width
+    view at the start of that allocation."""
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise ValueError(f"width must be a positive int, got {width!r}")
+    for i, row in enumerate(rows):
+        if len(row) != width:
+            raise ValueError(f"every table row must hold {width} integers, row {i} holds {len(row)}")
+    flat = [value for row in rows for value in row]
+    flat.extend(trailer)
+    values = torch.tensor(flat, dtype=torch.int64)
+    if device is not None and torch.device(device).type != "cpu":
+        values = values.to(device)
+    return values[: len(rows) * width].view(len(rows), width)
 
 
 def launch(kernel: str, device: torch.device, table: torch.Tensor, *scalars):

@@ -13,11 +13,16 @@ from typing import Sequence
 
 import torch
 
-from pylth.ops.checks import check_same_length, check_tensor, check_tensor_list, cuda_stream
-from pylth.ops.native import has_native_cuda, native, require_native, warn_fallback
+from pylth.ops.checks import check_same_length, check_tensor, check_tensor_list
+from pylth.ops.dispatch import REFERENCE, backend, launch, pack_table
+from pylth.ops.native import require_native
 
 # Flat indices travel in 33 bits of the 64-bit ranking key.
 MAX_ENTRIES = 2**33 - 1
+KERNEL = "select"
+# The kernel's table (csrc/select.h): one row per tensor, the addresses of its weights, of its mask (0:
+# none) and of its output mask, and its element count.
+TABLE_WIDTH = 4
 
 __all__ = ["magnitude_select", "magnitude_select_global", "reference_select"]
 
@@ -100,55 +105,36 @@ def _check_ratios(ratios, count: int, name: str = "ratios") -> list[float]:
 
 def _dispatch(weights, masks, names, ratios, global_mode: bool) -> list[torch.Tensor]:
     device = weights[0].device
+    if backend(KERNEL, device) == REFERENCE:
+        return reference_select(weights, ratios, masks, global_mode, names)
+    outs = [torch.empty(w.shape, dtype=torch.bool, device=device) for w in weights]
+    rows = [(w.data_ptr(), 0 if m is None else m.data_ptr(), o.data_ptr(), w.numel())
+            for w, m, o in zip(weights, masks, outs)]
+    ratio_values = torch.tensor(ratios, dtype=torch.float64)
     if device.type == "cpu":
-        require_native()  # a missing or stale native module is an error, never a silent slow path
-        return _run_cpu(weights, masks, names, ratios, global_mode)
-    if device.type == "cuda" and has_native_cuda():
-        return _run_cuda(weights, masks, names, ratios, global_mode)
-    warn_fallback("magnitude_select", f"no native kernel for {device.type}")
-    return reference_select(weights, ratios, masks, global_mode, names)
-
-
-def _run_cpu(weights, masks, names, ratios, global_mode: bool) -> list[torch.Tensor]:
-    outs = [torch.empty(w.shape, dtype=torch.bool) for w in weights]
-    args = (
-        [w.data_ptr() for w in weights],
-        [0 if m is None else m.data_ptr() for m in masks],
-        [o.data_ptr() for o in outs],
-        [w.numel() for w in weights],
-    )
-    if global_mode:
-        bad = native.select_global_cpu(*args, ratios[0])
+        bad = launch(KERNEL, device, pack_table(rows, TABLE_WIDTH), ratio_values.data_ptr(), global_mode, True)
     else:
-        bad = native.select_segments_cpu(*args, ratios)
+        bad = _launch_cuda(weights, rows, ratio_values.to(device), global_mode)
     if bad >= 0:
         raise ValueError(f"{names[bad]} has non-finite values (inf or NaN)")
     return outs
 
 
-def _run_cuda(weights, masks, names, ratios, global_mode: bool) -> list[torch.Tensor]:
+def _launch_cuda(weights, rows, ratios: torch.Tensor, global_mode: bool) -> int:
+    """The CUDA launches over ``rows``; the first segment with a non-finite weight, or -1 (waits for the kernels)."""
     device = weights[0].device
-    chunk = native.SELECT_CUDA_CHUNK
-    outs = [torch.empty(w.shape, dtype=torch.bool, device=device) for w in weights]
+    native = require_native()
     chunk_start = [0]
     for w in weights:
-        chunk_start.append(chunk_start[-1] + -(-w.numel() // chunk))
-    table = []
-    for w, m, o in zip(weights, masks, outs):
-        table += [w.data_ptr(), 0 if m is None else m.data_ptr(), o.data_ptr(), w.numel()]
-    meta = torch.tensor(table + chunk_start, dtype=torch.int64).to(device)
-    groups = 1 if global_mode else len(weights)
-    ratio_t = torch.tensor(ratios, dtype=torch.float64).to(device)
-    words = native.select_cuda_workspace_words(len(weights), groups, chunk_start[-1])
-    workspace = torch.zeros(words, dtype=torch.int64, device=device)
+        chunk_start.append(chunk_start[-1] + -(-w.numel() // native.SELECT_CUDA_CHUNK))
     bad = torch.zeros(len(weights), dtype=torch.int32, device=device)
     if chunk_start[-1] > 0:
-        with torch.cuda.device(device):  # the launches go to the current device: make it the weights'
-            native.select_cuda(
-                meta.data_ptr(), ratio_t.data_ptr(), workspace.data_ptr(), bad.data_ptr(),
-                len(weights), chunk_start[-1], global_mode, cuda_stream(device),
-            )
+        # The kernels find each chunk's segment in the offsets that follow the table (csrc/select.h).
+        table = pack_table(rows, TABLE_WIDTH, device, trailer=chunk_start)
+        groups = 1 if global_mode else len(weights)
+        words = native.select_cuda_workspace_words(len(weights), groups, chunk_start[-1])
+        workspace = torch.zeros(words, dtype=torch.int64, device=device)
+        launch(KERNEL, device, table, ratios.data_ptr(), workspace.data_ptr(), bad.data_ptr(), chunk_start[-1],
+               global_mode)
     flagged = bad.nonzero()
-    if flagged.numel():
-        raise ValueError(f"{names[int(flagged[0])]} has non-finite values (inf or NaN)")
-    return outs
+    return int(flagged[0]) if flagged.numel() else -1

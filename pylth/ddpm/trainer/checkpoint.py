@@ -1,5 +1,6 @@
 """Checkpoints of a training run: written atomically by rank 0 with every process's RNG state, read
-by rank 0 and sent to the others, and restored so that the run continues bit-identically."""
+by rank 0 and sent to the others, and restored so that the run continues bit-identically. A
+checkpoint never holds non-finite weights: the last good one stays on disk when training diverges."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,6 +10,8 @@ import torch
 import torch.distributed as dist
 
 from pylth import distributed as D
+from pylth.ddpm.finite import first_nonfinite
+from pylth.ddpm.trainer.divergence import Diverged
 from pylth.ddpm.trainer.state import TrainState
 from pylth.io import atomic_torch_save, torch_load
 
@@ -26,23 +29,6 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def global_losses(pending: list, world: int) -> list[float]:
-    """The global batch's loss per step: the mean over processes of their (equal-sized) batches' losses,
-    so every process keeps the same history and checkpoints and resumes agree with one process."""
-    losses = torch.stack(pending).float()
-    if world > 1:
-        dist.all_reduce(losses)
-        losses /= world
-    return losses.cpu().tolist()
-
-
-def flush_losses(state: TrainState, world: int) -> None:
-    """Move the step losses still on the device into the loss history (one sync for all of them)."""
-    if state.pending:
-        state.losses.extend(global_losses(state.pending, world))
-        state.pending.clear()
-
-
 def read_checkpoint(path: str | None) -> dict | None:
     """The checkpoint at ``path`` (tensors on the CPU), or None when there is none. Under
     torch.distributed rank 0 reads it and sends it: the other machines need not share its disk."""
@@ -51,31 +37,45 @@ def read_checkpoint(path: str | None) -> dict | None:
     ckpt = None
     with D.fail_together(f"reading checkpoint {path}"):
         if D.is_main() and os.path.exists(path):
-            ckpt = torch_load(path, map_location="cpu")
+            ckpt = torch_load(path, map_location="cpu",
+                              remedy="It was left as it is: delete it to redo the training it holds from its start")
     return D.broadcast_object(ckpt)
 
 
 def restore(state: TrainState, ckpt: dict, path: str, device: torch.device, end: int) -> None:
     """Continue from ``ckpt``: weights, EMA, optimizer, counters, loss history and this process's RNG."""
     rank, world = D.rank(), D.world_size()
-    state.model.load_state_dict(ckpt["model"])
-    state.ema_model.load_state_dict(ckpt["ema"])
-    state.optimizer.load_state_dict(ckpt["optimizer"])
-    state.iteration, state.ema_updates = int(ckpt["iteration"]), int(ckpt["ema_updates"])
-    state.losses.extend(ckpt["losses"])
-    rng = ckpt["rng"]  # one state per process
+    try:
+        state.model.load_state_dict(ckpt["model"])
+        state.ema_model.load_state_dict(ckpt["ema"])
+        state.optimizer.load_state_dict(ckpt["optimizer"])
+        state.iteration, state.ema_updates = int(ckpt["iteration"]), int(ckpt["ema_updates"])
+        state.losses.extend(ckpt["losses"])
+        rng = ckpt["rng"]  # one state per process
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"checkpoint {path} does not fit this training run ({reason}). Nothing was changed: "
+                         "delete it to train from the start, or use another output folder") from None
     if len(rng) != world:
         raise ValueError(f"checkpoint {path} was written by {len(rng)} processes, not {world}")
     _set_rng_state(rng[rank], device)
     if state.iteration > end:
         raise ValueError(f"checkpoint {path} is at iteration {state.iteration}, past the end {end}")
+    state.checkpointed = state.iteration
 
 
 def write_checkpoint(state: TrainState, path: str, config, device: torch.device) -> None:
-    """Called by every process (it gathers their RNG states); rank 0 writes. The checkpoint holds every
-    step's loss so far, or a resumed run would report another loss."""
+    """Called by every process (it gathers their RNG states) after the step losses were read back
+    (``read_window``); rank 0 writes. The checkpoint holds every step's loss so far, or a resumed run
+    would report another loss. Non-finite weights raise Diverged instead (the same on every rank:
+    DDP keeps the weights equal)."""
     world = D.world_size()
-    flush_losses(state, world)
+    if state.pending:
+        raise RuntimeError("write_checkpoint: the step losses must be read back (read_window) first")
+    bad = first_nonfinite(state.model.named_parameters())
+    if bad is not None:
+        raise Diverged(f"training diverged by iteration {state.iteration}: {bad} holds NaN or infinity",
+                       state.iteration)
     rng = [_rng_state(device)]
     if D.is_distributed():
         rng = [None] * world
@@ -85,3 +85,4 @@ def write_checkpoint(state: TrainState, path: str, config, device: torch.device)
                                optimizer=state.optimizer.state_dict(), iteration=state.iteration,
                                ema_updates=state.ema_updates, losses=[float(x) for x in state.losses], rng=rng,
                                config=dataclasses.asdict(config)), path)
+    state.checkpointed = state.iteration

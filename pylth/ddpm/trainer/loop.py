@@ -1,4 +1,6 @@
-"""The training loop: set up, resume, then step, average, report and checkpoint until the end."""
+"""The training loop: set up, resume, then step, average, report and checkpoint until the end, or
+until training diverges (Diverged) or a stop signal arrives (Preempted, once the checkpoint is
+written)."""
 from __future__ import annotations
 
 import warnings
@@ -10,15 +12,20 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pylth import distributed as D
+from pylth.ddpm.finite import first_nonfinite
 from pylth.ddpm.models.registry import call_model
-from pylth.ddpm.trainer.checkpoint import flush_losses, read_checkpoint, restore, write_checkpoint
+from pylth.ddpm.trainer.checkpoint import read_checkpoint, restore, write_checkpoint
 from pylth.ddpm.trainer.config import TrainConfig, learning_rate, resolve_device
+from pylth.ddpm.trainer.divergence import Diverged, read_window
 from pylth.ddpm.trainer.loader import make_loader
 from pylth.ddpm.trainer.state import TrainState, setup_state
 from pylth.ddpm.trainer.step import iteration_noise, train_step, update_ema
+from pylth.preemption import Preempted, deferred_stop, stop_requested
 from pylth.pruning.model_masks import check_masked_zero
 
-REPORT_EVERY = 25  # steps between reading the losses back (one sync) and updating the progress bar
+# Steps between reading the losses back (one sync): the progress bar, the divergence check and,
+# under torch.distributed, the processes' agreement on a stop signal happen then.
+REPORT_EVERY = 25
 
 
 @dataclass
@@ -70,45 +77,79 @@ def train(model: nn.Module, diffusion, dataset, config: TrainConfig, *, masks: d
     ckpt = read_checkpoint(checkpoint_path)
     if ckpt is not None:
         restore(state, ckpt, checkpoint_path, device, end)
-    _run_steps(state, _wrap_for_processes(model, device), diffusion, dataset, config, device, end,
-               checkpoint_path, on_iteration, progress_desc, predict)
-    check_masked_zero(state.model, state.masks)
-    check_masked_zero(state.ema_model, state.masks)
-    if checkpoint_path is not None:
-        write_checkpoint(state, checkpoint_path, config, device)
-    if D.is_distributed():
-        dist.barrier()
+    with deferred_stop():  # a signal during training is answered below, once the checkpoint is written
+        try:
+            stop = _run_steps(state, _wrap_for_processes(model, device), diffusion, dataset, config, device, end,
+                              checkpoint_path, on_iteration, progress_desc, predict)
+            check_masked_zero(state.model, state.masks)
+            check_masked_zero(state.ema_model, state.masks)
+            for what, module in (("the model", state.model), ("the EMA model", state.ema_model)):
+                bad = first_nonfinite(module.named_parameters())
+                if bad is not None:
+                    raise Diverged(f"training diverged by iteration {state.iteration}: {bad} of {what} holds NaN "
+                                   "or infinity", state.iteration)
+            if checkpoint_path is not None:
+                write_checkpoint(state, checkpoint_path, config, device)
+        except Diverged as exc:
+            raise Diverged(f"{exc}; {_last_good(state, checkpoint_path)}", exc.iteration) from None
+        if D.is_distributed():
+            dist.barrier()
+        if stop:
+            saved = f"; {checkpoint_path} holds the state" if checkpoint_path is not None else ""
+            raise Preempted(f"stopped by {stop_requested() or 'a stop signal to another process'} after "
+                            f"iteration {state.iteration} of {end}{saved}")
     loss = sum(state.losses) / len(state.losses) if state.losses else float("nan")
     return TrainResult(model=state.model, ema_model=state.ema_model, loss=loss, iterations=state.iteration)
 
 
+def _last_good(state: TrainState, checkpoint_path) -> str:
+    if checkpoint_path is None:
+        return "nothing was saved"
+    if state.checkpointed is None:
+        return f"no checkpoint was written yet ({checkpoint_path})"
+    return f"the last good checkpoint, {checkpoint_path}, is at iteration {state.checkpointed} and stays"
+
+
 def _run_steps(state: TrainState, net, diffusion, dataset, config: TrainConfig, device, end: int,
-               checkpoint_path, on_iteration, progress_desc: str, predict) -> None:
+               checkpoint_path, on_iteration, progress_desc: str, predict) -> bool:
+    """Step until ``end``; returns True when the processes agreed to stop on a signal first."""
     rank, world = D.rank(), D.world_size()
     loader = make_loader(dataset, config, state.iteration, end, rank, world, device)
     use_bf16 = config.bf16 and device.type == "cuda"
     params = list(state.model.parameters())
     ema_params = list(state.ema_model.parameters())
     pruned = state.pruned
+    stop = False
     bar = tqdm(total=end, initial=state.iteration, desc=progress_desc, disable=rank != 0, dynamic_ncols=True)
-    for x0, _ in loader:
-        x0 = x0.to(device, non_blocking=True)
-        for group in state.optimizer.param_groups:
-            group["lr"] = learning_rate(config, state.iteration)
-        t, noise = iteration_noise(diffusion, config, state.iteration, x0, rank, world)
-        loss = train_step(net, diffusion, x0, state.optimizer, params, pruned, config.grad_clip, use_bf16, t, noise,
-                          predict=predict)
-        update_ema(ema_params, params, config, state.ema_updates)
-        state.ema_updates += 1
-        state.iteration += 1
-        state.pending.append(loss)
-        if on_iteration is not None:
-            on_iteration(state.iteration, state.model)
-        if state.iteration % REPORT_EVERY == 0 or state.iteration == end:
-            flush_losses(state, world)
-            bar.set_postfix(loss=f"{sum(state.losses) / len(state.losses):.4f}", refresh=False)
-        bar.update(1)
-        if checkpoint_path is not None and state.iteration % config.checkpoint_every == 0 and state.iteration != end:
-            check_masked_zero(state.model, state.masks)
-            write_checkpoint(state, checkpoint_path, config, device)
-    bar.close()
+    try:
+        for x0, _ in loader:
+            x0 = x0.to(device, non_blocking=True)
+            for group in state.optimizer.param_groups:
+                group["lr"] = learning_rate(config, state.iteration)
+            t, noise = iteration_noise(diffusion, config, state.iteration, x0, rank, world)
+            loss, grad_norm = train_step(net, diffusion, x0, state.optimizer, params, pruned, config.grad_clip,
+                                         use_bf16, t, noise, predict=predict)
+            update_ema(ema_params, params, config, state.ema_updates)
+            state.ema_updates += 1
+            state.iteration += 1
+            state.pending.append(loss)
+            if grad_norm is not None:
+                state.pending_norms.append(grad_norm)
+            if on_iteration is not None:
+                on_iteration(state.iteration, state.model)
+            checkpoint_due = (checkpoint_path is not None and state.iteration % config.checkpoint_every == 0
+                              and state.iteration != end)
+            # One process stops right after the step a signal came in; several agree at the next reading.
+            if (state.iteration % REPORT_EVERY == 0 or state.iteration == end or checkpoint_due
+                    or (world == 1 and stop_requested())):
+                stop = read_window(state, world, stop_requested() is not None)
+                bar.set_postfix(loss=f"{sum(state.losses) / len(state.losses):.4f}", refresh=False)
+            bar.update(1)
+            if stop:
+                break
+            if checkpoint_due:
+                check_masked_zero(state.model, state.masks)
+                write_checkpoint(state, checkpoint_path, config, device)
+    finally:
+        bar.close()
+    return stop

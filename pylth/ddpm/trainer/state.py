@@ -24,6 +24,8 @@ class TrainState:
     ema_updates: int = 0
     losses: collections.deque = field(default_factory=lambda: collections.deque(maxlen=LOSS_WINDOW))
     pending: list = field(default_factory=list)  # step losses still on the device, read back in bulk
+    pending_norms: list = field(default_factory=list)  # their gradient norms (none without clipping)
+    checkpointed: int | None = None  # the iteration of the checkpoint on disk, once one is written or read
 
     @property
     def pruned(self) -> list:

@@ -24,10 +24,11 @@ def iteration_noise(diffusion, config: TrainConfig, iteration: int, x0: torch.Te
 
 
 def train_step(net, diffusion, x0, optimizer, params, pruned, grad_clip: float, bf16: bool,
-               t=None, noise=None, predict=call_model) -> torch.Tensor:
+               t=None, noise=None, predict=call_model) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One optimizer step on batch ``x0``; ``pruned`` lists (param, bool tensor True where pruned);
     ``t`` and ``noise`` as for diffusion.loss (default: drawn from the global RNG); ``predict`` asks
-    the model for its noise prediction (its kind's). Returns the (detached) loss."""
+    the model for its noise prediction (its kind's). Returns the (detached) loss and the gradient
+    norm before clipping (None without clipping), both still on the device: reading them is a sync."""
     with torch.autocast(device_type=x0.device.type, dtype=torch.bfloat16, enabled=bf16):
         loss = diffusion.loss(net, x0, t=t, noise=noise, predict=predict)
     optimizer.zero_grad(set_to_none=True)
@@ -35,10 +36,9 @@ def train_step(net, diffusion, x0, optimizer, params, pruned, grad_clip: float, 
     with torch.no_grad():
         for param, where in pruned:  # pruned weights do not exist: keep them out of the gradient norm
             param.grad.masked_fill_(where, 0)
-    if grad_clip:
-        nn.utils.clip_grad_norm_(params, grad_clip)
+    grad_norm = nn.utils.clip_grad_norm_(params, grad_clip) if grad_clip else None
     optimizer.step()
-    return loss.detach()
+    return loss.detach(), grad_norm
 
 
 @torch.no_grad()

@@ -1,0 +1,318 @@
+"""Sparse-weight Conv2d and Linear forward in fp32: compress a masked weight once, call it many times.
+
+``compress_weight(weight, mask)`` keeps, per output channel, the entries where ``mask`` is True (CSR:
+``row_ptr``, ``taps`` = flat index into the channel's [Ci, KH, KW] block, ``values``).
+``sparse_conv2d(x, w, bias, stride, padding)`` and ``sparse_linear(x, w, bias)`` then compute what
+``F.conv2d`` / ``F.linear`` compute with the masked dense weight, at the cost of the kept entries:
+csrc/sparse_conv.cpp on the CPU (AVX2/FMA when the CPU has it, OpenMP), csrc/sparse_conv.cu on CUDA.
+They are forward-only (no autograd). Activations stay dense NCHW; a non-contiguous ``x`` is made
+contiguous first. On the CPU the kernel reads the input in a layout chosen per input size (see
+csrc/sparse_conv.h); the kept entries' offsets into it are computed on the first call for each size
+and kept with the weight.
+
+The kernels win where few weights are kept; at high density the dense op can be faster, so callers
+choose per layer (bench/test_bench_sparse.py measures where the crossover lies).
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from pylth.ops.checks import INT32_MAX, check_tensor
+from pylth.ops.dispatch import REFERENCE, backend, launch, pack_table
+
+__all__ = ["SparseWeight", "compress_weight", "sparse_conv2d", "sparse_conv2d_reference", "sparse_linear",
+           "sparse_linear_reference"]
+
+LANES = 8  # floats per AVX vector: the CPU kernel's unit of work along an output row
+# Below this output width the CPU kernel treats each output plane as one row (flat layouts), so
+# that narrow planes (4x4, 7x7) still fill whole vectors.
+NARROW_WIDTH = 8
+CUDA_GRID_LIMIT = 65535  # images and output channels each index one grid dimension
+_PLAN_CACHE_SIZE = 8  # input geometries whose offsets a weight keeps
+# The CPU kernel pads a group of images at a time into its workspace: about this many bytes (at least
+# one image), so that the padded input stays in the L2 cache from being written to being read.
+WORKSPACE_BYTES = 1 << 20
+
+
+class SparseWeight:
+    """A conv weight [Co, Ci, KH, KW] or linear weight [O, I] reduced to its kept entries, per output
+    channel: ``values[row_ptr[c]:row_ptr[c+1]]`` at ``taps`` (``ci * KH * KW + kh * KW + kw``, for a
+    linear weight the input index; increasing). The taps describe the mask completely, so transposed
+    forms (for a backward pass) derive from them. Build it with ``compress_weight``."""
+
+    __slots__ = ("shape", "row_ptr", "taps", "values", "_plans")
+
+    def __init__(self, shape: tuple, row_ptr: torch.Tensor, taps: torch.Tensor, values: torch.Tensor):
+        self.shape = tuple(int(s) for s in shape)
+        self.row_ptr, self.taps, self.values = row_ptr, taps, values
+        self._plans: dict = {}  # (h, w, stride, padding) -> (_Layout, int32 offsets), CPU only
+
+    @property
+    def device(self) -> torch.device:
+        return self.values.device
+
+    @property
+    def nnz(self) -> int:
+        return self.values.numel()
+
+    @property
+    def density(self) -> float:
+        """Kept entries over all entries of the dense weight."""
+        return self.nnz / math.prod(self.shape)
+
+    @property
+    def kernel_size(self) -> tuple:
+        return self.shape[2:] if len(self.shape) == 4 else (1, 1)
+
+    def to(self, device) -> "SparseWeight":
+        return SparseWeight(self.shape, self.row_ptr.to(device), self.taps.to(device), self.values.to(device))
+
+    def to_dense(self) -> torch.Tensor:
+        """The masked dense weight (zeros where nothing is kept), in the original shape."""
+        co = self.shape[0]
+        dense = torch.zeros((co, math.prod(self.shape[1:])), dtype=torch.float32, device=self.device)
+        rows = torch.repeat_interleave(torch.arange(co, device=self.device), self.row_ptr.diff())
+        dense[rows, self.taps.long()] = self.values
+        return dense.reshape(self.shape)
+
+
+def compress_weight(weight: torch.Tensor, mask: torch.Tensor | None = None) -> SparseWeight:
+    """The kept entries of a float32 conv weight [Co, Ci, KH, KW] or linear weight [O, I]: where the
+    bool ``mask`` is True (a kept weight may be 0), or where ``weight != 0`` without a mask."""
+    check_tensor(weight, "weight", dtypes=(torch.float32,), contiguous=False)
+    if weight.ndim not in (2, 4) or weight.numel() == 0:
+        raise ValueError(f"weight must be a non-empty conv [Co, Ci, KH, KW] or linear [O, I] weight, "
+                         f"got shape {tuple(weight.shape)}")
+    if mask is None:
+        mask = weight != 0
+    else:
+        check_tensor(mask, "mask", dtypes=(torch.bool,), device=weight.device, shape=weight.shape, contiguous=False)
+    co = weight.shape[0]
+    per_channel = weight.numel() // co
+    if per_channel > INT32_MAX:
+        raise ValueError(f"weight has {per_channel} entries per output channel; at most {INT32_MAX} are supported")
+    keep = mask.reshape(co, per_channel)
+    channels, taps = keep.nonzero(as_tuple=True)  # row-major: by channel, then increasing tap
+    row_ptr = torch.zeros(co + 1, dtype=torch.int64, device=weight.device)
+    row_ptr[1:] = keep.sum(dim=1).cumsum(0)
+    values = weight.detach().reshape(co, per_channel)[channels, taps].contiguous()
+    return SparseWeight(weight.shape, row_ptr, taps.to(torch.int32).contiguous(), values)
+
+
+def sparse_conv2d(x: torch.Tensor, weight: SparseWeight, bias: torch.Tensor | None = None, stride: int = 1,
+                  padding: int = 0) -> torch.Tensor:
+    """``F.conv2d(x, weight.to_dense(), bias, stride, padding)`` at the cost of the kept weights:
+    x [N, Ci, H, W] float32, square ``stride`` >= 1 and ``padding`` >= 0 (no dilation, no groups)."""
+    _check_weight(weight, "weight", ndim=4)
+    co, ci, kh, kw = weight.shape
+    stride = _check_int(stride, "stride", minimum=1)
+    padding = _check_int(padding, "padding", minimum=0)
+    x = _check_input(x, "x", weight, ndim=4, channels=ci, channel_dim=1)
+    _check_bias(bias, weight)
+    n, _, h, w = x.shape
+    ho, wo = (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
+    if h + 2 * padding < kh or w + 2 * padding < kw:
+        raise ValueError(f"x of spatial size {h}x{w} with padding {padding} is smaller than the {kh}x{kw} kernel")
+    if backend("sparse_conv2d", x.device) == REFERENCE:
+        return sparse_conv2d_reference(x, weight, bias, stride, padding)
+    out = torch.empty((n, co, ho, wo), dtype=torch.float32, device=x.device)
+    if x.device.type == "cuda":
+        _launch_cuda(x, weight, bias, out, stride, padding)
+    else:
+        _launch_cpu(x, weight, bias, out, stride, padding)
+    return out
+
+
+def sparse_linear(x: torch.Tensor, weight: SparseWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight.to_dense(), bias)`` at the cost of the kept weights: x [..., I] float32.
+
+    It runs as a 1x1 convolution of the transposed batch: the vector dimension is the batch."""
+    _check_weight(weight, "weight", ndim=2)
+    o, i = weight.shape
+    x = _check_input(x, "x", weight, ndim=None, channels=i, channel_dim=-1)
+    _check_bias(bias, weight)
+    lead = x.shape[:-1]
+    rows = x.reshape(-1, i)
+    b = rows.shape[0]
+    if backend("sparse_linear", x.device) == REFERENCE:
+        return sparse_linear_reference(x, weight, bias)
+    if x.device.type == "cpu":
+        # The kernel transposes x into the workspace and the result out of it, rows padded to whole vectors.
+        padded = -(-b // LANES) * LANES
+        _, offsets = _cpu_plan(weight, 1, padded, 1, 0)
+        out = torch.empty((b, o), dtype=torch.float32)
+        workspace = torch.empty((i + o) * padded + LANES)
+        launch("sparse_linear", x.device, _cpu_table(rows, workspace, out, weight, offsets, bias), b, i, o)
+        return out.reshape(*lead, o)
+    # CUDA: the conv kernel on the transposed batch, a 1 x B image of I channels.
+    xt = rows.t().reshape(1, i, 1, b).contiguous()
+    out = torch.empty((1, o, 1, b), dtype=torch.float32, device=x.device)
+    if b > 0:
+        _launch_cuda(xt, weight, bias, out, 1, 0)
+    return out[0, :, 0, :].t().contiguous().reshape(*lead, o)
+
+
+def sparse_conv2d_reference(x, weight: SparseWeight, bias=None, stride: int = 1, padding: int = 0) -> torch.Tensor:
+    """Pure torch (the masked dense weight and F.conv2d): the fallback for CUDA tensors when pylth was
+    built without CUDA. No argument checks."""
+    return F.conv2d(x, weight.to_dense(), bias, stride, padding)
+
+
+def sparse_linear_reference(x, weight: SparseWeight, bias=None) -> torch.Tensor:
+    """Pure torch (the masked dense weight and F.linear); no argument checks."""
+    return F.linear(x, weight.to_dense(), bias)
+
+
+class _Layout(NamedTuple):
+    """How the CPU kernel reads one input size (the slabs of csrc/sparse_conv.h) and where each kept
+    tap lands in them: ``mode`` "rows" (kind (0, kw % stride), shifted by kh rows and kw // stride
+    columns: unit rows are output rows), "shifted" (kind (0, kw), shifted by kh rows) or "im2col"
+    (kind (kh, kw)); the last two make the output plane one unit row."""
+
+    mode: str
+    direct: bool  # the input itself is the slab layout: no workspace
+    pad: int
+    row_step: int
+    col_step: int
+    kinds_rows: int
+    kinds_cols: int
+    slab_rows: int
+    slab_pitch: int
+    unit_rows: int
+    unit_len: int
+    unit_row_stride: int
+
+    @property
+    def image_floats_per_channel(self) -> int:
+        return self.kinds_rows * self.kinds_cols * self.slab_rows * self.slab_pitch
+
+
+def _cpu_layout(h: int, w: int, kh: int, kw: int, stride: int, pad: int) -> _Layout:
+    ho, wo = (h + 2 * pad - kh) // stride + 1, (w + 2 * pad - kw) // stride + 1
+    hp, wp = h + 2 * pad, w + 2 * pad
+    if kh == kw == stride == 1 and pad == 0:  # 1x1: the input plane is already the output plane's layout
+        return _Layout("rows", (h * w) % LANES == 0, 0, 1, 1, 1, 1, h, w, 1, h * w, 0)
+    if wo >= NARROW_WIDTH:  # padded input split into `stride` column phases: shifted rows are contiguous
+        pitch = -(-wp // stride)
+        return _Layout("rows", False, pad, 1, stride, 1, stride, hp, pitch, ho, wo, stride * pitch)
+    if stride == 1:  # one column-shifted copy per kw, of pitch Wo: rows oy and oy + 1 are adjacent
+        return _Layout("shifted", False, pad, 1, 1, 1, kw, hp, wo, 1, ho * wo, 0)
+    return _Layout("im2col", False, pad, stride, stride, kh, kw, ho, wo, 1, ho * wo, 0)
+
+
+def _input_offsets(weight: SparseWeight, layout: _Layout, stride: int) -> torch.Tensor:
+    """Each kept tap's offset into one image's slabs (int32: the caller checked the slab size)."""
+    kh_size, kw_size = weight.kernel_size
+    taps = weight.taps.long()
+    ci, kh, kw = taps // (kh_size * kw_size), taps // kw_size % kh_size, taps % kw_size
+    zero = torch.zeros_like(taps)
+    if layout.mode == "rows":
+        kind_row, kind_col, row_shift, col_shift = zero, kw % stride, kh, kw // stride
+    elif layout.mode == "shifted":
+        kind_row, kind_col, row_shift, col_shift = zero, kw, kh, zero
+    else:
+        kind_row, kind_col, row_shift, col_shift = kh, kw, zero, zero
+    slab = layout.slab_rows * layout.slab_pitch
+    offsets = ((ci * layout.kinds_rows + kind_row) * layout.kinds_cols + kind_col) * slab
+    return (offsets + row_shift * layout.slab_pitch + col_shift).to(torch.int32)
+
+
+def _cpu_plan(weight: SparseWeight, h: int, w: int, stride: int, pad: int):
+    key = (h, w, stride, pad)
+    plan = weight._plans.get(key)
+    if plan is None:
+        kh, kw = weight.kernel_size
+        layout = _cpu_layout(h, w, kh, kw, stride, pad)
+        if weight.shape[1] * layout.image_floats_per_channel > INT32_MAX:
+            raise ValueError(f"x is too large: one image's {weight.shape[1]} channels of {h}x{w} exceed the "
+                             f"kernel's 32-bit input offsets")
+        plan = (layout, _input_offsets(weight, layout, stride))
+        if len(weight._plans) >= _PLAN_CACHE_SIZE:
+            weight._plans.pop(next(iter(weight._plans)))
+        weight._plans[key] = plan
+    return plan
+
+
+def _launch_cpu(x, weight: SparseWeight, bias, out, stride: int, pad: int) -> None:
+    n, ci, h, w = x.shape
+    layout, offsets = _cpu_plan(weight, h, w, stride, pad)
+    workspace = None
+    if not layout.direct:
+        image_floats = ci * layout.image_floats_per_channel
+        images = max(1, min(n, WORKSPACE_BYTES // (4 * image_floats)))
+        workspace = torch.empty(images * image_floats + LANES)
+    launch("sparse_conv2d", x.device, _cpu_table(x, workspace, out, weight, offsets, bias), n, ci, h, w,
+           weight.shape[0], layout.pad, layout.row_step, layout.col_step, layout.kinds_rows, layout.kinds_cols,
+           layout.slab_rows, layout.slab_pitch, layout.unit_rows, layout.unit_len, layout.unit_row_stride)
+
+
+def _cpu_table(x, workspace, out, weight: SparseWeight, offsets, bias) -> torch.Tensor:
+    """The table of csrc/sparse_conv.h's SparseConvCpuRow (address 0 for no workspace, no bias)."""
+    return pack_table([
+        (x.data_ptr(), x.numel()),
+        (0, 0) if workspace is None else (workspace.data_ptr(), workspace.numel()),
+        (out.data_ptr(), out.numel()),
+        (weight.row_ptr.data_ptr(), weight.row_ptr.numel()),
+        (offsets.data_ptr(), offsets.numel()),
+        (weight.values.data_ptr(), weight.values.numel()),
+        (0, 0) if bias is None else (bias.data_ptr(), bias.numel()),
+    ], 2)
+
+
+def _launch_cuda(x, weight: SparseWeight, bias, out, stride: int, pad: int) -> None:
+    n, ci, h, w = x.shape
+    co = weight.shape[0]
+    kh, kw = weight.kernel_size
+    if n > CUDA_GRID_LIMIT or co > CUDA_GRID_LIMIT or ci * h * w > INT32_MAX:
+        raise ValueError(f"x of shape {tuple(x.shape)} with {co} output channels exceeds the CUDA kernel's limits "
+                         f"(at most {CUDA_GRID_LIMIT} images and output channels, {INT32_MAX} values per image)")
+    table = pack_table([
+        (x.data_ptr(), x.numel()),
+        (out.data_ptr(), out.numel()),
+        (weight.row_ptr.data_ptr(), weight.row_ptr.numel()),
+        (weight.taps.data_ptr(), weight.taps.numel()),
+        (weight.values.data_ptr(), weight.values.numel()),
+        (0, 0) if bias is None else (bias.data_ptr(), bias.numel()),
+    ], 2)
+    launch("sparse_conv2d", x.device, table, n, ci, h, w, co, out.shape[2], out.shape[3], kh, kw, stride, pad)
+
+
+def _check_weight(weight, name: str, ndim: int) -> None:
+    if not isinstance(weight, SparseWeight):
+        raise TypeError(f"{name} must be a SparseWeight (from compress_weight), got {type(weight).__name__}")
+    if len(weight.shape) != ndim:
+        kind = "conv [Co, Ci, KH, KW]" if ndim == 4 else "linear [O, I]"
+        raise ValueError(f"{name} must be a compressed {kind} weight, got shape {weight.shape}")
+
+
+def _check_int(value, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _check_input(x, name: str, weight: SparseWeight, ndim, channels: int, channel_dim: int) -> torch.Tensor:
+    check_tensor(x, name, dtypes=(torch.float32,), contiguous=False)
+    if x.device != weight.device:
+        raise ValueError(f"{name} is on {x.device} but weight is on {weight.device}")
+    if (ndim is not None and x.ndim != ndim) or x.ndim == 0 or x.shape[channel_dim] != channels:
+        want = f"[N, {channels}, H, W]" if ndim == 4 else f"[..., {channels}]"
+        raise ValueError(f"{name} must have shape {want}, got {tuple(x.shape)}")
+    if x.requires_grad and torch.is_grad_enabled():
+        raise ValueError(f"{name} requires grad, but the sparse kernels are forward-only: call them under "
+                         f"torch.no_grad()")
+    return x.contiguous()
+
+
+def _check_bias(bias, weight: SparseWeight) -> None:
+    if bias is None:
+        return
+    check_tensor(bias, "bias", dtypes=(torch.float32,), device=weight.device, shape=(weight.shape[0],))
+    if bias.requires_grad and torch.is_grad_enabled():
+        raise ValueError("bias requires grad, but the sparse kernels are forward-only: call them under torch.no_grad()")
