@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -92,7 +93,8 @@ def ticket_run(request, tmp_path_factory):
 
 
 def _ticket_model(kind_name: str, run: str, k: int):
-    config = json.loads(open(os.path.join(run, "config.json")).read())
+    with open(os.path.join(run, "config.json")) as f:
+        config = json.load(f)
     model = model_kind(kind_name).build(config["model"]).eval()
     model.load_state_dict(torch_load(os.path.join(run, f"round_{k:02d}", "model.pt")))
     return model, config
@@ -162,3 +164,36 @@ def test_export_problems_are_one_line_errors_and_write_nothing(problem, message,
     assert err.startswith("python -m pylth.export: error:") and message in err and "\n" not in err
     assert (out / "keep.txt").read_text() == "mine" if problem == "out-exists" else not out.exists()
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".out.")], "no staging folder left behind"
+
+
+def test_a_run_made_before_model_kinds_and_init_from_exports(ticket_run, tmp_path):
+    """config.json of runs made before --model and --init-from existed lacks both keys."""
+    kind_name, run = ticket_run
+    if kind_name != "unet":
+        pytest.skip("runs made before model kinds were all of pylth's U-Net")
+    old = tmp_path / "old-run"
+    shutil.copytree(run, old)
+    config = json.loads((old / "config.json").read_text())
+    del config["model_kind"], config["init_from"]
+    (old / "config.json").write_text(json.dumps(config))
+    assert main([str(old), str(tmp_path / "out")]) == 0
+    about = json.loads((tmp_path / "out" / "pylth.json").read_text())
+    assert about["model_kind"] == "unet" and about["init_from"] is None
+
+
+@pytest.mark.parametrize("name", ["model.pt", "mask.pt"])
+def test_a_ticket_file_changed_since_its_round_finished_is_not_exported(name, ticket_run, tmp_path, capsys):
+    _, run = ticket_run
+    damaged = tmp_path / "run"
+    shutil.copytree(run, damaged)
+    path = damaged / "round_02" / name
+    tensors = torch_load(str(path))
+    first = next(iter(tensors))
+    changed = tensors[first].clone().reshape(-1)
+    changed[0] = ~changed[0] if name == "mask.pt" else changed[0] + 1.0
+    tensors[first] = changed.reshape(tensors[first].shape)  # still a readable file of the right shapes
+    torch.save(tensors, path)
+    assert main([str(damaged), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"round_02/{name}" in err and "is damaged" in err and "\n" not in err.strip()
+    assert not (tmp_path / "out").exists()

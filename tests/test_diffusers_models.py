@@ -250,7 +250,7 @@ def test_init_from_problems_are_one_line_errors(problem, message, tmp_path, caps
 def test_pylth_neither_needs_nor_imports_diffusers_and_the_kind_says_how_to_install_it(tmp_path):
     script = (
         "import sys\n"
-        "import pylth.find_ticket, pylth.train, pylth.export, pylth.lottery\n"
+        "import pylth.find_ticket, pylth.train, pylth.export, pylth.lottery, pylth.sample, pylth.sparse\n"
         "assert 'diffusers' not in sys.modules, 'importing pylth imported diffusers'\n"
         "sys.modules['diffusers'] = None  # import diffusers now raises ImportError, as when it is not installed\n"
         "from pylth.find_ticket import main\n"

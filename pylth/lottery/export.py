@@ -13,7 +13,9 @@ from pylth.run_dir import RunDirectory
 FORMATS = ("diffusers",)
 
 
-def _tensors(run: RunDirectory, path: str) -> dict[str, torch.Tensor]:
+def _tensors(run: RunDirectory, records: list[dict], path: str) -> dict[str, torch.Tensor]:
+    """A finished round's file of name -> tensor, checked first against its digest in rounds.jsonl."""
+    run.verify(records, [path])  # a changed or missing file is a DamagedRunError naming it
     try:
         obj = run.load(path)
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
@@ -45,7 +47,7 @@ def export_ticket(run_dir: str, out: str, round: int | None = None, to: str = "d
     if kind.as_diffusers is None:
         raise ValueError(f"model kind {kind.name} has no diffusers UNet2DModel form and cannot be exported")
     model_path, mask_path = run.round_file(round, "model.pt"), run.round_file(round, "mask.pt")
-    state, masks = _tensors(run, model_path), _tensors(run, mask_path)
+    state, masks = _tensors(run, records, model_path), _tensors(run, records, mask_path)
     for name, mask in masks.items():
         if name not in state or state[name].shape != mask.shape or bool(state[name][~mask].any()):
             raise ValueError(f"{model_path} does not hold the ticket of {mask_path} ({name!r} is missing, "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import sys
 
 from pylth.ddpm.models.registry import ModelKind, SavedModel, register
 
@@ -182,6 +183,16 @@ def read_folder(folder: str, image_shape) -> SavedModel:
     return SavedModel(folder=path, config=config, files=(CONFIG_FILE, *weights))
 
 
+def config_of(model) -> dict | None:
+    """The complete configuration of a UNet2DModel (None for other models). Looks only when diffusers
+    is already imported: a model cannot be a UNet2DModel otherwise."""
+    diffusers = sys.modules.get("diffusers")
+    if diffusers is None or not isinstance(model, diffusers.UNet2DModel):
+        return None
+    init, _unused, _hidden = diffusers.UNet2DModel.extract_init_dict(dict(model.config))
+    return complete_config(dict(init))
+
+
 def folder_weights(folder: str) -> dict:
     """The state_dict of the UNet2DModel saved in ``folder`` (see ``model_folder``), loaded offline by
     diffusers (which also renames the attention weights of folders saved by old versions)."""
@@ -201,4 +212,6 @@ register(ModelKind(
     read_folder=read_folder,
     folder_weights=folder_weights,
     as_diffusers=lambda config, state: (config, state),
+    image_shape=lambda config: (config["in_channels"], config["sample_size"], config["sample_size"]),
+    config_of=config_of,
 ))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 from torch import nn
@@ -27,10 +27,14 @@ class ModelKind:
     check_usable: Callable[[], None] = lambda: None
     # --init-from: (folder, image shape) -> the SavedModel there, checked against the images; and
     # folder -> its state_dict, named as build()'s. None: the kind cannot start from a saved folder.
-    read_folder: Optional[Callable[[str, tuple], "SavedModel"]] = None
-    folder_weights: Optional[Callable[[str], dict]] = None
+    read_folder: Callable[[str, tuple], SavedModel] | None = None
+    folder_weights: Callable[[str], dict] | None = None
     # Export: (config, state_dict) -> (diffusers UNet2DModel config, its state_dict). None: cannot.
-    as_diffusers: Optional[Callable[[dict, dict], tuple]] = None
+    as_diffusers: Callable[[dict, dict], tuple] | None = None
+    # config -> the image shape (C, H, W) the model denoises (a ticket file without a run's facts).
+    image_shape: Callable[[dict], tuple] | None = None
+    # model -> its configuration when it is a model of this kind, else None (save_sparse without kind=).
+    config_of: Callable[[nn.Module], dict | None] | None = None
 
     def fresh(self, config: dict, seed: int) -> nn.Module:
         """A model of ``config`` initialised from ``seed``, without touching the global RNG."""
@@ -38,7 +42,7 @@ class ModelKind:
             torch.manual_seed(seed)
             return self.build(config)
 
-    def initial(self, config: dict, seed: int, init_from: Optional[dict] = None) -> nn.Module:
+    def initial(self, config: dict, seed: int, init_from: dict | None = None) -> nn.Module:
         """theta_0 of a run: a fresh model from ``seed``, or the weights of the folder ``init_from``
         records (``resolve_model``'s record)."""
         model = self.fresh(config, seed)
@@ -73,6 +77,15 @@ def model_kind(name: str) -> ModelKind:
     return MODELS[name]
 
 
+def kind_of(model: nn.Module) -> tuple[str, dict] | None:
+    """``(kind name, configuration)`` of a model that one of the registered kinds recognises, or None."""
+    for kind in MODELS.values():
+        config = kind.config_of(model) if kind.config_of is not None else None
+        if config is not None:
+            return kind.name, config
+    return None
+
+
 def files_digest(folder: str, names) -> str:
     """sha256 over the files ``names`` of ``folder`` (each name, then its bytes, in name order)."""
     digest = hashlib.sha256()
@@ -84,7 +97,7 @@ def files_digest(folder: str, names) -> str:
     return digest.hexdigest()
 
 
-def resolve_model(kind: ModelKind, dataset: str, image_shape, init_from: Optional[str] = None) -> tuple:
+def resolve_model(kind: ModelKind, dataset: str, image_shape, init_from: str | None = None) -> tuple:
     """``(config, init_from record)`` of a run. Without ``init_from``: the kind's configuration for the
     data set, and None. With it: the configuration of the model saved in that folder, and
     ``{"folder", "sha256"}`` (the folder, absolute, and a digest of the model's configuration and

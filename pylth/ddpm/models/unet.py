@@ -222,4 +222,6 @@ register(ModelKind(
     build=lambda config: UNet(**config),
     pruning_groups=lambda model: model.pruning_groups(),
     as_diffusers=as_diffusers,
+    image_shape=lambda config: (config["in_channels"], config["image_size"], config["image_size"]),
+    config_of=lambda model: dict(model.config) if isinstance(model, UNet) else None,
 ))
