@@ -2,7 +2,6 @@
 solution; the solver converges to it at second order in the number of steps, DDIM at first order."""
 from __future__ import annotations
 
-import pytest
 import torch
 
 from pylth.ddpm import GaussianDiffusion
