@@ -19,7 +19,7 @@ from pylth.pruning import prunable_parameters
 from pylth.sample import main as sample_main
 from pylth.sparse import SparseConv2d, SparseLinear, load_sparse, read_sparse, save_sparse
 from diffusers_helpers import TINY_UNET2D, tiny_config
-from test_lottery_helpers import fake_calls, tiny_spec
+from test_lottery_helpers import fake_calls, fid_cache, tiny_spec  # noqa: F401  (fid_cache: a fixture)
 
 diffusers = pytest.importorskip("diffusers")
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -140,3 +140,16 @@ def test_save_sparse_recognises_a_unet2dmodel_and_sample_reads_its_file_alone(tm
     # Without a run's facts the image shape comes from the configuration, the rest from pylth's defaults.
     assert sample_main([path, "--num", "2", "--steps", "2", "--out", str(tmp_path / "mine.png")]) == 0
     assert (tmp_path / "mine.png").stat().st_size > 0
+
+
+def test_the_mixed_experiment_runs_on_a_unet2dmodel_run_and_its_end_points_are_the_rounds(tmp_path, fid_cache):  # noqa: F811
+    from pylth.lottery.mixed import ORDERS, MixedExperiment
+
+    out = str(tmp_path / "run")
+    spec = tiny_spec(fid_cache, strategy="uniform", prune_ratio=0.6, max_rounds=1)
+    spec.model_kind, spec.model = KIND.name, tiny_config()
+    records = find_ticket(spec, out, log=lambda _m: None)  # real training and FID
+    rows = MixedExperiment(out, log=lambda _m: None).run_points([1], [0.0, 1.0], ORDERS, [0])
+    by_key = {(r.order, r.switch_point): r.fid for r in rows}
+    assert by_key["dense-first", 1.0] == by_key["ticket-first", 0.0] == records[0]["fid"], "all dense: round 0"
+    assert by_key["dense-first", 0.0] == by_key["ticket-first", 1.0] == records[1]["fid"], "all ticket: round 1"
