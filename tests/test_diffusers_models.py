@@ -145,6 +145,24 @@ def test_find_ticket_and_train_commands_train_the_diffusers_kind(tmp_path, fid_c
     assert torch_load(str(dense / "checkpoint.pt"))["iteration"] == 2
 
 
+def test_train_with_init_from_starts_from_the_folder_s_weights(tmp_path):
+    from pylth import train as train_cli
+
+    saved = saved_unet(str(tmp_path / "pretrained"), seed=3).state_dict()
+    out = tmp_path / "dense"
+    # One step at a learning rate of 1e-12: Adam moves every weight by about 1e-12, so the checkpoint
+    # holds the folder's weights and not a fresh model's.
+    assert train_cli.main(["--model", "diffusers-unet2d", "--init-from", str(tmp_path / "pretrained"),
+                           "--iterations", "1", "--batch-size", "8", "--lr", "1e-12", "--fid-samples", "0",
+                           "--sample-steps", "2", "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"] == tiny_config() and config["init_from"]["folder"] == str(tmp_path / "pretrained")
+    trained = torch_load(str(out / "checkpoint.pt"))["model"]
+    assert set(trained) == set(saved)
+    for name, value in saved.items():
+        torch.testing.assert_close(trained[name], value, rtol=0, atol=1e-9)
+
+
 def test_the_default_run_directory_names_the_model_kind(fake, tmp_path, monkeypatch):  # noqa: F811
     from pylth.find_ticket import main
 
