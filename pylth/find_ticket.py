@@ -14,7 +14,7 @@ import sys
 from pylth.cli import run_command
 from pylth.ddpm.config import DataConfig, DiffusionConfig, EvalConfig, ModelConfig, add_arguments, from_args
 from pylth.ddpm.data import dataset_info
-from pylth.ddpm.models import model_kind
+from pylth.ddpm.models import DEFAULT_MODEL, model_kind, resolve_model
 from pylth.ddpm.presets import flag_defaults
 from pylth.ddpm.trainer import TrainConfig, resolve_device
 from pylth.lottery import LotteryConfig, RunSpec, find_ticket
@@ -43,8 +43,11 @@ def build_parser(dataset: str = "digits") -> argparse.ArgumentParser:
 
 def default_out(spec: RunSpec) -> str:
     t, lt = spec.train, spec.lottery
-    return os.path.join("runs", f"{spec.data.dataset}-{lt.strategy}-{lt.reset}-p{lt.prune_ratio:g}-q{lt.increment:g}"
-                                f"-i{t.iterations}-s{t.seed}")
+    model = "" if spec.model_kind == DEFAULT_MODEL else f"{spec.model_kind}-"
+    if spec.init_from is not None:
+        model += f"from-{os.path.basename(spec.init_from['folder'])}-"
+    return os.path.join("runs", f"{spec.data.dataset}-{model}{lt.strategy}-{lt.reset}-p{lt.prune_ratio:g}"
+                                f"-q{lt.increment:g}-i{t.iterations}-s{t.seed}")
 
 
 def _config(cls, args):
@@ -64,9 +67,9 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
         raise ValueError(f"--fid-samples must be >= 2 (every round records FID), got {evaluation.fid_samples}")
     lottery.validate()
     image_shape = tuple(dataset_info(data.dataset, data.data_root)["image_shape"])
-    config = model_kind(model.model).config_for(data.dataset, image_shape)
+    config, init_from = resolve_model(model_kind(model.model), data.dataset, image_shape, model.init_from)
     return RunSpec(data=data, model=config, image_shape=image_shape, train=train, diffusion=diffusion,
-                   evaluation=evaluation, lottery=lottery, model_kind=model.model)
+                   evaluation=evaluation, lottery=lottery, model_kind=model.model, init_from=init_from)
 
 
 def main(argv=None, *, parts=None) -> int:

@@ -110,11 +110,13 @@ def _ticket_source(path: str) -> Source:
     extra = ticket.extra
     settings = extra.get("evaluation") or dataclasses.asdict(EvalConfig())
     diffusion = extra.get("diffusion") or dataclasses.asdict(DiffusionConfig())
-    shape = extra.get("image_shape") or (ticket.config["in_channels"], ticket.config["image_size"],
-                                         ticket.config["image_size"])
+    kind = model_kind(ticket.kind)
+    shape = extra.get("image_shape") or (kind.image_shape(ticket.config) if kind.image_shape else None)
+    if shape is None:
+        raise ValueError(f"{path} does not say the image shape its {ticket.kind} model denoises")
 
     def load(_round):
-        model = model_kind(ticket.kind).fresh(ticket.config, 0)
+        model = kind.fresh(ticket.config, 0)
         model.load_state_dict(ticket.state)
         return model.eval().requires_grad_(False), ticket.masks
 

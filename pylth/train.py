@@ -18,7 +18,7 @@ from pylth.ddpm import GaussianDiffusion
 from pylth.ddpm.config import DataConfig, DiffusionConfig, EvalConfig, ModelConfig, add_arguments, from_args
 from pylth.ddpm.data import dataset_info, load_dataset
 from pylth.ddpm.images import grid_png
-from pylth.ddpm.models import model_kind
+from pylth.ddpm.models import model_kind, resolve_model
 from pylth.ddpm.presets import flag_defaults
 from pylth.ddpm.trainer import Diverged, TrainConfig, resolve_device, train
 from pylth.io import atomic_write_bytes, atomic_write_json
@@ -62,8 +62,8 @@ def _run(args: argparse.Namespace, lock: DirectoryLock) -> dict | None:
     dataset = load_dataset(data.dataset, data.data_root, train=True)
     info = dataset_info(data.dataset, data.data_root, dataset=dataset)
     kind = model_kind(model_cfg.model)
-    model_config = kind.config_for(data.dataset, info["image_shape"])
-    model = kind.build(model_config)
+    model_config, init_from = resolve_model(kind, data.dataset, info["image_shape"], model_cfg.init_from)
+    model = kind.initial(model_config, train_cfg.seed, init_from)
     diffusion = GaussianDiffusion(diff_cfg.num_timesteps, diff_cfg.beta_start, diff_cfg.beta_end)
     with D.fail_together("opening --out"):  # one writer: a second train on the same --out is refused
         if rank == 0:
@@ -71,7 +71,8 @@ def _run(args: argparse.Namespace, lock: DirectoryLock) -> dict | None:
             lock.acquire()
             atomic_write_json(dict(data=dataclasses.asdict(data), train=dataclasses.asdict(train_cfg),
                                    diffusion=dataclasses.asdict(diff_cfg), eval=dataclasses.asdict(eval_cfg),
-                                   model_kind=kind.name, model=model_config), os.path.join(args.out, "config.json"))
+                                   model_kind=kind.name, model=model_config, init_from=init_from),
+                              os.path.join(args.out, "config.json"))
     start = time.time()
     try:
         result = train(model, diffusion, dataset, train_cfg, checkpoint_path=os.path.join(args.out, "checkpoint.pt"),

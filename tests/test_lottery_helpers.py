@@ -72,6 +72,11 @@ class FakeCalls(list):
 def fake():
     """Collaborators that replace training by seeded random steps (so trained magnitudes differ from
     theta_tau) and FID by a constant; the fixture is the list of training calls."""
+    return fake_calls()
+
+
+def fake_calls(step_size: float = 1.0) -> FakeCalls:
+    """``fake``'s collaborators, each training step adding ``step_size`` times a standard normal draw."""
     calls = FakeCalls()
 
     def train(model, diffusion, dataset, config, *, masks=None, start_iteration=0, end_iteration=None,
@@ -82,7 +87,7 @@ def fake():
         for it in range(start_iteration + 1, end_iteration + 1):
             with torch.no_grad():
                 for p in model.parameters():
-                    p.add_(torch.randn(p.shape, generator=gen))
+                    p.add_(torch.randn(p.shape, generator=gen), alpha=step_size)
             apply_masks(model, masks)
             if on_iteration is not None:
                 on_iteration(it, model)

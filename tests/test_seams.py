@@ -111,8 +111,8 @@ def test_the_loop_resets_a_sampler_per_batch_and_gives_ddims_samples():
 
 
 def test_sampler_names_and_options_are_checked():
-    assert set(SAMPLERS) == {"ddpm", "ddim"} and all(issubclass(s, Sampler) for s in SAMPLERS.values())
-    with pytest.raises(ValueError, match="sampler must be one of ddpm, ddim"):
+    assert set(SAMPLERS) == {"ddpm", "ddim", "dpmsolver++"} and all(issubclass(s, Sampler) for s in SAMPLERS.values())
+    with pytest.raises(ValueError, match=r"sampler must be one of ddpm, ddim, dpmsolver\+\+"):
         make_sampler("euler", GaussianDiffusion(10))
     with pytest.raises(ValueError, match="eta"):
         make_sampler("ddim", GaussianDiffusion(10), eta=float("nan"))

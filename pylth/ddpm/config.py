@@ -100,9 +100,13 @@ class DataConfig:
 class ModelConfig:
     model: str = dataclasses.field(default=DEFAULT_MODEL, **help_field(
         "model kind: " + "; ".join(f"{k.name}: {k.summary}" for k in MODELS.values()), choices=tuple(MODELS)))
+    init_from: typing.Optional[str] = dataclasses.field(default=None, **help_field(
+        "start from the model saved in this local folder (diffusers' save_pretrained layout, or a pipeline "
+        "folder's unet/; read offline) instead of fresh weights; its configuration replaces the data set's "
+        "(--model diffusers-unet2d)"))
 
     def __post_init__(self):
-        model_kind(self.model)  # an unknown kind is a ValueError naming the known ones
+        model_kind(self.model).check_usable()  # an unknown kind is a ValueError naming the known ones
 
 
 @dataclasses.dataclass

@@ -7,6 +7,7 @@ between the steps of one chain (a multistep solver); ``reset()`` starts a new ch
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -37,17 +38,25 @@ class Sampler:
     def step(self, eps: torch.Tensor, index: int, x: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
         """The sample at ``timesteps[index + 1]`` (after the last index: the clean image) from ``x`` at
         ``timesteps[index]``; ``noise`` is a standard normal draw shaped like x (None at the last index)."""
-        t = self.timesteps[index]
-        s = self.timesteps[index + 1] if index + 1 < len(self.timesteps) else -1
-        abar_t, abar_s = self.schedule.alpha_bar(t), self.schedule.alpha_bar(s)
-        x0 = ((x - (1.0 - abar_t) ** 0.5 * eps) / abar_t ** 0.5).clamp(-1.0, 1.0)
-        if s < 0:
+        abar_t, abar_s = self.alpha_bars(index)
+        x0 = predicted_x0(eps, x, abar_t)
+        if index + 1 == len(self.timesteps):
             return x0
         return self.update(eps, x, x0, abar_t, abar_s, noise)
+
+    def alpha_bars(self, index: int) -> tuple[float, float]:
+        """abar at ``timesteps[index]`` and at the next timestep (1.0 after the last)."""
+        s = self.timesteps[index + 1] if index + 1 < len(self.timesteps) else -1
+        return self.schedule.alpha_bar(self.timesteps[index]), self.schedule.alpha_bar(s)
 
     def update(self, eps, x, x0, abar_t: float, abar_s: float, noise) -> torch.Tensor:
         """The move from x at abar_t to abar_s, given the predicted noise and clean image."""
         raise NotImplementedError
+
+
+def predicted_x0(eps: torch.Tensor, x: torch.Tensor, abar_t: float) -> torch.Tensor:
+    """The clean image that ``eps`` implies at ``x`` (abar_t), clipped to the data range [-1, 1]."""
+    return ((x - (1.0 - abar_t) ** 0.5 * eps) / abar_t ** 0.5).clamp(-1.0, 1.0)
 
 
 class DDPMSampler(Sampler):
@@ -73,7 +82,54 @@ class DDIMSampler(Sampler):
         return abar_s ** 0.5 * x0 + direction + sigma * noise
 
 
-SAMPLERS: dict[str, type[Sampler]] = {cls.name: cls for cls in (DDPMSampler, DDIMSampler)}
+class DPMSolverPlusPlus2M(Sampler):
+    """DPM-Solver++(2M) of Lu et al. 2022: the multistep second-order solver of the diffusion ODE in
+    its data-prediction form, for FID in 10-25 steps. Deterministic (eta and the noise are unused).
+
+    With lambda = log(alpha / sigma) (alpha = sqrt(abar), sigma = sqrt(1 - abar)) and h = lambda_s -
+    lambda_t, a step from t to s is x_s = (sigma_s / sigma_t) x_t - alpha_s (e^-h - 1) D, where D is the
+    clipped x0 prediction at t on the first (first-order) step and, after it, the extrapolation
+    x0_t + (x0_t - x0_prev) / (2 r), r = (lambda_t - lambda_prev) / h. As diffusers' scheduler and Lu
+    et al.'s code do for few steps, the move into the last timestep is first-order when the chain has
+    fewer than LOWER_ORDER_FINAL_BELOW moves; the last timestep then gives the clipped x0, as every
+    pylth sampler does."""
+
+    name = "dpmsolver++"
+    LOWER_ORDER_FINAL_BELOW = 15  # diffusers' lower_order_final threshold, in moves of x
+
+    def __init__(self, schedule: NoiseSchedule, steps: int | None = None, eta: float = 0.0):
+        super().__init__(schedule, steps, eta)
+        self.reset()
+
+    def reset(self) -> None:
+        self._previous = None  # (x0 prediction, lambda) of the chain's previous step
+
+    def step(self, eps, index, x, noise):
+        abar_t, abar_s = self.alpha_bars(index)
+        x0 = predicted_x0(eps, x, abar_t)
+        moves = len(self.timesteps) - 1
+        if index == moves:
+            self._previous = None
+            return x0
+        lambda_t, lambda_s = half_log_snr(abar_t), half_log_snr(abar_s)
+        h = lambda_s - lambda_t
+        lower_order_final = index == moves - 1 and moves < self.LOWER_ORDER_FINAL_BELOW
+        data = x0
+        if self._previous is not None and not lower_order_final:
+            x0_previous, lambda_previous = self._previous
+            r = (lambda_t - lambda_previous) / h
+            data = x0 + (x0 - x0_previous) * (0.5 / r)
+        self._previous = (x0, lambda_t)
+        sigma_ratio = ((1.0 - abar_s) / (1.0 - abar_t)) ** 0.5
+        return sigma_ratio * x - (abar_s ** 0.5 * math.expm1(-h)) * data
+
+
+def half_log_snr(abar: float) -> float:
+    """lambda = log(alpha / sigma) = log(abar / (1 - abar)) / 2."""
+    return 0.5 * (math.log(abar) - math.log1p(-abar))
+
+
+SAMPLERS: dict[str, type[Sampler]] = {cls.name: cls for cls in (DDPMSampler, DDIMSampler, DPMSolverPlusPlus2M)}
 
 
 def make_sampler(name: str, schedule: NoiseSchedule, steps: int | None = None, eta: float = 0.0) -> Sampler:

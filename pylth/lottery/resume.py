@@ -15,6 +15,7 @@ RESUMABLE_KEYS = frozenset({
     "data.data_root", "data.download", "evaluation.inception_path", "evaluation.cache_dir",
     "lottery.max_rounds", "lottery.target_sparsity",
     "train.device", "train.num_workers", "train.checkpoint_every",
+    "init_from.folder",  # the --init-from folder may move; its files' digest must not change
 })
 
 
@@ -98,8 +99,9 @@ def open_run(run: RunDirectory, config: dict, force: bool = False, log=print) ->
         old = run.read_config()
         if old is not None:
             records = run.read_rounds()
-            # Runs made before model kinds were pylth's U-Net; their rounds name their FID features.
-            old = with_implicit_settings({"model_kind": DEFAULT_MODEL, **old}, records)
+            # Runs made before model kinds were pylth's U-Net, before --init-from (theta_0 from the seed);
+            # their rounds name their FID features.
+            old = with_implicit_settings({"model_kind": DEFAULT_MODEL, "init_from": None, **old}, records)
         problem = _problem(run, old, config)
         if problem is not None and not force:
             raise _refused(problem)

@@ -115,7 +115,7 @@ class Lottery:
         """Round 0: train the dense model from theta_0, saving theta_tau on the way."""
         spec, run, tau = self.spec, self.run, self.spec.rewind_iteration
         started = time.time()
-        self.model = self.kind.fresh(spec.model, spec.train.seed)
+        self.model = self.kind.initial(spec.model, spec.train.seed, spec.init_from)
         theta0 = {k: v.clone() for k, v in self.model.state_dict().items()}
         if spec.lottery.reset == "init" and not self._exists(run.init_path):
             self._save(theta0, run.init_path)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Optional
 
 from pylth.ddpm.config import DataConfig, DiffusionConfig, EvalConfig
 from pylth.ddpm.models import DEFAULT_MODEL
@@ -20,6 +21,7 @@ class RunSpec:
     evaluation: EvalConfig
     lottery: LotteryConfig
     model_kind: str = DEFAULT_MODEL  # a name in pylth.ddpm.models.MODELS
+    init_from: Optional[dict] = None  # theta_0's saved model folder: {"folder", "sha256"} (resolve_model)
 
     @property
     def rewind_iteration(self) -> int:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 import pylth
-from pylth.ddpm.models import model_kind
+from pylth.ddpm.models import kind_of, model_kind
 from pylth.io import UnreadableFileError, atomic_write_bytes
 from pylth.pruning.model_masks import checked_masks
 
@@ -42,10 +42,9 @@ def _kind_and_config(model: nn.Module, kind: str | None, config: dict | None) ->
     if kind is not None and config is not None:
         model_kind(kind)  # an unknown kind is a ValueError
         return kind, config
-    from pylth.ddpm.models import UNet
-
-    if isinstance(model, UNet) and kind in (None, "unet") and config is None:
-        return "unet", dict(model.config)
+    found = kind_of(model) if config is None else None  # pylth's U-Net, diffusers' UNet2DModel
+    if found is not None and kind in (None, found[0]):
+        return found
     raise ValueError("save_sparse needs kind= and config= (the model kind's name and its configuration) for a "
                      f"{type(model).__name__}")
 
@@ -63,7 +62,7 @@ def save_sparse(path: str, model: nn.Module, masks: dict, *, kind: str | None = 
                 config: dict | None = None, extra: dict | None = None) -> int:
     """Write ``model`` (its state_dict) and ``masks`` (name -> bool tensor, True = kept) to the ticket
     file ``path`` (atomically); returns its size in bytes. ``kind`` and ``config`` name the model kind
-    and its configuration; pylth's U-Net gives them itself. ``extra``: JSON-able facts kept beside
+    and its configuration; pylth's U-Net and diffusers' UNet2DModel give them themselves. ``extra``: JSON-able facts kept beside
     them (read back as ``SparseTicket.extra``)."""
     kind, config = _kind_and_config(model, kind, config)
     masks = {n: m.cpu() for n, m in checked_masks(model, masks).items()}

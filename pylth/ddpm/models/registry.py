@@ -1,6 +1,8 @@
 """The registry of model kinds: name -> how to configure, build, prune and call a model of that kind."""
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -21,12 +23,41 @@ class ModelKind:
     build: Callable[[dict], nn.Module]  # config -> a fresh model, initialised from the global RNG
     pruning_groups: Callable[[nn.Module], list]  # model -> [(group name, submodule)], forward order
     predict: Callable = call_model  # (model, x_t, t) -> the predicted noise, a tensor shaped like x_t
+    # Raises ValueError saying how to fix it when the kind cannot run here (an optional package is missing).
+    check_usable: Callable[[], None] = lambda: None
+    # --init-from: (folder, image shape) -> the SavedModel there, checked against the images; and
+    # folder -> its state_dict, named as build()'s. None: the kind cannot start from a saved folder.
+    read_folder: Callable[[str, tuple], SavedModel] | None = None
+    folder_weights: Callable[[str], dict] | None = None
+    # Export: (config, state_dict) -> (diffusers UNet2DModel config, its state_dict). None: cannot.
+    as_diffusers: Callable[[dict, dict], tuple] | None = None
+    # config -> the image shape (C, H, W) the model denoises (a ticket file without a run's facts).
+    image_shape: Callable[[dict], tuple] | None = None
+    # model -> its configuration when it is a model of this kind, else None (save_sparse without kind=).
+    config_of: Callable[[nn.Module], dict | None] | None = None
 
     def fresh(self, config: dict, seed: int) -> nn.Module:
         """A model of ``config`` initialised from ``seed``, without touching the global RNG."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return self.build(config)
+
+    def initial(self, config: dict, seed: int, init_from: dict | None = None) -> nn.Module:
+        """theta_0 of a run: a fresh model from ``seed``, or the weights of the folder ``init_from``
+        records (``resolve_model``'s record)."""
+        model = self.fresh(config, seed)
+        if init_from is not None:
+            model.load_state_dict(self.folder_weights(init_from["folder"]))
+        return model
+
+
+@dataclass(frozen=True)
+class SavedModel:
+    """A model saved in a folder: the folder that holds its files (the one given, or one inside it),
+    its configuration for ``build`` (JSON), and the names of its configuration and weights files."""
+    folder: str
+    config: dict
+    files: tuple
 
 
 MODELS: dict[str, ModelKind] = {}
@@ -44,3 +75,39 @@ def model_kind(name: str) -> ModelKind:
     if name not in MODELS:
         raise ValueError(f"model must be one of {', '.join(MODELS)}, got {name!r}")
     return MODELS[name]
+
+
+def kind_of(model: nn.Module) -> tuple[str, dict] | None:
+    """``(kind name, configuration)`` of a model that one of the registered kinds recognises, or None."""
+    for kind in MODELS.values():
+        config = kind.config_of(model) if kind.config_of is not None else None
+        if config is not None:
+            return kind.name, config
+    return None
+
+
+def files_digest(folder: str, names) -> str:
+    """sha256 over the files ``names`` of ``folder`` (each name, then its bytes, in name order)."""
+    digest = hashlib.sha256()
+    for name in sorted(names):
+        digest.update(name.encode() + b"\0")
+        with open(os.path.join(folder, name), "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve_model(kind: ModelKind, dataset: str, image_shape, init_from: str | None = None) -> tuple:
+    """``(config, init_from record)`` of a run. Without ``init_from``: the kind's configuration for the
+    data set, and None. With it: the configuration of the model saved in that folder, and
+    ``{"folder", "sha256"}`` (the folder, absolute, and a digest of the model's configuration and
+    weights files), which the run records so that resuming with other weights is refused."""
+    if init_from is None:
+        return kind.config_for(dataset, tuple(image_shape)), None
+    if kind.read_folder is None:
+        able = [k.name for k in MODELS.values() if k.read_folder is not None]
+        raise ValueError(f"--init-from needs a model kind that starts from a saved model folder "
+                         f"({', '.join(able) or 'none registered'}); --model {kind.name} cannot")
+    folder = os.path.abspath(init_from)
+    saved = kind.read_folder(folder, tuple(image_shape))
+    return saved.config, dict(folder=folder, sha256=files_digest(saved.folder, saved.files))

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pylth.ddpm.models.registry import ModelKind, register
+from pylth.ddpm.models.unet_diffusers import as_diffusers
 from pylth.ddpm.presets import DATASET_PRESETS
 
 
@@ -220,4 +221,7 @@ register(ModelKind(
     config_for=config_for_dataset,
     build=lambda config: UNet(**config),
     pruning_groups=lambda model: model.pruning_groups(),
+    as_diffusers=as_diffusers,
+    image_shape=lambda config: (config["in_channels"], config["image_size"], config["image_size"]),
+    config_of=lambda model: dict(model.config) if isinstance(model, UNet) else None,
 ))
