@@ -92,6 +92,7 @@ using GradTileFn = void (*)(const GradPlan& p, std::int64_t u_begin, std::int64_
                             std::int64_t co_end);
 
 namespace baseline {
+constexpr int kGradGroup = 4;  // 8 floats take two of the 16 xmm registers
 #include "sparse_conv_tile.h"
 #include "sparse_conv_grad_tile.h"
 }  // namespace baseline
@@ -103,6 +104,7 @@ namespace baseline {
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 namespace avx2 {
+constexpr int kGradGroup = 8;
 #include "sparse_conv_tile.h"
 #include "sparse_conv_grad_tile.h"
 }  // namespace avx2

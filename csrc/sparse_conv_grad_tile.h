@@ -1,12 +1,15 @@
 // The sparse conv's weight-gradient kernel, compiled once per instruction set like sparse_conv_tile.h
 // (included right after it, in the same namespaces; no include guard on purpose).
-// Needs, declared before: GradPlan, kLanes, kGradTileUnits, and sparse_conv_tile.h's Vec helpers.
+// Needs, declared before: GradPlan, kLanes, kGradTileUnits, kGradGroup (this build's kept weights per
+// group: as many accumulators as its registers hold beside the dy vector), and sparse_conv_tile.h's Vec
+// helpers, <array> and <utility>.
 //
 // dL/dw of kept weight k (output channel co, input offset o_k) is one dot product over the batch's
 // outputs: sum over output positions q of dy[co][q] * slabs[q + o_k], the same pairing of outputs and
 // inputs the forward uses. A tile is a run of units (unit rows, or chunks of long ones) whose inputs
 // stay in cache while every output channel of a block passes; for each channel, G <= 8 kept weights at
-// a time hold one accumulator each, so that each dy vector is loaded once and multiplies G inputs.
+// a time hold one accumulator each, so that each dy vector is loaded once and multiplies G inputs
+// (G = kGradGroup: 8 ymm registers in the AVX2 build, 4 pairs of xmm registers in the baseline).
 
 // Lane j of the result: the sum of the lanes of a[j] for j < G, 0 beyond. Three rounds of shuffles and
 // adds: a pair's lanes, then a quad's, then the two halves (21 operations for 8 vectors instead of 8
@@ -75,6 +78,13 @@ __attribute__((noinline)) void grad_group(const GradUnits& t, std::int64_t chann
   }
 }
 
+using GroupFn = void (*)(const GradUnits& t, std::int64_t channel, const std::int32_t* offset, float* grad);
+
+template <int... Gs>
+constexpr std::array<GroupFn, sizeof...(Gs)> group_functions(std::integer_sequence<int, Gs...>) {
+  return {{&grad_group<Gs + 1>...}};
+}
+
 // The weight gradient of output channels [co_begin, co_end) over units [u_begin, u_end) of a group.
 void grad_tile(const GradPlan& p, std::int64_t u_begin, std::int64_t u_end, std::int64_t co_begin,
                std::int64_t co_end) {
@@ -90,21 +100,10 @@ void grad_tile(const GradPlan& p, std::int64_t u_begin, std::int64_t u_end, std:
     t.full[r] = static_cast<int>(floats / kLanes);
     t.tail[r] = static_cast<int>(floats % kLanes);
   }
+  static constexpr auto groups = group_functions(std::make_integer_sequence<int, kGradGroup>{});
   for (std::int64_t co = co_begin; co < co_end; ++co) {
     const std::int64_t end = p.row_ptr[co + 1], channel = co * p.channel_stride;
-    for (std::int64_t k = p.row_ptr[co]; k < end; k += kLanes) {
-      const std::int32_t* offset = p.offsets + k;
-      float* grad = p.grad + k;
-      switch (std::min<std::int64_t>(kLanes, end - k)) {
-        case 1: grad_group<1>(t, channel, offset, grad); break;
-        case 2: grad_group<2>(t, channel, offset, grad); break;
-        case 3: grad_group<3>(t, channel, offset, grad); break;
-        case 4: grad_group<4>(t, channel, offset, grad); break;
-        case 5: grad_group<5>(t, channel, offset, grad); break;
-        case 6: grad_group<6>(t, channel, offset, grad); break;
-        case 7: grad_group<7>(t, channel, offset, grad); break;
-        default: grad_group<8>(t, channel, offset, grad); break;
-      }
-    }
+    for (std::int64_t k = p.row_ptr[co]; k < end; k += kGradGroup)
+      groups[std::min<std::int64_t>(kGradGroup, end - k) - 1](t, channel, p.offsets + k, p.grad + k);
   }
 }
