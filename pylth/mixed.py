@@ -14,7 +14,7 @@ import sys
 from pylth.cli import run_command
 from pylth.ddpm.trainer import resolve_device
 from pylth.io import atomic_write_bytes
-from pylth.lottery.mixed import ORDERS, MixedExperiment, summarize
+from pylth.lottery.mixed import ORDERS, TIMING_IMAGES, MixedExperiment, summarize
 from pylth.run_lock import DirectoryLock
 
 PROG = "python -m pylth.mixed"
@@ -49,10 +49,12 @@ def parse_numbers(flag: str, text: str, kind):
 
 
 def summary_table(rows, records) -> str:
-    lines = [f"{'round':>5}  {'order':>12}  {'F':>5}  {'FID (mean)':>10}  {'std':>7}  {'seeds':>5}  {'MACs of dense':>13}"]
+    lines = [f"{'round':>5}  {'order':>12}  {'F':>5}  {'FID (mean)':>10}  {'std':>7}  {'seeds':>5}  {'MACs of dense':>13}"
+             f"  {'ms/image (sparse)':>17}"]
     dense_chain = rows[0].dense_chain_macs if rows else 1
-    for (k, order, f), (mean, std, n, macs) in summarize(rows).items():
-        lines.append(f"{k:>5}  {order:>12}  {f:>5g}  {mean:>10.3f}  {std:>7.3f}  {n:>5}  {100 * macs / dense_chain:>12.1f}%")
+    for (k, order, f), (mean, std, n, macs, per_image) in summarize(rows).items():
+        lines.append(f"{k:>5}  {order:>12}  {f:>5g}  {mean:>10.3f}  {std:>7.3f}  {n:>5}  {100 * macs / dense_chain:>12.1f}%"
+                     f"  {1000 * per_image:>17.2f}")
     return "\n".join(lines)
 
 
@@ -70,8 +72,8 @@ def plot(rows, records, title: str) -> bytes:
     from matplotlib.figure import Figure
 
     summary = summarize(rows)
-    fig = Figure(figsize=(12, 4.5), layout="constrained")
-    ax_f, ax_c = fig.subplots(1, 2)
+    fig = Figure(figsize=(17, 4.5), layout="constrained")
+    ax_f, ax_c, ax_t = fig.subplots(1, 3)
     label = "FID (classifier features)" if any(r.fid_features == "classifier" for r in rows) else "FID"
     rounds = sorted({k for k, _, _ in summary})
     for k in rounds:
@@ -90,11 +92,13 @@ def plot(rows, records, title: str) -> bytes:
             color = color or drawn[0].get_color()
             ax_c.errorbar(costs, means, yerr=stds, fmt=style, capsize=2, markersize=4, label=name,
                           color=drawn[0].get_color())
-        for ax in (ax_f, ax_c):
+            ax_t.errorbar([1000 * v[4] for _, v in points], means, yerr=stds, fmt=style, capsize=2, markersize=4,
+                          label=name, color=drawn[0].get_color())
+        for ax in (ax_f, ax_c, ax_t):
             ax.axhline(_alone(summary, k, "ticket", records[k]["fid"]), color=color, linestyle=":", linewidth=1.2,
                        label=f"ticket alone (round {k}, {100 * records[k]['sparsity']:.0f}% sparse)")
     dense = _alone(summary, rounds[0], "dense", records[0]["fid"]) if rounds else records[0]["fid"]
-    for ax in (ax_f, ax_c):
+    for ax in (ax_f, ax_c, ax_t):
         ax.axhline(dense, color="grey", linestyle="--", linewidth=1, label="dense alone (round 0)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
@@ -102,7 +106,9 @@ def plot(rows, records, title: str) -> bytes:
     ax_f.set_title("FID against the switch point (mean ± std over seeds)")
     ax_c.set_xlabel("MACs per image over the chain (% of the dense chain)")
     ax_c.set_title("FID against the cost")
-    ax_c.legend(fontsize=7)
+    ax_t.set_xlabel(f"measured ms per image over the chain (sparse kernels, batches of {TIMING_IMAGES})")
+    ax_t.set_title("FID against the measured time")
+    ax_t.legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)

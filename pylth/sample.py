@@ -1,4 +1,5 @@
-"""python -m pylth.sample RUN: images from a round of a find_ticket run, or from a mix of rounds.
+"""python -m pylth.sample RUN: images from a round of a find_ticket run (or a mix of rounds), or from a
+ticket file, with the sparse kernels (``--dense``: the dense masked model).
 
 The sampler, step count, eta and batch size default to the run's evaluation settings, and the seed
 to the run's; images come in seeded blocks as FID's do, so by default they are the round's FID
@@ -8,14 +9,18 @@ the first 30 % of the reverse chain to round 0 (the dense model) and the rest to
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 
 from pylth.cli import run_command
+from pylth.ddpm.config import DiffusionConfig, EvalConfig
 from pylth.ddpm.diffusion import GaussianDiffusion
 from pylth.ddpm.images import grid_png
 from pylth.ddpm.mixing import ModelSchedule, switch_owners
@@ -25,13 +30,14 @@ from pylth.ddpm.trainer import resolve_device
 from pylth.io import atomic_write_bytes
 from pylth.lottery.ticket import load_trained
 from pylth.run_dir import RunDirectory
+from pylth.sparse import read_sparse, sparsify
 
 PROG = "python -m pylth.sample"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
-    parser.add_argument("run", metavar="RUN", help="a find_ticket run directory")
+    parser.add_argument("run", metavar="RUN", help="a find_ticket run directory, or a ticket file (save_sparse)")
     parser.add_argument("--round", type=int, default=None, dest="round_k", metavar="K",
                         help="the round to sample (default: the last finished round)")
     parser.add_argument("--mix", default=None, metavar="K:F,...",
@@ -47,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default=None, metavar="FILE.png",
                         help="the PNG grid (default: ./<run>-<rounds>-<sampler><steps>-s<seed>.png)")
     parser.add_argument("--npz", default=None, metavar="FILE.npz", help="also write the raw samples in [-1, 1]")
+    parser.add_argument("--dense", action="store_true",
+                        help="run the dense masked model instead of the sparse one (pylth.sparse.sparsify)")
     return parser
 
 
@@ -71,41 +79,93 @@ def _positive(name: str, value, kind=int):
     return value
 
 
-def run(args: argparse.Namespace) -> None:
-    run_dir = RunDirectory(args.run)
+@dataclass
+class Source:
+    """What is sampled: the rounds of a run directory, or the one model of a ticket file."""
+
+    name: str  # for the default output file
+    settings: dict  # sampler, sample_steps, eta, sample_batch_size (the run's evaluation)
+    diffusion: dict  # num_timesteps, beta_start, beta_end
+    image_shape: tuple
+    seed: int
+    kind: str
+    rounds: int  # finished rounds (a ticket file: 1)
+    load: Callable  # round -> (the dense model with its masked weights, its masks)
+
+
+def _run_source(path: str) -> Source:
+    run_dir = RunDirectory(path)
     config = run_dir.read_config()
     if config is None:
         raise ValueError(f"{run_dir.path} holds no find_ticket run (no config.json)")
-    finished = len(run_dir.read_rounds())
+    return Source(os.path.basename(run_dir.path), config["evaluation"], config["diffusion"],
+                  tuple(config["image_shape"]), config["train"]["seed"], config.get("model_kind", DEFAULT_MODEL),
+                  len(run_dir.read_rounds()), lambda k: load_trained(run_dir.path, k))
+
+
+def _ticket_source(path: str) -> Source:
+    """A save_sparse file: find_ticket's record the run's sampling settings beside the model; others
+    get the defaults of pylth.train."""
+    ticket = read_sparse(path)
+    extra = ticket.extra
+    settings = extra.get("evaluation") or dataclasses.asdict(EvalConfig())
+    diffusion = extra.get("diffusion") or dataclasses.asdict(DiffusionConfig())
+    shape = extra.get("image_shape") or (ticket.config["in_channels"], ticket.config["image_size"],
+                                         ticket.config["image_size"])
+
+    def load(_round):
+        model = model_kind(ticket.kind).fresh(ticket.config, 0)
+        model.load_state_dict(ticket.state)
+        return model.eval().requires_grad_(False), ticket.masks
+
+    name = os.path.splitext(os.path.basename(path))[0]
+    return Source(name, settings, diffusion, tuple(shape), int(extra.get("seed", 0)), ticket.kind, 1, load)
+
+
+def run(args: argparse.Namespace) -> None:
+    is_file = os.path.isfile(args.run)
+    if is_file and (args.round_k is not None or args.mix is not None):
+        raise ValueError(f"{args.run} is a ticket file: --round and --mix take a run directory")
+    source = _ticket_source(args.run) if is_file else _run_source(args.run)
     if args.mix is not None and args.round_k is not None:
         raise ValueError("give --round or --mix, not both")
-    mix = parse_mix(args.mix) if args.mix is not None else [(finished - 1 if args.round_k is None else args.round_k,
-                                                             1.0)]
+    last = source.rounds - 1
+    mix = parse_mix(args.mix) if args.mix is not None else [(last if args.round_k is None else args.round_k, 1.0)]
     for k, _ in mix:
-        if not 0 <= k < finished:
-            raise ValueError(f"round {k} of {run_dir.path} is not finished (rounds 0-{finished - 1} are)")
-    ev = config["evaluation"]
+        if not 0 <= k <= last:
+            raise ValueError(f"round {k} of {args.run} is not finished (rounds 0-{last} are)")
     for name in ("num", "steps", "batch_size"):
         _positive(name.replace("_", "-"), getattr(args, name))
     _positive("eta", args.eta, (int, float))
+    ev = source.settings
     sampler_name = args.sampler or ev["sampler"]
     steps = args.steps if args.steps is not None else ev["sample_steps"]
     eta = ev["eta"] if args.eta is None else args.eta
     batch_size = args.batch_size or ev["sample_batch_size"]
-    seed = config["train"]["seed"] if args.seed is None else args.seed
+    seed = source.seed if args.seed is None else args.seed
     device = resolve_device(args.device)
-    d = config["diffusion"]
+    d = source.diffusion
     diffusion = GaussianDiffusion(d["num_timesteps"], d["beta_start"], d["beta_end"])
     sampler = make_sampler(sampler_name, diffusion, steps, eta=eta)
     owners = switch_owners(sampler.timesteps, [f for _, f in mix])
-    predict = model_kind(config.get("model_kind", DEFAULT_MODEL)).predict
-    models = [load_trained(run_dir.path, k, device)[0] for k, _ in mix]
+    models, layers = [], []
+    for k, _ in mix:
+        model, masks = source.load(k)
+        if args.dense:
+            model = model.to(device)
+        else:
+            model = sparsify(model, masks, device=device)
+            layers.append(f"round {k}: {len(model.sparsify_report.sparse)} of {len(model.sparsify_report)} "
+                          "masked layers sparse")
+        models.append(model)
+    predict = model_kind(source.kind).predict
     schedule = ModelSchedule(models, owners, [predict] * len(models))
-    rounds = "-".join(f"round_{k:02d}" + (f"x{f:g}" if len(mix) > 1 else "") for k, f in mix)
-    out = args.out or f"{os.path.basename(run_dir.path)}-{rounds}-{sampler_name}{len(sampler.timesteps)}-s{seed}.png"
+    rounds = "-".join(f"round_{k:02d}" + (f"x{f:g}" if len(mix) > 1 else "") for k, f in mix) if not is_file else ""
+    stem = "-".join(filter(None, [source.name, rounds, f"{sampler_name}{len(sampler.timesteps)}", f"s{seed}"]))
+    out = args.out or f"{stem}.png"
     started = time.perf_counter()
     blocks = range(-(-args.num // batch_size))
-    images = sample_blocks(schedule, sampler, args.num, tuple(config["image_shape"]), blocks, batch_size=batch_size,
+    images = sample_blocks(schedule, sampler, args.num, source.image_shape, blocks, batch_size=batch_size,
                            seed=seed, device=device, progress=True, desc="sample")
     seconds = time.perf_counter() - started
     atomic_write_bytes(grid_png(images), out)
@@ -113,8 +173,9 @@ def run(args: argparse.Namespace) -> None:
         tmp = args.npz + ".tmp.npz"
         np.savez(tmp, samples=images.numpy())
         os.replace(tmp, args.npz)
+    kind = "dense" if args.dense else "sparse (" + "; ".join(layers) + ")"
     print(f"{args.num} images in {seconds:.2f} s ({args.num / seconds:.1f} images/s; {sampler_name}, "
-          f"{len(sampler.timesteps)} steps, {rounds}, seed {seed}, {device}); wrote {out}"
+          f"{len(sampler.timesteps)} steps, {rounds or source.name}, seed {seed}, {device}, {kind}); wrote {out}"
           + (f" and {args.npz}" if args.npz else ""))
 
 

@@ -60,8 +60,10 @@ def flip_a_byte(path):
 def test_each_round_records_the_digest_of_every_file_it_wrote(finished):
     out, _, _ = finished
     r0, r1 = records(out)
-    assert set(r0["files"]) == {"round_00/mask.pt", "round_00/model.pt", "round_00/samples.png", "rewind.pt"}
-    assert set(r1["files"]) == {"round_01/mask.pt", "round_01/model.pt", "round_01/samples.png"}
+    assert set(r0["files"]) == {"round_00/mask.pt", "round_00/model.pt", "round_00/samples.png",
+                                "round_00/ticket.safetensors", "rewind.pt"}
+    assert set(r1["files"]) == {"round_01/mask.pt", "round_01/model.pt", "round_01/samples.png",
+                                "round_01/ticket.safetensors"}
     for rel, digest in {**r0["files"], **r1["files"]}.items():
         assert digest == sha256(out / rel), rel
 
@@ -72,6 +74,7 @@ FINISHED_DAMAGE = [
     ("round_01/model.pt", flip_a_byte, "is damaged"),
     ("round_01/model.pt", os.remove, "is missing"),
     ("round_01/samples.png", truncate, "is damaged"),
+    ("round_01/ticket.safetensors", flip_a_byte, "is damaged"),
     ("round_00/model.pt", truncate, "is damaged"),
     ("rewind.pt", flip_a_byte, "is damaged"),
 ]

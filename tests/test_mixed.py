@@ -164,3 +164,27 @@ def test_sample_bad_input(tiny_run, tmp_path, capsys, argv, message):
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not (tmp_path / "x.png").exists()
+
+
+def test_each_round_writes_its_ticket_file_and_records_its_size(tiny_run):
+    out, records = tiny_run
+    for r in records:
+        path = os.path.join(out, f"round_{r['round']:02d}", "ticket.safetensors")
+        assert os.path.getsize(path) == r["ticket_bytes"] and r["dense_bytes"] > 0
+        assert f"round_{r['round']:02d}/ticket.safetensors" in r["files"], "its digest is checked on resume"
+    assert records[1]["ticket_bytes"] < records[0]["ticket_bytes"], "fewer kept weights, a smaller file"
+
+
+def test_sample_reads_a_ticket_file_and_the_sparse_model_matches_the_dense(tiny_run, tmp_path, capsys):
+    out, _ = tiny_run
+    ticket = os.path.join(out, "round_01", "ticket.safetensors")
+    npz = tmp_path / "s.npz"
+    args = ["--num", "3", "--out", str(tmp_path / "s.png"), "--npz", str(npz)]
+    assert sample_main([out, "--round", "1", "--dense", *args]) == 0
+    from_run = np.load(npz)["samples"]
+    assert sample_main([ticket, "--dense", *args]) == 0
+    assert np.array_equal(np.load(npz)["samples"], from_run), "the file holds the round's model and settings"
+    assert sample_main([ticket, *args]) == 0
+    assert "sparse (round 0:" in capsys.readouterr().out
+    np.testing.assert_allclose(np.load(npz)["samples"], from_run, atol=1e-3)
+    assert sample_main([ticket, "--round", "0", *args]) == 2

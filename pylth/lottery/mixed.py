@@ -6,7 +6,9 @@ rest with the ticket; ``ticket-first`` is the reverse, the control. Every point 
 run's own evaluation (sampler, steps, eta, sample count, batch size, feature kind and reference
 statistics) and, by default, its seed, so the end points reproduce rounds.jsonl: dense-first at
 F = 1 is round 0's FID, at F = 0 the ticket round's. Cost: MACs per image over the whole chain
-(each step costs its model's MACs, from rounds.jsonl) and the measured seconds of the evaluation.
+(each step costs its model's MACs, from rounds.jsonl) and the measured seconds per image of one
+chain run with the sparse kernels (pylth.sparse.sparsify). FID itself is computed on the dense masked
+models, whose samples are the ones rounds.jsonl scored.
 """
 from __future__ import annotations
 
@@ -22,12 +24,14 @@ from pylth.ddpm.diffusion import GaussianDiffusion
 from pylth.ddpm.fid import evaluate_fid
 from pylth.ddpm.mixing import ModelSchedule, switch_owners
 from pylth.ddpm.models import DEFAULT_MODEL, model_kind
-from pylth.ddpm.samplers import make_sampler
+from pylth.ddpm.samplers import make_sampler, sample
 from pylth.io import atomic_write_text
 from pylth.lottery.ticket import load_trained
 from pylth.run_dir import RunDirectory
+from pylth.sparse import sparsify
 
 ORDERS = ("dense-first", "ticket-first")
+TIMING_IMAGES = 64  # images in the timed chain of every point
 
 
 @dataclass
@@ -46,7 +50,8 @@ class MixedRow:
     ticket_steps: int
     chain_macs: int  # MACs per image over the whole chain
     dense_chain_macs: int  # the same for the dense model alone
-    seconds: float  # sampling and feature extraction of the FID samples
+    seconds: float  # sampling and feature extraction of the FID samples (the dense masked models)
+    seconds_per_image: float = math.nan  # one chain of TIMING_IMAGES images with the sparse kernels, per image
 
     @property
     def key(self) -> tuple:
@@ -70,8 +75,9 @@ def read_rows(path: str) -> list[MixedRow]:
     kinds = {f.name: f.type for f in fields(MixedRow)}
     casts = {"int": int, "float": float, "str": str}
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            return [MixedRow(**{k: casts[kinds[k]](v) for k, v in row.items()}) for row in csv.DictReader(f)]
+        with open(path, newline="", encoding="utf-8") as f:  # columns added later keep their defaults
+            return [MixedRow(**{k: casts[kinds[k]](v) for k, v in row.items() if v != ""})
+                    for row in csv.DictReader(f)]
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{path} is not a mixed.csv this version wrote ({exc}); move it away to start over") from None
 
@@ -116,6 +122,7 @@ class MixedExperiment:
         self.csv_path = self.run.file("mixed.csv")
         self._dense = None
         self._dataset = None
+        self._sparse: dict[int, object] = {}  # round -> its sparsified model, for the timed chains
 
     def check_round(self, k) -> int:
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < len(self.records):
@@ -150,12 +157,15 @@ class MixedExperiment:
                 if (k, o, round(float(f), 9), s) not in done]
         self.log(f"{len(todo)} point(s) to measure, {len(rows)} already in {self.csv_path}")
         for i, (k, order, f, seed) in enumerate(todo):
-            ticket = load_trained(self.run.path, k, self.device)[0]
+            ticket, masks = load_trained(self.run.path, k, self.device)
+            if k not in self._sparse:
+                self._sparse[k] = sparsify(ticket, masks, device=self.device)
             row = self.measure(k, ticket, order, f, seed)
             rows.append(row)
             write_rows(rows, self.csv_path)
             self.log(f"[{i + 1}/{len(todo)}] round {k}, {order}, F = {f:g}, seed {seed}: FID {row.fid:.3f}, "
-                     f"{100 * row.chain_macs / row.dense_chain_macs:.1f}% of the dense chain's MACs, {row.seconds:.1f} s")
+                     f"{100 * row.chain_macs / row.dense_chain_macs:.1f}% of the dense chain's MACs, "
+                     f"{1000 * row.seconds_per_image:.2f} ms per image with the sparse kernels")
         return rows
 
     def measure(self, k: int, ticket, order: str, switch_point: float, seed: int) -> MixedRow:
@@ -172,6 +182,12 @@ class MixedExperiment:
                            inception_path=ev["inception_path"], cache_dir=ev["cache_dir"],
                            batch_size=ev["sample_batch_size"], progress=False)
         seconds = time.perf_counter() - started
+        sparse = {"dense": self.dense_model, "ticket": self._sparse.get(k, ticket)}  # round 0 has no sparse layer
+        timed = ModelSchedule([sparse[n] for n in names], owners, [self.kind.predict] * 2)
+        started = time.perf_counter()
+        sample(timed, sampler, TIMING_IMAGES, tuple(self.config["image_shape"]), seed=seed, batch_size=TIMING_IMAGES,
+               device=self.device, progress=False)
+        seconds_per_image = (time.perf_counter() - started) / TIMING_IMAGES
         steps = {name: sum(1 for owner in owners.values() if names[owner] == name) for name in ("dense", "ticket")}
         dense_macs = self.dense_records[0]["dense_macs"]
         ticket_macs = self.records[k]["macs"]
@@ -179,11 +195,13 @@ class MixedExperiment:
                         fid_features=fid["fid_features"], fid_samples=fid["num_samples"], kid=fid["kid"],
                         dense_steps=steps["dense"], ticket_steps=steps["ticket"],
                         chain_macs=steps["dense"] * dense_macs + steps["ticket"] * ticket_macs,
-                        dense_chain_macs=len(sampler.timesteps) * dense_macs, seconds=seconds)
+                        dense_chain_macs=len(sampler.timesteps) * dense_macs, seconds=seconds,
+                        seconds_per_image=seconds_per_image)
 
 
 def summarize(rows: list[MixedRow]) -> dict:
-    """(ticket round, order, switch point) -> (mean FID, sample std over seeds, seed count, mean chain MACs)."""
+    """(ticket round, order, switch point) -> (mean FID, sample std over seeds, seed count, mean chain MACs,
+    the fastest of its timed chains in seconds per image: the least disturbed by other work)."""
     groups: dict[tuple, list[MixedRow]] = {}
     for r in rows:
         groups.setdefault((r.ticket_round, r.order, round(r.switch_point, 9)), []).append(r)
@@ -192,5 +210,7 @@ def summarize(rows: list[MixedRow]) -> dict:
         fids = [m.fid for m in members]
         mean = sum(fids) / len(fids)
         std = math.sqrt(sum((x - mean) ** 2 for x in fids) / (len(fids) - 1)) if len(fids) > 1 else 0.0
-        out[key] = (mean, std, len(fids), sum(m.chain_macs for m in members) / len(members))
+        timed = [m.seconds_per_image for m in members if not math.isnan(m.seconds_per_image)]
+        out[key] = (mean, std, len(fids), sum(m.chain_macs for m in members) / len(members),
+                    min(timed) if timed else math.nan)
     return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Callable
 
 import torch
@@ -27,9 +27,11 @@ from pylth.lottery.spec import RunSpec
 from pylth.lottery.ticket import reinit_seed
 from pylth.pruning import (apply_masks, check_masked_zero, compute_masks, count_macs, module_groups,
                            prunable_parameters, sparsity_report)
-from pylth.run_dir import RunDirectory
+from pylth.run_dir import TICKET_FILE, RunDirectory
+from pylth.sparse import save_sparse
 
 SAMPLE_GRID = 64  # images in round_XX/samples.png
+SAMPLING_SETTINGS = ("sampler", "sample_steps", "eta", "sample_batch_size")  # kept in each ticket file
 DIVERGED_REMEDY = ("Lower --lr (or raise --warmup) and rerun with --force: this run is moved aside, nothing is "
                    "deleted, and the search starts over with the new values")
 
@@ -205,7 +207,7 @@ class Lottery:
         fid = self._evaluate(ema)
         record = self._measure(k, masks, ema, fid, result, started)
         if D.is_main():
-            self._write_round_files(k, ema, fid["samples"])
+            record.update(self._write_round_files(k, ema, masks, fid["samples"]))
             self._commit(k, record)
             self._draw_report()
             self.log(f"round {k}: sparsity {100 * record['sparsity']:.2f}%, {fid_label([record])} {record['fid']:.3f}, "
@@ -241,10 +243,18 @@ class Lottery:
             "seconds": time.time() - started,
         }
 
-    def _write_round_files(self, k: int, ema, samples) -> None:
+    def _write_round_files(self, k: int, ema, masks: dict, samples) -> dict:
+        """samples.png, model.pt (the dense state_dict) and the ticket file (only the kept weights);
+        returns the two models' sizes for the record."""
         run = self.run
         run.save_bytes(grid_png(samples[:SAMPLE_GRID]), run.round_file(k, "samples.png"))
         run.save({n: v.detach().cpu().clone() for n, v in ema.state_dict().items()}, run.round_file(k, "model.pt"))
+        spec = self.spec
+        facts = dict(round=k, diffusion=asdict(spec.diffusion), image_shape=list(spec.image_shape), seed=spec.train.seed,
+                     evaluation={key: getattr(spec.evaluation, key) for key in SAMPLING_SETTINGS})
+        ticket_bytes = save_sparse(run.round_file(k, TICKET_FILE), ema, masks, kind=spec.model_kind,
+                                   config=spec.model, extra=facts)
+        return {"ticket_bytes": ticket_bytes, "dense_bytes": os.path.getsize(run.round_file(k, "model.pt"))}
 
     def _commit(self, k: int, record: dict) -> None:
         """The round is finished once it is in rounds.jsonl, with the digests of the files it wrote

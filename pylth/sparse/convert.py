@@ -1,0 +1,115 @@
+"""sparsify: a copy of a model in which each masked Conv2d/Linear that is sparse enough runs the sparse
+kernels, and a report of what was made sparse and what stayed dense, and why.
+
+A sparse kernel must never make a layer slower, so a layer stays dense (its weight masked) when its
+density is above the crossover measured on this CPU by bench/test_bench_sparse.py: for every conv
+shape of the CIFAR-10 U-Net the sparse kernel wins from 84 % sparsity on (from 69-79 % for most),
+so convs up to CONV_MAX_DENSITY are made sparse. A Linear call costs a fixed ~18 us of argument
+handling, which only large layers win back: a Linear is made sparse when it has at least
+LINEAR_MIN_WEIGHTS weights and at most LINEAR_MAX_DENSITY of them are kept. On CUDA devices nothing is
+made sparse by default: the CUDA kernel has not been measured against cuDNN yet.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from pylth.pruning.model_masks import checked_masks
+from pylth.sparse.modules import SparseConv2d, SparseLinear, unsupported_conv
+
+CONV_MAX_DENSITY = 0.15
+LINEAR_MAX_DENSITY = 0.10
+LINEAR_MIN_WEIGHTS = 1 << 18
+
+
+@dataclass(frozen=True)
+class LayerChoice:
+    name: str  # the module's qualified name
+    kind: str  # "conv" or "linear"
+    density: float  # kept weights / all weights
+    sparse: bool
+    reason: str  # why it stayed dense ("" when sparse)
+
+
+class SparsifyReport(list):
+    """One LayerChoice per masked Conv2d/Linear, in module order."""
+
+    @property
+    def sparse(self) -> list[str]:
+        return [c.name for c in self if c.sparse]
+
+    @property
+    def dense(self) -> list[str]:
+        return [c.name for c in self if not c.sparse]
+
+    def __str__(self) -> str:
+        lines = [f"sparsify: {len(self.sparse)} of {len(self)} masked layers made sparse"]
+        lines += [f"  {c.name}: {c.kind}, density {c.density:.4f}, " + ("sparse" if c.sparse else f"dense ({c.reason})")
+                  for c in self]
+        return "\n".join(lines)
+
+
+def _choose(module: nn.Module, density: float, max_density: float | None, cuda: bool) -> str:
+    """Why ``module`` should stay dense ("" to make it sparse)."""
+    if isinstance(module, nn.Conv2d):
+        unsupported = unsupported_conv(module)
+        if unsupported:
+            return f"the sparse kernel does not take {unsupported}"
+        limit = CONV_MAX_DENSITY if max_density is None else max_density
+    else:
+        if module.weight.dtype != torch.float32:
+            return f"dtype {module.weight.dtype} (the kernels are fp32)"
+        if max_density is None and module.weight.numel() < LINEAR_MIN_WEIGHTS:
+            return f"fewer than {LINEAR_MIN_WEIGHTS} weights: the dense op is faster"
+        limit = LINEAR_MAX_DENSITY if max_density is None else max_density
+    if cuda and max_density is None:
+        return "on CUDA the dense op stays the default until the sparse kernel is measured against cuDNN"
+    if density > limit:
+        return f"density above the crossover {limit:g}: the dense op is faster"
+    return ""
+
+
+def sparsify(model: nn.Module, masks: dict, *, max_density: float | None = None, device=None) -> nn.Module:
+    """A copy of ``model`` for sampling: every Conv2d/Linear whose weight has a mask in ``masks``
+    (name -> bool tensor, True = kept) becomes a SparseConv2d/SparseLinear holding only its kept
+    weights, or, where the dense op is faster (see the module docstring; ``max_density`` overrides
+    the measured crossover for every layer), stays dense with its weight masked. Other modules are
+    unchanged. The copy is in eval mode without gradients, on ``device`` (default: the model's); its
+    ``sparsify_report`` says which layers were made sparse and why the others were not."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if max_density is not None and (isinstance(max_density, bool) or not isinstance(max_density, (int, float))
+                                    or not 0.0 <= max_density <= 1.0):
+        raise ValueError(f"max_density must be a number in [0, 1], got {max_density!r}")
+    masks = {n: m.cpu() for n, m in checked_masks(model, masks).items()}
+    target = torch.device(device) if device is not None else next(model.parameters(), torch.zeros(())).device
+    model = copy.deepcopy(model).cpu().eval().requires_grad_(False)
+    report = SparsifyReport()
+    for name, module in list(model.named_modules()):
+        mask = masks.get(f"{name}.weight" if name else "weight")
+        if mask is None or not isinstance(module, (nn.Conv2d, nn.Linear)):
+            continue
+        density = float(mask.float().mean())
+        reason = _choose(module, density, max_density, target.type == "cuda")
+        kind = "conv" if isinstance(module, nn.Conv2d) else "linear"
+        if reason:
+            module.weight.masked_fill_(~mask, 0)
+        else:
+            _replace(model, name, (SparseConv2d if kind == "conv" else SparseLinear)(module, mask))
+        report.append(LayerChoice(name, kind, density, not reason, reason))
+    handled = {f"{c.name}.weight" if c.name else "weight" for c in report}
+    params = dict(model.named_parameters())
+    for name, mask in masks.items():  # masked parameters of other modules: kept dense and masked
+        if name not in handled:
+            params[name].masked_fill_(~mask, 0)
+    model.sparsify_report = report
+    return model.to(target)
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)

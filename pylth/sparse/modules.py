@@ -1,0 +1,103 @@
+"""Conv2d and Linear layers that hold only their kept weights and run the sparse kernels (inference).
+
+A module keeps its compressed weight as buffers (``values``, ``taps``, ``row_ptr``: see
+pylth.ops.sparse_conv), so ``.to(device)`` and ``state_dict()`` carry them, and the dense shape.
+Called with gradients required it raises: these modules are for sampling, not training.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pylth.ops.sparse_conv import SparseWeight, compress_weight, sparse_conv2d, sparse_linear
+
+
+class _SparseWeighted(nn.Module):
+    """The shared part: the compressed weight as buffers, rebuilt into a SparseWeight (whose cached
+    input offsets depend only on the kept positions) when the buffers move."""
+
+    def __init__(self, weight: torch.Tensor, mask: torch.Tensor | None, bias: torch.Tensor | None):
+        super().__init__()
+        compressed = compress_weight(weight.detach().float(), None if mask is None else mask.to(weight.device))
+        self.weight_shape = compressed.shape
+        self.register_buffer("values", compressed.values)
+        self.register_buffer("taps", compressed.taps)
+        self.register_buffer("row_ptr", compressed.row_ptr)
+        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+        self._weight: SparseWeight | None = compressed
+        self._weight_key = self._key()
+
+    def _key(self) -> tuple:
+        return tuple(t.data_ptr() for t in (self.values, self.taps, self.row_ptr)) + (self.values.device,)
+
+    def sparse_weight(self) -> SparseWeight:
+        key = self._key()
+        if self._weight is None or key != self._weight_key:
+            self._weight = SparseWeight(self.weight_shape, self.row_ptr, self.taps, self.values)
+            self._weight_key = key
+        return self._weight
+
+    @property
+    def density(self) -> float:
+        return self.sparse_weight().density
+
+    def dense_weight(self) -> torch.Tensor:
+        """The masked dense weight, zeros where nothing is kept."""
+        return self.sparse_weight().to_dense()
+
+    def _check_no_grad(self, x: torch.Tensor) -> None:
+        if torch.is_grad_enabled() and x.requires_grad:
+            raise RuntimeError(f"{type(self).__name__} is for inference only: its input requires grad. Sample "
+                               "under torch.no_grad(), or train the dense masked model (pylth.ddpm.trainer)")
+
+
+class SparseConv2d(_SparseWeighted):
+    """``nn.Conv2d`` (zero padding, no dilation or groups, square stride and padding) of a masked weight."""
+
+    def __init__(self, conv: nn.Conv2d, mask: torch.Tensor | None = None):
+        reason = unsupported_conv(conv)
+        if reason:
+            raise ValueError(f"SparseConv2d cannot take this conv: {reason}")
+        super().__init__(conv.weight, mask, conv.bias)
+        self.stride, self.padding = conv.stride[0], conv.padding[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_no_grad(x)
+        return sparse_conv2d(x, self.sparse_weight(), self.bias, self.stride, self.padding)
+
+    def extra_repr(self) -> str:
+        co, ci, kh, kw = self.weight_shape
+        return (f"{ci}, {co}, kernel_size=({kh}, {kw}), stride={self.stride}, padding={self.padding}, "
+                f"density={self.density:.4f}")
+
+
+class SparseLinear(_SparseWeighted):
+    """``nn.Linear`` of a masked weight."""
+
+    def __init__(self, linear: nn.Linear, mask: torch.Tensor | None = None):
+        super().__init__(linear.weight, mask, linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_no_grad(x)
+        return sparse_linear(x, self.sparse_weight(), self.bias)
+
+    def extra_repr(self) -> str:
+        out_features, in_features = self.weight_shape
+        return f"in_features={in_features}, out_features={out_features}, density={self.density:.4f}"
+
+
+def unsupported_conv(conv: nn.Conv2d) -> str:
+    """Why the sparse kernel cannot replace ``conv`` ("" when it can)."""
+    if conv.groups != 1:
+        return f"groups={conv.groups}"
+    if tuple(conv.dilation) != (1, 1):
+        return f"dilation={tuple(conv.dilation)}"
+    if conv.padding_mode != "zeros":
+        return f"padding_mode={conv.padding_mode!r}"
+    if isinstance(conv.padding, str):
+        return f"padding={conv.padding!r}"
+    if conv.stride[0] != conv.stride[1] or conv.padding[0] != conv.padding[1]:
+        return f"stride={tuple(conv.stride)} and padding={tuple(conv.padding)} must be square"
+    if conv.weight.dtype != torch.float32:
+        return f"dtype {conv.weight.dtype} (the kernels are fp32)"
+    return ""
