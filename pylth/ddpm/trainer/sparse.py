@@ -26,7 +26,8 @@ from pylth.ddpm.trainer.config import SPARSE_TRAINING
 from pylth.pruning import prunable_parameters
 from pylth.sparse import dense_layer_masks, dense_state_dict, sparsify
 
-def check_setting(setting) -> str:
+
+def _check_setting(setting) -> str:
     if setting not in SPARSE_TRAINING:
         raise ValueError(f"sparse_training must be one of {', '.join(SPARSE_TRAINING)}, got {setting!r}")
     return setting
@@ -34,7 +35,7 @@ def check_setting(setting) -> str:
 
 def _sparsified(model: nn.Module, masks: dict, setting: str) -> nn.Module | None:
     """``model`` sparsified for training under ``setting``, or None for dense training."""
-    if check_setting(setting) == "off" or (setting == "auto" and not masks):
+    if _check_setting(setting) == "off" or (setting == "auto" and not masks):
         return None
     if not masks:  # "on" without masks: every prunable layer, fully kept
         masks = {name: torch.ones(p.shape, dtype=torch.bool, device=p.device) for name, p in prunable_parameters(model)}
