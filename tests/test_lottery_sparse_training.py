@@ -48,6 +48,8 @@ def test_sparse_training_finds_the_masks_and_losses_of_dense_masked_training(run
         assert differ <= max(2, sum(m.numel() for m in a.values()) // 1000), (k, differ)
         a, b = round_file(runs["off"], k, "model.pt"), round_file(runs["on"], k, "model.pt")
         assert list(a) == list(b) and all(a[n].shape == b[n].shape for n in a)  # model.pt's format
+        for n in a:  # the trained EMA weights, to a small fraction of one step (lr 2e-4)
+            torch.testing.assert_close(b[n], a[n], rtol=0, atol=2e-5)
     rewind_a, rewind_b = (torch_load(os.path.join(runs[s], "rewind.pt")) for s in ("off", "on"))
     assert list(rewind_a) == list(rewind_b)  # theta_tau in the dense format too
     for n in rewind_a:
