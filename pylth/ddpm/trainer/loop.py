@@ -128,6 +128,9 @@ def _run_steps(state: TrainState, net, diffusion, dataset, config: TrainConfig, 
     ema_params = list(state.ema_model.parameters())
     pruned = state.pruned
     stop = False
+    report = getattr(state.model, "sparsify_report", None)
+    if report is not None:  # what --sparse-training chose, on the progress bar
+        progress_desc = f"{progress_desc} ({len(report.sparse)} of {len(report)} layers sparse)"
     bar = tqdm(total=end, initial=state.iteration, desc=progress_desc, disable=rank != 0, dynamic_ncols=True)
     try:
         for x0, _ in loader:
