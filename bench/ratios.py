@@ -13,3 +13,13 @@ def print_after_module(request, lines) -> None:
     if lines:
         with request.config.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
             print("\n" + "\n".join(lines))
+
+
+def benchmark_into(benchmark, fn, group: str, times: dict, key) -> None:
+    """Benchmark ``fn`` in ``group`` and keep its (min, median) seconds as ``times[key]`` (nothing under
+    --benchmark-disable)."""
+    benchmark.group = group
+    benchmark(fn)
+    measured = min_and_median(benchmark)
+    if measured is not None:
+        times[key] = measured

@@ -17,69 +17,31 @@ machine disturbs far less than wall time.
 """
 from __future__ import annotations
 
-import collections
 import functools
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from pylth.ddpm import build_model
 from pylth.ops.sparse_conv import compress_weight, sparse_conv2d, sparse_linear
-from ratios import min_and_median, print_after_module
+from ratios import benchmark_into, print_after_module
+from unet_layers import layer_crossover, layer_id, layer_input_and_mask, layer_name, unet_layers, unet_summary
 
 BATCH = 8
 SPARSITIES = [0.8, 0.9, 0.95, 0.99]  # the ratio table
 CROSSOVER_SPARSITIES = [0.4, 0.5, 0.6, 0.7]  # pylth only: where it meets dense
+ALL_SPARSITIES = SPARSITIES + CROSSOVER_SPARSITIES
 pytestmark = pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
 _times = {}  # (layer, impl, sparsity) -> (min, median) seconds
-
-
-def unet_layers() -> "collections.OrderedDict":
-    """Distinct layer shapes of the CIFAR-10 U-Net in forward order -> how often each occurs:
-    ("conv", Ci, Co, K, stride, padding, H, W) or ("linear", I, O)."""
-    model = build_model("cifar10").eval()
-    seen = collections.OrderedDict()
-
-    def record(module, inputs, output):
-        x = inputs[0]
-        if isinstance(module, torch.nn.Conv2d):
-            key = ("conv", module.in_channels, module.out_channels, module.kernel_size[0], module.stride[0],
-                   module.padding[0], x.shape[-2], x.shape[-1])
-        else:
-            key = ("linear", module.in_features, module.out_features)
-        seen[key] = seen.get(key, 0) + 1
-
-    for m in model.modules():
-        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
-            m.register_forward_hook(record)
-    with torch.no_grad():
-        model(torch.zeros(1, 3, 32, 32), torch.zeros(1, dtype=torch.long))
-    return seen
 
 
 LAYERS = unet_layers()
 
 
-def layer_name(layer) -> str:
-    if layer[0] == "conv":
-        _, ci, co, k, s, p, h, w = layer
-        return f"conv {ci}->{co} {k}x{k} s{s} {h}x{w}"
-    return f"linear {layer[1]}->{layer[2]}"
-
-
 def make_case(layer, sparsity):
     """Input, dense weight with zeros, compressed weight, torch.sparse CSR weight, bias."""
     gen = torch.Generator().manual_seed(0)
-    if layer[0] == "conv":
-        _, ci, co, k, s, p, h, w = layer
-        x = torch.randn(BATCH, ci, h, w, generator=gen)
-        shape = (co, ci, k, k)
-    else:
-        _, i, o = layer
-        x = torch.randn(BATCH, i, generator=gen)
-        shape = (o, i)
-    mask = torch.rand(shape, generator=gen) >= sparsity
+    x, shape, mask = layer_input_and_mask(layer, BATCH, sparsity, gen)
     weight = torch.randn(shape, generator=gen) * mask
     csr = weight.reshape(shape[0], -1).to_sparse_csr()
     return x, weight, compress_weight(weight, mask), csr, torch.randn(shape[0], generator=gen)
@@ -118,50 +80,14 @@ CASES.sort(key=lambda case: list(LAYERS).index(case[0]))  # layer by layer (stab
 
 
 @pytest.mark.parametrize("layer,impl,sparsity", CASES,
-                         ids=[f"{layer_name(la).replace('->', '-').replace(' ', '-')}-{impl}-{int(s * 100)}"
-                              for la, impl, s in CASES])
+                         ids=[f"{layer_id(la)}-{impl}-{int(s * 100)}" for la, impl, s in CASES])
 def test_sparse_layer_cpu(benchmark, layer, impl, sparsity):
     with torch.no_grad():
         want, fns = implementations(layer, sparsity)
         fn = fns[impl]
         torch.testing.assert_close(fn(), want, rtol=1e-4, atol=1e-3)
-        benchmark.group = f"sparse-{layer_name(layer)}-{int(sparsity * 100)}"
-        benchmark(fn)
-    times = min_and_median(benchmark)
-    if times is not None:
-        _times[(layer, impl, sparsity)] = times
-
-
-def crossover(layer) -> str:
-    """The sparsity where pylth's time (interpolated over the measured sparsities) meets dense's."""
-    dense = min(_times[(layer, "dense", s)][0] for s in SPARSITIES if (layer, "dense", s) in _times)
-    points = sorted((s, _times[(layer, "pylth", s)][0]) for s in SPARSITIES + CROSSOVER_SPARSITIES
-                    if (layer, "pylth", s) in _times)
-    if points[0][1] <= dense:
-        return f"pylth faster from {points[0][0]:.0%} or below"
-    for (s0, t0), (s1, t1) in zip(points, points[1:]):
-        if t1 <= dense:
-            return f"crossover at {s0 + (t0 - dense) / (t0 - t1) * (s1 - s0):.0%} sparsity"
-    return f"dense faster up to {points[-1][0]:.0%}"
-
-
-def summary(kind: str) -> list:
-    """All layers of a kind, each weighted by its count in the U-Net: dense time over pylth's, with the
-    faster of the two per layer."""
-    lines = []
-    for s in SPARSITIES:
-        dense = ours = 0.0
-        for layer, count in LAYERS.items():
-            if layer[0] != kind or (layer, "pylth", s) not in _times or (layer, "dense", s) not in _times:
-                continue
-            d, p = _times[(layer, "dense", s)][0], _times[(layer, "pylth", s)][0]
-            dense += count * d
-            ours += count * min(d, p)
-        if ours:
-            lines.append(f"sparse-cpu all {kind} layers of the U-Net at {s:.0%} (count-weighted, min times, "
-                         f"faster of dense and pylth per layer): dense {dense * 1e3:.1f} ms, {ours * 1e3:.1f} ms: "
-                         f"{dense / ours:.2f}x")
-    return lines
+        group = f"sparse-{layer_name(layer)}-{int(sparsity * 100)}"
+        benchmark_into(benchmark, fn, group, _times, (layer, impl, sparsity))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -178,6 +104,7 @@ def report_ratios(request):
             cells.append(f"{s:.0%}: {dense[0] / ours[0]:.2f}x dense, {tsp[0] / ours[0]:.1f}x torch.sparse")
         if cells:
             lines.append(f"sparse-cpu {layer_name(layer)} (x{count}): dense {dense[0] * 1e3:.2f} ms; "
-                         + "; ".join(cells) + f"; {crossover(layer)}")
-    lines += summary("conv") + summary("linear")
+                         + "; ".join(cells) + f"; {layer_crossover(layer, _times, SPARSITIES, ALL_SPARSITIES)}")
+    for kind in ("conv", "linear"):
+        lines += unet_summary("sparse-cpu", LAYERS, kind, SPARSITIES, _times)
     print_after_module(request, lines if len(lines) > 1 else [])

@@ -1,6 +1,7 @@
-// Sparse-weight Conv2d forward (and Linear, as a 1x1 conv over the transposed batch), fp32, dense NCHW
-// activations. pylth/ops/sparse_conv.py compresses the weight once, builds the input layout below and
-// launches through pylth/ops/dispatch.py.
+// Sparse-weight Conv2d forward and weight gradient (and Linear, as a 1x1 conv over the transposed batch),
+// fp32, dense NCHW activations. pylth/ops/sparse_conv.py compresses the weight once, builds the input
+// layout below and launches through pylth/ops/dispatch.py; pylth/ops/sparse_grad.py launches the
+// gradients.
 //
 // Compressed weight (one CSR row per output channel, entries in increasing tap order):
 //   row_ptr  int64 [Co + 1]  entries of channel co are row_ptr[co] .. row_ptr[co + 1]
@@ -21,6 +22,14 @@
 // of G images at a time there, followed by 8 floats of slack. Without one (workspace address 0) the
 // input itself is the one slab per channel, which needs unit_len % 8 == 0 so that nothing is read past
 // its end.
+//
+// Gradients. The weight gradient at the kept entries (*_grad_weight_*) takes the forward's table and
+// sizes, with dy (laid out as the forward's y) in the output row, read, and dL/d values in the values
+// row, written; the bias row is address 0. Each kept weight's gradient is the sum, over the batch's
+// output positions, of dy times the input its offset pairs with that output; dy's lanes past a unit row
+// are never read. The input gradient needs no entry point of its own: it is the forward on the
+// transposed weight (per input channel and stride phase, the kept (co, kh, kw)), which
+// pylth/ops/sparse_grad.py derives from the taps.
 #pragma once
 #include <cstdint>
 
@@ -38,9 +47,16 @@ enum SparseConvCpuRow : int {
   kScBias,        // float [Co], or address 0 for no bias
   kScCpuRows
 };
+// The weight gradient's reading of the same rows: dy where the forward writes y, dL/d values where it
+// reads the values.
+enum SparseConvGradCpuRow : int {
+  kScGradOutput = kScOutput,  // float dy [N, Co, unit_rows, unit_len]
+  kScGradValues = kScValues,  // float [nnz], written
+};
 
-// Columns of the CUDA table (device memory addresses, numbers of elements); the CUDA kernel reads the
-// taps and pads implicitly, so it needs no workspace.
+// Columns of the CUDA table (device memory addresses, numbers of elements); the CUDA kernels read the
+// taps and pad implicitly, so they need no workspace. The weight gradient reads dy from the output row
+// and writes dL/d values into the values row, as on the CPU.
 enum SparseConvCudaRow : int {
   kSgInput = 0,  // float x [N, Ci, H, W]
   kSgOutput,     // float y [N, Co, Ho, Wo]
@@ -58,6 +74,10 @@ constexpr int kSparseConvTableWidth = 2;  // address, numel
 void sparse_conv2d_cuda_launch(const std::int64_t* table, std::int64_t n, std::int64_t ci, std::int64_t h,
                                std::int64_t w, std::int64_t co, std::int64_t ho, std::int64_t wo, std::int64_t kh,
                                std::int64_t kw, std::int64_t stride, std::int64_t pad, std::uintptr_t stream);
+void sparse_conv2d_grad_weight_cuda_launch(const std::int64_t* table, std::int64_t n, std::int64_t ci,
+                                           std::int64_t h, std::int64_t w, std::int64_t co, std::int64_t ho,
+                                           std::int64_t wo, std::int64_t kh, std::int64_t kw, std::int64_t stride,
+                                           std::int64_t pad, std::uintptr_t stream);
 #endif
 
 }  // namespace pylth

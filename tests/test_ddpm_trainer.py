@@ -8,6 +8,7 @@ from pylth.ddpm import GaussianDiffusion, build_model
 from pylth.ddpm.data import load_dataset
 from pylth.ddpm.trainer import TrainConfig, train
 from pylth.io import torch_load
+from pylth.sparse import dense_state_dict
 
 TINY = dict(ch=32, ch_mult=(1,), num_res_blocks=1, attn_resolutions=())
 
@@ -46,7 +47,8 @@ def random_masks(model, sparsity, seed=0):
             for n, p in model.named_parameters() if p.ndim > 1}
 
 
-def test_masked_training_keeps_pruned_weights_exactly_zero_after_every_step(digits):
+@pytest.mark.parametrize("sparse_training", ["off", "auto"])
+def test_masked_training_keeps_pruned_weights_exactly_zero_after_every_step(digits, sparse_training):
     torch.manual_seed(1)
     model = build_model("digits", **TINY)
     masks = random_masks(model, 0.9)
@@ -56,13 +58,15 @@ def test_masked_training_keeps_pruned_weights_exactly_zero_after_every_step(digi
     checked = []
 
     def check(iteration, m):
-        params = dict(m.named_parameters())
+        params = dense_state_dict(m)  # the trained module: sparse layers under auto at 90 %
         assert all(bool((params[n][~mk] == 0).all()) for n, mk in masks.items())
         assert all(bool((params[n][mk] != 0).any()) for n, mk in masks.items())
         checked.append(iteration)
+        assert (m is model) == (sparse_training == "off")
 
-    result = train(model, GaussianDiffusion(), digits, TrainConfig(iterations=5, batch_size=16, warmup=0),
-                   masks=masks, on_iteration=check)
+    config = TrainConfig(iterations=5, batch_size=16, warmup=0, sparse_training=sparse_training)
+    result = train(model, GaussianDiffusion(), digits, config, masks=masks, on_iteration=check)
+    assert result.model is model
     assert checked == [1, 2, 3, 4, 5]
     ema = dict(result.ema_model.named_parameters())
     assert all(bool((ema[n][~mk] == 0).all()) for n, mk in masks.items())
@@ -73,8 +77,10 @@ def test_masked_training_keeps_pruned_weights_exactly_zero_after_every_step(digi
             train(model, GaussianDiffusion(), digits, TrainConfig(iterations=1), end_iteration=end)
 
 
-def test_resume_from_checkpoint_replays_the_uninterrupted_run(digits, tmp_path):
-    config = TrainConfig(iterations=6, batch_size=16, warmup=3, checkpoint_every=3, seed=5)
+@pytest.mark.parametrize("sparse_training", ["off", "on"])
+def test_resume_from_checkpoint_replays_the_uninterrupted_run(digits, tmp_path, sparse_training):
+    config = TrainConfig(iterations=6, batch_size=16, warmup=3, checkpoint_every=3, seed=5,
+                         sparse_training=sparse_training)
     torch.manual_seed(2)
     init = build_model("digits", **TINY).state_dict()
     masks = random_masks(build_model("digits", **TINY), 0.5, seed=3)
@@ -88,6 +94,9 @@ def test_resume_from_checkpoint_replays_the_uninterrupted_run(digits, tmp_path):
     path = str(tmp_path / "ckpt.pt")
     first = train(fresh(), GaussianDiffusion(), digits, config, masks=masks, end_iteration=3, checkpoint_path=path)
     assert first.iterations == 3 and torch_load(path)["iteration"] == 3
+    held = torch_load(path)
+    compact = any(k.endswith(".values") for k in held["model"])
+    assert compact == (sparse_training == "on") and compact == any(k.endswith(".values") for k in held["ema"])
     seen = []
     resumed = train(fresh(), GaussianDiffusion(), digits, config, masks=masks, checkpoint_path=path,
                     on_iteration=lambda it, m: seen.append(it))
@@ -110,7 +119,7 @@ def test_ema_starts_from_the_model_and_warms_up(digits):
 
 
 @pytest.mark.parametrize("field,value", [("iterations", 0), ("batch_size", -1), ("lr", 0.0), ("ema_decay", 1.0),
-                                         ("warmup", -1), ("device", "tpu")])
+                                         ("warmup", -1), ("device", "tpu"), ("sparse_training", "yes")])
 def test_bad_train_config_raises_value_error_naming_the_field(field, value):
     kwargs = dict(iterations=10)
     kwargs[field] = value
@@ -131,3 +140,35 @@ def test_bad_eval_config_raises_naming_the_field(field, value, error):
 
     with pytest.raises(error, match=field):
         EvalConfig(**{field: value})
+
+
+def test_sparse_training_matches_dense_masked_training_with_state_sized_by_the_kept_weights(digits, tmp_path):
+    torch.manual_seed(4)
+    init = build_model("digits", **TINY).state_dict()
+    masks = random_masks(build_model("digits", **TINY), 0.9, seed=6)
+    results, checkpoints = {}, {}
+    for setting in ("off", "on"):
+        model = build_model("digits", **TINY)
+        model.load_state_dict(init)
+        checkpoints[setting] = str(tmp_path / f"{setting}.pt")
+        config = TrainConfig(iterations=8, batch_size=16, warmup=2, seed=1, sparse_training=setting)
+        results[setting] = train(model, GaussianDiffusion(), digits, config, masks=masks,
+                                 checkpoint_path=checkpoints[setting])
+    assert results["on"].loss == pytest.approx(results["off"].loss, rel=1e-4)
+    for which in ("model", "ema_model"):
+        a, b = (getattr(results[s], which).state_dict() for s in ("off", "on"))
+        assert list(a) == list(b)  # the dense masked format, whatever trained
+        for name in masks:
+            torch.testing.assert_close(b[name], a[name], rtol=0, atol=2e-4 * 8)  # a fraction of lr per step
+            assert bool((b[name][~masks[name]] == 0).all())
+    held = torch_load(checkpoints["on"])
+    moments = [s["exp_avg"].numel() for s in held["optimizer"]["state"].values()]
+    dense_moments = [s["exp_avg"].numel() for s in torch_load(checkpoints["off"])["optimizer"]["state"].values()]
+    kept, pruned = sum(int(m.sum()) for m in masks.values()), sum(int((~m).sum()) for m in masks.values())
+    assert sum(dense_moments) - sum(moments) == pruned and kept > 0  # no moment for a pruned weight
+    assert held["config"]["sparse_training"] == "on" and held["sparse_layers"]
+    # a checkpoint of one setting does not resume under another
+    model = build_model("digits", **TINY)
+    config = TrainConfig(iterations=8, batch_size=16, warmup=2, seed=1, sparse_training="off")
+    with pytest.raises(ValueError, match=r"--sparse-training on \(\d+ layer\(s\) sparse\), this run has off \(0\)"):
+        train(model, GaussianDiffusion(), digits, config, masks=masks, checkpoint_path=checkpoints["on"])

@@ -84,6 +84,8 @@ def test_sparsify_fuses_the_unet_pairs_and_keeps_its_outputs_and_keys():
     assert isinstance(plain.down[0].b1[0], GroupNormSiLU) and isinstance(plain.down[0].b1[1], nn.Identity)
     assert type(plain.down[2].attn.n) is nn.GroupNorm  # no SiLU after it
     assert sparsify(model, masks, max_density=0.0).sparsify_report.fused_norms == 0  # nothing sparse: unchanged
+    trainable = sparsify(model, masks, trainable=True)  # the fused pass has no backward: torch's ops stay
+    assert trainable.sparsify_report.fused_norms == 0 and type(trainable.down[0].b1[0]) is nn.GroupNorm
     # the fused network against the same network with torch's GroupNorm and SiLU put back
     unfused = sparsify(model, masks)
     for m in unfused.modules():

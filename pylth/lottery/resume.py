@@ -43,7 +43,11 @@ def config_differences(old: dict, new: dict) -> list[str]:
 
 def with_implicit_settings(old: dict, records: list[dict]) -> dict:
     """A config.json from before a setting existed, with the value its run used: runs made before
-    --fid-features chose their FID features implicitly, and their rounds say which."""
+    --fid-features chose their FID features implicitly, and their rounds say which; runs made before
+    --sparse-training trained dense (off)."""
+    train = old.get("train")
+    if isinstance(train, dict) and "sparse_training" not in train:
+        old = {**old, "train": {**train, "sparse_training": "off"}}
     evaluation = old.get("evaluation", {})
     if "fid_features" in evaluation:
         return old

@@ -28,7 +28,7 @@ from pylth.lottery.ticket import reinit_seed
 from pylth.pruning import (apply_masks, check_masked_zero, compute_masks, count_macs, module_groups,
                            prunable_parameters, sparsity_report)
 from pylth.run_dir import TICKET_FILE, RunDirectory
-from pylth.sparse import save_sparse
+from pylth.sparse import dense_state_dict, save_sparse
 
 SAMPLE_GRID = 64  # images in round_XX/samples.png
 SAMPLING_SETTINGS = ("sampler", "sample_steps", "eta", "sample_batch_size")  # kept in each ticket file
@@ -128,7 +128,7 @@ class Lottery:
         def keep_rewind_point(iteration: int, model) -> None:
             # ``iteration`` counts the steps taken so far.
             if iteration == tau:
-                state = getattr(model, "module", model).state_dict()
+                state = dense_state_dict(getattr(model, "module", model))  # model.pt's format, also if trained sparse
                 bad = first_nonfinite(state.items())  # every later round starts from these weights
                 if bad is not None:
                     raise Diverged(f"training diverged by iteration {tau}, the rewind point: {bad} holds NaN or "

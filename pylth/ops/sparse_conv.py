@@ -5,10 +5,10 @@
 ``sparse_conv2d(x, w, bias, stride, padding)`` and ``sparse_linear(x, w, bias)`` then compute what
 ``F.conv2d`` / ``F.linear`` compute with the masked dense weight, at the cost of the kept entries:
 csrc/sparse_conv.cpp on the CPU (AVX2/FMA when the CPU has it, OpenMP), csrc/sparse_conv.cu on CUDA.
-They are forward-only (no autograd). Activations stay dense NCHW; a non-contiguous ``x`` is made
-contiguous first. On the CPU the kernel reads the input in a layout chosen per input size (see
-csrc/sparse_conv.h); the kept entries' offsets into it are computed on the first call for each size
-and kept with the weight.
+They are forward-only (no autograd; pylth.ops.sparse_train differentiates them, with the gradients of
+pylth.ops.sparse_grad). Activations stay dense NCHW; a non-contiguous ``x`` is made contiguous first.
+On the CPU the kernel reads the input in a layout chosen per input size (see csrc/sparse_conv.h); the
+kept entries' offsets into it are computed on the first call for each size and kept with the weight.
 
 The kernels win where few weights are kept; at high density the dense op can be faster, so callers
 choose per layer (bench/test_bench_sparse.py measures where the crossover lies).
@@ -42,22 +42,27 @@ class SparseWeight:
     """A conv weight [Co, Ci, KH, KW] or linear weight [O, I] reduced to its kept entries, per output
     channel: ``values[row_ptr[c]:row_ptr[c+1]]`` at ``taps`` (``ci * KH * KW + kh * KW + kw``, for a
     linear weight the input index; increasing). The taps describe the mask completely, so transposed
-    forms (for a backward pass) derive from them. Build it with ``compress_weight``."""
+    forms (for a backward pass) derive from them. Build it with ``compress_weight``.
 
-    __slots__ = ("shape", "row_ptr", "taps", "values", "_plans")
+    ``values`` may be None: the weight is then a structure only (the trainable path of
+    pylth.ops.sparse_train keeps the values elsewhere, as a Parameter), and ``with_values`` gives a
+    weight with values that shares its cached plans, which depend on the structure alone."""
 
-    def __init__(self, shape: tuple, row_ptr: torch.Tensor, taps: torch.Tensor, values: torch.Tensor):
+    __slots__ = ("shape", "row_ptr", "taps", "values", "_plans", "_transposed")
+
+    def __init__(self, shape: tuple, row_ptr: torch.Tensor, taps: torch.Tensor, values: torch.Tensor | None):
         self.shape = tuple(int(s) for s in shape)
         self.row_ptr, self.taps, self.values = row_ptr, taps, values
         self._plans: dict = {}  # (h, w, stride, padding) -> (_Layout, int32 offsets), CPU only
+        self._transposed: dict = {}  # (h, w, stride, padding) -> the input gradient's weight (ops.sparse_grad)
 
     @property
     def device(self) -> torch.device:
-        return self.values.device
+        return self.taps.device
 
     @property
     def nnz(self) -> int:
-        return self.values.numel()
+        return self.taps.numel()
 
     @property
     def density(self) -> float:
@@ -68,15 +73,26 @@ class SparseWeight:
     def kernel_size(self) -> tuple:
         return self.shape[2:] if len(self.shape) == 4 else (1, 1)
 
+    def with_values(self, values: torch.Tensor | None) -> "SparseWeight":
+        """The same structure with ``values`` (one per kept entry, in entry order; None: a structure
+        only), sharing this weight's cached plans."""
+        weight = SparseWeight(self.shape, self.row_ptr, self.taps, values)
+        weight._plans, weight._transposed = self._plans, self._transposed
+        return weight
+
+    def channels(self) -> torch.Tensor:
+        """The output channel (row) of each kept entry, int64 in entry order."""
+        return torch.repeat_interleave(torch.arange(self.shape[0], device=self.device), self.row_ptr.diff())
+
     def to(self, device) -> "SparseWeight":
-        return SparseWeight(self.shape, self.row_ptr.to(device), self.taps.to(device), self.values.to(device))
+        values = None if self.values is None else self.values.to(device)
+        return SparseWeight(self.shape, self.row_ptr.to(device), self.taps.to(device), values)
 
     def to_dense(self) -> torch.Tensor:
         """The masked dense weight (zeros where nothing is kept), in the original shape."""
-        co = self.shape[0]
-        dense = torch.zeros((co, math.prod(self.shape[1:])), dtype=torch.float32, device=self.device)
-        rows = torch.repeat_interleave(torch.arange(co, device=self.device), self.row_ptr.diff())
-        dense[rows, self.taps.long()] = self.values
+        _check_values(self, "weight")
+        dense = torch.zeros((self.shape[0], math.prod(self.shape[1:])), dtype=torch.float32, device=self.device)
+        dense[self.channels(), self.taps.long()] = self.values
         return dense.reshape(self.shape)
 
 
@@ -108,15 +124,13 @@ def sparse_conv2d(x: torch.Tensor, weight: SparseWeight, bias: torch.Tensor | No
     """``F.conv2d(x, weight.to_dense(), bias, stride, padding)`` at the cost of the kept weights:
     x [N, Ci, H, W] float32, square ``stride`` >= 1 and ``padding`` >= 0 (no dilation, no groups)."""
     _check_weight(weight, "weight", ndim=4)
-    co, ci, kh, kw = weight.shape
+    co, ci = weight.shape[:2]
     stride = _check_int(stride, "stride", minimum=1)
     padding = _check_int(padding, "padding", minimum=0)
     x = _check_input(x, "x", weight, ndim=4, channels=ci, channel_dim=1)
     _check_bias(bias, weight)
     n, _, h, w = x.shape
-    ho, wo = (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
-    if h + 2 * padding < kh or w + 2 * padding < kw:
-        raise ValueError(f"x of spatial size {h}x{w} with padding {padding} is smaller than the {kh}x{kw} kernel")
+    ho, wo = _output_size(h, w, weight, stride, padding, "x")
     if backend("sparse_conv2d", x.device) == REFERENCE:
         return sparse_conv2d_reference(x, weight, bias, stride, padding)
     out = torch.empty((n, co, ho, wo), dtype=torch.float32, device=x.device)
@@ -141,12 +155,8 @@ def sparse_linear(x: torch.Tensor, weight: SparseWeight, bias: torch.Tensor | No
     if backend("sparse_linear", x.device) == REFERENCE:
         return sparse_linear_reference(x, weight, bias)
     if x.device.type == "cpu":
-        # The kernel transposes x into the workspace and the result out of it, rows padded to whole vectors.
-        padded = -(-b // LANES) * LANES
-        _, offsets = _cpu_plan(weight, 1, padded, 1, 0)
         out = torch.empty((b, o), dtype=torch.float32)
-        workspace = torch.empty((i + o) * padded + LANES)
-        launch("sparse_linear", x.device, _cpu_table(rows, workspace, out, weight, offsets, bias), b, i, o)
+        _launch_linear_cpu("sparse_linear", rows, weight, weight.values, bias, out)
         return out.reshape(*lead, o)
     # CUDA: the conv kernel on the transposed batch, a 1 x B image of I channels.
     xt = rows.t().reshape(1, i, 1, b).contiguous()
@@ -237,7 +247,10 @@ def _cpu_plan(weight: SparseWeight, h: int, w: int, stride: int, pad: int):
     return plan
 
 
-def _launch_cpu(x, weight: SparseWeight, bias, out, stride: int, pad: int) -> None:
+def _launch_cpu(x, weight: SparseWeight, bias, out, stride: int, pad: int, kernel: str = "sparse_conv2d",
+                values=None) -> None:
+    """``kernel`` (the forward, or the weight gradient with dy as ``out`` and the gradient as ``values``)
+    on the slab layout of x's size; ``values`` defaults to the weight's."""
     n, ci, h, w = x.shape
     layout, offsets = _cpu_plan(weight, h, w, stride, pad)
     workspace = None
@@ -245,12 +258,25 @@ def _launch_cpu(x, weight: SparseWeight, bias, out, stride: int, pad: int) -> No
         image_floats = ci * layout.image_floats_per_channel
         images = max(1, min(n, WORKSPACE_BYTES // (4 * image_floats)))
         workspace = torch.empty(images * image_floats + LANES)
-    launch("sparse_conv2d", x.device, _cpu_table(x, workspace, out, weight, offsets, bias), n, ci, h, w,
-           weight.shape[0], layout.pad, layout.row_step, layout.col_step, layout.kinds_rows, layout.kinds_cols,
-           layout.slab_rows, layout.slab_pitch, layout.unit_rows, layout.unit_len, layout.unit_row_stride)
+    table = _cpu_table(x, workspace, out, weight, offsets, weight.values if values is None else values, bias)
+    launch(kernel, x.device, table, n, ci, h, w, weight.shape[0], layout.pad, layout.row_step, layout.col_step,
+           layout.kinds_rows, layout.kinds_cols, layout.slab_rows, layout.slab_pitch, layout.unit_rows,
+           layout.unit_len, layout.unit_row_stride)
 
 
-def _cpu_table(x, workspace, out, weight: SparseWeight, offsets, bias) -> torch.Tensor:
+def _launch_linear_cpu(kernel: str, rows, weight: SparseWeight, values, bias, out) -> None:
+    """``kernel`` (the linear forward, or its weight gradient with dy as ``out`` and the gradient as
+    ``values``) on x ``rows`` [B, I]: the kernel transposes x (and y or dy) into the workspace, rows padded
+    to whole vectors."""
+    b, i = rows.shape
+    padded = -(-b // LANES) * LANES
+    _, offsets = _cpu_plan(weight, 1, padded, 1, 0)
+    workspace = torch.empty((i + weight.shape[0]) * padded + LANES)
+    launch(kernel, rows.device, _cpu_table(rows, workspace, out, weight, offsets, values, bias), b, i,
+           weight.shape[0])
+
+
+def _cpu_table(x, workspace, out, weight: SparseWeight, offsets, values, bias) -> torch.Tensor:
     """The table of csrc/sparse_conv.h's SparseConvCpuRow (address 0 for no workspace, no bias)."""
     return pack_table([
         (x.data_ptr(), x.numel()),
@@ -258,35 +284,54 @@ def _cpu_table(x, workspace, out, weight: SparseWeight, offsets, bias) -> torch.
         (out.data_ptr(), out.numel()),
         (weight.row_ptr.data_ptr(), weight.row_ptr.numel()),
         (offsets.data_ptr(), offsets.numel()),
-        (weight.values.data_ptr(), weight.values.numel()),
+        (values.data_ptr(), values.numel()),
         (0, 0) if bias is None else (bias.data_ptr(), bias.numel()),
     ], 2)
 
 
-def _launch_cuda(x, weight: SparseWeight, bias, out, stride: int, pad: int) -> None:
+def _launch_cuda(x, weight: SparseWeight, bias, out, stride: int, pad: int, kernel: str = "sparse_conv2d",
+                 values=None) -> None:
+    """As _launch_cpu, for CUDA tensors (the kernels read the taps and pad implicitly)."""
     n, ci, h, w = x.shape
     co = weight.shape[0]
     kh, kw = weight.kernel_size
     if n > CUDA_GRID_LIMIT or co > CUDA_GRID_LIMIT or ci * h * w > INT32_MAX:
         raise ValueError(f"x of shape {tuple(x.shape)} with {co} output channels exceeds the CUDA kernel's limits "
                          f"(at most {CUDA_GRID_LIMIT} images and output channels, {INT32_MAX} values per image)")
+    values = weight.values if values is None else values
     table = pack_table([
         (x.data_ptr(), x.numel()),
         (out.data_ptr(), out.numel()),
         (weight.row_ptr.data_ptr(), weight.row_ptr.numel()),
         (weight.taps.data_ptr(), weight.taps.numel()),
-        (weight.values.data_ptr(), weight.values.numel()),
+        (values.data_ptr(), values.numel()),
         (0, 0) if bias is None else (bias.data_ptr(), bias.numel()),
     ], 2)
-    launch("sparse_conv2d", x.device, table, n, ci, h, w, co, out.shape[2], out.shape[3], kh, kw, stride, pad)
+    launch(kernel, x.device, table, n, ci, h, w, co, out.shape[2], out.shape[3], kh, kw, stride, pad)
 
 
-def _check_weight(weight, name: str, ndim: int) -> None:
+def _output_size(h: int, w: int, weight: SparseWeight, stride: int, padding: int, name: str) -> tuple:
+    """(Ho, Wo) of the conv over an input of h x w named ``name``; ValueError if it is smaller than the kernel."""
+    kh, kw = weight.kernel_size
+    if h + 2 * padding < kh or w + 2 * padding < kw:
+        raise ValueError(f"{name} of spatial size {h}x{w} with padding {padding} is smaller than the {kh}x{kw} kernel")
+    return (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
+
+
+def _check_weight(weight, name: str, ndim: int, values: bool = True) -> None:
+    """A SparseWeight of ``ndim`` dimensions, holding values unless ``values`` is False (a structure)."""
     if not isinstance(weight, SparseWeight):
         raise TypeError(f"{name} must be a SparseWeight (from compress_weight), got {type(weight).__name__}")
     if len(weight.shape) != ndim:
         kind = "conv [Co, Ci, KH, KW]" if ndim == 4 else "linear [O, I]"
         raise ValueError(f"{name} must be a compressed {kind} weight, got shape {weight.shape}")
+    if values:
+        _check_values(weight, name)
+
+
+def _check_values(weight: SparseWeight, name: str) -> None:
+    if weight.values is None:
+        raise ValueError(f"{name} is a structure without values: give it values with {name}.with_values(values)")
 
 
 def _check_int(value, name: str, minimum: int) -> int:
@@ -305,8 +350,8 @@ def _check_input(x, name: str, weight: SparseWeight, ndim, channels: int, channe
         want = f"[N, {channels}, H, W]" if ndim == 4 else f"[..., {channels}]"
         raise ValueError(f"{name} must have shape {want}, got {tuple(x.shape)}")
     if x.requires_grad and torch.is_grad_enabled():
-        raise ValueError(f"{name} requires grad, but the sparse kernels are forward-only: call them under "
-                         f"torch.no_grad()")
+        raise ValueError(f"{name} requires grad, but these sparse kernels are forward-only: call them under "
+                         f"torch.no_grad(), or train through pylth.ops.sparse_train")
     return x.contiguous()
 
 
@@ -315,4 +360,5 @@ def _check_bias(bias, weight: SparseWeight) -> None:
         return
     check_tensor(bias, "bias", dtypes=(torch.float32,), device=weight.device, shape=(weight.shape[0],))
     if bias.requires_grad and torch.is_grad_enabled():
-        raise ValueError("bias requires grad, but the sparse kernels are forward-only: call them under torch.no_grad()")
+        raise ValueError("bias requires grad, but these sparse kernels are forward-only: call them under "
+                         "torch.no_grad(), or train through pylth.ops.sparse_train")

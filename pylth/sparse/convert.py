@@ -8,9 +8,17 @@ so convs up to CONV_MAX_DENSITY are made sparse. A Linear call costs a fixed ~18
 handling, which only large layers win back: a Linear is made sparse when it has at least
 LINEAR_MIN_WEIGHTS weights and at most LINEAR_MAX_DENSITY of them are kept. On CUDA devices nothing is
 made sparse by default: the CUDA kernel has not been measured against cuDNN yet.
+
+``sparsify(..., trainable=True)`` makes the same choice for training (bench/test_bench_sparse_train.py
+measures forward + backward per layer), and the sparse layers' kept values become Parameters that
+autograd trains with the sparse kernels' backward. ``dense_state_dict`` turns such a model back into
+the dense masked model's state_dict (model.pt's keys and shapes); ``load_dense_state_`` loads one into
+it, each sparse layer gathering its kept values; ``dense_layer_masks`` are the masks of the layers that
+stayed dense, which the optimizer must still keep at zero (MaskedAdam).
 """
 from __future__ import annotations
 
+import collections
 import copy
 from dataclasses import dataclass
 
@@ -18,7 +26,7 @@ import torch
 from torch import nn
 
 from pylth.pruning.model_masks import checked_masks
-from pylth.sparse.modules import SparseConv2d, SparseLinear, fuse_group_norm_silu, unsupported_conv
+from pylth.sparse.modules import SparseConv2d, SparseLinear, _SparseWeighted, fuse_group_norm_silu, unsupported_conv
 
 CONV_MAX_DENSITY = 0.15
 LINEAR_MAX_DENSITY = 0.10
@@ -77,7 +85,8 @@ def _choose(module: nn.Module, density: float, max_density: float | None, cuda: 
     return ""
 
 
-def sparsify(model: nn.Module, masks: dict, *, max_density: float | None = None, device=None) -> nn.Module:
+def sparsify(model: nn.Module, masks: dict, *, max_density: float | None = None, device=None,
+             trainable: bool = False) -> nn.Module:
     """A copy of ``model`` for sampling: every Conv2d/Linear whose weight has a mask in ``masks``
     (name -> bool tensor, True = kept) becomes a SparseConv2d/SparseLinear holding only its kept
     weights, or, where the dense op is faster (see the module docstring; ``max_density`` overrides
@@ -85,15 +94,33 @@ def sparsify(model: nn.Module, masks: dict, *, max_density: float | None = None,
     layer was made sparse, each GroupNorm followed by SiLU in an ``nn.Sequential`` becomes one
     GroupNormSiLU pass; other modules are unchanged. The copy is in eval mode without gradients, on
     ``device`` (default: the model's); its ``sparsify_report`` says which layers were made sparse and
-    why the others were not."""
+    why the others were not.
+
+    ``trainable=True``: a copy for training instead, in the model's mode and with its parameters'
+    ``requires_grad``; each sparse layer's ``values`` (its kept weights) and ``bias`` are Parameters.
+    GroupNorm and SiLU stay torch's (the fused pass has no backward)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if max_density is not None and (isinstance(max_density, bool) or not isinstance(max_density, (int, float))
                                     or not 0.0 <= max_density <= 1.0):
         raise ValueError(f"max_density must be a number in [0, 1], got {max_density!r}")
+    if not isinstance(trainable, bool):
+        raise TypeError(f"trainable must be a bool, got {trainable!r}")
     masks = {n: m.cpu() for n, m in checked_masks(model, masks).items()}
     target = torch.device(device) if device is not None else next(model.parameters(), torch.zeros(())).device
-    model = copy.deepcopy(model).cpu().eval().requires_grad_(False)
+    model = copy.deepcopy(model).cpu()
+    if not trainable:
+        model.eval().requires_grad_(False)
+    with torch.no_grad():
+        report = _convert(model, masks, max_density, target, trainable)
+    if not trainable and target.type == "cpu" and report.sparse:
+        # Where the convs run sparse, GroupNorm + SiLU is a large share of the forward: one pass for both.
+        report.fused_norms = fuse_group_norm_silu(model)
+    model.sparsify_report = report
+    return model.to(target)
+
+
+def _convert(model: nn.Module, masks: dict, max_density, target: torch.device, trainable: bool) -> SparsifyReport:
     report = SparsifyReport()
     for name, module in list(model.named_modules()):
         mask = masks.get(f"{name}.weight" if name else "weight")
@@ -105,18 +132,67 @@ def sparsify(model: nn.Module, masks: dict, *, max_density: float | None = None,
         if reason:
             module.weight.masked_fill_(~mask, 0)
         else:
-            _replace(model, name, (SparseConv2d if kind == "conv" else SparseLinear)(module, mask))
+            _replace(model, name, (SparseConv2d if kind == "conv" else SparseLinear)(module, mask, trainable))
         report.append(LayerChoice(name, kind, density, not reason, reason))
     handled = {f"{c.name}.weight" if c.name else "weight" for c in report}
     params = dict(model.named_parameters())
     for name, mask in masks.items():  # masked parameters of other modules: kept dense and masked
         if name not in handled:
             params[name].masked_fill_(~mask, 0)
-    if target.type == "cpu" and report.sparse:
-        # Where the convs run sparse, GroupNorm + SiLU is a large share of the forward: one pass for both.
-        report.fused_norms = fuse_group_norm_silu(model)
-    model.sparsify_report = report
-    return model.to(target)
+    return report
+
+
+def dense_layer_masks(model: nn.Module, masks: dict) -> dict:
+    """The masks of ``masks`` whose parameter a sparsified ``model`` still has (the layers that stayed
+    dense, and masked parameters of other modules): the sparse layers hold no pruned weight."""
+    params = dict(model.named_parameters())
+    return {name: mask for name, mask in masks.items() if name in params}
+
+
+def _sparse_modules(model: nn.Module) -> dict:
+    return {name: m for name, m in model.named_modules() if isinstance(m, _SparseWeighted)}
+
+
+def _key(prefix: str, leaf: str) -> str:
+    return f"{prefix}.{leaf}" if prefix else leaf
+
+
+def dense_state_dict(model: nn.Module) -> dict:
+    """The state_dict of the dense masked model a sparsified ``model`` computes, with the dense model's
+    keys in its order: each sparse layer's values, taps and row_ptr become its ``weight`` (zeros where
+    pruned; the mask itself is what mask.pt holds), everything else as ``state_dict()`` has it."""
+    sparse = _sparse_modules(model)
+    out = collections.OrderedDict()
+    for key, value in model.state_dict().items():
+        prefix, _, leaf = key.rpartition(".")
+        module = sparse.get(prefix)
+        if module is None or leaf == "bias":
+            out[key] = value
+        elif leaf == "values":
+            out[_key(prefix, "weight")] = module.dense_weight()
+    return out
+
+
+@torch.no_grad()
+def load_dense_state_(model: nn.Module, state: dict) -> None:
+    """Load a dense model's state_dict (model.pt's format, e.g. theta_tau) into a sparsified ``model``:
+    each sparse layer gathers its kept values from its ``weight`` at the kept positions (the pruned
+    entries of ``state`` are not read), everything else loads as ``load_state_dict`` loads it (strict:
+    a missing or unexpected key raises). The layers that stayed dense take the weights as they are:
+    mask them afterwards (pylth.pruning.apply_masks with ``dense_layer_masks``)."""
+    sparse = _sparse_modules(model)
+    state = dict(state)
+    weights = {}
+    for prefix in sparse:
+        key = _key(prefix, "weight")
+        if key not in state:
+            raise ValueError(f"state has no {key!r}, the dense weight of sparse layer {prefix or '(the model)'!r}")
+        weights[prefix] = state.pop(key)
+        for leaf in ("values", "taps", "row_ptr"):  # the layer's own: its structure is its mask
+            state[_key(prefix, leaf)] = getattr(sparse[prefix], leaf)
+    model.load_state_dict(state)
+    for prefix, weight in weights.items():
+        sparse[prefix].load_dense_weight_(weight)
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:

@@ -1,9 +1,12 @@
 """Conv2d and Linear layers that hold only their kept weights and run the sparse kernels, and GroupNorm
 fused with the SiLU after it (inference).
 
-A module keeps its compressed weight as buffers (``values``, ``taps``, ``row_ptr``: see
-pylth.ops.sparse_conv), so ``.to(device)`` and ``state_dict()`` carry them, and the dense shape.
-Called with gradients required it raises: these modules are for sampling, not training.
+A module keeps its compressed weight (``values``, ``taps``, ``row_ptr``: see pylth.ops.sparse_conv) in
+its state, so ``.to(device)`` and ``state_dict()`` carry them, and the dense shape. By default the
+module is for sampling: everything is a buffer, and called with gradients required it raises. Built
+with ``trainable=True``, ``values`` (one per kept weight) and ``bias`` are nn.Parameters that autograd
+differentiates through the sparse kernels' backward (pylth.ops.sparse_train), so any torch optimizer
+trains the kept weights with state sized by them; ``taps`` and ``row_ptr`` (the mask) stay buffers.
 """
 from __future__ import annotations
 
@@ -12,30 +15,44 @@ from torch import nn
 
 from pylth.ops.group_norm_silu import group_norm_silu
 from pylth.ops.sparse_conv import SparseWeight, compress_weight, sparse_conv2d, sparse_linear
+from pylth.ops.sparse_train import sparse_conv2d_trainable, sparse_linear_trainable
 
 
 class _SparseWeighted(nn.Module):
-    """The shared part: the compressed weight as buffers, rebuilt into a SparseWeight (whose cached
-    input offsets depend only on the kept positions) when the buffers move."""
+    """The shared part: the compressed weight as buffers (a trainable module's values and bias as
+    Parameters), rebuilt into a SparseWeight (whose cached input offsets depend only on the kept
+    positions) when the buffers move."""
 
-    def __init__(self, weight: torch.Tensor, mask: torch.Tensor | None, bias: torch.Tensor | None):
+    def __init__(self, weight: torch.Tensor, mask: torch.Tensor | None, bias: torch.Tensor | None,
+                 trainable: bool = False):
         super().__init__()
         compressed = compress_weight(weight.detach().float(), None if mask is None else mask.to(weight.device))
         self.weight_shape = compressed.shape
-        self.register_buffer("values", compressed.values)
+        self.trainable = bool(trainable)
+        bias = None if bias is None else bias.detach().float().clone()
+        if self.trainable:  # parameters first: state_dict() lists values, bias, taps, row_ptr
+            self.values = nn.Parameter(compressed.values)
+            self.bias = None if bias is None else nn.Parameter(bias)
+        else:
+            self.register_buffer("values", compressed.values)
         self.register_buffer("taps", compressed.taps)
         self.register_buffer("row_ptr", compressed.row_ptr)
-        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
-        self._weight: SparseWeight | None = compressed
+        if not self.trainable:
+            self.register_buffer("bias", bias)
+        self._weight: SparseWeight | None = compressed.with_values(None) if self.trainable else compressed
         self._weight_key = self._key()
 
     def _key(self) -> tuple:
-        return tuple(t.data_ptr() for t in (self.values, self.taps, self.row_ptr)) + (self.values.device,)
+        # A trainable module's structure is read without its values, which the optimizer updates in place.
+        tensors = (self.taps, self.row_ptr) if self.trainable else (self.values, self.taps, self.row_ptr)
+        return tuple(t.data_ptr() for t in tensors) + (self.taps.device,)
 
     def sparse_weight(self) -> SparseWeight:
+        """The compressed weight (a trainable module's: the structure only, without values)."""
         key = self._key()
         if self._weight is None or key != self._weight_key:
-            self._weight = SparseWeight(self.weight_shape, self.row_ptr, self.taps, self.values)
+            values = None if self.trainable else self.values
+            self._weight = SparseWeight(self.weight_shape, self.row_ptr, self.taps, values)
             self._weight_key = key
         return self._weight
 
@@ -44,8 +61,17 @@ class _SparseWeighted(nn.Module):
         return self.sparse_weight().density
 
     def dense_weight(self) -> torch.Tensor:
-        """The masked dense weight, zeros where nothing is kept."""
-        return self.sparse_weight().to_dense()
+        """The masked dense weight, zeros where nothing is kept (detached)."""
+        return self.sparse_weight().with_values(self.values.detach()).to_dense()
+
+    @torch.no_grad()
+    def load_dense_weight_(self, weight: torch.Tensor) -> None:
+        """Set the kept values from a dense weight of this layer's shape, read at the kept positions."""
+        if tuple(weight.shape) != tuple(self.weight_shape):
+            raise ValueError(f"weight has shape {tuple(weight.shape)} but this layer's is {tuple(self.weight_shape)}")
+        structure = self.sparse_weight()
+        flat = weight.detach().to(self.values.device, torch.float32).reshape(self.weight_shape[0], -1)
+        self.values.copy_(flat[structure.channels(), structure.taps.long()])
 
     def _check_no_grad(self, x: torch.Tensor) -> None:
         if torch.is_grad_enabled() and x.requires_grad:
@@ -56,36 +82,42 @@ class _SparseWeighted(nn.Module):
 class SparseConv2d(_SparseWeighted):
     """``nn.Conv2d`` (zero padding, no dilation or groups, square stride and padding) of a masked weight."""
 
-    def __init__(self, conv: nn.Conv2d, mask: torch.Tensor | None = None):
+    def __init__(self, conv: nn.Conv2d, mask: torch.Tensor | None = None, trainable: bool = False):
         reason = unsupported_conv(conv)
         if reason:
             raise ValueError(f"SparseConv2d cannot take this conv: {reason}")
-        super().__init__(conv.weight, mask, conv.bias)
+        super().__init__(conv.weight, mask, conv.bias, trainable)
         self.stride, self.padding = conv.stride[0], conv.padding[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.trainable:  # fp32 kernels: under autocast the input may come in another dtype
+            return sparse_conv2d_trainable(x.float(), self.values, self.sparse_weight(), self.bias, self.stride,
+                                           self.padding)
         self._check_no_grad(x)
         return sparse_conv2d(x, self.sparse_weight(), self.bias, self.stride, self.padding)
 
     def extra_repr(self) -> str:
         co, ci, kh, kw = self.weight_shape
         return (f"{ci}, {co}, kernel_size=({kh}, {kw}), stride={self.stride}, padding={self.padding}, "
-                f"density={self.density:.4f}")
+                f"density={self.density:.4f}" + (", trainable" if self.trainable else ""))
 
 
 class SparseLinear(_SparseWeighted):
     """``nn.Linear`` of a masked weight."""
 
-    def __init__(self, linear: nn.Linear, mask: torch.Tensor | None = None):
-        super().__init__(linear.weight, mask, linear.bias)
+    def __init__(self, linear: nn.Linear, mask: torch.Tensor | None = None, trainable: bool = False):
+        super().__init__(linear.weight, mask, linear.bias, trainable)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.trainable:
+            return sparse_linear_trainable(x.float(), self.values, self.sparse_weight(), self.bias)
         self._check_no_grad(x)
         return sparse_linear(x, self.sparse_weight(), self.bias)
 
     def extra_repr(self) -> str:
         out_features, in_features = self.weight_shape
-        return f"in_features={in_features}, out_features={out_features}, density={self.density:.4f}"
+        return (f"in_features={in_features}, out_features={out_features}, density={self.density:.4f}"
+                + (", trainable" if self.trainable else ""))
 
 
 def unsupported_conv(conv: nn.Conv2d) -> str:

@@ -12,6 +12,7 @@ import torch.distributed as dist
 from pylth import distributed as D
 from pylth.ddpm.finite import first_nonfinite
 from pylth.ddpm.trainer.divergence import Diverged
+from pylth.ddpm.trainer.sparse import sparse_layers
 from pylth.ddpm.trainer.state import TrainState
 from pylth.io import atomic_torch_save, torch_load
 
@@ -45,6 +46,7 @@ def read_checkpoint(path: str | None) -> dict | None:
 def restore(state: TrainState, ckpt: dict, path: str, device: torch.device, end: int) -> None:
     """Continue from ``ckpt``: weights, EMA, optimizer, counters, loss history and this process's RNG."""
     rank, world = D.rank(), D.world_size()
+    _check_sparse_training(ckpt, state, path)
     try:
         state.model.load_state_dict(ckpt["model"])
         state.ema_model.load_state_dict(ckpt["ema"])
@@ -62,6 +64,19 @@ def restore(state: TrainState, ckpt: dict, path: str, device: torch.device, end:
     if state.iteration > end:
         raise ValueError(f"checkpoint {path} is at iteration {state.iteration}, past the end {end}")
     state.checkpointed = state.iteration
+
+
+def _check_sparse_training(ckpt: dict, state: TrainState, path: str) -> None:
+    """A checkpoint holds the state of what was trained: resuming needs the same layers trained sparse
+    (which is what decides the computation and the state's format; checkpoints from before sparse
+    training trained dense)."""
+    config = ckpt.get("config") if isinstance(ckpt, dict) else None
+    written = config.get("sparse_training", "off") if isinstance(config, dict) else "off"
+    written_layers, layers = list(ckpt.get("sparse_layers", [])), sparse_layers(state.model)
+    if written_layers != layers:
+        raise ValueError(f"checkpoint {path} was written with --sparse-training {written} ({len(written_layers)} "
+                         f"layer(s) sparse), this run has {state.sparse_training} ({len(layers)}). Nothing was "
+                         f"changed: rerun with --sparse-training {written}, or delete it to train from the start")
 
 
 def write_checkpoint(state: TrainState, path: str, config, device: torch.device) -> None:
@@ -84,5 +99,5 @@ def write_checkpoint(state: TrainState, path: str, config, device: torch.device)
         atomic_torch_save(dict(model=state.model.state_dict(), ema=state.ema_model.state_dict(),
                                optimizer=state.optimizer.state_dict(), iteration=state.iteration,
                                ema_updates=state.ema_updates, losses=[float(x) for x in state.losses], rng=rng,
-                               config=dataclasses.asdict(config)), path)
+                               config=dataclasses.asdict(config), sparse_layers=sparse_layers(state.model)), path)
     state.checkpointed = state.iteration

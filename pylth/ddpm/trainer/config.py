@@ -8,6 +8,8 @@ import torch
 
 from pylth.ddpm.config import help_field
 
+SPARSE_TRAINING = ("auto", "on", "off")  # see pylth.ddpm.trainer.sparse
+
 
 @dataclass
 class TrainConfig:
@@ -24,6 +26,11 @@ class TrainConfig:
     device: str = field(default="cpu", **help_field("torch device, e.g. cpu, cuda, cuda:1, or auto; under torchrun "
                                                  "cuda means each process's own GPU, cuda:$LOCAL_RANK"))
     checkpoint_every: int = field(default=1000, **help_field("write a resumable checkpoint every this many iterations"))
+    sparse_training: str = field(default="auto", **help_field(
+        "train the masked layers on the sparse kernels with state sized by the kept weights: auto (each layer "
+        "whose density is below the measured crossover; dense when none is, as in round 0), on (every masked "
+        "layer the kernels take, whatever its density), off (dense masked, MaskedAdam)",
+        choices=SPARSE_TRAINING))
 
     def __post_init__(self):
         for name in ("iterations", "batch_size", "checkpoint_every"):
@@ -44,6 +51,9 @@ class TrainConfig:
             raise ValueError(f"grad_clip must be >= 0, got {self.grad_clip!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
+        if self.sparse_training not in SPARSE_TRAINING:
+            raise ValueError(f"sparse_training must be one of {', '.join(SPARSE_TRAINING)}, got "
+                             f"{self.sparse_training!r}")
         if not isinstance(self.device, str):
             raise TypeError(f"device must be a str such as cpu, cuda or auto, got {self.device!r}")
         try:

@@ -18,6 +18,7 @@ from pylth.ddpm.trainer.checkpoint import read_checkpoint, restore, write_checkp
 from pylth.ddpm.trainer.config import TrainConfig, learning_rate, resolve_device
 from pylth.ddpm.trainer.divergence import Diverged, read_window
 from pylth.ddpm.trainer.loader import make_loader
+from pylth.ddpm.trainer.sparse import dense_copy, to_dense
 from pylth.ddpm.trainer.state import TrainState, setup_state
 from pylth.ddpm.trainer.step import iteration_noise, train_step, update_ema
 from pylth.preemption import Preempted, deferred_stop, stop_requested
@@ -65,8 +66,13 @@ def train(model: nn.Module, diffusion, dataset, config: TrainConfig, *, masks: d
     end_iteration) with a fresh MaskedAdam, a linear LR warm-up, gradient clipping and a masked EMA.
     ``ema_state`` initialises the EMA (default: the model as it is at the start). ``checkpoint_path``:
     resume from it when it exists, write it every ``config.checkpoint_every`` iterations and at the
-    end. ``on_iteration(steps_taken, model)`` runs after every step; ``predict`` is how the model kind
-    is asked for its noise prediction."""
+    end. ``on_iteration(steps_taken, model)`` runs after every step, with the module being trained
+    (under sparse training a sparsified copy: pylth.sparse.dense_state_dict reads it in model.pt's
+    format); ``predict`` is how the model kind is asked for its noise prediction.
+
+    ``config.sparse_training`` picks what trains (see ``sparse``); whatever it picks, the returned model
+    is ``model`` itself holding the trained weights, and the EMA model a dense copy: both in the dense
+    masked format. The checkpoint holds what was trained (the compact state under sparse training)."""
     end = _check_range(start_iteration, end_iteration, config)
     device = resolve_device(config.device)
     rank, world = D.rank(), D.world_size()
@@ -79,7 +85,7 @@ def train(model: nn.Module, diffusion, dataset, config: TrainConfig, *, masks: d
         restore(state, ckpt, checkpoint_path, device, end)
     with deferred_stop():  # a signal during training is answered below, once the checkpoint is written
         try:
-            stop = _run_steps(state, _wrap_for_processes(model, device), diffusion, dataset, config, device, end,
+            stop = _run_steps(state, _wrap_for_processes(state.model, device), diffusion, dataset, config, device, end,
                               checkpoint_path, on_iteration, progress_desc, predict)
             check_masked_zero(state.model, state.masks)
             check_masked_zero(state.ema_model, state.masks)
@@ -99,7 +105,9 @@ def train(model: nn.Module, diffusion, dataset, config: TrainConfig, *, masks: d
             raise Preempted(f"stopped by {stop_requested() or 'a stop signal to another process'} after "
                             f"iteration {state.iteration} of {end}{saved}")
     loss = sum(state.losses) / len(state.losses) if state.losses else float("nan")
-    return TrainResult(model=state.model, ema_model=state.ema_model, loss=loss, iterations=state.iteration)
+    ema_model = state.ema_model if state.model is state.dense_model else dense_copy(state.ema_model, model)
+    return TrainResult(model=to_dense(state.model, state.dense_model), ema_model=ema_model, loss=loss,
+                       iterations=state.iteration)
 
 
 def _last_good(state: TrainState, checkpoint_path) -> str:
@@ -120,6 +128,9 @@ def _run_steps(state: TrainState, net, diffusion, dataset, config: TrainConfig, 
     ema_params = list(state.ema_model.parameters())
     pruned = state.pruned
     stop = False
+    report = getattr(state.model, "sparsify_report", None)
+    if report is not None:  # what --sparse-training chose, on the progress bar
+        progress_desc = f"{progress_desc} ({len(report.sparse)} of {len(report)} layers sparse)"
     bar = tqdm(total=end, initial=state.iteration, desc=progress_desc, disable=rank != 0, dynamic_ncols=True)
     try:
         for x0, _ in loader:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from pylth.ddpm.trainer.sparse import sparse_ema, training_module
 from pylth.optim import MaskedAdam
 from pylth.pruning.model_masks import apply_masks, checked_masks
 
@@ -16,10 +17,12 @@ LOSS_WINDOW = 100  # the reported training loss is the mean of the last this man
 
 @dataclass
 class TrainState:
-    model: nn.Module
-    ema_model: nn.Module
+    model: nn.Module  # what is trained: the dense masked model, or its sparsified copy (sparse training)
+    ema_model: nn.Module  # its EMA, in the same format
     optimizer: MaskedAdam
-    masks: dict  # name -> bool tensor on the model's device (True = kept)
+    masks: dict  # name -> bool tensor on the model's device (True = kept), of the parameters ``model`` has
+    dense_model: nn.Module  # the model train() was given, which gets the trained weights at the end
+    sparse_training: str  # the setting (TrainConfig.sparse_training) that chose ``model``
     iteration: int  # steps taken so far
     ema_updates: int = 0
     losses: collections.deque = field(default_factory=lambda: collections.deque(maxlen=LOSS_WINDOW))
@@ -37,7 +40,10 @@ class TrainState:
 def setup_state(model: nn.Module, config, device: torch.device, masks: dict | None, ema_state: dict | None,
                 start_iteration: int) -> TrainState:
     """The state at ``start_iteration``: the model on ``device`` with its masks applied, an EMA copy
-    (``ema_state`` when given, masked too) and a fresh MaskedAdam holding the masks."""
+    (``ema_state`` when given, masked too) and a fresh MaskedAdam holding the masks. Under sparse
+    training (``config.sparse_training``, see ``sparse``) model and EMA are sparsified copies, which
+    gather their kept values from the masked dense weights; MaskedAdam then holds the masks of the
+    layers left dense only."""
     model.to(device).train()
     masks = checked_masks(model, masks)
     apply_masks(model, masks)
@@ -45,8 +51,11 @@ def setup_state(model: nn.Module, config, device: torch.device, masks: dict | No
     if ema_state is not None:
         ema_model.load_state_dict(ema_state)
         apply_masks(ema_model, masks)
-    optimizer = MaskedAdam(model.parameters(), lr=config.lr)
-    named = dict(model.named_parameters())
-    for name, mask in masks.items():
+    trained, trained_masks = training_module(model, masks, config.sparse_training)
+    ema_model = sparse_ema(ema_model, trained, masks, config.sparse_training)
+    optimizer = MaskedAdam(trained.parameters(), lr=config.lr)
+    named = dict(trained.named_parameters())
+    for name, mask in trained_masks.items():
         optimizer.set_mask(named[name], mask)
-    return TrainState(model=model, ema_model=ema_model, optimizer=optimizer, masks=masks, iteration=start_iteration)
+    return TrainState(model=trained, ema_model=ema_model, optimizer=optimizer, masks=trained_masks, dense_model=model,
+                      sparse_training=config.sparse_training, iteration=start_iteration)
