@@ -108,3 +108,67 @@ def report_ratios(request):
     for kind in ("conv", "linear"):
         lines += unet_summary("sparse-cpu", LAYERS, kind, SPARSITIES, _times)
     print_after_module(request, lines if len(lines) > 1 else [])
+
+
+# CUDA: each conv shape at batch 64 against cuDNN (F.conv2d on the dense weight with zeros), at 95 and
+# 99 %: what decides whether sparsify should make layers sparse on a GPU (today it keeps them dense
+# there). bench/gpu.sh runs these cases (`-k cuda`); without a GPU they skip.
+CUDA_BATCH = 64
+CUDA_SPARSITIES = [0.95, 0.99]
+CUDA_CASES = [(layer, impl, s) for layer in LAYERS if layer[0] == "conv" for s in CUDA_SPARSITIES
+              for impl in ("cudnn", "pylth")]
+_cuda_times = {}
+
+
+@functools.lru_cache(maxsize=1)
+def cuda_implementations(layer, sparsity):
+    gen = torch.Generator().manual_seed(0)
+    x, shape, mask = layer_input_and_mask(layer, CUDA_BATCH, sparsity, gen)
+    weight = (torch.randn(shape, generator=gen) * mask).cuda()
+    x, mask, bias = x.cuda(), mask.cuda(), torch.randn(shape[0], generator=gen).cuda()
+    sparse = compress_weight(weight, mask)
+    _, _, _, _, s, p, _, _ = layer
+
+    def synced(fn):
+        def run():
+            out = fn()
+            torch.cuda.synchronize()
+            return out
+        return run
+    return F.conv2d(x, weight, bias, s, p), {
+        "cudnn": synced(lambda: F.conv2d(x, weight, bias, s, p)),
+        "pylth": synced(lambda: sparse_conv2d(x, sparse, bias, s, p)),
+    }
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("layer,impl,sparsity", CUDA_CASES,
+                         ids=[f"{layer_id(la)}-{impl}-{int(s * 100)}" for la, impl, s in CUDA_CASES])
+def test_sparse_layer_cuda(benchmark, layer, impl, sparsity):
+    with torch.no_grad():
+        want, fns = cuda_implementations(layer, sparsity)
+        torch.testing.assert_close(fns[impl](), want, rtol=1e-4, atol=1e-3)
+        group = f"sparse-cuda-{layer_name(layer)}-{int(sparsity * 100)}"
+        benchmark_into(benchmark, fns[impl], group, _cuda_times, (layer, impl, sparsity))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report_cuda_ratios(request):
+    """After the module: per conv shape, cuDNN / pylth at 95 and 99 % (min times), then count-weighted."""
+    yield
+    lines = [f"sparse-cuda: batch {CUDA_BATCH}, min times, cuDNN time / pylth time"]
+    totals = {s: [0.0, 0.0] for s in CUDA_SPARSITIES}
+    for layer, count in LAYERS.items():
+        cells = []
+        for s in CUDA_SPARSITIES:
+            ours, cudnn = _cuda_times.get((layer, "pylth", s)), _cuda_times.get((layer, "cudnn", s))
+            if ours and cudnn:
+                cells.append(f"{s:.0%}: {cudnn[0] / ours[0]:.2f}x")
+                totals[s][0] += count * cudnn[0]
+                totals[s][1] += count * min(cudnn[0], ours[0])
+        if cells:
+            cudnn = next(_cuda_times[layer, "cudnn", s] for s in CUDA_SPARSITIES if (layer, "cudnn", s) in _cuda_times)
+            lines.append(f"sparse-cuda {layer_name(layer)} (x{count}): cudnn {cudnn[0] * 1e3:.3f} ms; " + "; ".join(cells))
+    lines += [f"sparse-cuda all convs at {s:.0%} (count-weighted, faster of the two per layer): {a / b:.2f}x"
+              for s, (a, b) in totals.items() if b > 0]
+    print_after_module(request, lines if len(lines) > 1 else [])
