@@ -77,19 +77,24 @@ def test_masked_training_keeps_pruned_weights_exactly_zero_after_every_step(digi
             train(model, GaussianDiffusion(), digits, TrainConfig(iterations=1), end_iteration=end)
 
 
-@pytest.mark.parametrize("sparse_training", ["off", "on"])
-def test_resume_from_checkpoint_replays_the_uninterrupted_run(digits, tmp_path, sparse_training):
-    config = TrainConfig(iterations=6, batch_size=16, warmup=3, checkpoint_every=3, seed=5,
-                         sparse_training=sparse_training)
-    torch.manual_seed(2)
+def same_start(seed: int, sparsity: float, mask_seed: int):
+    """(a factory of tiny U-Nets that all start from the same weights, random masks for them)."""
+    torch.manual_seed(seed)
     init = build_model("digits", **TINY).state_dict()
-    masks = random_masks(build_model("digits", **TINY), 0.5, seed=3)
+    masks = random_masks(build_model("digits", **TINY), sparsity, seed=mask_seed)
 
     def fresh():
         model = build_model("digits", **TINY)
         model.load_state_dict(init)
         return model
+    return fresh, masks
 
+
+@pytest.mark.parametrize("sparse_training", ["off", "on"])
+def test_resume_from_checkpoint_replays_the_uninterrupted_run(digits, tmp_path, sparse_training):
+    config = TrainConfig(iterations=6, batch_size=16, warmup=3, checkpoint_every=3, seed=5,
+                         sparse_training=sparse_training)
+    fresh, masks = same_start(seed=2, sparsity=0.5, mask_seed=3)
     straight = train(fresh(), GaussianDiffusion(), digits, config, masks=masks)
     path = str(tmp_path / "ckpt.pt")
     first = train(fresh(), GaussianDiffusion(), digits, config, masks=masks, end_iteration=3, checkpoint_path=path)
@@ -105,6 +110,22 @@ def test_resume_from_checkpoint_replays_the_uninterrupted_run(digits, tmp_path, 
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
     for a, b in zip(straight.ema_model.state_dict().values(), resumed.ema_model.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_an_auto_checkpoint_resumes_in_its_own_sparse_layers_when_auto_would_choose_others(digits, tmp_path,
+                                                                                         monkeypatch):
+    # auto chooses by the crossover constants and the device; a round checkpointed on one machine (or
+    # pylth version) and resumed where auto chooses otherwise must go on in the checkpoint's layers
+    config = TrainConfig(iterations=4, batch_size=16, warmup=0, checkpoint_every=2, seed=1, sparse_training="auto")
+    fresh, masks = same_start(seed=3, sparsity=0.95, mask_seed=4)
+    straight = train(fresh(), GaussianDiffusion(), digits, config, masks=masks)
+    path = str(tmp_path / "ckpt.pt")
+    train(fresh(), GaussianDiffusion(), digits, config, masks=masks, end_iteration=2, checkpoint_path=path)
+    assert torch_load(path)["sparse_layers"], "auto made no layer sparse: the test needs some"
+    monkeypatch.setattr("pylth.sparse.convert.CONV_MAX_DENSITY", 0.0)  # auto would now keep every conv dense
+    resumed = train(fresh(), GaussianDiffusion(), digits, config, masks=masks, checkpoint_path=path)
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
 
 
 def test_ema_starts_from_the_model_and_warms_up(digits):

@@ -88,5 +88,5 @@ def test_a_resumed_sparse_round_is_bit_identical_and_its_checkpoint_compact(resu
 
 
 def test_another_sparse_training_setting_on_a_run_is_refused(runs, fid_cache):  # noqa: F811
-    with pytest.raises(ConfigMismatchError, match="train.sparse_training: 'on' -> 'off'"):
+    with pytest.raises(ConfigMismatchError, match=r"train.sparse_training: 'on' -> 'off'.*add --sparse-training on"):
         find_ticket(spec_for(fid_cache, "off"), runs["on"], log=lambda _m: None)

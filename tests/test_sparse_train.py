@@ -189,3 +189,46 @@ def test_a_trainable_sparse_model_is_in_train_mode_with_gradients_and_the_infere
     assert not infer.training and not any(p.requires_grad for p in infer.parameters())
     with pytest.raises(TypeError, match="trainable must be a bool"):
         sparsify(model, masks, trainable="yes")
+
+
+@pytest.mark.parametrize("trainable", [False, True])
+def test_loading_another_mask_with_the_same_kept_count_recomputes_the_kernels_offsets(trainable):
+    # load_state_dict copies taps and row_ptr in place (same addresses): cached offsets must not survive
+    g = torch.Generator().manual_seed(7)
+    conv = nn.Conv2d(6, 5, 3, padding=1)
+    a_mask = torch.rand(conv.weight.shape, generator=g) < 0.3
+    b_mask = a_mask.flatten()[torch.randperm(a_mask.numel(), generator=g)].reshape(a_mask.shape)  # same count
+    a, b = SparseConv2d(conv, a_mask, trainable=trainable), SparseConv2d(conv, b_mask, trainable=trainable)
+    x = torch.randn(2, 6, 9, 9, generator=g)
+    with torch.no_grad():
+        a(x)  # builds a's offsets for this input size
+        a.load_state_dict(b.state_dict())
+        want = F.conv2d(x, conv.weight * b_mask, conv.bias, padding=1)
+        torch.testing.assert_close(a(x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_trainable_copy_keeps_frozen_layers_frozen_and_explicit_layers_decide_what_is_sparse():
+    model, masks = masked_unet(0.95)
+    model.head.requires_grad_(False)
+    sparse = sparsify(model, masks, trainable=True, max_density=1.0)
+    assert not sparse.head.values.requires_grad and not sparse.head.bias.requires_grad
+    assert sparse.down[0].b1[2].values.requires_grad
+    chosen = sparsify(model, masks, trainable=True, layers=["head", "down.0.b1.2"])
+    assert sorted(chosen.sparsify_report.sparse) == ["down.0.b1.2", "head"]
+    assert isinstance(chosen.tail[2], nn.Conv2d) and not isinstance(chosen.tail[2], SparseConv2d)
+    with pytest.raises(ValueError, match="without a masked weight"):
+        sparsify(model, masks, trainable=True, layers=["nope"])
+    with pytest.raises(TypeError, match="layers"):
+        sparsify(model, masks, layers="head")
+
+
+def test_a_conv_subclass_with_its_own_forward_stays_dense():
+    class Standardized(nn.Conv2d):
+        def forward(self, x):
+            w = (self.weight - self.weight.mean()) / (self.weight.std() + 1e-5)
+            return F.conv2d(x, w, self.bias, self.stride, self.padding)
+
+    model = nn.Sequential(Standardized(4, 4, 3, padding=1))
+    masks = {"0.weight": torch.rand(4, 4, 3, 3) < 0.05}
+    sparse = sparsify(model, masks)
+    assert not sparse.sparsify_report[0].sparse and "overrides Conv2d.forward" in sparse.sparsify_report[0].reason

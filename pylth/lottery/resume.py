@@ -81,8 +81,13 @@ def _problem(run: RunDirectory, old: dict | None, config: dict) -> str | None:
         return _foreign(run)
     diffs = config_differences(old, config)
     if diffs:
+        hint = ""
+        written = old.get("train", {}).get("sparse_training") if isinstance(old.get("train"), dict) else None
+        if written != config.get("train", {}).get("sparse_training"):
+            # the default became auto; runs from before the flag (and off runs) resume with it named
+            hint = f" (to resume it as it was trained, add --sparse-training {written})"
         return (f"--out {run.path} holds a run with a different configuration ("
-                + "; ".join(diffs[:6]) + ("; ..." if len(diffs) > 6 else "") + ")")
+                + "; ".join(diffs[:6]) + ("; ..." if len(diffs) > 6 else "") + ")" + hint)
     return None
 
 

@@ -67,6 +67,9 @@ class SparsifyReport(list):
 
 def _choose(module: nn.Module, density: float, max_density: float | None, cuda: bool) -> str:
     """Why ``module`` should stay dense ("" to make it sparse)."""
+    base = nn.Conv2d if isinstance(module, nn.Conv2d) else nn.Linear
+    if type(module).forward is not base.forward:  # a subclass computing something else: keep it
+        return f"{type(module).__name__} overrides {base.__name__}.forward"
     if isinstance(module, nn.Conv2d):
         unsupported = unsupported_conv(module)
         if unsupported:
@@ -86,7 +89,7 @@ def _choose(module: nn.Module, density: float, max_density: float | None, cuda: 
 
 
 def sparsify(model: nn.Module, masks: dict, *, max_density: float | None = None, device=None,
-             trainable: bool = False) -> nn.Module:
+             trainable: bool = False, layers=None) -> nn.Module:
     """A copy of ``model`` for sampling: every Conv2d/Linear whose weight has a mask in ``masks``
     (name -> bool tensor, True = kept) becomes a SparseConv2d/SparseLinear holding only its kept
     weights, or, where the dense op is faster (see the module docstring; ``max_density`` overrides
@@ -98,6 +101,8 @@ def sparsify(model: nn.Module, masks: dict, *, max_density: float | None = None,
 
     ``trainable=True``: a copy for training instead, in the model's mode and with its parameters'
     ``requires_grad``; each sparse layer's ``values`` (its kept weights) and ``bias`` are Parameters.
+    ``layers``: the names of exactly the layers to make sparse, instead of the crossover rule (a
+    resumed training run takes the layers its checkpoint was trained with, wherever it resumes).
     GroupNorm and SiLU stay torch's (the fused pass has no backward)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -106,13 +111,20 @@ def sparsify(model: nn.Module, masks: dict, *, max_density: float | None = None,
         raise ValueError(f"max_density must be a number in [0, 1], got {max_density!r}")
     if not isinstance(trainable, bool):
         raise TypeError(f"trainable must be a bool, got {trainable!r}")
+    if layers is not None:
+        if isinstance(layers, str) or not all(isinstance(n, str) for n in layers):
+            raise TypeError(f"layers must be a list of module names, got {layers!r}")
+        layers = set(layers)
+        masked = {n.rpartition(".")[0] for n in masks}
+        if not layers <= masked:
+            raise ValueError(f"layers names modules without a masked weight: {', '.join(sorted(layers - masked))}")
     masks = {n: m.cpu() for n, m in checked_masks(model, masks).items()}
     target = torch.device(device) if device is not None else next(model.parameters(), torch.zeros(())).device
     model = copy.deepcopy(model).cpu()
     if not trainable:
         model.eval().requires_grad_(False)
     with torch.no_grad():
-        report = _convert(model, masks, max_density, target, trainable)
+        report = _convert(model, masks, max_density, target, trainable, layers)
     if not trainable and target.type == "cpu" and report.sparse:
         # Where the convs run sparse, GroupNorm + SiLU is a large share of the forward: one pass for both.
         report.fused_norms = fuse_group_norm_silu(model)
@@ -120,14 +132,22 @@ def sparsify(model: nn.Module, masks: dict, *, max_density: float | None = None,
     return model.to(target)
 
 
-def _convert(model: nn.Module, masks: dict, max_density, target: torch.device, trainable: bool) -> SparsifyReport:
+def _convert(model: nn.Module, masks: dict, max_density, target: torch.device, trainable: bool,
+             layers: set | None) -> SparsifyReport:
     report = SparsifyReport()
     for name, module in list(model.named_modules()):
         mask = masks.get(f"{name}.weight" if name else "weight")
         if mask is None or not isinstance(module, (nn.Conv2d, nn.Linear)):
             continue
         density = float(mask.float().mean())
-        reason = _choose(module, density, max_density, target.type == "cuda")
+        if layers is None:
+            reason = _choose(module, density, max_density, target.type == "cuda")
+        elif name in layers:
+            reason = _choose(module, density, 1.0, False)  # only what the kernels cannot take
+            if reason:
+                raise ValueError(f"layers asks for {name!r} to be sparse, but {reason}")
+        else:
+            reason = "not among the layers asked for"
         kind = "conv" if isinstance(module, nn.Conv2d) else "linear"
         if reason:
             module.weight.masked_fill_(~mask, 0)

@@ -29,10 +29,11 @@ class _SparseWeighted(nn.Module):
         compressed = compress_weight(weight.detach().float(), None if mask is None else mask.to(weight.device))
         self.weight_shape = compressed.shape
         self.trainable = bool(trainable)
+        bias_requires_grad = bias is not None and bias.requires_grad
         bias = None if bias is None else bias.detach().float().clone()
         if self.trainable:  # parameters first: state_dict() lists values, bias, taps, row_ptr
-            self.values = nn.Parameter(compressed.values)
-            self.bias = None if bias is None else nn.Parameter(bias)
+            self.values = nn.Parameter(compressed.values, requires_grad=weight.requires_grad)
+            self.bias = None if bias is None else nn.Parameter(bias, requires_grad=bias_requires_grad)
         else:
             self.register_buffer("values", compressed.values)
         self.register_buffer("taps", compressed.taps)
@@ -46,6 +47,12 @@ class _SparseWeighted(nn.Module):
         # A trainable module's structure is read without its values, which the optimizer updates in place.
         tensors = (self.taps, self.row_ptr) if self.trainable else (self.values, self.taps, self.row_ptr)
         return tuple(t.data_ptr() for t in tensors) + (self.taps.device,)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        # load_state_dict copies into taps and row_ptr in place (same addresses): another mask with the
+        # same kept count would otherwise keep this one's cached offsets.
+        super()._load_from_state_dict(*args, **kwargs)
+        self._weight = None
 
     def sparse_weight(self) -> SparseWeight:
         """The compressed weight (a trainable module's: the structure only, without values)."""

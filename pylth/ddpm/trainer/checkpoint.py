@@ -66,12 +66,25 @@ def restore(state: TrainState, ckpt: dict, path: str, device: torch.device, end:
     state.checkpointed = state.iteration
 
 
+def _written_setting(ckpt) -> str:
+    config = ckpt.get("config") if isinstance(ckpt, dict) else None
+    return config.get("sparse_training", "off") if isinstance(config, dict) else "off"
+
+
+def checkpoint_sparse_layers(ckpt, setting: str) -> list[str] | None:
+    """The layers ``ckpt`` was trained sparse in, when it was written with ``setting`` (None: no
+    checkpoint, or another setting, which _check_sparse_training refuses)."""
+    if ckpt is None or _written_setting(ckpt) != setting or not isinstance(ckpt, dict):
+        return None
+    layers = ckpt.get("sparse_layers", [])
+    return list(layers) if isinstance(layers, (list, tuple)) else None
+
+
 def _check_sparse_training(ckpt: dict, state: TrainState, path: str) -> None:
     """A checkpoint holds the state of what was trained: resuming needs the same layers trained sparse
     (which is what decides the computation and the state's format; checkpoints from before sparse
     training trained dense)."""
-    config = ckpt.get("config") if isinstance(ckpt, dict) else None
-    written = config.get("sparse_training", "off") if isinstance(config, dict) else "off"
+    written = _written_setting(ckpt)
     written_layers, layers = list(ckpt.get("sparse_layers", [])), sparse_layers(state.model)
     if written_layers != layers:
         raise ValueError(f"checkpoint {path} was written with --sparse-training {written} ({len(written_layers)} "

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from pylth import distributed as D
 from pylth.ddpm.finite import first_nonfinite
 from pylth.ddpm.models.registry import call_model
-from pylth.ddpm.trainer.checkpoint import read_checkpoint, restore, write_checkpoint
+from pylth.ddpm.trainer.checkpoint import checkpoint_sparse_layers, read_checkpoint, restore, write_checkpoint
 from pylth.ddpm.trainer.config import TrainConfig, learning_rate, resolve_device
 from pylth.ddpm.trainer.divergence import Diverged, read_window
 from pylth.ddpm.trainer.loader import make_loader
@@ -55,7 +55,10 @@ def _wrap_for_processes(model: nn.Module, device: torch.device) -> nn.Module:
     # 1x1 convolutions get channels-last weight gradients whose strides differ from the bucket's
     # only along size-1 dimensions: the same memory order, so DDP's warning about it is noise.
     warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-    return nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    # Buffers are not broadcast each forward: the models have none that training changes, and a sparse
+    # model's (its fixed taps and row_ptr) would otherwise cost a broadcast of its structure per step.
+    return nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
+                                               broadcast_buffers=False)
 
 
 def train(model: nn.Module, diffusion, dataset, config: TrainConfig, *, masks: dict | None = None,
@@ -78,9 +81,12 @@ def train(model: nn.Module, diffusion, dataset, config: TrainConfig, *, masks: d
     rank, world = D.rank(), D.world_size()
     if config.batch_size % world:
         raise ValueError(f"batch_size {config.batch_size} is not divisible by the {world} processes")
-    state = setup_state(model, config, device, masks, ema_state, start_iteration)
-    torch.manual_seed(config.seed * 100003 + start_iteration + rank)  # dropout: per process
     ckpt = read_checkpoint(checkpoint_path)
+    # A checkpoint of the same setting fixes the layers trained sparse: under auto they could differ
+    # on another device or pylth version, and the checkpoint's state is in its layers' format.
+    state = setup_state(model, config, device, masks, ema_state, start_iteration,
+                        sparse_layers=checkpoint_sparse_layers(ckpt, config.sparse_training))
+    torch.manual_seed(config.seed * 100003 + start_iteration + rank)  # dropout: per process
     if ckpt is not None:
         restore(state, ckpt, checkpoint_path, device, end)
     with deferred_stop():  # a signal during training is answered below, once the checkpoint is written

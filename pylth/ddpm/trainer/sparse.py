@@ -33,22 +33,25 @@ def _check_setting(setting) -> str:
     return setting
 
 
-def _sparsified(model: nn.Module, masks: dict, setting: str) -> nn.Module | None:
-    """``model`` sparsified for training under ``setting``, or None for dense training."""
-    if _check_setting(setting) == "off" or (setting == "auto" and not masks):
+def _sparsified(model: nn.Module, masks: dict, setting: str, layers=None) -> nn.Module | None:
+    """``model`` sparsified for training under ``setting`` (in exactly ``layers`` when given), or None
+    for dense training."""
+    if _check_setting(setting) == "off" or (setting == "auto" and not masks) or layers == []:
         return None
     if not masks:  # "on" without masks: every prunable layer, fully kept
         masks = {name: torch.ones(p.shape, dtype=torch.bool, device=p.device) for name, p in prunable_parameters(model)}
-    sparse = sparsify(model, masks, max_density=1.0 if setting == "on" else None, trainable=True)
+    sparse = sparsify(model, masks, max_density=1.0 if setting == "on" else None, trainable=True, layers=layers)
     return sparse if sparse.sparsify_report.sparse else None
 
 
-def training_module(model: nn.Module, masks: dict, setting: str) -> tuple[nn.Module, dict]:
+def training_module(model: nn.Module, masks: dict, setting: str, layers=None) -> tuple[nn.Module, dict]:
     """(the module to train, the masks its optimizer must keep) for ``model`` masked by ``masks`` (name ->
     bool, already applied). Dense training returns ``model`` itself and ``masks``; sparse training a
     sparsified copy (its ``sparsify_report`` says which layers are sparse) and the masks of the layers
-    left dense. ``auto`` without a layer sparse enough is dense training."""
-    sparse = _sparsified(model, masks, setting)
+    left dense. ``auto`` without a layer sparse enough is dense training. ``layers``: the layers to
+    train sparse instead of choosing them (a resumed run: its checkpoint's, so that ``auto`` choosing
+    otherwise on another device or pylth version cannot refuse or change it)."""
+    sparse = _sparsified(model, masks, setting, layers)
     return (model, masks) if sparse is None else (sparse, dense_layer_masks(sparse, masks))
 
 
@@ -57,7 +60,7 @@ def sparse_ema(ema_model: nn.Module, trained: nn.Module, masks: dict, setting: s
     sparsified in the same layers, in eval mode without gradients."""
     if not sparse_layers(trained):
         return ema_model
-    ema = _sparsified(ema_model, masks, setting).eval().requires_grad_(False)
+    ema = _sparsified(ema_model, masks, setting, sparse_layers(trained)).eval().requires_grad_(False)
     if sparse_layers(ema) != sparse_layers(trained):
         raise RuntimeError("the EMA was made sparse in other layers than the model")
     return ema

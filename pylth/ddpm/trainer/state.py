@@ -38,12 +38,12 @@ class TrainState:
 
 
 def setup_state(model: nn.Module, config, device: torch.device, masks: dict | None, ema_state: dict | None,
-                start_iteration: int) -> TrainState:
+                start_iteration: int, sparse_layers=None) -> TrainState:
     """The state at ``start_iteration``: the model on ``device`` with its masks applied, an EMA copy
     (``ema_state`` when given, masked too) and a fresh MaskedAdam holding the masks. Under sparse
     training (``config.sparse_training``, see ``sparse``) model and EMA are sparsified copies, which
     gather their kept values from the masked dense weights; MaskedAdam then holds the masks of the
-    layers left dense only."""
+    layers left dense only; ``sparse_layers`` fixes which layers train sparse (a resumed checkpoint's)."""
     model.to(device).train()
     masks = checked_masks(model, masks)
     apply_masks(model, masks)
@@ -51,7 +51,7 @@ def setup_state(model: nn.Module, config, device: torch.device, masks: dict | No
     if ema_state is not None:
         ema_model.load_state_dict(ema_state)
         apply_masks(ema_model, masks)
-    trained, trained_masks = training_module(model, masks, config.sparse_training)
+    trained, trained_masks = training_module(model, masks, config.sparse_training, sparse_layers)
     ema_model = sparse_ema(ema_model, trained, masks, config.sparse_training)
     optimizer = MaskedAdam(trained.parameters(), lr=config.lr)
     named = dict(trained.named_parameters())
