@@ -116,7 +116,7 @@ def report_ratios(request):
 CUDA_BATCH = 64
 CUDA_SPARSITIES = [0.95, 0.99]
 CUDA_CASES = [(layer, impl, s) for layer in LAYERS if layer[0] == "conv" for s in CUDA_SPARSITIES
-              for impl in ("cudnn", "pylth")]
+              for impl in ("dense", "pylth")]  # dense: F.conv2d, i.e. cuDNN
 _cuda_times = {}
 
 
@@ -136,7 +136,7 @@ def cuda_implementations(layer, sparsity):
             return out
         return run
     return F.conv2d(x, weight, bias, s, p), {
-        "cudnn": synced(lambda: F.conv2d(x, weight, bias, s, p)),
+        "dense": synced(lambda: F.conv2d(x, weight, bias, s, p)),
         "pylth": synced(lambda: sparse_conv2d(x, sparse, bias, s, p)),
     }
 
@@ -157,18 +157,12 @@ def report_cuda_ratios(request):
     """After the module: per conv shape, cuDNN / pylth at 95 and 99 % (min times), then count-weighted."""
     yield
     lines = [f"sparse-cuda: batch {CUDA_BATCH}, min times, cuDNN time / pylth time"]
-    totals = {s: [0.0, 0.0] for s in CUDA_SPARSITIES}
     for layer, count in LAYERS.items():
-        cells = []
-        for s in CUDA_SPARSITIES:
-            ours, cudnn = _cuda_times.get((layer, "pylth", s)), _cuda_times.get((layer, "cudnn", s))
-            if ours and cudnn:
-                cells.append(f"{s:.0%}: {cudnn[0] / ours[0]:.2f}x")
-                totals[s][0] += count * cudnn[0]
-                totals[s][1] += count * min(cudnn[0], ours[0])
-        if cells:
-            cudnn = next(_cuda_times[layer, "cudnn", s] for s in CUDA_SPARSITIES if (layer, "cudnn", s) in _cuda_times)
-            lines.append(f"sparse-cuda {layer_name(layer)} (x{count}): cudnn {cudnn[0] * 1e3:.3f} ms; " + "; ".join(cells))
-    lines += [f"sparse-cuda all convs at {s:.0%} (count-weighted, faster of the two per layer): {a / b:.2f}x"
-              for s, (a, b) in totals.items() if b > 0]
+        measured = [s for s in CUDA_SPARSITIES if (layer, "pylth", s) in _cuda_times and (layer, "dense", s) in _cuda_times]
+        if measured:
+            cells = [f"{s:.0%}: {_cuda_times[layer, 'dense', s][0] / _cuda_times[layer, 'pylth', s][0]:.2f}x"
+                     for s in measured]
+            lines.append(f"sparse-cuda {layer_name(layer)} (x{count}): cudnn "
+                         f"{_cuda_times[layer, 'dense', measured[0]][0] * 1e3:.3f} ms; " + "; ".join(cells))
+    lines += unet_summary("sparse-cuda", LAYERS, "conv", CUDA_SPARSITIES, _cuda_times)
     print_after_module(request, lines if len(lines) > 1 else [])

@@ -41,6 +41,10 @@ def config_differences(old: dict, new: dict) -> list[str]:
             for k in keys if old_flat.get(k, "<unset>") != new_flat.get(k, "<unset>")]
 
 
+# Settings that with_implicit_settings fills in for older runs, and the flag that sets each.
+IMPLICIT_FLAGS = {"train.sparse_training": "--sparse-training", "evaluation.fid_features": "--fid-features"}
+
+
 def with_implicit_settings(old: dict, records: list[dict]) -> dict:
     """A config.json from before a setting existed, with the value its run used: runs made before
     --fid-features chose their FID features implicitly, and their rounds say which; runs made before
@@ -81,14 +85,18 @@ def _problem(run: RunDirectory, old: dict | None, config: dict) -> str | None:
         return _foreign(run)
     diffs = config_differences(old, config)
     if diffs:
-        hint = ""
-        written = old.get("train", {}).get("sparse_training") if isinstance(old.get("train"), dict) else None
-        if written != config.get("train", {}).get("sparse_training"):
-            # the default became auto; runs from before the flag (and off runs) resume with it named
-            hint = f" (to resume it as it was trained, add --sparse-training {written})"
         return (f"--out {run.path} holds a run with a different configuration ("
-                + "; ".join(diffs[:6]) + ("; ..." if len(diffs) > 6 else "") + ")" + hint)
+                + "; ".join(diffs[:6]) + ("; ..." if len(diffs) > 6 else "") + ")" + _resume_hint(old, config))
     return None
+
+
+def _resume_hint(old: dict, config: dict) -> str:
+    """The flags that resume ``old`` as it ran, for the settings whose default an older run does not
+    record (IMPLICIT_FLAGS): a rerun of the same command differs in them only by the new default."""
+    old_flat, new_flat = _flatten(old), _flatten(json.loads(json.dumps(config)))
+    flags = [f"{flag} {old_flat[key]}" for key, flag in IMPLICIT_FLAGS.items()
+             if key in old_flat and old_flat[key] != new_flat.get(key)]
+    return f" (to resume it as it ran, add {' '.join(flags)})" if flags else ""
 
 
 def open_run(run: RunDirectory, config: dict, force: bool = False, log=print) -> list[dict]:
