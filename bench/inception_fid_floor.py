@@ -2,7 +2,7 @@
 split, and the time pylth takes to extract the features (README, "FID").
 
     python bench/inception_fid_floor.py --work DIR [--dataset fashion-mnist] [--shard K/N] [--threads T]
-    python bench/inception_fid_floor.py --work DIR --report
+    python bench/inception_fid_floor.py --work DIR --report [--sizes 10000,30000]
 
 The images go through pylth's own InceptionFeatures (the weights of pylth[inception], or
 --inception-path), in chunks of --chunk images, each saved as DIR/<split>-<index>.npy: an interrupted
@@ -62,10 +62,10 @@ def extract_chunks(args, plan, images) -> None:
         tmp = path + f".{os.getpid()}.tmp.npy"
         np.save(tmp, feats.astype(np.float32))
         os.replace(tmp, path)
-        line = dict(split=split, chunk=index, images=len(idx), seconds=round(seconds, 2),
-                    cpu_seconds=round(cpu_seconds, 2), shard=args.shard,
-                    threads=torch.get_num_threads(), load=round(os.getloadavg()[0], 2), weights=extract.weights,
-                    time=time.strftime("%Y-%m-%d %H:%M:%S"))
+        line = {"split": split, "chunk": index, "images": len(idx), "seconds": round(seconds, 2),
+                "cpu_seconds": round(cpu_seconds, 2), "shard": args.shard, "threads": torch.get_num_threads(),
+                "load": round(os.getloadavg()[0], 2), "weights": extract.weights,
+                "time": time.strftime("%Y-%m-%d %H:%M:%S")}
         with open(os.path.join(args.work, "log.jsonl"), "a") as f:
             f.write(json.dumps(line) + "\n")
         print(json.dumps(line), flush=True)
@@ -87,6 +87,8 @@ def report(args, plan) -> dict:
         train = np.concatenate([np.load(p) for p in done["train"]])
         out.update(test_images=len(test), train_images=len(train),
                    complete=len(done["test"]) + len(done["train"]) == len(plan), fid=fid_from_features(test, train))
+        # the train chunks are in the split's random order, so each prefix is a uniform sample of it
+        out["fid_by_train_images"] = {n: fid_from_features(test, train[:n]) for n in args.sizes if n < len(train)}
     return out
 
 
@@ -102,7 +104,13 @@ def main() -> None:
     parser.add_argument("--only", choices=("test", "train"), default=None, help="extract only this split")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--report", action="store_true", help="only print the FID of the chunks done so far")
+    parser.add_argument("--sizes", default="", help="with --report: also the FID against the first N train "
+                        "images (a uniform sample), for each N of this comma-separated list")
     args = parser.parse_args()
+    try:
+        args.sizes = [int(n) for n in args.sizes.split(",") if n.strip()]
+    except ValueError:
+        parser.error(f"--sizes {args.sizes!r}: expected comma-separated image counts, e.g. 10000,30000")
     if args.threads:
         torch.set_num_threads(args.threads)
     os.makedirs(args.work, exist_ok=True)
