@@ -92,6 +92,17 @@ def report(args, plan) -> dict:
     return out
 
 
+def train_sizes(text: str) -> list[int]:
+    """--sizes: comma-separated counts of at least 2 images (a covariance needs two)."""
+    try:
+        sizes = [int(n) for n in text.split(",") if n.strip()]
+    except ValueError:
+        sizes = None
+    if sizes is None or any(n < 2 for n in sizes):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated image counts >= 2, e.g. 10000,30000")
+    return sizes
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", required=True, help="folder for the feature chunks and the log")
@@ -104,13 +115,9 @@ def main() -> None:
     parser.add_argument("--only", choices=("test", "train"), default=None, help="extract only this split")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--report", action="store_true", help="only print the FID of the chunks done so far")
-    parser.add_argument("--sizes", default="", help="with --report: also the FID against the first N train "
+    parser.add_argument("--sizes", type=train_sizes, default=[], help="with --report: also the FID against the first N train "
                         "images (a uniform sample), for each N of this comma-separated list")
     args = parser.parse_args()
-    try:
-        args.sizes = [int(n) for n in args.sizes.split(",") if n.strip()]
-    except ValueError:
-        parser.error(f"--sizes {args.sizes!r}: expected comma-separated image counts, e.g. 10000,30000")
     if args.threads:
         torch.set_num_threads(args.threads)
     os.makedirs(args.work, exist_ok=True)

@@ -66,18 +66,21 @@ def restore(state: TrainState, ckpt: dict, path: str, device: torch.device, end:
     state.checkpointed = state.iteration
 
 
-def _written_setting(ckpt) -> str:
-    config = ckpt.get("config") if isinstance(ckpt, dict) else None
+def _written_setting(ckpt: dict) -> str:
+    config = ckpt.get("config")
     return config.get("sparse_training", "off") if isinstance(config, dict) else "off"
+
+
+def _written_layers(ckpt: dict) -> list[str]:
+    return list(ckpt.get("sparse_layers", []))  # checkpoints from before sparse training: none
 
 
 def checkpoint_sparse_layers(ckpt, setting: str) -> list[str] | None:
     """The layers ``ckpt`` was trained sparse in, when it was written with ``setting`` (None: no
     checkpoint, or another setting, which _check_sparse_training refuses)."""
-    if ckpt is None or _written_setting(ckpt) != setting or not isinstance(ckpt, dict):
+    if not isinstance(ckpt, dict) or _written_setting(ckpt) != setting:
         return None
-    layers = ckpt.get("sparse_layers", [])
-    return list(layers) if isinstance(layers, (list, tuple)) else None
+    return _written_layers(ckpt)
 
 
 def _check_sparse_training(ckpt: dict, state: TrainState, path: str) -> None:
@@ -85,7 +88,7 @@ def _check_sparse_training(ckpt: dict, state: TrainState, path: str) -> None:
     (which is what decides the computation and the state's format; checkpoints from before sparse
     training trained dense)."""
     written = _written_setting(ckpt)
-    written_layers, layers = list(ckpt.get("sparse_layers", [])), sparse_layers(state.model)
+    written_layers, layers = _written_layers(ckpt), sparse_layers(state.model)
     if written_layers != layers:
         raise ValueError(f"checkpoint {path} was written with --sparse-training {written} ({len(written_layers)} "
                          f"layer(s) sparse), this run has {state.sparse_training} ({len(layers)}). Nothing was "
