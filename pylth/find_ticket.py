@@ -14,7 +14,7 @@ import sys
 from pylth.cli import run_command
 from pylth.ddpm.config import DataConfig, DiffusionConfig, EvalConfig, ModelConfig, add_arguments, from_args
 from pylth.ddpm.data import dataset_info
-from pylth.ddpm.models import DEFAULT_MODEL, model_kind, resolve_model
+from pylth.ddpm.models import DEFAULT_MODEL, model_kind
 from pylth.ddpm.presets import flag_defaults
 from pylth.ddpm.trainer import TrainConfig, resolve_device
 from pylth.lottery import LotteryConfig, RunSpec, find_ticket
@@ -36,9 +36,32 @@ def build_parser(dataset: str = "digits") -> argparse.ArgumentParser:
         add_arguments(parser.add_argument_group(title), cls, defaults=own)
     out = parser.add_argument_group("output")
     out.add_argument("--out", default=None, help="run directory (default: ./runs/<name from the configuration>)")
+    out.add_argument("--dense-from", default=None, metavar="RUN",
+                     help="take round 0 (the dense model, theta_tau, its record) from the finished round 0 of "
+                          "find_ticket run RUN instead of training it; RUN's settings must match except "
+                          "--strategy, --reset, --prune-ratio, --increment, --cap, --target-sparsity and "
+                          "--max-rounds. RUN is only read")
     out.add_argument("--force", action="store_true",
                      help="start over when --out holds a different run (the old folder is renamed aside, not deleted)")
     return parser
+
+
+def _short(key: str, value) -> str:
+    """``ch_mult=(1, 2, 2)`` as ``cm1.2.2``: a key of several words by its initials, a list's items by dots."""
+    words = key.split("_")
+    name = key if len(words) == 1 else "".join(w[0] for w in words if w)
+    items = value if isinstance(value, (list, tuple)) else [value]
+    return name + ".".join(f"{v:g}" if isinstance(v, float) else str(v) for v in items)
+
+
+def model_label(spec: RunSpec) -> str:
+    """The settings in which the run's network differs from its kind's default for the data set, short
+    (``ch32-cm1.2.2-nrb1``), and its image side when resized (``14px``): '' when there are none."""
+    parts = [f"{spec.data.image_size}px"] if spec.data.image_size is not None else []
+    if spec.init_from is None:
+        default = model_kind(spec.model_kind).config_for(spec.data.dataset, spec.image_shape)
+        parts += [_short(k, v) for k, v in spec.model.items() if k in default and default[k] != v]
+    return "-".join(parts)
 
 
 def default_out(spec: RunSpec) -> str:
@@ -46,6 +69,8 @@ def default_out(spec: RunSpec) -> str:
     model = "" if spec.model_kind == DEFAULT_MODEL else f"{spec.model_kind}-"
     if spec.init_from is not None:
         model += f"from-{os.path.basename(spec.init_from['folder'])}-"
+    label = model_label(spec)
+    model += f"{label}-" if label else ""
     return os.path.join("runs", f"{spec.data.dataset}-{model}{lt.strategy}-{lt.reset}-p{lt.prune_ratio:g}"
                                 f"-q{lt.increment:g}-i{t.iterations}-s{t.seed}")
 
@@ -66,8 +91,8 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
     if evaluation.fid_samples < 2:
         raise ValueError(f"--fid-samples must be >= 2 (every round records FID), got {evaluation.fid_samples}")
     lottery.validate()
-    image_shape = tuple(dataset_info(data.dataset, data.data_root)["image_shape"])
-    config, init_from = resolve_model(model_kind(model.model), data.dataset, image_shape, model.init_from)
+    image_shape = tuple(dataset_info(data.dataset, data.data_root, image_size=data.image_size)["image_shape"])
+    config, init_from = model.resolve(data.dataset, image_shape)
     return RunSpec(data=data, model=config, image_shape=image_shape, train=train, diffusion=diffusion,
                    evaluation=evaluation, lottery=lottery, model_kind=model.model, init_from=init_from)
 
@@ -85,7 +110,7 @@ def main(argv=None, *, parts=None) -> int:
         spec = spec_from_args(args)
         _, device = init_distributed(resolve_device(spec.train.device))  # under torchrun: this rank's device
         spec.train = dataclasses.replace(spec.train, device=str(device))
-        find_ticket(spec, args.out or default_out(spec), force=args.force, parts=parts)
+        find_ticket(spec, args.out or default_out(spec), force=args.force, parts=parts, dense_from=args.dense_from)
         shutdown()
 
     return run_command(parser.prog, body, on_interrupt="run the same command again to resume", stops_on_signals=True)

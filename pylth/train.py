@@ -18,7 +18,7 @@ from pylth.ddpm import GaussianDiffusion
 from pylth.ddpm.config import DataConfig, DiffusionConfig, EvalConfig, ModelConfig, add_arguments, from_args
 from pylth.ddpm.data import dataset_info, load_dataset
 from pylth.ddpm.images import grid_png
-from pylth.ddpm.models import model_kind, resolve_model
+from pylth.ddpm.models import model_kind
 from pylth.ddpm.presets import flag_defaults
 from pylth.ddpm.trainer import Diverged, TrainConfig, resolve_device, train
 from pylth.io import atomic_write_bytes, atomic_write_json
@@ -59,10 +59,10 @@ def _run(args: argparse.Namespace, lock: DirectoryLock) -> dict | None:
     with D.fail_together("downloading the data set"):  # one download per machine, the others wait
         if data.download and D.is_local_main():
             load_dataset(data.dataset, data.data_root, download=True, train=True)
-    dataset = load_dataset(data.dataset, data.data_root, train=True)
-    info = dataset_info(data.dataset, data.data_root, dataset=dataset)
+    dataset = load_dataset(data.dataset, data.data_root, train=True, image_size=data.image_size)
+    info = dataset_info(data.dataset, data.data_root, dataset=dataset, image_size=data.image_size)
     kind = model_kind(model_cfg.model)
-    model_config, init_from = resolve_model(kind, data.dataset, info["image_shape"], model_cfg.init_from)
+    model_config, init_from = model_cfg.resolve(data.dataset, info["image_shape"])
     model = kind.initial(model_config, train_cfg.seed, init_from)
     diffusion = GaussianDiffusion(diff_cfg.num_timesteps, diff_cfg.beta_start, diff_cfg.beta_end)
     with D.fail_together("opening --out"):  # one writer: a second train on the same --out is refused

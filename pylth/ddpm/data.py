@@ -30,11 +30,62 @@ def to_model_range(images: torch.Tensor) -> torch.Tensor:
     return images.float() / 127.5 - 1.0
 
 
-class ImageDataset(Dataset):
-    """uint8 images [N, C, H, W] and int labels; optional random horizontal flips."""
+def _area_weights(source: int, size: int) -> torch.Tensor:
+    """[size, source]: output pixel i is the mean of the input it covers, [i, i + 1) * source / size,
+    each input pixel weighed by the length of its overlap (exact area averaging, any factor)."""
+    scale = source / size
+    start = torch.arange(size, dtype=torch.float64)[:, None] * scale
+    pixel = torch.arange(source, dtype=torch.float64)[None, :]
+    overlap = (torch.minimum(start + scale, pixel + 1) - torch.maximum(start, pixel)).clamp_min(0)
+    return overlap / scale
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, num_classes: int, hflip: bool = False):
+
+def _bilinear_weights(source: int, size: int) -> torch.Tensor:
+    """[size, source]: linear interpolation between the two nearest input pixel centres (half-pixel
+    centres, clamped at the edges: PIL's and torch's align_corners=False convention)."""
+    centre = ((torch.arange(size, dtype=torch.float64) + 0.5) * source / size - 0.5).clamp(0, source - 1)
+    low = centre.floor().long()
+    high = (low + 1).clamp_max(source - 1)
+    frac = centre - low
+    weights = torch.zeros(size, source, dtype=torch.float64)
+    weights[torch.arange(size), low] += 1 - frac
+    weights[torch.arange(size), high] += frac
+    return weights
+
+
+def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 images [N, C, H, W] (square) as size x size uint8 images: area averaging when shrinking,
+    bilinear interpolation when enlarging, rounded to the nearest pixel value."""
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ValueError(f"image_size must be a positive int, got {size!r}")
+    source = images.shape[-1]
+    if images.shape[-2] != source:
+        raise ValueError(f"images must be square to resize, got {images.shape[-2]}x{source}")
+    if size == source:
+        return images
+    weights = (_area_weights if size < source else _bilinear_weights)(source, size).float()
+    out = torch.empty(*images.shape[:-2], size, size, dtype=torch.uint8)
+    for start in range(0, images.shape[0], 4096):  # bounded memory for 60,000-image sets
+        block = weights @ images[start:start + 4096].float() @ weights.T
+        out[start:start + 4096] = block.round_().clamp_(0, 255).to(torch.uint8)
+    return out
+
+
+class ImageDataset(Dataset):
+    """uint8 images [N, C, H, W] and int labels; optional random horizontal flips. ``native_size``:
+    the side the files hold, when the images were resized from it (``resize_images``)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, num_classes: int, hflip: bool = False,
+                 native_size: int | None = None):
         self.images, self.labels, self.num_classes, self.hflip = images, labels, num_classes, hflip
+        self.native_size = native_size
+
+    def resized(self, size: int | None) -> "ImageDataset":
+        """This data set with its images at size x size (itself when they already are, or size is None)."""
+        if size is None or size == self.images.shape[-1]:
+            return self
+        return ImageDataset(resize_images(self.images, size), self.labels, self.num_classes, self.hflip,
+                            native_size=self.native_size or self.images.shape[-1])
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -67,6 +118,14 @@ def images_and_labels(dataset) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs], dtype=torch.long)
 
 
+def dataset_key(name: str, dataset) -> str:
+    """What cache files of ``dataset`` are named by: its name, its image side when resized, and a hash of
+    its images (a resized set never reads the cache of its native size, nor of another size)."""
+    native = getattr(dataset, "native_size", None)
+    size = f"-{dataset.images.shape[-1]}px" if native else ""
+    return f"{name}{size}-{dataset_fingerprint(dataset)}"
+
+
 def dataset_fingerprint(dataset) -> str:
     """A short hash of the data set's images (its length when it does not expose them)."""
     images = getattr(dataset, "images", None)
@@ -89,22 +148,39 @@ def _check_name(name: str) -> None:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
 
 
-def dataset_info(name: str, root: str | None = None, dataset: ImageDataset | None = None) -> dict:
+def dataset_info(name: str, root: str | None = None, dataset: ImageDataset | None = None,
+                 image_size: int | None = None) -> dict:
     """image_shape (C, H, W), num_classes and the U-Net preset for ``name`` (a folder: from its files,
-    or from ``dataset`` when the caller has loaded it already, so they are not all read twice)."""
+    or from ``dataset`` when the caller has loaded it already, so they are not all read twice), with
+    the side ``image_size`` when the images are resized to it."""
     _check_name(name)
     preset = DATASET_PRESETS[name]
     if preset.image_shape is not None:  # a named data set has the U-Net preset of its own name
-        return dict(image_shape=preset.image_shape, num_classes=preset.num_classes, preset=name)
-    ds = load_dataset("folder", root) if dataset is None else dataset
-    shape = tuple(ds.images.shape[1:])
-    return dict(image_shape=shape, num_classes=ds.num_classes, preset=FOLDER_UNET_PRESET,
-                model_overrides=dict(in_channels=shape[0], image_size=shape[1]))
+        info = dict(image_shape=preset.image_shape, num_classes=preset.num_classes, preset=name)
+    else:
+        ds = load_dataset("folder", root) if dataset is None else dataset
+        shape = tuple(ds.images.shape[1:])
+        info = dict(image_shape=shape, num_classes=ds.num_classes, preset=FOLDER_UNET_PRESET,
+                    model_overrides=dict(in_channels=shape[0], image_size=shape[1]))
+    if image_size is not None:
+        channels = info["image_shape"][0]
+        info["image_shape"] = (channels, image_size, image_size)
+        if "model_overrides" in info:
+            info["model_overrides"] = dict(in_channels=channels, image_size=image_size)
+    return info
 
 
-def load_dataset(name: str, root: str | None = None, download: bool = False, train: bool = True) -> ImageDataset:
-    """The ``train`` (or test) split of data set ``name`` read from ``root``."""
+def load_dataset(name: str, root: str | None = None, download: bool = False, train: bool = True,
+                 image_size: int | None = None) -> ImageDataset:
+    """The ``train`` (or test) split of data set ``name`` read from ``root``, its images resized to
+    ``image_size`` x ``image_size`` when given (``resize_images``)."""
     _check_name(name)
+    if image_size is not None and (not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 1):
+        raise ValueError(f"image_size must be a positive int, got {image_size!r}")
+    return _load_native(name, root, download, train).resized(image_size)
+
+
+def _load_native(name: str, root: str | None, download: bool, train: bool) -> ImageDataset:
     if name == "digits":
         return _digits(train)
     if name == "folder":

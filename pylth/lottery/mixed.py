@@ -140,7 +140,8 @@ class MixedExperiment:
     def dataset(self):
         if self._dataset is None:
             data = self.config["data"]
-            self._dataset = load_dataset(data["dataset"], data["data_root"], train=True)
+            self._dataset = load_dataset(data["dataset"], data["data_root"], train=True,
+                                         image_size=data.get("image_size"))
         return self._dataset
 
     def run_points(self, rounds, switch_points, orders, seeds) -> list[MixedRow]:

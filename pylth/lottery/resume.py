@@ -36,10 +36,11 @@ def _flatten_as_json(config: dict) -> dict:
     return _flatten(json.loads(json.dumps(config)))  # compare as config.json holds it (tuples become lists)
 
 
-def config_differences(old: dict, new: dict) -> list[str]:
-    """``key: old -> new`` for every setting that would make the finished rounds a different run."""
+def config_differences(old: dict, new: dict, ignore=frozenset()) -> list[str]:
+    """``key: old -> new`` for every setting that would make the finished rounds a different run
+    (``ignore``: dotted keys that may differ as well)."""
     old_flat, new_flat = _flatten(old), _flatten_as_json(new)
-    keys = sorted((set(old_flat) | set(new_flat)) - RESUMABLE_KEYS)
+    keys = sorted((set(old_flat) | set(new_flat)) - RESUMABLE_KEYS - ignore)
     return [f"{k}: {old_flat.get(k, '<unset>')!r} -> {new_flat.get(k, '<unset>')!r}"
             for k in keys if old_flat.get(k, "<unset>") != new_flat.get(k, "<unset>")]
 
@@ -51,10 +52,13 @@ IMPLICIT_FLAGS = {"train.sparse_training": "--sparse-training", "evaluation.fid_
 def with_implicit_settings(old: dict, records: list[dict]) -> dict:
     """A config.json from before a setting existed, with the value its run used: runs made before
     --fid-features chose their FID features implicitly, and their rounds say which; runs made before
-    --sparse-training trained dense (off)."""
+    --sparse-training trained dense (off), and before --image-size at the data set's own size."""
     train = old.get("train")
     if isinstance(train, dict) and "sparse_training" not in train:
         old = {**old, "train": {**train, "sparse_training": "off"}}
+    data = old.get("data")
+    if isinstance(data, dict) and "image_size" not in data:  # runs from before --image-size: native size
+        old = {**old, "data": {**data, "image_size": None}}
     evaluation = old.get("evaluation", {})
     if "fid_features" in evaluation:
         return old

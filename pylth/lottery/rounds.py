@@ -20,6 +20,7 @@ from pylth.ddpm.finite import first_nonfinite
 from pylth.ddpm.images import grid_png
 from pylth.ddpm.models import model_kind
 from pylth.ddpm.trainer import Diverged, resolve_device
+from pylth.lottery.dense_from import adopt_round_zero, check_adopted
 from pylth.lottery.evaluate import HeldOut, heldout_loss
 from pylth.lottery.parts import LotteryParts
 from pylth.lottery.report import fid_label, format_table
@@ -44,8 +45,10 @@ class LotteryData:
 
 class Lottery:
     def __init__(self, spec: RunSpec, run: RunDirectory, records: list[dict], data: LotteryData,
-                 parts: LotteryParts = LotteryParts(), log: Callable[[str], None] = print):
+                 parts: LotteryParts = LotteryParts(), log: Callable[[str], None] = print,
+                 dense_from: str | None = None):
         self.spec, self.run, self.records, self.data, self.parts = spec, run, records, data, parts
+        self.dense_from = dense_from  # a run whose finished round 0 this one takes instead of training it
         self.log = log if D.is_main() else (lambda _msg: None)
         self.device = resolve_device(spec.train.device)
         d = spec.diffusion
@@ -76,8 +79,11 @@ class Lottery:
     # -- the algorithm -------------------------------------------------------------------------
     def run_all(self) -> list[dict]:
         if self.records:
+            check_adopted(self.records[0], self.dense_from)
             self.log(f"resuming {self.run.path}: {len(self.records)} finished round(s), last sparsity "
                      f"{100 * self.records[-1]['sparsity']:.2f}%")
+        elif self.dense_from is not None:
+            self._adopted_round()
         else:
             self._dense_round()
         while self._should_continue():
@@ -99,14 +105,18 @@ class Lottery:
         return True
 
     def _train(self, k: int, masks, start: int, desc: str, on_iteration=None):
+        """The round's training result, and the wall seconds this invocation spent on it (the result's
+        own ``seconds`` sum every invocation's, through the checkpoints)."""
         spec = self.spec
+        began = time.time()
         try:
-            return self.parts.train(self.model, self.diffusion, self.data.dataset, spec.train, masks=masks,
-                                    start_iteration=start, end_iteration=spec.train.iterations,
-                                    checkpoint_path=self._checkpoint(k), on_iteration=on_iteration,
-                                    progress_desc=desc, predict=self.kind.predict)
+            result = self.parts.train(self.model, self.diffusion, self.data.dataset, spec.train, masks=masks,
+                                      start_iteration=start, end_iteration=spec.train.iterations,
+                                      checkpoint_path=self._checkpoint(k), on_iteration=on_iteration,
+                                      progress_desc=desc, predict=self.kind.predict)
         except Diverged as exc:
             raise Diverged(f"round {k}: {exc}. {DIVERGED_REMEDY}", exc.iteration) from None
+        return result, time.time() - began
 
     def _checkpoint(self, k: int) -> str:
         return self.run.round_file(k, "checkpoint.pt")
@@ -144,10 +154,26 @@ class Lottery:
                 self.log("round 0's checkpoint is past the rewind point, which was not saved: restarting round 0")
                 os.remove(checkpoint)
         self.log(f"round 0: dense training, {spec.train.iterations} iterations, rewind point at iteration {tau}")
-        result = self._train(0, None, 0, "round 0 (dense)", on_iteration=keep_rewind_point)
+        result, trained_here = self._train(0, None, 0, "round 0 (dense)", on_iteration=keep_rewind_point)
         if not self._exists(run.rewind_path):
             raise RuntimeError(f"theta_tau was not captured at iteration {tau}; delete {checkpoint} and rerun")
-        self._finish_round(0, masks, result, started)
+        self._finish_round(0, masks, result, started - trained_here)
+
+    def _adopted_round(self) -> None:
+        """Round 0 taken from --dense-from's run: its files copied and checked, its record extended."""
+        record = None
+        with D.fail_together(f"taking round 0 from --dense-from {self.dense_from}"):
+            if D.is_main():
+                record = adopt_round_zero(self.run, self.dense_from, self.spec.to_json())
+                if self.spec.lottery.reset == "init" and not os.path.exists(self.run.init_path):
+                    # RUN reset otherwise and kept no theta_0: it is the seed's, made again.
+                    theta0 = self.kind.initial(self.spec.model, self.spec.train.seed, self.spec.init_from)
+                    self._save(theta0.state_dict(), self.run.init_path)
+                self.records = self.run.append_round([], dict(record, files=self.run.round_digests(0)))
+                self._draw_report()
+                self.log(f"round 0: taken from {record['dense_from']['path']} ({fid_label([record])} "
+                         f"{record['fid']:.3f}, held-out loss {record['loss']:.5f})")
+        self.records = D.broadcast_object(self.records)
 
     def _next_masks(self, k: int, previous: dict) -> dict | None:
         """Round k's masks, pruned from the previous round's trained (EMA) weights by magnitude; None
@@ -189,8 +215,8 @@ class Lottery:
         sparsity = sparsity_report(masks, self.groups)["overall"]
         self.log(f"round {k}: {cfg.strategy} pruning to {100 * sparsity:.2f}% sparsity, reset {cfg.reset}, "
                  f"training iterations {start}..{spec.train.iterations}")
-        result = self._train(k, {n: m.to(self.device) for n, m in masks.items()}, start, f"round {k}")
-        self._finish_round(k, masks, result, started)
+        result, trained_here = self._train(k, {n: m.to(self.device) for n, m in masks.items()}, start, f"round {k}")
+        self._finish_round(k, masks, result, started - trained_here)
         return True
 
     def _starting_state(self, k: int) -> dict[str, torch.Tensor]:
@@ -201,11 +227,19 @@ class Lottery:
 
     # -- finishing a round: evaluate, measure, write, commit, report ---------------------------
     def _finish_round(self, k: int, masks: dict, result, started: float) -> None:
-        """Evaluate round k, write its files, then append it to rounds.jsonl (the commit point)."""
+        """Evaluate round k, write its files, then append it to rounds.jsonl (the commit point).
+        ``started``: when this invocation began the round, less the time it trained (the result counts
+        the training of every invocation)."""
         ema = result.ema_model.eval()
         check_masked_zero(ema, masks)
+        clocks = time.time(), time.process_time()
         fid = self._evaluate(ema)
-        record = self._measure(k, masks, ema, fid, result, started)
+        loss = heldout_loss(ema, self.diffusion, self.data.heldout, self.device, self.spec.evaluation.sample_batch_size,
+                            predict=self.kind.predict)
+        record = self._measure(k, masks, ema, fid, loss, result)
+        record.update(train_seconds=result.seconds, train_cpu_seconds=result.cpu_seconds,
+                      eval_seconds=time.time() - clocks[0], eval_cpu_seconds=time.process_time() - clocks[1],
+                      seconds=time.time() - started + result.seconds)
         if D.is_main():
             record.update(self._write_round_files(k, ema, masks, fid["samples"]))
             self._commit(k, record)
@@ -226,10 +260,8 @@ class Lottery:
             batch_size=ev.sample_batch_size, progress=D.is_main(), return_samples=SAMPLE_GRID,
             predict=self.kind.predict)
 
-    def _measure(self, k: int, masks: dict, ema, fid: dict, result, started: float) -> dict:
-        """Round k's record for rounds.jsonl: sparsity per module, FID, losses, MACs, time."""
-        loss = heldout_loss(ema, self.diffusion, self.data.heldout, self.device, self.spec.evaluation.sample_batch_size,
-                            predict=self.kind.predict)
+    def _measure(self, k: int, masks: dict, ema, fid: dict, loss: float, result) -> dict:
+        """Round k's record for rounds.jsonl: sparsity per module, FID, losses, MACs (times: _finish_round)."""
         sparsity = sparsity_report(masks, self.groups)
         macs, dense_macs = count_macs(ema, (1, *self.spec.image_shape), masks={n: m.to(self.device)
                                                                                for n, m in masks.items()})
@@ -240,7 +272,6 @@ class Lottery:
             "kid": fid.get("kid"), "loss": loss, "train_loss": result.loss,
             "macs": int(macs), "dense_macs": int(dense_macs),
             "active_weights": sum(int(m.sum()) for m in masks.values()),
-            "seconds": time.time() - started,
         }
 
     def _write_round_files(self, k: int, ema, masks: dict, samples) -> dict:

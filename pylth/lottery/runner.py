@@ -8,6 +8,7 @@ from typing import Callable
 
 from pylth import distributed as D
 from pylth.ddpm.data import load_dataset
+from pylth.lottery.dense_from import read_source
 from pylth.lottery.evaluate import make_heldout
 from pylth.lottery.parts import LotteryParts
 from pylth.lottery.resume import open_run
@@ -23,8 +24,9 @@ def load_lottery_data(spec: RunSpec) -> LotteryData:
     if data.download and D.is_local_main():
         load_dataset(data.dataset, data.data_root, download=True, train=True)
     D.barrier()
-    dataset = load_dataset(data.dataset, data.data_root, train=True)
-    heldout = make_heldout(load_dataset(data.dataset, data.data_root, train=False), spec.lottery.heldout_samples,
+    dataset = load_dataset(data.dataset, data.data_root, train=True, image_size=data.image_size)
+    test_set = load_dataset(data.dataset, data.data_root, train=False, image_size=data.image_size)
+    heldout = make_heldout(test_set, spec.lottery.heldout_samples,
                            spec.diffusion.num_timesteps, spec.train.seed)
     return LotteryData(dataset, heldout)
 
@@ -46,16 +48,21 @@ def open_shared_run(spec: RunSpec, run: RunDirectory, force: bool, log) -> list[
 
 
 def find_ticket(spec: RunSpec, out: str, *, force: bool = False, log: Callable[[str], None] = print,
-                parts: LotteryParts | None = None) -> list[dict]:
+                parts: LotteryParts | None = None, dense_from: str | None = None) -> list[dict]:
     """Run (or resume) Algorithm 1 into run directory ``out``; returns the finished rounds' records.
-    The data is read first: a missing file must not leave a half-made run directory behind."""
+    ``dense_from``: a run whose finished round 0 this one takes instead of training it (checked before
+    anything is written). The data is read first: a missing file must not leave a half-made run
+    directory behind."""
     spec.lottery.validate()
     spec = replace(spec, evaluation=spec.evaluation.resolved(spec.data.dataset))  # config.json: no "auto"
+    with D.fail_together("checking --dense-from"):  # refused before --out is touched
+        if dense_from is not None and D.is_main():
+            read_source(dense_from, spec.to_json())
     data = load_lottery_data(spec)
     run = RunDirectory(out)
     main_log = log if D.is_main() else (lambda _msg: None)
     try:
         records = open_shared_run(spec, run, force, main_log)
-        return Lottery(spec, run, records, data, parts or LotteryParts(), log=log).run_all()
+        return Lottery(spec, run, records, data, parts or LotteryParts(), log=log, dense_from=dense_from).run_all()
     finally:
         run.unlock()

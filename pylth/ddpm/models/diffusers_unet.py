@@ -95,7 +95,13 @@ def config_for_dataset(dataset: str, image_shape) -> dict:
     if dataset not in CONFIGS:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(CONFIGS)}")
     channels, side = int(image_shape[0]), int(image_shape[-1])
-    config = complete_config(dict(CONFIGS[dataset], sample_size=side, in_channels=channels, out_channels=channels))
+    return configure(dict(CONFIGS[dataset], sample_size=side, in_channels=channels, out_channels=channels),
+                     image_shape)
+
+
+def configure(config: dict, image_shape) -> dict:
+    """``config`` completed (every UNet2DModel argument) and checked against the images."""
+    config = complete_config(config)
     check_config(config, image_shape)
     return config
 
@@ -214,4 +220,6 @@ register(ModelKind(
     as_diffusers=lambda config, state: (config, state),
     image_shape=lambda config: (config["in_channels"], config["sample_size"], config["sample_size"]),
     config_of=config_of,
+    configure=configure,
+    fixed_by_data=("sample_size", "in_channels", "out_channels"),
 ))

@@ -35,6 +35,10 @@ class ModelKind:
     image_shape: Callable[[dict], tuple] | None = None
     # model -> its configuration when it is a model of this kind, else None (save_sparse without kind=).
     config_of: Callable[[nn.Module], dict | None] | None = None
+    # --model-config: (config, image shape) -> the configuration completed and checked (a ValueError
+    # naming what the network cannot be), and the keys the data set decides, which it may not change.
+    configure: Callable[[dict, tuple], dict] = lambda config, image_shape: config
+    fixed_by_data: tuple = ()
 
     def fresh(self, config: dict, seed: int) -> nn.Module:
         """A model of ``config`` initialised from ``seed``, without touching the global RNG."""
@@ -95,6 +99,60 @@ def files_digest(folder: str, names) -> str:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
+
+
+def _convert(key: str, text: str, like):
+    """The override ``text`` of ``key`` as a value of the type of ``like`` (the configuration's value)."""
+    if isinstance(like, (list, tuple)):
+        items = [t.strip() for t in text.split(":")] if text else []
+        return tuple(_convert(key, t, like[0]) if like else _guess(t) for t in items)
+    if isinstance(like, bool):
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"--model-config: {key} must be true or false, got {text!r}")
+        return text.lower() in ("true", "1")
+    for kind, word in ((int, "an integer"), (float, "a number")):
+        if isinstance(like, kind):
+            if not _parses(kind, text):
+                raise ValueError(f"--model-config: {key} must be {word}, got {text!r}")
+            return kind(text)
+    if like is None:  # an optional setting: none, a number or a word
+        return None if text.lower() in ("none", "null", "") else _guess(text)
+    return text
+
+
+def _guess(text: str):
+    """An integer, a number, or the word itself."""
+    return next((kind(text) for kind in (int, float) if _parses(kind, text)), text)
+
+
+def _parses(kind, text: str) -> bool:
+    try:
+        kind(text)
+        return True
+    except ValueError:
+        return False
+
+
+def apply_overrides(kind: ModelKind, config: dict, overrides: dict[str, str], image_shape) -> dict:
+    """``config`` with ``overrides`` (key -> value text, as ``--model-config`` gives them) converted to
+    the types of the values they replace, completed and checked by the kind, and proven buildable. An
+    unknown key, a bad value or a network that cannot be built is a ValueError naming --model-config."""
+    allowed = sorted(k for k in config if k not in kind.fixed_by_data)
+    changed = dict(config)
+    for key, text in overrides.items():
+        if key not in allowed:
+            fixed = " (the data set decides it; see --image-size)" if key in kind.fixed_by_data else ""
+            raise ValueError(f"--model-config: {kind.name} has no setting {key!r}{fixed}; its settings are "
+                             f"{', '.join(allowed)}")
+        changed[key] = _convert(key, text, config[key])
+    try:
+        changed = kind.configure(changed, tuple(image_shape))
+        kind.fresh(changed, 0)  # a network that only fails when built (e.g. diffusers' own checks)
+    except (ValueError, TypeError, RuntimeError, AssertionError, KeyError, IndexError) as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"--model-config {','.join(f'{k}={v}' for k, v in overrides.items())}: the {kind.name} "
+                         f"cannot be built ({message})") from None
+    return changed
 
 
 def resolve_model(kind: ModelKind, dataset: str, image_shape, init_from: str | None = None) -> tuple:

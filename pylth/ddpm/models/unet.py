@@ -100,9 +100,21 @@ def unet_config(in_channels: int = 3, image_size: int = 32, ch: int = 128, ch_mu
         raise ValueError(f"ch * each ch_mult must be divisible by norm_groups={norm_groups}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    reached = level_sizes(image_size, len(ch_mult))
+    missed = [r for r in attn_resolutions if r not in reached]
+    if missed:
+        raise ValueError(f"attn_resolutions {missed} are never reached: at {image_size}x{image_size} with "
+                         f"{len(ch_mult)} levels the feature maps are {', '.join(f'{r}x{r}' for r in reached)}")
     return dict(in_channels=in_channels, image_size=image_size, ch=ch, ch_mult=ch_mult,
                 num_res_blocks=num_res_blocks, attn_resolutions=attn_resolutions, dropout=dropout,
                 norm_groups=norm_groups)
+
+
+def level_sizes(image_size: int, levels: int) -> list[int]:
+    """The feature-map sides of each level: the image padded up to a multiple of 2**(levels-1), halved."""
+    factor = 2 ** (levels - 1)
+    padded = -(-image_size // factor) * factor
+    return [padded >> level for level in range(levels)]
 
 
 class UNet(nn.Module):
@@ -115,8 +127,7 @@ class UNet(nn.Module):
                                   num_res_blocks=num_res_blocks, attn_resolutions=attn_resolutions,
                                   dropout=dropout, norm_groups=norm_groups)
         ch_mult, attn_resolutions = self.config["ch_mult"], self.config["attn_resolutions"]
-        factor = 2 ** (len(ch_mult) - 1)
-        self.padded_size = -(-image_size // factor) * factor
+        self.padded_size = level_sizes(image_size, len(ch_mult))[0]
         tdim = 4 * ch
         block = lambda i, o, res: ResBlock(i, o, tdim, dropout, res in attn_resolutions, norm_groups)  # noqa: E731
 
@@ -209,7 +220,18 @@ def config_for_dataset(dataset: str, image_shape) -> dict:
     channels, height, width = (int(s) for s in image_shape)
     if height != width:
         raise ValueError(f"pylth's U-Net needs square images, got {height}x{width}")
-    return unet_config(**{**DATASET_PRESETS[dataset].unet, "in_channels": channels, "image_size": height})
+    preset = DATASET_PRESETS[dataset].unet
+    return unet_config(**{**preset, "in_channels": channels, "image_size": height,
+                          "attn_resolutions": _attention_at(preset, height)})
+
+
+def _attention_at(preset: dict, side: int) -> tuple:
+    """The preset's attention resolutions for images of ``side``: each one this side's network never
+    reaches (e.g. 14 of the 28x28 preset at 14x14, where the maps are 16, 8, 4) moves to the size of
+    the level it had at the preset's own side, so that a resized network attends at the same depth."""
+    levels = len(preset["ch_mult"])
+    native, here = level_sizes(preset["image_size"], levels), level_sizes(side, levels)
+    return tuple(r if r in here else here[native.index(r)] for r in preset["attn_resolutions"])
 
 
 # The U-Net presets by name: one per named data set (a folder takes cifar10's, resized).
@@ -224,4 +246,6 @@ register(ModelKind(
     as_diffusers=as_diffusers,
     image_shape=lambda config: (config["in_channels"], config["image_size"], config["image_size"]),
     config_of=lambda model: dict(model.config) if isinstance(model, UNet) else None,
+    configure=lambda config, image_shape: unet_config(**config),
+    fixed_by_data=("in_channels", "image_size"),
 ))

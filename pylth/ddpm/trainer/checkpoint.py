@@ -53,6 +53,7 @@ def restore(state: TrainState, ckpt: dict, path: str, device: torch.device, end:
         state.optimizer.load_state_dict(ckpt["optimizer"])
         state.iteration, state.ema_updates = int(ckpt["iteration"]), int(ckpt["ema_updates"])
         state.losses.extend(ckpt["losses"])
+        state.earlier_seconds = tuple(ckpt.get("seconds", (0.0, 0.0)))  # older checkpoints: not counted
         rng = ckpt["rng"]  # one state per process
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
@@ -115,5 +116,6 @@ def write_checkpoint(state: TrainState, path: str, config, device: torch.device)
         atomic_torch_save(dict(model=state.model.state_dict(), ema=state.ema_model.state_dict(),
                                optimizer=state.optimizer.state_dict(), iteration=state.iteration,
                                ema_updates=state.ema_updates, losses=[float(x) for x in state.losses], rng=rng,
+                               seconds=list(state.seconds),
                                config=dataclasses.asdict(config), sparse_layers=sparse_layers(state.model)), path)
     state.checkpointed = state.iteration

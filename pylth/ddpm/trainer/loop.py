@@ -35,6 +35,8 @@ class TrainResult:
     ema_model: nn.Module
     loss: float
     iterations: int
+    seconds: float = 0.0  # wall seconds of training, summed over every invocation that led to the result
+    cpu_seconds: float = 0.0  # the same in this process's CPU time
 
 
 def _check_range(start_iteration, end_iteration, config: TrainConfig) -> int:
@@ -113,7 +115,7 @@ def train(model: nn.Module, diffusion, dataset, config: TrainConfig, *, masks: d
     loss = sum(state.losses) / len(state.losses) if state.losses else float("nan")
     ema_model = state.ema_model if state.model is state.dense_model else dense_copy(state.ema_model, model)
     return TrainResult(model=to_dense(state.model, state.dense_model), ema_model=ema_model, loss=loss,
-                       iterations=state.iteration)
+                       iterations=state.iteration, seconds=state.seconds[0], cpu_seconds=state.seconds[1])
 
 
 def _last_good(state: TrainState, checkpoint_path) -> str:

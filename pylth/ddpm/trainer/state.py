@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -29,6 +30,17 @@ class TrainState:
     pending: list = field(default_factory=list)  # step losses still on the device, read back in bulk
     pending_norms: list = field(default_factory=list)  # their gradient norms (none without clipping)
     checkpointed: int | None = None  # the iteration of the checkpoint on disk, once one is written or read
+    # Training time of earlier invocations up to the checkpoint resumed from (wall, this process's CPU),
+    # and the clocks when this invocation began.
+    earlier_seconds: tuple = (0.0, 0.0)
+    started: tuple = field(default_factory=lambda: (time.perf_counter(), time.process_time()))
+
+    @property
+    def seconds(self) -> tuple[float, float]:
+        """(wall, CPU) seconds of training so far, summed over the invocations that led to this state.
+        CPU seconds are this process's, all its threads: a shared machine slows the wall clock, not them."""
+        now = (time.perf_counter(), time.process_time())
+        return tuple(e + n - s for e, n, s in zip(self.earlier_seconds, now, self.started))
 
     @property
     def pruned(self) -> list:
