@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pylth.ddpm.data import dataset_fingerprint, images_and_labels
+from pylth.ddpm.data import dataset_key, images_and_labels
 from pylth.io import atomic_torch_save, torch_load
 
 FEATURE_DIM = 128
@@ -64,7 +64,7 @@ def train_classifier(dataset, device, steps: int | None = None, seed: int = 0) -
 
 def load_or_train_classifier(dataset_name: str, dataset, cache_dir: str, device) -> tuple[LabelClassifier, str]:
     """The cached classifier for this data set (trained and saved first if absent) and its file."""
-    path = os.path.join(cache_dir, f"classifier-{dataset_name}-{dataset_fingerprint(dataset)}.pt")
+    path = os.path.join(cache_dir, f"classifier-{dataset_key(dataset_name, dataset)}.pt")
     if not os.path.exists(path):
         model, accuracy = train_classifier(dataset, device)
         atomic_torch_save(dict(state=model.cpu().state_dict(), in_channels=model.body[0].in_channels,

@@ -27,7 +27,7 @@ from scipy import linalg
 from pylth import distributed as D
 from pylth.ddpm.classifier import FEATURE_DIM, LabelClassifier, load_or_train_classifier
 from pylth.ddpm.config import FID_FEATURES
-from pylth.ddpm.data import dataset_fingerprint, images_and_labels
+from pylth.ddpm.data import dataset_key, images_and_labels
 from pylth.ddpm.finite import first_nonfinite
 from pylth.ddpm.inception import INSTALL_HINT, InceptionFeatures, find_weights
 from pylth.ddpm.models import call_model
@@ -159,7 +159,7 @@ def _batched_features(extract, images, batch_size: int) -> np.ndarray:
 
 def reference_statistics(dataset_name: str, dataset, extract, cache_dir: str, batch_size: int = 256) -> dict:
     """mu, sigma and up to KID_REFERENCE_SIZE features of the whole data set (no flips), cached."""
-    path = os.path.join(cache_dir, f"ref-{dataset_name}-{dataset_fingerprint(dataset)}-{extract.id}.npz")
+    path = os.path.join(cache_dir, f"ref-{dataset_key(dataset_name, dataset)}-{extract.id}.npz")
     if os.path.exists(path):
         with np.load(path) as f:
             return {k: f[k] for k in f.files}

@@ -23,23 +23,23 @@ class ConfigMismatchError(ValueError):
     """--out holds a run made with another configuration."""
 
 
-def _flatten(obj, prefix: str = "") -> dict:
+def flatten(obj, prefix: str = "") -> dict:
     if isinstance(obj, dict):
         out = {}
         for key, value in obj.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
+            out.update(flatten(value, f"{prefix}{key}."))
         return out
     return {prefix[:-1]: obj}
 
 
 def _flatten_as_json(config: dict) -> dict:
-    return _flatten(json.loads(json.dumps(config)))  # compare as config.json holds it (tuples become lists)
+    return flatten(json.loads(json.dumps(config)))  # compare as config.json holds it (tuples become lists)
 
 
 def config_differences(old: dict, new: dict, ignore=frozenset()) -> list[str]:
     """``key: old -> new`` for every setting that would make the finished rounds a different run
     (``ignore``: dotted keys that may differ as well)."""
-    old_flat, new_flat = _flatten(old), _flatten_as_json(new)
+    old_flat, new_flat = flatten(old), _flatten_as_json(new)
     keys = sorted((set(old_flat) | set(new_flat)) - RESUMABLE_KEYS - ignore)
     return [f"{k}: {old_flat.get(k, '<unset>')!r} -> {new_flat.get(k, '<unset>')!r}"
             for k in keys if old_flat.get(k, "<unset>") != new_flat.get(k, "<unset>")]
@@ -100,7 +100,7 @@ def _problem(run: RunDirectory, old: dict | None, config: dict) -> str | None:
 def _resume_hint(old: dict, config: dict) -> str:
     """The flags that resume ``old`` as it ran, for the settings whose default an older run does not
     record (IMPLICIT_FLAGS): a rerun of the same command differs in them only by the new default."""
-    old_flat, new_flat = _flatten(old), _flatten_as_json(config)
+    old_flat, new_flat = flatten(old), _flatten_as_json(config)
     flags = [f"{flag} {old_flat[key]}" for key, flag in IMPLICIT_FLAGS.items()
              if key in old_flat and old_flat[key] != new_flat.get(key)]
     return f" (to resume it as it ran, add {' '.join(flags)})" if flags else ""

@@ -1,0 +1,166 @@
+"""python -m pylth.evaluate RUN: score finished rounds of a find_ticket run again, with other evaluation
+settings (more samples, Inception features, several sampling seeds), into RUN/evaluations.jsonl.
+
+One row per (round, settings, seed): FID, KID, the features and their weights' sha1, the sampler,
+seconds. Settings default to the run's own, so ``--rounds K`` alone reproduces round K's FID in
+rounds.jsonl. rounds.jsonl is never rewritten and find_ticket may extend the run meanwhile; rows
+already measured are skipped, so the same command resumes; a lock of its own keeps two evaluations of
+one run apart.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from pylth import __version__
+from pylth.cli import run_command
+from pylth.ddpm.config import FID_FEATURES
+from pylth.ddpm.data import load_dataset
+from pylth.ddpm.diffusion import GaussianDiffusion
+from pylth.ddpm.models import DEFAULT_MODEL, model_kind
+from pylth.ddpm.samplers import SAMPLERS
+from pylth.ddpm.trainer import resolve_device
+from pylth.lottery.evaluations import (SETTINGS, Job, append_evaluation, evaluation_lock, identity, make_row,
+                                       nearest_rounds, read_evaluations)
+from pylth.lottery.ticket import load_trained
+from pylth.run_dir import RunDirectory
+
+PROG = "python -m pylth.evaluate"
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
+    if any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected integers >= 0, got {text!r}")
+    return values
+
+
+def _fraction_list(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+    if any(not 0 <= v <= 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected sparsities in [0, 1], got {text!r}")
+    return values
+
+
+def _at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        return value
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    parser.add_argument("run", metavar="RUN", help="a find_ticket run directory")
+    which = parser.add_argument_group("which rounds (default: every finished round)")
+    which.add_argument("--rounds", type=_int_list, default=None, metavar="K,K,...", help="finished rounds to score")
+    which.add_argument("--sparsity", type=_fraction_list, default=None, metavar="S,S,...",
+                       help="also the finished round nearest each of these sparsities (e.g. 0.9,0.95)")
+    how = parser.add_argument_group("evaluation settings (default: the run's own)")
+    how.add_argument("--seeds", type=_int_list, default=None, metavar="N,N,...",
+                     help="sampling seeds, one row each (default: the run's seed, whose samples rounds.jsonl scored)")
+    how.add_argument("--fid-samples", type=_at_least(2), default=None, help="samples per score")
+    how.add_argument("--fid-features", choices=[f for f in FID_FEATURES if f != "auto"], default=None,
+                     help="inception (the weights of pylth[inception], or --inception-path) or classifier")
+    how.add_argument("--sampler", choices=tuple(SAMPLERS), default=None)
+    how.add_argument("--sample-steps", type=_at_least(1), default=None)
+    how.add_argument("--eta", type=float, default=None, help="DDIM eta")
+    how.add_argument("--sample-batch-size", type=_at_least(1), default=None,
+                     help="images per sampling block (the samples depend on it)")
+    where = parser.add_argument_group("where")
+    where.add_argument("--inception-path", default=None, help="clean-fid's inception-2015-12-05.pt (default: the "
+                                                              "run's, $PYLTH_INCEPTION_PATH or the bundled weights)")
+    where.add_argument("--cache-dir", default=None, help="FID reference statistics and classifiers (default: the run's)")
+    where.add_argument("--data-root", default=None, help="the data set's folder (default: the run's)")
+    where.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+    return parser
+
+
+def plan(run: RunDirectory, args: argparse.Namespace) -> tuple[dict, list[dict], list[Job]]:
+    """The run's configuration, its finished rounds, and every job asked for (measured or not);
+    bad input is a ValueError before anything is read twice or written."""
+    config = run.read_config() if os.path.isdir(run.path) else None
+    if config is None or "lottery" not in config:
+        raise ValueError(f"RUN {run.path} holds no find_ticket run (no config.json of one)")
+    records = run.read_rounds()
+    if not records:
+        raise ValueError(f"RUN {run.path} has no finished round yet")
+    rounds = list(args.rounds or [])
+    for k in rounds:
+        if k >= len(records):
+            raise ValueError(f"--rounds: round {k} of {run.path} is not finished (rounds 0-{len(records) - 1} are)")
+    rounds += nearest_rounds(records, args.sparsity or [])
+    if args.rounds is None and args.sparsity is None:
+        rounds = list(range(len(records)))
+    own = config["evaluation"]
+    settings = {key: own[key] if getattr(args, key) is None else getattr(args, key) for key in SETTINGS}
+    if settings["eta"] < 0:
+        raise ValueError(f"--eta must be >= 0, got {settings['eta']}")
+    seeds = args.seeds if args.seeds is not None else [config["train"]["seed"]]
+    jobs = [Job(k, seed, settings) for k in dict.fromkeys(rounds) for seed in dict.fromkeys(seeds)]
+    return config, records, jobs
+
+
+def evaluate(args: argparse.Namespace, log=print) -> list[dict]:
+    """Measure the jobs not yet in RUN/evaluations.jsonl; returns the rows written."""
+    from pylth.ddpm.fid import evaluate_fid, resolve_fid_features  # scipy and clean-fid: only when needed
+
+    run = RunDirectory(args.run)
+    config, records, jobs = plan(run, args)
+    data, own = config["data"], config["evaluation"]
+    inception_path = args.inception_path or own.get("inception_path")
+    features = {job.settings["fid_features"] for job in jobs}
+    for kind in features:  # Inception without weights is refused before anything is sampled
+        resolve_fid_features(data["dataset"], kind, inception_path)
+    device = resolve_device(args.device)
+    with evaluation_lock(run):
+        done = {identity(row) for row in read_evaluations(run)}
+        todo = [job for job in jobs if job.key not in done]
+        log(f"{run.path}: {len(jobs) - len(todo)} of {len(jobs)} score(s) already in evaluations.jsonl")
+        if not todo:
+            return []
+        dataset = load_dataset(data["dataset"], args.data_root or data["data_root"], train=True,
+                               image_size=data.get("image_size"))
+        d = config["diffusion"]
+        diffusion = GaussianDiffusion(d["num_timesteps"], d["beta_start"], d["beta_end"])
+        predict = model_kind(config.get("model_kind", DEFAULT_MODEL)).predict
+        written, loaded = [], {}
+        for job in todo:
+            if job.round not in loaded:
+                loaded = {job.round: load_trained(run.path, job.round, device)[0]}  # digests checked
+            started = time.perf_counter(), time.process_time()
+            s = job.settings
+            score = evaluate_fid(loaded[job.round], diffusion, data["dataset"], dataset, s["fid_samples"],
+                                 sampler=s["sampler"], steps=s["sample_steps"], eta=s["eta"], seed=job.seed,
+                                 device=device, fid_features=s["fid_features"], inception_path=inception_path,
+                                 cache_dir=args.cache_dir or own.get("cache_dir"),
+                                 batch_size=s["sample_batch_size"], predict=predict)
+            row = make_row(job, records[job.round], score, time.perf_counter() - started[0],
+                           time.process_time() - started[1], __version__)
+            append_evaluation(run, read_evaluations(run), row)
+            written.append(row)
+            log(f"round {job.round} (sparsity {100 * row['sparsity']:.2f}%), seed {job.seed}: FID ({s['fid_features']}, "
+                f"{s['fid_samples']} samples) {row['fid']:.3f}, KID {row['kid']:.5f}, {row['seconds']:.0f} s")
+    return written
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_command(PROG, lambda: evaluate(args) and None)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
