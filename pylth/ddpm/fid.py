@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from cleanfid.fid import kernel_distance
 from scipy import linalg
+from tqdm.auto import tqdm
 
 from pylth import distributed as D
 from pylth.ddpm.classifier import FEATURE_DIM, LabelClassifier, load_or_train_classifier
@@ -157,21 +158,41 @@ def _batched_features(extract, images, batch_size: int) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros((0, extract.dim), np.float32)
 
 
-def reference_statistics(dataset_name: str, dataset, extract, cache_dir: str, batch_size: int = 256) -> dict:
-    """mu, sigma and up to KID_REFERENCE_SIZE features of the whole data set (no flips), cached."""
+REFERENCE_CHUNK = 2000  # reference images whose features are kept on disk together while the set is extracted
+
+
+def reference_statistics(dataset_name: str, dataset, extract, cache_dir: str, batch_size: int = 256,
+                         progress: bool = True) -> dict:
+    """mu, sigma and up to KID_REFERENCE_SIZE features of the whole data set (no flips), cached.
+
+    The features are extracted in chunks of REFERENCE_CHUNK images, each kept in the cache as it is
+    done: Inception on a CPU takes hours for 60,000 images, and an interrupted extraction resumes at
+    its first missing chunk. The chunks are removed once the statistics are written."""
     path = os.path.join(cache_dir, f"ref-{dataset_key(dataset_name, dataset)}-{extract.id}.npz")
     if os.path.exists(path):
         with np.load(path) as f:
             return {k: f[k] for k in f.files}
     images, _ = images_and_labels(dataset)
-    feats = _batched_features(extract, images, batch_size)
+    os.makedirs(cache_dir, exist_ok=True)
+    chunks = [f"{path[:-len('.npz')]}.part{i:04d}.npy" for i in range(-(-len(images) // REFERENCE_CHUNK))]
+    with tqdm(total=len(images), desc=f"FID reference ({extract.kind} features)", unit="img",
+              disable=not progress) as bar:
+        for i, chunk in enumerate(chunks):
+            if not os.path.exists(chunk):
+                block = images[i * REFERENCE_CHUNK:(i + 1) * REFERENCE_CHUNK]
+                tmp = f"{chunk}.{os.getpid()}.tmp.npy"
+                np.save(tmp, _batched_features(extract, block, batch_size))
+                os.replace(tmp, chunk)
+            bar.update(min(REFERENCE_CHUNK, len(images) - i * REFERENCE_CHUNK))
+    feats = np.concatenate([np.load(c) for c in chunks]) if chunks else np.zeros((0, extract.dim), np.float32)
     mu, sigma = _stats(feats)
     keep = np.random.default_rng(0).permutation(len(feats))[:KID_REFERENCE_SIZE]
     stats = dict(mu=mu, sigma=sigma, feats=feats[np.sort(keep)].astype(np.float32))
-    os.makedirs(cache_dir, exist_ok=True)
     tmp = path + f".{os.getpid()}.tmp.npz"
     np.savez(tmp, **stats)
     os.replace(tmp, path)
+    for chunk in chunks:
+        os.remove(chunk)
     return stats
 
 
@@ -206,7 +227,7 @@ def evaluate_fid(model, diffusion, dataset_name: str, dataset, num_samples: int,
     ref = None
     with D.fail_together("FID reference statistics"):
         if D.is_main():  # cached after the first time; only rank 0 scores
-            ref = reference_statistics(dataset_name, dataset, extract, cache_dir, batch_size)
+            ref = reference_statistics(dataset_name, dataset, extract, cache_dir, batch_size, progress=progress)
     image_shape = tuple(dataset[0][0].shape)
     blocks = D.shard(-(-num_samples // batch_size))
     samples = sample_blocks(model, make_sampler(sampler, diffusion, steps, eta=eta), num_samples, image_shape,
