@@ -159,7 +159,11 @@ def evaluate(args: argparse.Namespace, log=print) -> list[dict]:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return run_command(PROG, lambda: evaluate(args) and None)
+
+    def body() -> None:
+        evaluate(args)
+
+    return run_command(PROG, body)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ def fid_cache(tmp_path_factory):
     mp.undo()
 
 
-LOCK_FILES = (".lock", ".mixed.lock")  # every writer rewrites its lock file (the holder's pid): not run content
+LOCK_FILES = (".lock", ".mixed.lock", ".evaluate.lock")  # every writer rewrites its lock file (the holder's pid): not run content
 
 
 def file_digests(folder: str) -> dict[str, tuple[str, int]]:

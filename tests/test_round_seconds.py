@@ -1,0 +1,52 @@
+"""Where a round's time goes: training seconds (wall and CPU) summed over every invocation through the
+checkpoint, evaluation seconds beside them in rounds.jsonl."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from pylth.ddpm import GaussianDiffusion
+from pylth.ddpm.trainer import TrainConfig, train
+from pylth.io import torch_load
+from pylth.lottery import find_ticket
+from test_lottery_helpers import fid_cache, small_digits_unet, tiny_spec  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+SLOW = 0.4  # seconds each way that the first invocation spends before its checkpoint
+
+
+def _busy(seconds: float) -> None:
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+
+
+def test_a_resumed_training_counts_the_seconds_of_the_invocation_before_it(tmp_path, digits):
+    config = TrainConfig(iterations=4, batch_size=8, warmup=1, checkpoint_every=2)
+    path = str(tmp_path / "checkpoint.pt")
+
+    def slow_then_stop(iteration, _model):
+        if iteration == 1:  # before the checkpoint at iteration 2: counted in it
+            time.sleep(SLOW)
+            _busy(SLOW)
+        if iteration == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(small_digits_unet(0), GaussianDiffusion(), digits, config, checkpoint_path=path,
+              on_iteration=slow_then_stop, progress_desc="first")
+    wall, cpu = torch_load(path)["seconds"]
+    assert wall >= 2 * SLOW and cpu >= SLOW
+    result = train(small_digits_unet(0), GaussianDiffusion(), digits, config, checkpoint_path=path,
+                   progress_desc="resumed")
+    assert result.iterations == 4
+    assert result.seconds > wall and result.cpu_seconds > cpu  # the second invocation alone took far less
+    assert torch_load(path)["seconds"][0] == pytest.approx(result.seconds, abs=0.5)
+
+
+def test_rounds_record_training_and_evaluation_seconds(tmp_path, fid_cache):  # noqa: F811
+    records = find_ticket(tiny_spec(fid_cache, max_rounds=1), str(tmp_path / "run"), log=lambda _m: None)
+    for r in records:
+        assert 0 < r["train_seconds"] and 0 < r["train_cpu_seconds"] and 0 < r["eval_seconds"]
+        assert 0 < r["eval_cpu_seconds"] and r["seconds"] >= r["train_seconds"] + r["eval_seconds"] - 1e-6
