@@ -181,8 +181,8 @@ def test_asking_for_inception_without_weights_is_a_one_line_error(tmp_path, monk
 def test_a_run_made_before_fid_features_existed_resumes_with_the_features_it_used():
     old = {"data": {"dataset": "digits"}, "evaluation": {"fid_samples": 256, "inception_path": None}}
     records = [{"round": 0, "fid_features": "classifier"}]
-    new = {"data": {"dataset": "digits"}, "evaluation": {"fid_samples": 256, "inception_path": None,
-                                                         "fid_features": "classifier"}}
+    new = {"data": {"dataset": "digits", "image_size": None},  # as today's config.json holds it
+           "evaluation": {"fid_samples": 256, "inception_path": None, "fid_features": "classifier"}}
     assert config_differences(with_implicit_settings(old, records), new) == []
     inception_now = json.loads(json.dumps(new))
     inception_now["evaluation"]["fid_features"] = "inception"
