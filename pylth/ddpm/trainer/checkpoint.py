@@ -115,5 +115,6 @@ def write_checkpoint(state: TrainState, path: str, config, device: torch.device)
         atomic_torch_save(dict(model=state.model.state_dict(), ema=state.ema_model.state_dict(),
                                optimizer=state.optimizer.state_dict(), iteration=state.iteration,
                                ema_updates=state.ema_updates, losses=[float(x) for x in state.losses], rng=rng,
-                               config=dataclasses.asdict(config), sparse_layers=sparse_layers(state.model)), path)
+                               config=dataclasses.asdict(config), sparse_layers=sparse_layers(state.model)), path,
+                          digest=True)  # resume checks it (torch_load): a flipped byte would load unnoticed
     state.checkpointed = state.iteration
