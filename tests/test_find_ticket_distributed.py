@@ -60,7 +60,7 @@ def worker_of_rank(launcher_pid: int, local_rank: int, timeout: float = 60) -> i
 
 
 def test_a_lost_rank_is_one_error_line_on_the_survivor_and_the_same_command_resumes(tmp_path, fid_cache):  # noqa: F811
-    flags = FLAGS[:-4] + ["--iterations", "300", "--max-rounds", "0", "--checkpoint-every", "5", "--cache-dir",
+    flags = FLAGS[:-4] + ["--iterations", "80", "--max-rounds", "0", "--checkpoint-every", "5", "--cache-dir",
                           fid_cache, "--out", str(tmp_path / "run")]
     assert main(flags[:-2] + ["--iterations", "2", "--out", str(tmp_path / "warm")]) == 0  # the FID classifier, cached
     env = dict(os.environ, OMP_NUM_THREADS="1")
