@@ -17,6 +17,7 @@ void register_select(py::module_& m);
 void register_cka(py::module_& m);
 void register_sparse_conv(py::module_& m);
 void register_group_norm_silu(py::module_& m);
+void register_dropout(py::module_& m);
 }  // namespace pylth
 
 static py::dict build_info() {
@@ -46,4 +47,5 @@ PYBIND11_MODULE(_pylth, m) {
   pylth::register_cka(m);
   pylth::register_sparse_conv(m);
   pylth::register_group_norm_silu(m);
+  pylth::register_dropout(m);
 }

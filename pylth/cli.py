@@ -1,19 +1,22 @@
-"""What every ``python -m pylth.<command>`` shares: the check of the native module and one rule for
-how a command ends.
+"""What every ``python -m pylth.<command>`` shares: the check of the native module, argument parsers
+whose errors are one line, and one rule for how a command ends.
 
 Exit status (README, "Exit status"):
     0    done
-    2    bad input, a damaged or locked run directory, training that diverged, or a native module
-         that cannot be loaded: one line on stderr, ``<prog>: error: <message>``, with nothing
-         written past the problem; ``PYLTH_DEBUG=1`` adds the traceback
-    75   stopped by SIGTERM or SIGUSR1 with a checkpoint written (commands that train): rerun the
-         same command to resume; 75 is sysexits.h's EX_TEMPFAIL, "try again later"
+    2    bad input (a bad flag included), a damaged or locked run directory, training that diverged, a
+         full disk, or a native module that cannot be loaded: one line on stderr, ``<prog>: error:
+         <message>``, with nothing written past the problem; ``PYLTH_DEBUG=1`` adds the traceback
+    75   stopped by SIGTERM or SIGUSR1 with a checkpoint written (commands that train), or, under
+         torchrun, another process of the job was lost: rerun the same command to resume; 75 is
+         sysexits.h's EX_TEMPFAIL, "try again later"
     130  Ctrl-C; the last checkpoint is kept
     1    anything else: a bug, reported with its traceback
-Under torchrun only rank 0 prints.
+Under torchrun only rank 0 prints, but for a lost process, which every surviving rank reports (rank
+0 may be the one lost).
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import sys
@@ -21,12 +24,20 @@ import traceback
 from typing import Callable
 
 from pylth.ops.native import NativeUnavailable, require_native
-from pylth.preemption import EXIT_PREEMPTED, Preempted, stop_on_signals
+from pylth.preemption import EXIT_PREEMPTED, Preempted, ending, stop_on_signals
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 # What a user can fix from the message alone; anything else is a bug and keeps its traceback.
 USER_ERRORS = (ValueError, OSError, NativeUnavailable)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser whose errors are one line, ``prog: error: message`` and exit 2, like every
+    other bad input of a command (the usage is for --help)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {' '.join(message.split())}\n")
 
 
 def _is_main_process() -> bool:
@@ -35,14 +46,29 @@ def _is_main_process() -> bool:
     return is_main()
 
 
+def _debug() -> bool:
+    return os.environ.get("PYLTH_DEBUG") == "1"
+
+
 def report_error(prog: str, exc: BaseException) -> None:
     """``prog: error: message`` on one line (rank 0 only); the traceback too under PYLTH_DEBUG=1."""
     if not _is_main_process():
         return
-    if os.environ.get("PYLTH_DEBUG") == "1":
+    if _debug():
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
     message = " ".join(str(exc).split()) or type(exc).__name__
     print(f"{prog}: error: {message}", file=sys.stderr)
+
+
+def _report_lost_process(prog: str, exc: BaseException, reason: str) -> None:
+    """The one line of every surviving rank when another process of the job is gone."""
+    from pylth.distributed import rank
+
+    if _debug():
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    print(f"{prog}: error: rank {rank()} lost another process of this torchrun job ({reason}): it was killed, ran "
+          "out of memory or its machine failed. The files written so far are intact: rerun the same command to "
+          "resume from the last checkpoint", file=sys.stderr)
 
 
 def run_command(prog: str, body: Callable[[], int | None], *, needs_native: bool = True,
@@ -51,21 +77,38 @@ def run_command(prog: str, body: Callable[[], int | None], *, needs_native: bool
 
     ``needs_native``: check the native module first, so that a missing or stale build is reported
     before any data is read or any file is written. ``on_interrupt`` is printed after Ctrl-C.
-    ``stops_on_signals``: SIGTERM and SIGUSR1 stop the body cleanly (pylth.preemption), exit 75."""
-    try:
-        with stop_on_signals() if stops_on_signals else contextlib.nullcontext():
+    ``stops_on_signals``: SIGTERM and SIGUSR1 stop the body cleanly (pylth.preemption), exit 75; once
+    the body has failed or stopped, further stop signals are ignored until the process exits (torchrun
+    and schedulers send SIGTERM again: it must not cut the report short or turn 75 into 143)."""
+    with stop_on_signals(until_exit=True) if stops_on_signals else contextlib.nullcontext():
+        try:
             if needs_native:
                 require_native()
             status = body()
-    except USER_ERRORS as exc:
+        except BaseException as exc:  # noqa: BLE001 - each kind is reported below; bugs are re-raised
+            if stops_on_signals:
+                ending()
+            return _ended(prog, exc, on_interrupt)
+    return 0 if status is None else int(status)
+
+
+def _ended(prog: str, exc: BaseException, on_interrupt: str) -> int:
+    """The exit status for the body's exception, after reporting it; a bug is raised again."""
+    from pylth.distributed import lost_process
+
+    lost = lost_process(exc) if isinstance(exc, Exception) else None
+    if lost is not None:
+        _report_lost_process(prog, exc, lost)
+        return EXIT_PREEMPTED
+    if isinstance(exc, USER_ERRORS):
         report_error(prog, exc)
         return EXIT_BAD_INPUT
-    except Preempted as exc:
+    if isinstance(exc, Preempted):
         if _is_main_process():
             print(f"{prog}: {exc}; run the same command again to resume", file=sys.stderr)
         return EXIT_PREEMPTED
-    except KeyboardInterrupt:
+    if isinstance(exc, KeyboardInterrupt):
         if _is_main_process():
             print(f"\n{prog}: interrupted{'; ' + on_interrupt if on_interrupt else ''}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    return 0 if status is None else int(status)
+    raise exc

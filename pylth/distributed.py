@@ -11,6 +11,7 @@ import contextlib
 import datetime
 import hashlib
 import os
+import re
 from typing import Any
 
 import torch
@@ -170,6 +171,27 @@ def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(padded) for _ in all_counts]
     dist.all_gather(parts, padded)
     return torch.cat([p[:c].cpu() for p, c in zip(parts, all_counts)])
+
+
+# What the collectives say when another process of the job is gone (gloo reports a dead peer in a
+# plain RuntimeError; NCCL and timeouts raise torch.distributed.DistError).
+_LOST_PEER = ("gloo/transport", "Connection closed by peer", "Connection reset by peer", "Broken pipe")
+
+
+def lost_process(exc: BaseException) -> str | None:
+    """What ``exc`` says, in a few words, when it is a collective that failed because another process
+    of the job is gone (killed, out of memory, its machine down) or did not answer in time; else None."""
+    if not is_distributed():
+        return None
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        text = " ".join(str(exc).split())
+        if isinstance(exc, dist.DistError) or (isinstance(exc, RuntimeError) and any(m in text for m in _LOST_PEER)):
+            text = re.sub(r"^\[[^\]]*\]\s*", "", text)  # gloo's "[.../pair.cc:561] " source position
+            return text.split(". ")[0][:200]
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def shard(num_items: int) -> range:

@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pylth.cli import run_command
+from pylth.cli import ArgumentParser, run_command
 from pylth.lottery.export import FORMATS, export_ticket
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pylth.export", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m pylth.export", description=__doc__.splitlines()[0])
     parser.add_argument("run", metavar="RUN", help="find_ticket run directory")
     parser.add_argument("out", metavar="OUT", help="the folder to write (must not exist, or be empty)")
     parser.add_argument("--round", type=int, default=None, metavar="K",

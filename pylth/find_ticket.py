@@ -11,7 +11,7 @@ import dataclasses
 import os
 import sys
 
-from pylth.cli import run_command
+from pylth.cli import ArgumentParser, run_command
 from pylth.ddpm.config import DataConfig, DiffusionConfig, EvalConfig, ModelConfig, add_arguments, from_args
 from pylth.ddpm.data import dataset_info
 from pylth.ddpm.models import DEFAULT_MODEL, model_kind
@@ -27,7 +27,7 @@ SECTIONS = (("data", DataConfig), ("model", ModelConfig), ("training (every roun
 
 def build_parser(dataset: str = "digits") -> argparse.ArgumentParser:
     defaults = flag_defaults(dataset, "find_ticket")
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m pylth.find_ticket",
         description="Find a lottery ticket in a DDPM: train dense, then prune, rewind and retrain round after "
                     f"round (Algorithm 1). Defaults shown are those of --dataset {dataset}.")
@@ -100,7 +100,7 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
 def main(argv=None, *, parts=None) -> int:
     """The command; ``parts`` replaces the Lottery's collaborators (tests)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = ArgumentParser(prog="python -m pylth.find_ticket", add_help=False)  # its errors: as the main parser's
     pre.add_argument("--dataset", default="digits")
     known, _ = pre.parse_known_args(argv)
     parser = build_parser(known.dataset)

@@ -11,9 +11,9 @@ import io
 import os
 import sys
 
-from pylth.cli import run_command
+from pylth.cli import ArgumentParser, run_command
 from pylth.ddpm.trainer import resolve_device
-from pylth.io import atomic_write_bytes
+from pylth.io import atomic_write_bytes, remove_stale_temp_files
 from pylth.lottery.mixed import ORDERS, TIMING_IMAGES, MixedExperiment, summarize
 from pylth.run_lock import DirectoryLock
 
@@ -22,7 +22,7 @@ DEFAULT_SWITCH_POINTS = "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("run", metavar="RUN", help="a find_ticket run directory")
     parser.add_argument("--rounds", type=int, nargs="+", default=None, metavar="K",
                         help="the ticket rounds to mix with round 0 (default: the last finished round)")
@@ -119,6 +119,7 @@ def run(args) -> None:
     experiment = MixedExperiment(args.run, dense_run=args.dense_from, device=resolve_device(args.device))
     # One experiment per run at a time (both would rewrite mixed.csv); find_ticket may go on meanwhile.
     with DirectoryLock(experiment.run.path, name=".mixed.lock", flag="RUN", purpose="measures mixed chains in it"):
+        remove_stale_temp_files(experiment.run.path, ("mixed.csv", "mixed.png"))  # a dead experiment's
         _measure(args, experiment)
 
 

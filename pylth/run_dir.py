@@ -11,12 +11,16 @@
     round_XX/checkpoint.pt  mid-round training state, removed when the round finishes
     report.png           FID against sparsity, sparsity per module for every round
     .lock                held by the process writing the run (pylth.run_lock); read-only commands ignore it
+    .<name>.sha256       the digest written with a file of the unfinished round (pylth.io's sidecar)
 
 Integrity: a round's record in rounds.jsonl holds ``files``, the SHA-256 of every file the round
 wrote (its round_XX folder but checkpoint.pt, and for round 0 rewind.pt / init.pt too), as paths
 relative to the run directory. ``verify`` checks them before a resume and before a ticket is
-loaded; a damaged or missing file, or an unreadable line of rounds.jsonl, is a DamagedRunError
-that names the file and says what to do, and nothing is written.
+loaded. Until its round is finished, a file carries its digest in a sidecar written with it;
+``verify_unfinished`` checks those before a resume and before the round is committed, and the
+sidecars go once rounds.jsonl holds the digests. A damaged or missing file, an unreadable line of
+rounds.jsonl or a config.json without the settings every reader needs is a DamagedRunError that
+names the file and says what to do, and nothing is written.
 """
 from __future__ import annotations
 
@@ -26,7 +30,8 @@ import re
 import tempfile
 
 from pylth.io import (UnreadableFileError, atomic_torch_save, atomic_write_bytes, atomic_write_json, atomic_write_text,
-                      sha256_file, torch_load)
+                      digest_path, digest_problem, remove_digest, remove_file, remove_stale_temp_files, sha256_file,
+                      torch_load)
 from pylth.run_lock import DirectoryLock
 
 ROUND_DIR_FORMAT = "round_{:02d}"
@@ -34,6 +39,13 @@ TICKET_FILE = "ticket.safetensors"  # a round's model with only its kept weights
 _ROUND_DIR = re.compile(r"^round_(\d+)$")
 UNRECORDED_ROUND_FILES = frozenset({"checkpoint.pt"})  # mid-round state: changes, then goes
 RUN_FILES_OF_ROUND_0 = ("rewind.pt", "init.pt")  # written during round 0, read by every later round
+RUN_FILES = ("config.json", "rounds.jsonl", *RUN_FILES_OF_ROUND_0, "report.png")  # the writer's files at the top
+# What every reader of config.json uses, in every version's config.json: section -> its keys (None: any).
+CONFIG_KEYS = {"data": ("dataset",), "model": None, "image_shape": None, "train": ("seed",),
+               "diffusion": ("num_timesteps", "beta_start", "beta_end"),
+               "evaluation": ("sampler", "sample_steps", "eta", "sample_batch_size"), "lottery": ("reset",)}
+# What every reader of a round's record uses, in every version's rounds.jsonl.
+RECORD_KEYS = ("sparsity", "module_sparsity", "fid", "loss", "macs", "dense_macs", "seconds")
 
 
 class DamagedRunError(UnreadableFileError):
@@ -52,6 +64,20 @@ def redo_hint(k: int) -> str:
                 "every round depends on round 0")
     return (f"restore it from a copy, or redo rounds {k} onwards: move round_{k:02d} and any later round folders "
             f"out of the run, cut rounds.jsonl to {_first_lines(k)}, and rerun")
+
+
+def unfinished_hint(k: int, name: str) -> str:
+    """What to delete about a damaged file ``name`` (relative to the run) of unfinished round k."""
+    if name == "rewind.pt":
+        return "delete it to redo round 0's training as far as the rewind point, which writes it again"
+    if name == "init.pt":
+        return "delete it: it is written again from the run's seed (or --init-from)"
+    if name.endswith("/checkpoint.pt"):
+        return f"delete it to redo round {k}'s training from its start"
+    if name.endswith("/mask.pt") and k > 0:
+        return (f"delete {ROUND_DIR_FORMAT.format(k)} (the whole folder) to redo round {k} from its start: its masks "
+                f"are computed again from round {k - 1}'s model.pt")
+    return f"delete it and rerun: round {k} writes it again"
 
 
 def _first_lines(n: int) -> str:
@@ -120,11 +146,15 @@ class RunDirectory:
     # -- one writer ---------------------------------------------------------------------------
     def lock(self) -> None:
         """Hold the directory's lock (it must exist), or raise RunLocked naming the holder. Locking
-        again after the folder was renamed (--force) locks the new folder and lets the old one go."""
+        again after the folder was renamed (--force) locks the new folder and lets the old one go.
+        The temp files a dead writer left (kill -9 mid-write) are removed then."""
         lock = DirectoryLock(self.path).acquire()
         if self._lock is not None:
             self._lock.release()
         self._lock = lock
+        remove_stale_temp_files(self.path, RUN_FILES)  # not mixed.py's: it writes beside this writer
+        for k in self.rounds_holding(()):
+            remove_stale_temp_files(self.round_dir(k))
 
     def unlock(self) -> None:
         if self._lock is not None:
@@ -140,11 +170,15 @@ class RunDirectory:
                 config = json.load(f)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             config = exc
-        if not isinstance(config, dict):
+        if isinstance(config, dict):
+            missing = _missing_config_keys(config)
+            if not missing:
+                return config
+            reason = f"it lacks {', '.join(missing[:6])}{', ...' if len(missing) > 6 else ''}"
+        else:
             reason = f"not valid JSON: {config}" if isinstance(config, Exception) else "not a JSON object"
-            raise DamagedRunError(f"{self.config_path} is damaged ({reason})",
-                                  "restore it from a copy, or start over with --force (the run is moved aside)")
-        return config
+        raise DamagedRunError(f"{self.config_path} is damaged ({reason})",
+                              "restore it from a copy, or start over with --force (the run is moved aside)")
 
     def read_rounds(self) -> list[dict]:
         """The finished rounds, in order; a line that is not a record, or rounds that are not 0, 1, 2...,
@@ -160,6 +194,9 @@ class RunDirectory:
                 problem = None if isinstance(record, dict) and record.get("round") == number - 1 else (
                     f"holds round {record.get('round')!r}, expected {number - 1}" if isinstance(record, dict)
                     else "is not a JSON object")
+                missing = [key for key in RECORD_KEYS if problem is None and key not in record]
+                if missing:
+                    problem = f"lacks {', '.join(missing)}"
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
                 problem = f"is not valid JSON ({exc})"
             if problem is not None:
@@ -206,6 +243,25 @@ class RunDirectory:
                     continue
                 raise DamagedRunError(f"{path} (a file of finished round {k}) {problem}", redo_hint(k))
 
+    def unfinished_files(self, k: int) -> list[str]:
+        """The files of unfinished round k that carry a digest written with them: in its folder, and
+        for round 0 the run files it writes."""
+        folder = self.round_dir(k)
+        names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+        paths = [os.path.join(folder, n) for n in names if not n.startswith(".")]
+        if k == 0:
+            paths += [self.file(n) for n in RUN_FILES_OF_ROUND_0]
+        return [p for p in paths if os.path.isfile(p) and os.path.isfile(digest_path(p))]
+
+    def verify_unfinished(self, k: int) -> None:
+        """Check the files of unfinished round k against the digests written with them (files from
+        before those digests are not checked): a changed one is a DamagedRunError saying what to delete."""
+        for path in self.unfinished_files(k):
+            problem = digest_problem(path)
+            if problem is not None:
+                raise DamagedRunError(f"{path} (a file of unfinished round {k}) is damaged: {problem}",
+                                      unfinished_hint(k, self.relative(path)))
+
     # -- writes (rank 0) ----------------------------------------------------------------------
     def write_config(self, config: dict) -> None:
         atomic_write_json(config, self.config_path)
@@ -217,7 +273,26 @@ class RunDirectory:
         return records
 
     def save(self, obj, path: str) -> None:
-        atomic_torch_save(obj, path)
+        """A file of the unfinished round, with its digest (checked on resume and before the commit)."""
+        atomic_torch_save(obj, path, digest=True)
 
-    def save_bytes(self, data: bytes, path: str) -> None:
-        atomic_write_bytes(data, path)
+    def save_bytes(self, data: bytes, path: str, digest: bool = True) -> None:
+        atomic_write_bytes(data, path, digest=digest)
+
+    def finish_round(self, k: int) -> None:
+        """After round k is in rounds.jsonl: its checkpoint goes, and the digests written with its files
+        (rounds.jsonl holds them now)."""
+        remove_file(self.round_file(k, "checkpoint.pt"))
+        for path in self.unfinished_files(k):
+            remove_digest(path)
+
+
+def _missing_config_keys(config: dict) -> list[str]:
+    missing = []
+    for section, keys in CONFIG_KEYS.items():
+        value = config.get(section)
+        if value is None or (keys is not None and not isinstance(value, dict)):
+            missing.append(section)
+        elif keys is not None:
+            missing += [f"{section}.{key}" for key in keys if key not in value]
+    return missing

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import os
 import sys
 import time
@@ -19,7 +20,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from pylth.cli import run_command
+from pylth.cli import ArgumentParser, run_command
 from pylth.ddpm.config import DiffusionConfig, EvalConfig
 from pylth.ddpm.diffusion import GaussianDiffusion
 from pylth.ddpm.images import grid_png
@@ -27,7 +28,7 @@ from pylth.ddpm.mixing import ModelSchedule, switch_owners
 from pylth.ddpm.models import DEFAULT_MODEL, model_kind
 from pylth.ddpm.samplers import SAMPLERS, make_sampler, sample_blocks
 from pylth.ddpm.trainer import resolve_device
-from pylth.io import atomic_write_bytes
+from pylth.io import atomic_write_bytes, ensure_file_writable
 from pylth.lottery.ticket import load_trained
 from pylth.run_dir import RunDirectory
 from pylth.sparse import read_sparse, sparsify
@@ -36,7 +37,7 @@ PROG = "python -m pylth.sample"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("run", metavar="RUN", help="a find_ticket run directory, or a ticket file (save_sparse)")
     parser.add_argument("--round", type=int, default=None, dest="round_k", metavar="K",
                         help="the round to sample (default: the last finished round)")
@@ -95,12 +96,16 @@ class Source:
 
 def _run_source(path: str) -> Source:
     run_dir = RunDirectory(path)
-    config = run_dir.read_config()
+    config = run_dir.read_config()  # one that lacks what is read here is a DamagedRunError naming it
     if config is None:
         raise ValueError(f"{run_dir.path} holds no find_ticket run (no config.json)")
+    rounds = len(run_dir.read_rounds())
+    if not rounds:
+        raise ValueError(f"{run_dir.path} has no finished round yet: round 0 (dense training) is still running or "
+                         "was stopped; run its find_ticket command again to finish it")
     return Source(os.path.basename(run_dir.path), config["evaluation"], config["diffusion"],
                   tuple(config["image_shape"]), config["train"]["seed"], config.get("model_kind", DEFAULT_MODEL),
-                  len(run_dir.read_rounds()), lambda k: load_trained(run_dir.path, k))
+                  rounds, lambda k: load_trained(run_dir.path, k))
 
 
 def _ticket_source(path: str) -> Source:
@@ -135,7 +140,8 @@ def run(args: argparse.Namespace) -> None:
     mix = parse_mix(args.mix) if args.mix is not None else [(last if args.round_k is None else args.round_k, 1.0)]
     for k, _ in mix:
         if not 0 <= k <= last:
-            raise ValueError(f"round {k} of {args.run} is not finished (rounds 0-{last} are)")
+            finished = "only round 0 is" if last == 0 else f"rounds 0-{last} are"
+            raise ValueError(f"round {k} of {args.run} is not finished ({finished})")
     for name in ("num", "steps", "batch_size"):
         _positive(name.replace("_", "-"), getattr(args, name))
     _positive("eta", args.eta, (int, float))
@@ -149,6 +155,12 @@ def run(args: argparse.Namespace) -> None:
     d = source.diffusion
     diffusion = GaussianDiffusion(d["num_timesteps"], d["beta_start"], d["beta_end"])
     sampler = make_sampler(sampler_name, diffusion, steps, eta=eta)
+    rounds = "-".join(f"round_{k:02d}" + (f"x{f:g}" if len(mix) > 1 else "") for k, f in mix) if not is_file else ""
+    stem = "-".join(filter(None, [source.name, rounds, f"{sampler_name}{len(sampler.timesteps)}", f"s{seed}"]))
+    out = args.out or f"{stem}.png"
+    ensure_file_writable(out, "--out")  # before the models load and the sampling runs
+    if args.npz:
+        ensure_file_writable(args.npz, "--npz")
     owners = switch_owners(sampler.timesteps, [f for _, f in mix])
     models, layers = [], []
     for k, _ in mix:
@@ -162,9 +174,6 @@ def run(args: argparse.Namespace) -> None:
         models.append(model)
     predict = model_kind(source.kind).predict
     schedule = ModelSchedule(models, owners, [predict] * len(models))
-    rounds = "-".join(f"round_{k:02d}" + (f"x{f:g}" if len(mix) > 1 else "") for k, f in mix) if not is_file else ""
-    stem = "-".join(filter(None, [source.name, rounds, f"{sampler_name}{len(sampler.timesteps)}", f"s{seed}"]))
-    out = args.out or f"{stem}.png"
     started = time.perf_counter()
     blocks = range(-(-args.num // batch_size))
     images = sample_blocks(schedule, sampler, args.num, source.image_shape, blocks, batch_size=batch_size,
@@ -172,9 +181,9 @@ def run(args: argparse.Namespace) -> None:
     seconds = time.perf_counter() - started
     atomic_write_bytes(grid_png(images), out)
     if args.npz:
-        tmp = args.npz + ".tmp.npz"
-        np.savez(tmp, samples=images.numpy())
-        os.replace(tmp, args.npz)
+        buffer = io.BytesIO()
+        np.savez(buffer, samples=images.numpy())
+        atomic_write_bytes(buffer.getvalue(), args.npz)
     kind = "dense" if args.dense else "sparse (" + "; ".join(layers) + ")"
     print(f"{args.num} images in {seconds:.2f} s ({args.num / seconds:.1f} images/s; {sampler_name}, "
           f"{len(sampler.timesteps)} steps, {rounds or source.name}, seed {seed}, {device}, {kind}); wrote {out}"

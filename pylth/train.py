@@ -13,7 +13,7 @@ import time
 import torch
 
 from pylth import distributed as D
-from pylth.cli import run_command
+from pylth.cli import ArgumentParser, run_command
 from pylth.ddpm import GaussianDiffusion
 from pylth.ddpm.config import DataConfig, DiffusionConfig, EvalConfig, ModelConfig, add_arguments, from_args
 from pylth.ddpm.data import dataset_info, load_dataset
@@ -21,17 +21,18 @@ from pylth.ddpm.images import grid_png
 from pylth.ddpm.models import model_kind
 from pylth.ddpm.presets import flag_defaults
 from pylth.ddpm.trainer import Diverged, TrainConfig, resolve_device, train
-from pylth.io import atomic_write_bytes, atomic_write_json
+from pylth.io import atomic_write_bytes, atomic_write_json, remove_stale_temp_files
 from pylth.run_lock import DirectoryLock
 
 SAMPLE_GRID = 64
+OUT_FILES = ("config.json", "checkpoint.pt", "samples.png", "metrics.json")  # what this command writes to --out
 SECTIONS = (("data", DataConfig), ("model", ModelConfig), ("training", TrainConfig), ("diffusion", DiffusionConfig),
             ("evaluation", EvalConfig))
 
 
 def build_parser(defaults: dict | None = None) -> argparse.ArgumentParser:
     """The full parser; ``defaults`` overrides flag defaults (the data set's: presets.flag_defaults)."""
-    parser = argparse.ArgumentParser(prog="python -m pylth.train", description=__doc__)
+    parser = ArgumentParser(prog="python -m pylth.train", description=__doc__)
     parser.add_argument("--out", required=True, help="output folder (checkpoint.pt, samples.png, metrics.json)")
     for title, cls in SECTIONS:
         add_arguments(parser.add_argument_group(title), cls, defaults=defaults)
@@ -69,6 +70,7 @@ def _run(args: argparse.Namespace, lock: DirectoryLock) -> dict | None:
         if rank == 0:
             os.makedirs(args.out, exist_ok=True)
             lock.acquire()
+            remove_stale_temp_files(args.out, OUT_FILES)  # a dead writer's (kill -9 mid-write)
             atomic_write_json(dict(data=dataclasses.asdict(data), train=dataclasses.asdict(train_cfg),
                                    diffusion=dataclasses.asdict(diff_cfg), eval=dataclasses.asdict(eval_cfg),
                                    model_kind=kind.name, model=model_config, init_from=init_from),
@@ -109,7 +111,7 @@ def _run(args: argparse.Namespace, lock: DirectoryLock) -> dict | None:
 
 def main(argv=None) -> int:
     # The data set picks some defaults (e.g. digits' short warm-up), so read it first.
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = ArgumentParser(prog="python -m pylth.train", add_help=False)  # its errors: as the main parser's
     pre.add_argument("--dataset", default=DataConfig.dataset)
     parser = build_parser(flag_defaults(pre.parse_known_args(argv)[0].dataset, "train"))
     args = parser.parse_args(argv)

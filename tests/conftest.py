@@ -19,3 +19,15 @@ def digits():
     from pylth.ddpm.data import load_dataset
 
     return load_dataset("digits")
+
+
+@pytest.fixture(autouse=True)
+def stop_signal_handlers():
+    """A command run in-process that stopped or failed leaves SIGTERM/SIGUSR1 ignored, as its process
+    would until it exits (pylth.cli.run_command); give the next test the handlers this one found."""
+    import signal
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    yield
+    for s, handler in before.items():
+        signal.signal(s, handler)

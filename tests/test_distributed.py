@@ -6,7 +6,8 @@ is also its worker script) against the same work done in one process here.
   rank stops both at the same step with a checkpoint, and the resume is exact too;
 - FID: the sharded samples are the one-process samples bit for bit, and the scores are equal;
 - find_ticket: one round writes one run directory, every rank trains on the same masks, and the
-  sparsity equals the one-process run's;
+  sparsity equals the one-process run's; round 0 of a U-Net with dropout matches one process (every
+  row of the global batch gets the same dropout mask, and the same flip, whatever the processes);
 - helpers: broadcasts, uneven gathers, checksum mismatches and rank-local errors raised everywhere;
 - a rank that dies brings the whole job down with its error.
 """
@@ -24,7 +25,7 @@ import torch
 
 from pylth import distributed as D
 from pylth.ddpm import GaussianDiffusion, classifier
-from pylth.ddpm.data import load_dataset
+from pylth.ddpm.data import ImageDataset, load_dataset
 from pylth.ddpm.fid import evaluate_fid
 from pylth.ddpm.trainer import TrainConfig, train
 from pylth.ddpm.models import UNet
@@ -122,6 +123,25 @@ def lottery_spec(cache: str):
     return tiny_spec(cache, iterations=4, max_rounds=1)
 
 
+def dropout_spec(cache: str):
+    """Round 0 of the tiny U-Net with dropout 0.1, rewind point at iteration 2 of 6."""
+    spec = tiny_spec(cache, iterations=6, max_rounds=0)
+    spec.model["dropout"] = 0.1
+    return spec
+
+
+def train_with_dropout_and_flips() -> torch.Tensor:
+    """4 steps of the tiny U-Net with dropout 0.3 on digits with random flips; the weights, then the EMA's."""
+    config = TrainConfig(iterations=4, batch_size=16, warmup=0, ema_decay=0.9, checkpoint_every=1000)
+    digits = load_dataset("digits")
+    flipping = ImageDataset(digits.images, digits.labels, digits.num_classes, hflip=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = UNet(**dict(TINY_MODEL, dropout=0.3))
+    result = train(model, GaussianDiffusion(), flipping, config)
+    return torch.cat([flat(result.model), flat(result.ema_model)])
+
+
 # -- the torchrun worker ---------------------------------------------------------------------------
 def worker(out: str, cache: str) -> None:
     torch.set_num_threads(1)
@@ -193,6 +213,11 @@ def worker(out: str, cache: str) -> None:
     results["lottery_seen"] = gathered(seen)
     results["lottery_sparsity"] = gathered([r["sparsity"] for r in records])
 
+    # dropout and flips: each row of the global batch gets its mask and its flip whatever the processes
+    results["dropout_records"] = find_ticket(dropout_spec(cache), os.path.join(out, "dropout-run"),
+                                             log=lambda _m: None)
+    results["dropout_flips_weights"] = train_with_dropout_and_flips()
+
     if rank == 0:
         results["work_done_at"] = time.time()  # the job should end soon after this, once rank 1 fails
         torch.save(dict(weights=weights, samples=fid["samples"], results=results), os.path.join(out, "results.pt"))
@@ -219,7 +244,10 @@ def runs(tmp_path_factory):
         weights, loss = train_tiny()
         single = dict(weights=weights, loss=loss, fid=fid_tiny(cache),
                       lottery=find_ticket(lottery_spec(cache), str(tmp / "single"), log=lambda _m: None),
-                      lottery_dir=str(tmp / "single"))
+                      lottery_dir=str(tmp / "single"),
+                      dropout_records=find_ticket(dropout_spec(cache), str(tmp / "single-dropout"),
+                                                  log=lambda _m: None),
+                      dropout_dir=str(tmp / "single-dropout"), dropout_flips_weights=train_with_dropout_and_flips())
     finally:
         classifier.train_classifier = original
         torch.set_num_threads(threads)
@@ -284,6 +312,26 @@ def test_find_ticket_round_has_the_same_masks_on_every_rank_and_one_process_spar
     assert list(masks) == list(one)
     same = sum(int((masks[n] == one[n]).sum()) for n in masks) / sum(m.numel() for m in masks.values())
     assert same > 0.99  # trained weights agree to float rounding: at most a few ties near the cut differ
+
+
+def test_round_0_with_dropout_matches_one_process(runs):
+    single, job, _, _, run_dir = runs
+    two_dir = os.path.join(os.path.dirname(run_dir), "dropout-run")
+    # Before dropout masks were keyed by the global row, the rewind point (2 steps) differed by 1e-4.
+    for name, atol in (("rewind.pt", 1e-6), ("round_00/model.pt", 1e-5)):
+        one, two = (torch_load(os.path.join(d, name)) for d in (single["dropout_dir"], two_dir))
+        for key in one:
+            torch.testing.assert_close(two[key], one[key], rtol=0, atol=atol, msg=f"{name}: {key}")
+    [one], [two] = single["dropout_records"], job["results"]["dropout_records"]
+    assert two["fid"] == pytest.approx(one["fid"], rel=1e-5)
+    assert two["loss"] == pytest.approx(one["loss"], rel=1e-5)
+    assert two["train_loss"] == pytest.approx(one["train_loss"], rel=1e-5)
+
+
+def test_dropout_and_flips_are_the_same_per_global_row_in_two_processes(runs):
+    single, job, *_ = runs
+    torch.testing.assert_close(job["results"]["dropout_flips_weights"], single["dropout_flips_weights"], rtol=0,
+                               atol=1e-5)
 
 
 def test_helpers_broadcast_gather_and_raise_on_every_rank(runs):

@@ -84,4 +84,4 @@ def test_find_ticket_with_a_huge_lr_is_one_line_naming_round_and_iteration_then_
     assert find_ticket_main(argv + ["--lr", "5e-4", "--force"], parts=parts) == 0
     assert len(scored) == 2, "round 0 and round 1 were scored"
     moved = [p for p in os.listdir(tmp_path) if p.startswith("run.replaced-")]
-    assert len(moved) == 1 and os.listdir(tmp_path / moved[0] / "round_00") == ["mask.pt"]
+    assert len(moved) == 1 and sorted(os.listdir(tmp_path / moved[0] / "round_00")) == [".mask.pt.sha256", "mask.pt"]

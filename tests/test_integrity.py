@@ -3,6 +3,7 @@ read-only commands check them. A damaged or missing file of each kind, or an unr
 rounds.jsonl, is one line that names the file and says what to do, with exit 2 and nothing written."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -15,12 +16,12 @@ from pylth.cka.__main__ import main as cka_main
 from pylth.ddpm import GaussianDiffusion
 from pylth.ddpm.trainer import TrainConfig, train
 from pylth.find_ticket import main
-from pylth.io import UnreadableFileError, atomic_torch_save
-from pylth.lottery import load_ticket
+from pylth.io import UnreadableFileError, atomic_torch_save, torch_load
+from pylth.lottery import LotteryParts, load_ticket
 from pylth.lottery.ticket import load_trained
 from pylth.run_dir import DamagedRunError
 from pylth.sample import main as sample_main
-from test_lottery_helpers import fake, file_digests, small_digits_unet  # noqa: F401  (fixtures)
+from test_lottery_helpers import fake, fake_calls, file_digests, small_digits_unet, stopped_in  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 QUICK = ["--iterations", "4", "--batch-size", "8", "--fid-samples", "4", "--sample-steps", "1",
@@ -238,3 +239,95 @@ def test_the_train_command_refuses_a_damaged_checkpoint_with_one_line(tmp_path, 
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"python -m pylth.train: error: cannot read {out / 'checkpoint.pt'}")
     assert (out / "checkpoint.pt").read_bytes() == b"\x00" * 64
+
+
+# -- the unfinished round: files carry a digest written with them ----------------------------------
+def sidecars(folder) -> list[str]:
+    return sorted(os.path.relpath(os.path.join(root, n), folder) for root, _, names in os.walk(folder)
+                  for n in names if n.endswith(".sha256"))
+
+
+def test_a_damaged_mask_of_the_unfinished_round_is_refused_before_any_work(fake, tmp_path, capsys):  # noqa: F811
+    out = tmp_path / "run"
+    argv = QUICK + ["--out", str(out)]
+    assert main(argv, parts=stopped_in(fake.parts, 1)) == 130  # stopped in round 1, its masks written
+    assert sidecars(out) == ["round_01/.mask.pt.sha256"] and len(records(out)) == 1
+    flip_a_byte(out / "round_01" / "mask.pt")  # the issue's case: a pruned weight turned kept, loads fine
+    before, calls = file_digests(str(out)), len(fake)
+    capsys.readouterr()
+    assert main(argv, parts=fake.parts) == 2
+    err = capsys.readouterr().err
+    mask = out / "round_01" / "mask.pt"
+    assert err == (f"{PROG}{mask} (a file of unfinished round 1) is damaged: its SHA-256 differs from the one written "
+                   "with it (.mask.pt.sha256). Nothing was changed: delete round_01 (the whole folder) to redo round 1 "
+                   "from its start: its masks are computed again from round 0's model.pt\n")
+    assert file_digests(str(out)) == before and len(fake) == calls, "refused before any training"
+    shutil.rmtree(out / "round_01")  # what the message says
+    assert main(argv, parts=fake.parts) == 0
+    straight = tmp_path / "straight"
+    assert main(QUICK + ["--out", str(straight)], parts=fake_calls().parts) == 0
+    assert mask.read_bytes() == (straight / "round_01" / "mask.pt").read_bytes()
+    assert sidecars(out) == [], "a finished round's digests are in rounds.jsonl"
+
+
+def test_a_damaged_checkpoint_of_the_unfinished_round_is_refused_and_deleting_it_redoes_the_round(
+        fake, tmp_path, capsys):  # noqa: F811
+    real = dataclasses.replace(fake.parts, train=LotteryParts().train)  # real training, stand-in FID
+    out, argv = tmp_path / "run", QUICK + ["--checkpoint-every", "2"]
+    assert main(argv + ["--out", str(out)], parts=stopped_in(real, 1, at_iteration=3)) == 130
+    checkpoint = out / "round_01" / "checkpoint.pt"
+    assert torch_load(str(checkpoint))["iteration"] == 2
+    assert sidecars(out) == ["round_01/.checkpoint.pt.sha256", "round_01/.mask.pt.sha256"]
+    flip_a_byte(checkpoint)
+    before = file_digests(str(out))
+    capsys.readouterr()
+    assert main(argv + ["--out", str(out)], parts=real) == 2
+    err = capsys.readouterr().err
+    assert err == (f"{PROG}{checkpoint} (a file of unfinished round 1) is damaged: its SHA-256 differs from the one "
+                   "written with it (.checkpoint.pt.sha256). Nothing was changed: delete it to redo round 1's "
+                   "training from its start\n")
+    assert file_digests(str(out)) == before
+    os.remove(checkpoint)
+    assert main(argv + ["--out", str(out)], parts=real) == 0
+    assert main(argv + ["--out", str(tmp_path / "straight")], parts=real) == 0
+    for name in ("round_01/model.pt", "round_01/mask.pt", "rewind.pt"):
+        assert (out / name).read_bytes() == (tmp_path / "straight" / name).read_bytes(), name
+
+
+def test_a_damaged_rewind_pt_before_round_0_is_finished_is_refused(fake, tmp_path, capsys):  # noqa: F811
+    out, argv = tmp_path / "run", QUICK + ["--out", str(tmp_path / "run")]
+    assert main(argv, parts=stopped_in(fake.parts, 0)) == 130  # theta_tau (tau = 0) and the masks written
+    assert sidecars(out) == [".rewind.pt.sha256", "round_00/.mask.pt.sha256"]
+    flip_a_byte(out / "rewind.pt")
+    before = file_digests(str(out))
+    capsys.readouterr()
+    assert main(argv, parts=fake.parts) == 2
+    err = capsys.readouterr().err
+    assert err == (f"{PROG}{out / 'rewind.pt'} (a file of unfinished round 0) is damaged: its SHA-256 differs from the "
+                   "one written with it (.rewind.pt.sha256). Nothing was changed: delete it to redo round 0's training "
+                   "as far as the rewind point, which writes it again\n")
+    assert file_digests(str(out)) == before
+    os.remove(out / "rewind.pt")
+    assert main(argv, parts=fake.parts) == 0 and len(records(out)) == 2
+
+
+def test_runs_stopped_before_unfinished_rounds_had_digests_still_resume(fake, tmp_path):  # noqa: F811
+    out, argv = tmp_path / "run", QUICK + ["--out", str(tmp_path / "run")]
+    assert main(argv, parts=stopped_in(fake.parts, 1)) == 130
+    for name in sidecars(out):  # as today's main left them
+        os.remove(out / name)
+    assert main(argv, parts=fake.parts) == 0 and len(records(out)) == 2
+
+
+def test_a_file_damaged_between_its_write_and_the_commit_is_not_recorded(fake, tmp_path, capsys):  # noqa: F811
+    out, argv = tmp_path / "run", QUICK + ["--out", str(tmp_path / "run")]
+    real_fid = fake.parts.evaluate_fid
+
+    def damaging_fid(*args, **kwargs):  # round 1 is evaluated after its masks were written and used
+        if (out / "round_01" / "mask.pt").exists():
+            flip_a_byte(out / "round_01" / "mask.pt")
+        return real_fid(*args, **kwargs)
+
+    assert main(argv, parts=dataclasses.replace(fake.parts, evaluate_fid=damaging_fid)) == 2
+    assert f"{out / 'round_01' / 'mask.pt'} (a file of unfinished round 1) is damaged" in capsys.readouterr().err
+    assert len(records(out)) == 1, "round 1 was not committed"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import os
 
@@ -101,3 +102,24 @@ def fake_calls(step_size: float = 1.0) -> FakeCalls:
     calls.parts = LotteryParts(train=train, evaluate_fid=evaluate_fid,
                                render_report=lambda records, title="": b"not drawn")
     return calls
+
+
+def stopped_in(parts, round_k: int, at_iteration: int | None = None):
+    """``parts`` whose training raises KeyboardInterrupt (Ctrl-C) in round ``round_k``: at its start, or
+    after step ``at_iteration`` (after the checkpoints written until then)."""
+    def train(model, *args, masks=None, on_iteration=None, checkpoint_path=None, **kwargs):
+        if f"round_{round_k:02d}" in checkpoint_path:
+            if at_iteration is None:
+                raise KeyboardInterrupt
+
+            def stop(iteration, trained):
+                if on_iteration is not None:
+                    on_iteration(iteration, trained)
+                if iteration == at_iteration:
+                    raise KeyboardInterrupt
+
+            return parts.train(model, *args, masks=masks, on_iteration=stop, checkpoint_path=checkpoint_path, **kwargs)
+        return parts.train(model, *args, masks=masks, on_iteration=on_iteration, checkpoint_path=checkpoint_path,
+                           **kwargs)
+
+    return dataclasses.replace(parts, train=train)

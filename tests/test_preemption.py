@@ -181,3 +181,40 @@ def test_find_ticket_sigterm_mid_round_then_the_same_command_resumes_bit_identic
     assert find_ticket_main(TICKET + ["--cache-dir", fid_cache, "--out", str(tmp_path / "straight")]) == 0
     for name in ("round_00/model.pt", "round_00/mask.pt", "rewind.pt", "round_01/model.pt", "round_01/mask.pt"):
         assert (tmp_path / "run" / name).read_bytes() == (tmp_path / "straight" / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("gap", [0.0, 0.3])
+def test_a_second_sigterm_while_stopping_changes_nothing(tmp_path, fid_cache, gap):  # noqa: F811
+    """Schedulers and torchrun send SIGTERM again: the run still ends with 75 and its checkpoint intact,
+    not with 143 (the signal's default action, killing the process as it exits)."""
+    load_or_train_classifier("digits", load_dataset("digits"), fid_cache, "cpu")
+    proc = start_find_ticket(TICKET + ["--cache-dir", fid_cache, "--out", str(tmp_path / "run")], tmp_path)
+    progress = Progress(proc.stderr)
+    progress.wait_for("round 1", 8, proc)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(gap)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 75
+    progress.finish()
+    checkpoint = tmp_path / "run" / "round_01" / "checkpoint.pt"
+    stopped_at = torch_load(str(checkpoint))["iteration"]  # loads, and matches the digest written with it
+    assert progress.text.strip().splitlines()[-1] == (
+        f"python -m pylth.find_ticket: stopped by SIGTERM after iteration {stopped_at} of 40; {checkpoint} holds the "
+        "state; run the same command again to resume")
+    assert "Traceback" not in progress.text
+
+
+def test_after_a_stop_the_command_ignores_further_stop_signals_until_it_exits():
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
+
+    def body():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)
+
+    assert run_command("prog", body, needs_native=False, stops_on_signals=True) == EXIT_PREEMPTED
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN == signal.getsignal(signal.SIGUSR1)
+    os.kill(os.getpid(), signal.SIGTERM)  # would end this process with 143
+    for s, handler in before.items():
+        signal.signal(s, handler)
+    assert run_command("prog", lambda: None, needs_native=False, stops_on_signals=True) == 0
+    assert {s: signal.getsignal(s) for s in before} == before, "a command that ends well gives the handlers back"

@@ -13,13 +13,13 @@ import math
 import os
 import sys
 
-from pylth.cli import run_command
+from pylth.cli import ArgumentParser, run_command
 from pylth.cka.compare import LayerCka, compare_tickets, pick_round, trained_weight_rows, upstream_downstream
 from pylth.io import atomic_write_bytes, atomic_write_text
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m pylth.cka", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m pylth.cka", description=__doc__.splitlines()[0])
     parser.add_argument("run_a", metavar="RUN_A", help="first find_ticket run directory")
     parser.add_argument("run_b", metavar="RUN_B", help="second find_ticket run directory (same model)")
     parser.add_argument("--round", type=int, default=None, dest="round_k", metavar="K",

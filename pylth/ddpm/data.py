@@ -108,6 +108,15 @@ class ImageDataset(Dataset):
         return list(zip(x.unbind(0), self.labels[index].tolist()))
 
 
+def without_flips(dataset) -> tuple[Dataset, bool]:
+    """(``dataset`` without its random flips, whether it had them). The trainer flips each row of the
+    global batch itself, from the step's seed (pylth.ddpm.trainer.step.iteration_flips): flips drawn
+    here come from each process's generator and would differ between one process and N."""
+    if isinstance(dataset, ImageDataset) and dataset.hflip:
+        return ImageDataset(dataset.images, dataset.labels, dataset.num_classes, native_size=dataset.native_size), True
+    return dataset, False
+
+
 def images_and_labels(dataset) -> tuple[torch.Tensor, torch.Tensor]:
     """Every image of ``dataset`` (float, in [-1, 1]) and its label, as two tensors: an ImageDataset's
     straight from its tensors (no flips), any other data set item by item."""

@@ -108,7 +108,8 @@ def _resume_hint(old: dict, config: dict) -> str:
 
 def open_run(run: RunDirectory, config: dict, force: bool = False, log=print) -> list[dict]:
     """Lock ``run`` for this process, prepare it for ``config`` and return its finished rounds (rank 0
-    only), their files checked against the digests in rounds.jsonl.
+    only), their files checked against the digests in rounds.jsonl, and the unfinished round's against
+    the digests written with them.
 
     A mismatched configuration, or a non-empty folder that holds no run, is refused with a
     ConfigMismatchError, and a damaged run with a DamagedRunError, unless ``force``; then the old
@@ -131,6 +132,7 @@ def open_run(run: RunDirectory, config: dict, force: bool = False, log=print) ->
             raise _refused(problem)
         if problem is None and old is not None:
             run.verify(records)
+            run.verify_unfinished(len(records))
     except DamagedRunError as exc:
         if not force:
             raise

@@ -20,6 +20,7 @@ from pylth.ddpm.finite import first_nonfinite
 from pylth.ddpm.images import grid_png
 from pylth.ddpm.models import model_kind
 from pylth.ddpm.trainer import Diverged, resolve_device
+from pylth.io import remove_file
 from pylth.lottery.dense_from import adopt_round_zero, check_adopted
 from pylth.lottery.evaluate import HeldOut, heldout_loss
 from pylth.lottery.parts import LotteryParts
@@ -152,7 +153,7 @@ class Lottery:
                                                     "its start")["iteration"] >= tau:
                 # Killed between the checkpoint and theta_tau's file: only a restart recovers theta_tau.
                 self.log("round 0's checkpoint is past the rewind point, which was not saved: restarting round 0")
-                os.remove(checkpoint)
+                remove_file(checkpoint)
         self.log(f"round 0: dense training, {spec.train.iterations} iterations, rewind point at iteration {tau}")
         result, trained_here = self._train(0, None, 0, "round 0 (dense)", on_iteration=keep_rewind_point)
         if not self._exists(run.rewind_path):
@@ -169,7 +170,7 @@ class Lottery:
                     # RUN reset otherwise and kept no theta_0: it is the seed's, made again.
                     theta0 = self.kind.initial(self.spec.model, self.spec.train.seed, self.spec.init_from)
                     self._save(theta0.state_dict(), self.run.init_path)
-                self.records = self.run.append_round([], dict(record, files=self.run.round_digests(0)))
+                self._commit(0, record)
                 self._draw_report()
                 self.log(f"round 0: taken from {record['dense_from']['path']} ({fid_label([record])} "
                          f"{record['fid']:.3f}, held-out loss {record['loss']:.5f})")
@@ -289,12 +290,12 @@ class Lottery:
 
     def _commit(self, k: int, record: dict) -> None:
         """The round is finished once it is in rounds.jsonl, with the digests of the files it wrote
-        (checked on resume and by load_ticket); its checkpoint is then of no use."""
+        (checked on resume and by load_ticket), after checking them against the digests written with
+        them; its checkpoint is then of no use."""
+        self.run.verify_unfinished(k)
         self.records = self.run.append_round(self.records, dict(record, files=self.run.round_digests(k)))
-        checkpoint = self._checkpoint(k)
-        if os.path.exists(checkpoint):
-            os.remove(checkpoint)
+        self.run.finish_round(k)
 
     def _draw_report(self) -> None:
         self.run.save_bytes(self.parts.render_report(self.records, title=os.path.basename(self.run.path)),
-                            self.run.report_path)
+                            self.run.report_path, digest=False)

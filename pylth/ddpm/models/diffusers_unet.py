@@ -11,6 +11,7 @@ import json
 import os
 import sys
 
+from pylth.ddpm.models.dropout import swap_dropouts
 from pylth.ddpm.models.registry import ModelKind, SavedModel, register
 
 INSTALL_HINT = 'pip install ".[diffusers]"'
@@ -107,7 +108,9 @@ def configure(config: dict, image_shape) -> dict:
 
 
 def build(config: dict):
-    return import_diffusers().UNet2DModel(**config)
+    """The UNet2DModel, its nn.Dropout layers keyed (KeyedDropout: the trainer keys their masks by step
+    and global row, so one process trains as N do); its state_dict is diffusers' own."""
+    return swap_dropouts(import_diffusers().UNet2DModel(**config))
 
 
 def predict(model, x, t):

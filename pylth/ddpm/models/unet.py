@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pylth.ddpm.models.dropout import KeyedDropout
 from pylth.ddpm.models.registry import ModelKind, register
 from pylth.ddpm.models.unet_diffusers import as_diffusers
 from pylth.ddpm.presets import DATASET_PRESETS
@@ -69,13 +70,14 @@ class AttnBlock(nn.Module):
 
 class ResBlock(nn.Module):
     """GroupNorm-SiLU-Conv, plus the projected time embedding, GroupNorm-SiLU-Dropout-Conv, a 1x1
-    shortcut when the channel count changes, then optional attention."""
+    shortcut when the channel count changes, then optional attention. The dropout is keyed (the
+    trainer keys its masks by step and global row: the same in one process as in N)."""
 
     def __init__(self, in_ch: int, out_ch: int, tdim: int, dropout: float, attn: bool, groups: int):
         super().__init__()
         self.b1 = nn.Sequential(nn.GroupNorm(groups, in_ch), nn.SiLU(), nn.Conv2d(in_ch, out_ch, 3, padding=1))
         self.t = nn.Sequential(nn.SiLU(), nn.Linear(tdim, out_ch))
-        self.b2 = nn.Sequential(nn.GroupNorm(groups, out_ch), nn.SiLU(), nn.Dropout(dropout),
+        self.b2 = nn.Sequential(nn.GroupNorm(groups, out_ch), nn.SiLU(), KeyedDropout(dropout),
                                 nn.Conv2d(out_ch, out_ch, 3, padding=1))
         self.sc = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
         self.attn = AttnBlock(out_ch, groups) if attn else nn.Identity()

@@ -117,5 +117,6 @@ def write_checkpoint(state: TrainState, path: str, config, device: torch.device)
                                optimizer=state.optimizer.state_dict(), iteration=state.iteration,
                                ema_updates=state.ema_updates, losses=[float(x) for x in state.losses], rng=rng,
                                seconds=list(state.seconds),
-                               config=dataclasses.asdict(config), sparse_layers=sparse_layers(state.model)), path)
+                               config=dataclasses.asdict(config), sparse_layers=sparse_layers(state.model)), path,
+                          digest=True)  # resume checks it (torch_load): a flipped byte would load unnoticed
     state.checkpointed = state.iteration

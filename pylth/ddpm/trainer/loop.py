@@ -12,7 +12,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pylth import distributed as D
+from pylth.ddpm.data import without_flips
 from pylth.ddpm.finite import first_nonfinite
+from pylth.ddpm.models.dropout import clear_dropout_step, keyed_dropouts, set_dropout_step
 from pylth.ddpm.models.registry import call_model
 from pylth.ddpm.trainer.checkpoint import checkpoint_sparse_layers, read_checkpoint, restore, write_checkpoint
 from pylth.ddpm.trainer.config import TrainConfig, learning_rate, resolve_device
@@ -20,7 +22,7 @@ from pylth.ddpm.trainer.divergence import Diverged, read_window
 from pylth.ddpm.trainer.loader import make_loader
 from pylth.ddpm.trainer.sparse import dense_copy, to_dense
 from pylth.ddpm.trainer.state import TrainState, setup_state
-from pylth.ddpm.trainer.step import iteration_noise, train_step, update_ema
+from pylth.ddpm.trainer.step import iteration_flips, iteration_noise, train_step, update_ema
 from pylth.preemption import Preempted, deferred_stop, stop_requested
 from pylth.pruning.model_masks import check_masked_zero
 
@@ -88,7 +90,9 @@ def train(model: nn.Module, diffusion, dataset, config: TrainConfig, *, masks: d
     # on another device or pylth version, and the checkpoint's state is in its layers' format.
     state = setup_state(model, config, device, masks, ema_state, start_iteration,
                         sparse_layers=checkpoint_sparse_layers(ckpt, config.sparse_training))
-    torch.manual_seed(config.seed * 100003 + start_iteration + rank)  # dropout: per process
+    # Dropout and flips are keyed by (seed, iteration, global row); this seeds what a model kind may still
+    # draw from the global generator, per process.
+    torch.manual_seed(config.seed * 100003 + start_iteration + rank)
     if ckpt is not None:
         restore(state, ckpt, checkpoint_path, device, end)
     with deferred_stop():  # a signal during training is answered below, once the checkpoint is written
@@ -130,8 +134,10 @@ def _run_steps(state: TrainState, net, diffusion, dataset, config: TrainConfig, 
                checkpoint_path, on_iteration, progress_desc: str, predict) -> bool:
     """Step until ``end``; returns True when the processes agreed to stop on a signal first."""
     rank, world = D.rank(), D.world_size()
+    dataset, flips = without_flips(dataset)  # the data set's random flips come from the step's key instead
     loader = make_loader(dataset, config, state.iteration, end, rank, world, device)
     use_bf16 = config.bf16 and device.type == "cuda"
+    dropouts = keyed_dropouts(state.model)
     params = list(state.model.parameters())
     ema_params = list(state.ema_model.parameters())
     pruned = state.pruned
@@ -143,9 +149,12 @@ def _run_steps(state: TrainState, net, diffusion, dataset, config: TrainConfig, 
     try:
         for x0, _ in loader:
             x0 = x0.to(device, non_blocking=True)
+            if flips:
+                x0 = iteration_flips(config, state.iteration, x0, rank, world)
             for group in state.optimizer.param_groups:
                 group["lr"] = learning_rate(config, state.iteration)
             t, noise = iteration_noise(diffusion, config, state.iteration, x0, rank, world)
+            set_dropout_step(dropouts, config.seed, state.iteration, rank, world)  # this rank's rows: rank::world
             loss, grad_norm = train_step(net, diffusion, x0, state.optimizer, params, pruned, config.grad_clip,
                                          use_bf16, t, noise, predict=predict)
             update_ema(ema_params, params, config, state.ema_updates)
@@ -170,5 +179,6 @@ def _run_steps(state: TrainState, net, diffusion, dataset, config: TrainConfig, 
                 check_masked_zero(state.model, state.masks)
                 write_checkpoint(state, checkpoint_path, config, device)
     finally:
+        clear_dropout_step(dropouts)
         bar.close()
     return stop

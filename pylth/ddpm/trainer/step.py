@@ -23,6 +23,18 @@ def iteration_noise(diffusion, config: TrainConfig, iteration: int, x0: torch.Te
     return t[rank::world], noise[rank::world]
 
 
+FLIP_DRAW = 1  # the flips' draw of an iteration, beside its noise's (derived_seed(seed, iteration) itself)
+
+
+def iteration_flips(config: TrainConfig, iteration: int, x0: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """``x0``, this rank's rows of the global batch of ``iteration``, with each row flipped left-right
+    where the global batch's draw (seeded by seed and iteration, as the noise) says so: the same images
+    flip whatever the number of processes."""
+    gen = torch.Generator().manual_seed(derived_seed(derived_seed(config.seed, iteration), FLIP_DRAW))
+    flip = (torch.rand(x0.shape[0] * world, generator=gen)[rank::world] < 0.5).to(x0.device)
+    return torch.where(flip.view(-1, *([1] * (x0.ndim - 1))), x0.flip(-1), x0)
+
+
 def train_step(net, diffusion, x0, optimizer, params, pruned, grad_clip: float, bf16: bool,
                t=None, noise=None, predict=call_model) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One optimizer step on batch ``x0``; ``pruned`` lists (param, bool tensor True where pruned);
