@@ -14,7 +14,7 @@ import io
 import os
 import sys
 
-from pylth.cli import run_command
+from pylth.cli import ArgumentParser, run_command
 from pylth.io import atomic_write_bytes, atomic_write_text
 from pylth.lottery.comparison import METRICS, compare_runs, csv_rows, dense_band, markdown_table, parse_settings
 
@@ -22,7 +22,7 @@ PROG = "python -m pylth.compare"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", metavar="RUN", help="find_ticket run directories")
     parser.add_argument("--out", default=".", metavar="DIR", help="folder for compare.png, .md and .csv (default: .)")
     parser.add_argument("--labels", default=None, metavar="A,B,...",

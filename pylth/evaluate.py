@@ -15,7 +15,7 @@ import sys
 import time
 
 from pylth import __version__
-from pylth.cli import run_command
+from pylth.cli import ArgumentParser, run_command
 from pylth.ddpm.config import FID_FEATURES
 from pylth.ddpm.data import load_dataset
 from pylth.ddpm.diffusion import GaussianDiffusion
@@ -63,7 +63,7 @@ def _at_least(low: int):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("run", metavar="RUN", help="a find_ticket run directory")
     which = parser.add_argument_group("which rounds (default: every finished round)")
     which.add_argument("--rounds", type=_int_list, default=None, metavar="K,K,...", help="finished rounds to score")

@@ -84,11 +84,11 @@ def test_a_damaged_file_of_run_is_named(source, tmp_path, fid_cache):  # noqa: F
 
 
 @pytest.mark.parametrize("problem", ["missing", "unfinished"])
-def test_a_missing_or_unfinished_run_is_one_line_and_nothing_is_written(tmp_path, capsys, problem):
+def test_a_missing_or_unfinished_run_is_one_line_and_nothing_is_written(source, tmp_path, capsys, problem):
     run = tmp_path / "run"
-    if problem == "unfinished":
+    if problem == "unfinished":  # a run whose round 0 is still training: its config, no rounds.jsonl yet
         run.mkdir()
-        (run / "config.json").write_text(json.dumps({"lottery": {}}))
+        (run / "config.json").write_text(open(os.path.join(source, "config.json")).read())
     out = tmp_path / "arm"
     argv = ["--iterations", "4", "--batch-size", "8", "--fid-samples", "4", "--sample-steps", "1",
             "--dense-from", str(run), "--out", str(out)]
