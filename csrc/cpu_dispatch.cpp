@@ -9,14 +9,14 @@
 
 #include "common.h"
 
-#ifdef PYLTH_X86_DISPATCH
+#ifdef PYLTH_ISA_VARIANTS
 #include <cpuid.h>
 #endif
 
 namespace pylth {
 namespace {
 
-#ifdef PYLTH_X86_DISPATCH
+#ifdef PYLTH_ISA_VARIANTS
 // The register state the OS saves on a context switch (XCR0). Without a bit set there, instructions on
 // those registers fault even on a CPU that has them (a VM or an OS that keeps AVX-512 off).
 std::uint64_t os_saved_state() {
