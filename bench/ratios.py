@@ -1,4 +1,5 @@
 """What the micro-benchmarks share to report ratios, which pytest-benchmark has no column for."""
+import platform
 
 
 def min_and_median(benchmark):
@@ -23,3 +24,15 @@ def benchmark_into(benchmark, fn, group: str, times: dict, key) -> None:
     measured = min_and_median(benchmark)
     if measured is not None:
         times[key] = measured
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo, else what platform knows), for the ratio lines."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -1,10 +1,11 @@
 """MaskedAdam.step() vs what users run today, on the 35.7M-parameter DDPM CIFAR-10 shapes.
 
-Run:  python -m pytest bench/test_bench_adam.py --benchmark-only
+Run:  python -m pytest bench/test_bench_adam.py --benchmark-only [--cpu-isa avx512,avx2]
 Baselines: (a) unmasked torch.optim.Adam(fused=True) (the speed to match: masking should be nearly
 free); (b) masking by hand: _foreach_mul_ of the grads by float masks, fused Adam, _foreach_mul_ of
-the params. Weights (>= 2 dims) carry 50 %-dense random masks, biases and norms none. The ratios
-are printed after the module's tests (min and median over rounds); compare only numbers from one run.
+the params. Weights (>= 2 dims) carry 50 %-dense random masks, biases and norms none. On the CPU,
+MaskedAdam runs once per CPU path (bench/conftest.py) beside the same baselines. The ratios are
+printed after the module's tests (min and median over rounds); compare only numbers from one run.
 
 The "overhead" cases keep the 328 tensors but shrink every dimension to at most 2 (1 to 16 values a
 tensor), so the arithmetic vanishes and what is timed is each step's host work: MaskedAdam's Python
@@ -14,9 +15,10 @@ import pytest
 import torch
 
 from pylth.optim import MaskedAdam
-from ratios import min_and_median, print_after_module
+from ratios import cpu_model, min_and_median, print_after_module
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 ROUNDS = {"cpu": 10, "cuda": 50, "cpu-overhead": 300}
 _times: dict = {}
 
@@ -69,16 +71,24 @@ def foreach_mask_step(params, masks):
     return step
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_masked_adam(benchmark, device, ddpm_param_shapes):
+def _masked_adam(benchmark, device, name, shapes):
     benchmark.group = f"adam-{device}"
-    params, masks = workload(ddpm_param_shapes, device)
+    params, masks = workload(shapes, device)
     opt = MaskedAdam(params, lr=2e-4)
     for p, m in zip(params, masks):
         if m is not None:
             opt.set_mask(p, m)
-    _run(benchmark, device, "masked_adam", opt.step)
+    _run(benchmark, device, name, opt.step)
     assert all(((p.detach() == 0) | m).all() for p, m in zip(params, masks) if m is not None)
+
+
+def test_masked_adam(benchmark, cpu_isa, ddpm_param_shapes):
+    _masked_adam(benchmark, "cpu", f"masked_adam[{cpu_isa}]", ddpm_param_shapes)
+
+
+@needs_cuda
+def test_masked_adam_cuda(benchmark, ddpm_param_shapes):
+    _masked_adam(benchmark, "cuda", "masked_adam", ddpm_param_shapes)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -124,14 +134,16 @@ def _ratio_lines(device, t):
                 f"{t['masked_adam'][k] / t['a_fused_unmasked'][k]:.3f}x the time of fused Adam "
                 f"({t['a_fused_unmasked'][k] * 1e3:.3f} ms), 328 tiny tensors"
                 for stat, k in (("min", 0), ("median", 1))]
-    if len(t) < 3:
+    if "a_fused_unmasked" not in t or "b_foreach_mask_fused" not in t:
         return []
     lines = []
-    for stat, k in (("min", 0), ("median", 1)):
-        ours, a, b = t["masked_adam"][k], t["a_fused_unmasked"][k], t["b_foreach_mask_fused"][k]
-        lines.append(f"adam-{device} {stat}: MaskedAdam {ours * 1e3:.2f} ms = {ours / a:.3f}x the time of "
-                     f"(a) fused Adam unmasked ({a * 1e3:.2f} ms); (b) foreach-mask + fused Adam "
-                     f"({b * 1e3:.2f} ms) takes {b / ours:.2f}x MaskedAdam's time")
+    for name in sorted(n for n in t if n.startswith("masked_adam")):
+        path = f" ({name[len('masked_adam['):-1]} path)" if "[" in name else ""
+        for stat, k in (("min", 0), ("median", 1)):
+            ours, a, b = t[name][k], t["a_fused_unmasked"][k], t["b_foreach_mask_fused"][k]
+            lines.append(f"adam-{device}{path} {stat}: MaskedAdam {ours * 1e3:.2f} ms = {ours / a:.3f}x the time "
+                         f"of (a) fused Adam unmasked ({a * 1e3:.2f} ms); (b) foreach-mask + fused Adam "
+                         f"({b * 1e3:.2f} ms) takes {b / ours:.2f}x MaskedAdam's time")
     return lines
 
 
@@ -139,4 +151,5 @@ def _ratio_lines(device, t):
 def report_ratios(request):
     """After the module: MaskedAdam's time relative to each baseline (pytest-benchmark has no ratio column)."""
     yield
-    print_after_module(request, [line for device, t in _times.items() for line in _ratio_lines(device, t)])
+    lines = [line for device, t in _times.items() for line in _ratio_lines(device, t)]
+    print_after_module(request, [f"CPU: {cpu_model()}"] + lines if lines else [])

@@ -3,16 +3,17 @@
 Workload: the 113 conv/linear weights (>= 2-D shapes) of bench/ddpm_cifar10_param_shapes.json,
 50 %-dense random masks, layerwise ratios min(0.95, 0.2 + 0.01 * j) for tensor j (global: 0.2).
 Baselines: per tensor ``w.abs()[mask]`` + ``torch.kthvalue`` + compare; global: ``torch.kthvalue``
-over the concatenation. The speed-ups (baseline time / pylth time, min and median over rounds) are
-printed after the module; compare only numbers from one run.
+over the concatenation. On the CPU, pylth runs once per CPU path (bench/conftest.py) beside the same
+baselines. The speed-ups (baseline time / pylth time, min and median over rounds) are printed after
+the module; compare only numbers from one run.
 
-    python -m pytest bench/test_bench_select.py --benchmark-only
+    python -m pytest bench/test_bench_select.py --benchmark-only [--cpu-isa avx512,avx2]
 """
 import pytest
 import torch
 
 from pylth.ops.select import magnitude_select, magnitude_select_global
-from ratios import min_and_median, print_after_module
+from ratios import cpu_model, min_and_median, print_after_module
 
 GLOBAL_RATIO = 0.2
 _times = {}  # (device, case) -> (min, median) seconds
@@ -65,7 +66,8 @@ CASES = {
 }
 
 
-def _run(benchmark, device, case, workload):
+def _run(benchmark, device, case, workload, path=None):
+    """Times CASES[case]; ``path``: the CPU path pylth's case runs on (part of its key in _times)."""
     weights, masks, ratios = workload
     fn = CASES[case]
     if device == "cuda":
@@ -79,11 +81,16 @@ def _run(benchmark, device, case, workload):
     benchmark(call)
     times = min_and_median(benchmark)
     if times is not None:
-        _times[(device, case)] = times
+        _times[(device, case, path)] = times
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_select_cpu(benchmark, cpu_workload, case):
+@pytest.mark.parametrize("case", [c for c in CASES if c.endswith("pylth")])
+def test_select_cpu(benchmark, cpu_workload, case, cpu_isa):
+    _run(benchmark, "cpu", case, cpu_workload, cpu_isa)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if not c.endswith("pylth")])
+def test_select_cpu_baseline(benchmark, cpu_workload, case):
     _run(benchmark, "cpu", case, cpu_workload)
 
 
@@ -105,12 +112,13 @@ def report_ratios(request):
     """After the module: each baseline's time over pylth's (pytest-benchmark has no ratio column)."""
     yield
     lines = []
-    for device in ("cpu", "cuda"):
-        for mode, baseline in (("layerwise", "loop"), ("global", "kthvalue")):
-            ours, base = _times.get((device, f"{mode}-pylth")), _times.get((device, f"{mode}-{baseline}"))
-            if ours is None or base is None:
-                continue
-            for stat, k in (("min", 0), ("median", 1)):
-                lines.append(f"select-{device} {mode} {stat}: pylth {ours[k] * 1e3:.2f} ms, {baseline} "
-                             f"{base[k] * 1e3:.2f} ms: {base[k] / ours[k]:.1f}x faster")
-    print_after_module(request, lines)
+    for device, case, path in sorted(key for key in _times if key[1].endswith("pylth")):
+        mode = case.split("-")[0]
+        baseline = "loop" if mode == "layerwise" else "kthvalue"
+        base, ours = _times.get((device, f"{mode}-{baseline}", None)), _times[(device, case, path)]
+        if base is None:
+            continue
+        for stat, k in (("min", 0), ("median", 1)):
+            lines.append(f"select-{device}{f' ({path} path)' if path else ''} {mode} {stat}: pylth "
+                         f"{ours[k] * 1e3:.2f} ms, {baseline} {base[k] * 1e3:.2f} ms: {base[k] / ours[k]:.1f}x faster")
+    print_after_module(request, [f"CPU: {cpu_model()}"] + lines if lines else [])

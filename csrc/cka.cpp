@@ -1,26 +1,20 @@
 // CKA on the CPU, batched over pairs and fused per pair (OpenMP over pairs): each side's Gram matrix
-// (from BLAS for dense inputs, or gathered here from a mostly-zero matrix's nonzeros), squared
-// distances, the median bandwidth by selection, the RBF (or linear) kernel and the HSIC sums with
-// float64 accumulation, all in per-thread buffers that stay in cache from one step to the next.
-#include "cpu_dispatch.h"
+// (from BLAS for dense inputs, computed here on the AVX-512 path, or gathered here from a mostly-zero
+// matrix's nonzeros), squared distances, the median bandwidth by selection, the RBF (or linear) kernel
+// and the HSIC sums with float64 accumulation, all in per-thread buffers that stay in cache from one
+// step to the next. The inner loops come from the active CPU path (cka_cpu.h).
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <limits>
 #include <numeric>
 #include <type_traits>
 #include <vector>
-#ifdef __SSE2__
-#include <emmintrin.h>
-#endif
-#ifdef PYLTH_X86_DISPATCH
-#include <immintrin.h>
-#endif
 
 #include "cka.h"
+#include "cka_cpu.h"
 #include "common.h"
 #include "omp_error.h"
 
@@ -38,106 +32,55 @@ double order_statistic(std::vector<double>& u, int64_t q) {
   return u[q];
 }
 
-// Copies the values of u[0..m) that lie in [low, high] to gathered (room for m values) and counts
-// those below low: the bulk of a median's cost. Branch-free (which of them is kept is random).
-int64_t gather_bracket_scalar(const double* u, int64_t m, double low, double high, double* gathered,
-                              int64_t& below) {
-  int64_t count = 0;
-  below = 0;
-  for (int64_t e = 0; e < m; ++e) {
-    const double v = u[e];
-    below += v < low;
-    gathered[count] = v;
-    count += (v >= low) & (v <= high);
-  }
-  return count;
-}
-
-#ifdef PYLTH_X86_DISPATCH
-// The same, four values a step: x86 has no compress instruction before AVX-512, so the kept values
-// are packed to the front by a permutation looked up by their 4-bit mask. 4x faster than the scalar
-// loop, whose store depends on the previous step's count.
-__attribute__((target("avx2"))) int64_t gather_bracket_avx2(const double* u, int64_t m, double low, double high,
-                                                           double* gathered, int64_t& below) {
-  struct Table {  // lane order (as pairs of 32-bit halves) that packs the selected doubles first
-    alignas(32) int32_t perm[16][8];
-    constexpr Table() : perm{} {
-      for (int mask = 0; mask < 16; ++mask) {
-        int slot = 0;
-        for (int lane = 0; lane < 4; ++lane)
-          if (mask >> lane & 1) perm[mask][2 * slot] = 2 * lane, perm[mask][2 * slot + 1] = 2 * lane + 1, ++slot;
-      }
-    }
-  };
-  static constexpr Table kTable;
-  const __m256d vlow = _mm256_set1_pd(low), vhigh = _mm256_set1_pd(high);
-  __m256i below_lanes = _mm256_setzero_si256();
-  int64_t count = 0, e = 0;
-  // The store writes four values at gathered + count <= gathered + e: within the first m.
-  for (; e + 4 <= m; e += 4) {
-    const __m256d v = _mm256_loadu_pd(u + e);
-    const __m256d lt = _mm256_cmp_pd(v, vlow, _CMP_LT_OQ);
-    const __m256d in = _mm256_and_pd(_mm256_cmp_pd(v, vlow, _CMP_GE_OQ), _mm256_cmp_pd(v, vhigh, _CMP_LE_OQ));
-    below_lanes = _mm256_sub_epi64(below_lanes, _mm256_castpd_si256(lt));  // a true compare is -1
-    const int mask = _mm256_movemask_pd(in);
-    const __m256i perm = _mm256_load_si256(reinterpret_cast<const __m256i*>(kTable.perm[mask]));
-    _mm256_storeu_pd(gathered + count, _mm256_castps_pd(_mm256_permutevar8x32_ps(_mm256_castpd_ps(v), perm)));
-    count += __builtin_popcount(mask);
-  }
-  alignas(32) int64_t lanes[4];
-  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), below_lanes);
-  int64_t tail_below;
-  count += gather_bracket_scalar(u + e, m - e, low, high, gathered + count, tail_below);
-  below = lanes[0] + lanes[1] + lanes[2] + lanes[3] + tail_below;
-  return count;
-}
-#endif
-
-int64_t gather_bracket(const double* u, int64_t m, double low, double high, double* gathered, int64_t& below) {
-#ifdef PYLTH_X86_DISPATCH
-  static const bool has_avx2 = __builtin_cpu_supports("avx2");
-  if (has_avx2) return gather_bracket_avx2(u, m, low, high, gathered, below);
-#endif
-  return gather_bracket_scalar(u, m, low, high, gathered, below);
-}
+// Scratch of the median selections (per thread, grown and never shrunk: a resize back up from the last
+// count would zero-fill most of it every time).
+struct MedianScratch {
+  std::vector<double> work, sample;
+};
 
 // The mean of the lo-th and hi-th smallest of u (see middle_pair) without reordering u, faster on large u
 // (Floyd-Rivest): two values from a strided sample bracket ranks lo..hi; one pass (gather_bracket)
 // counts what lies below the bracket and gathers what lies in it, and only that small part is selected
 // from. False (nothing computed) when the sample misses.
-bool middle_pair_sampled(const std::vector<double>& u, int64_t lo, int64_t hi, std::vector<double>& inside,
-                         double& result) {
-  constexpr int64_t kSample = 1024, kMargin = 64;
+bool middle_pair_sampled(const std::vector<double>& u, int64_t lo, int64_t hi, const CkaLoops& loops,
+                         MedianScratch& scratch, double& result) {
   const auto m = static_cast<int64_t>(u.size());
-  if (lo < 0 || m < 16 * kSample) return false;
-  double sample[kSample];
-  for (int64_t s = 0; s < kSample; ++s) sample[s] = u[s * (m / kSample)];
+  if (lo < 0 || m < 8192) return false;  // smaller: a selection in a copy costs about as much
+  // s ~ (2m)^(2/3) samples balance their two selections against the selection among the ~4m/sqrt(s)
+  // values that a bracket of 4 standard deviations of the sample rank each side lets through.
+  const double root = std::cbrt(2.0 * static_cast<double>(m));
+  const int64_t count = std::clamp<int64_t>(static_cast<int64_t>(root * root), 256, 32768);
+  const int64_t margin = static_cast<int64_t>(2.0 * std::sqrt(static_cast<double>(count))) + 2;
+  std::vector<double>& sample = scratch.sample;
+  sample.resize(count);
+  for (int64_t s = 0; s < count; ++s) sample[s] = u[s * (m / count)];
   // Two order statistics of the sample (selections, cheaper than sorting it).
-  const int64_t rank = lo * kSample / m;
-  const int64_t high_rank = std::min<int64_t>(rank + kMargin, kSample - 1);
-  const int64_t low_rank = std::max<int64_t>(rank - kMargin, 0);
-  std::nth_element(sample, sample + high_rank, sample + kSample);
+  const int64_t rank = lo * count / m;
+  const int64_t high_rank = std::min<int64_t>(rank + margin, count - 1);
+  const int64_t low_rank = std::max<int64_t>(rank - margin, 0);
+  std::nth_element(sample.begin(), sample.begin() + high_rank, sample.end());
   const double high = sample[high_rank];
-  std::nth_element(sample, sample + low_rank, sample + high_rank);
+  std::nth_element(sample.begin(), sample.begin() + low_rank, sample.begin() + high_rank);
   const double low = sample[low_rank];
-  // Grown, never shrunk: a resize back up from the last count would zero-fill most of it every time.
-  if (static_cast<int64_t>(inside.size()) < m) inside.resize(m);
-  double* gathered = inside.data();
+  if (static_cast<int64_t>(scratch.work.size()) < m) scratch.work.resize(m);
+  double* gathered = scratch.work.data();
   int64_t below;
-  const int64_t count = gather_bracket(u.data(), m, low, high, gathered, below);
-  if (lo < below || hi >= below + count) return false;
+  const int64_t inside = loops.gather_bracket(u.data(), m, low, high, gathered, below);
+  if (lo < below || hi >= below + inside) return false;
   double* at_hi = gathered + (hi - below);
-  std::nth_element(gathered, at_hi, gathered + count);
+  std::nth_element(gathered, at_hi, gathered + inside);
   result = lo == hi ? *at_hi : 0.5 * (*std::max_element(gathered, at_hi) + *at_hi);
   return true;
 }
 
 // Mean of the lo-th and hi-th smallest of u (hi is lo or lo + 1; lo == -1 stands for a diagonal zero);
-// u is only read, work is scratch. The sampled bracket when it holds, else in a copy: one selection for
-// hi, then the maximum of the part below it for lo.
-double middle_pair(const std::vector<double>& u, int64_t lo, int64_t hi, std::vector<double>& work) {
+// u is only read. The sampled bracket when it holds, else in a copy: one selection for hi, then the
+// maximum of the part below it for lo.
+double middle_pair(const std::vector<double>& u, int64_t lo, int64_t hi, const CkaLoops& loops,
+                   MedianScratch& scratch) {
   double sampled;
-  if (middle_pair_sampled(u, lo, hi, work, sampled)) return sampled;
+  if (middle_pair_sampled(u, lo, hi, loops, scratch, sampled)) return sampled;
+  std::vector<double>& work = scratch.work;
   work.assign(u.begin(), u.end());
   const double upper = order_statistic(work, hi);
   if (lo == hi) return upper;
@@ -147,68 +90,19 @@ double middle_pair(const std::vector<double>& u, int64_t lo, int64_t hi, std::ve
 
 // Median of all n*n squared distances (Kornblith et al. 2019); when it is 0, the median of the
 // positive ones; NaN when there are none (all rows identical). u: the strict upper triangle, only
-// read; work: scratch for the selections.
-double median_squared_distance(const std::vector<double>& u, int64_t n, std::vector<double>& work) {
+// read.
+double median_squared_distance(const std::vector<double>& u, int64_t n, const CkaLoops& loops,
+                               MedianScratch& scratch) {
   const MedianIndices mid = median_indices(n);
-  const double median = middle_pair(u, mid.lo, mid.hi, work);
+  const double median = middle_pair(u, mid.lo, mid.hi, loops, scratch);
   if (median > 0.0) return median;
   // The positives' median: each positive appears twice in the full matrix, which leaves it unchanged,
   // and the zeros (distances are clamped at 0) rank below every positive, as in csrc/cka.cu.
   const int64_t zeros = std::count_if(u.begin(), u.end(), [](double v) { return v <= 0.0; });
   const int64_t positives = static_cast<int64_t>(u.size()) - zeros;
   if (positives == 0) return kNaN;
-  return middle_pair(u, zeros + (positives - 1) / 2, zeros + positives / 2, work);
+  return middle_pair(u, zeros + (positives - 1) / 2, zeros + positives / 2, loops, scratch);
 }
-
-// exp(x) for x <= 0 without a libm call per value, so that the loop over a row vectorises: x = n ln2 + r
-// with |r| <= ln2/2 (Cody-Waite, ln2 split so n*ln2_hi is exact), exp(r) by its Taylor series to
-// r^13 (truncation < 1e-17), 2^n built in the exponent bits. Relative error a few ulp; 0 below -708
-// (where exp would leave the normal range).
-inline double exp_nonpositive(double x) {
-  constexpr double kLog2e = 1.4426950408889634;
-  constexpr double kLn2Hi = 6.93147180369123816490e-01;  // 32 significant bits: n * kLn2Hi is exact
-  constexpr double kLn2Lo = 1.90821492927058770002e-10;
-  constexpr double kShift = 6755399441055744.0;  // 1.5 * 2^52: adding it rounds to an integer
-  constexpr uint64_t kShiftBits = 0x4338000000000000ULL;
-  // |x| > 708 tested on the bits: a floating-point compare could trap, which keeps GCC from vectorising.
-  constexpr uint64_t kSignBit = uint64_t(1) << 63;
-  constexpr int64_t kLimitBits = 0x4086200000000000LL;  // 708.0
-  uint64_t x_bits;
-  std::memcpy(&x_bits, &x, sizeof x_bits);
-  // All ones where |x| > 708, else 0; then x clamped to -708 by masks (a branch would not vectorise).
-  const uint64_t underflow = -static_cast<uint64_t>(static_cast<int64_t>(x_bits & ~kSignBit) > kLimitBits);
-  const uint64_t xc_bits = (x_bits & ~underflow) | ((kLimitBits | kSignBit) & underflow);
-  double xc;
-  std::memcpy(&xc, &xc_bits, sizeof xc);
-  const double t = xc * kLog2e + kShift;
-  const double n = t - kShift;
-  const double r = (xc - n * kLn2Hi) - n * kLn2Lo;
-  // Estrin's scheme, not Horner's: a chain of 13 dependent multiply-adds would bound the loop by
-  // latency; pairs of terms combined with r^2, r^4, r^8 leave a chain a third as long.
-  const double r2 = r * r, r4 = r2 * r2, r8 = r4 * r4;
-  const double q0 = 1.0 + r, q1 = 1.0 / 2 + r * (1.0 / 6), q2 = 1.0 / 24 + r * (1.0 / 120),
-               q3 = 1.0 / 720 + r * (1.0 / 5040), q4 = 1.0 / 40320 + r * (1.0 / 362880),
-               q5 = 1.0 / 3628800 + r * (1.0 / 39916800), q6 = 1.0 / 479001600 + r * (1.0 / 6227020800);
-  const double s0 = q0 + r2 * q1, s1 = q2 + r2 * q3, s2 = q4 + r2 * q5;
-  const double p = (s0 + r4 * s1) + r8 * (s2 + r4 * q6);
-  uint64_t bits;
-  std::memcpy(&bits, &t, sizeof bits);
-  // The low bits of t hold n (two's complement); n + 1023 in [1, 1023] is the biased exponent of 2^n.
-  const uint64_t scale_bits = ((bits - kShiftBits + 1023) << 52) & ~underflow;  // 0 where |x| > 708
-  double two_n;
-  std::memcpy(&two_n, &scale_bits, sizeof two_n);
-  return p * two_n;
-}
-
-// On x86-64, compiled twice and picked at load time (ifunc): AVX2 doubles the vector width. No FMA,
-// so both versions round identically.
-// out[j] = exp(scale * d2[j]) for squared distances d2 >= 0 and scale < 0.
-PYLTH_X86_CLONES void rbf_row(const double* d2, double scale, double* out, int64_t count) {
-  for (int64_t j = 0; j < count; ++j) out[j] = exp_nonpositive(d2[j] * scale);
-}
-
-// Where row i of a strict upper triangle packed by rows begins (its entries for columns i+1..n-1).
-inline int64_t packed_row(int64_t i, int64_t n) { return i * (2 * n - i - 1) / 2; }
 
 // One side of a pair: the Gram diagonal and strict upper triangle (packed by rows); for the RBF
 // kernel the triangle is then overwritten with squared distances and scale = -1 / (2 sigma^2).
@@ -217,34 +111,28 @@ struct Side {
   double scale = 0.0;
 };
 
-struct Nonzero {
-  int32_t row, col;
-  double value;
-};
-
 // Per-thread buffers, reused from pair to pair: a call touches a few MB per thread that stay in
 // cache, instead of a float64 Gram buffer for every matrix (page faults, a round trip to memory).
 struct Workspace {
+  explicit Workspace(const CkaLoops& l) : loops(l) {}
+  const CkaLoops& loops;                     // the active CPU path's, chosen once per call
   Side x, y;
-  std::vector<Nonzero> found;                // a mostly-zero matrix's nonzeros in row order
+  Nonzeros found;                            // a mostly-zero matrix's nonzeros in row order
   std::vector<int64_t> column_start, cursor;  // counting sort by column
   std::vector<int32_t> rows;                 // the nonzeros grouped by column, rows increasing
   std::vector<double> values;
-  std::vector<double> work;                  // median selection
-  std::vector<double> krow, lrow, rk, rl;    // kernel_sums
+  GramScratch gram;                          // the dense Gram kernel's
+  MedianScratch median;
+  std::vector<double> row_scratch, rk, rl;   // kernel_sums
 };
 
 // Squared distances G_ii + G_jj - 2 G_ij in place of the upper triangle (clamped at 0: rounding can
 // make them negative), then the bandwidth; false when it is undefined.
-bool prepare(Side& s, int64_t n, CkaKernel kernel, double threshold, std::vector<double>& work) {
+bool prepare(Side& s, int64_t n, CkaKernel kernel, double threshold, const CkaLoops& loops, MedianScratch& scratch) {
   if (kernel == CkaKernel::linear) return true;
-  for (int64_t i = 0; i < n; ++i) {
-    double* row = s.upper.data() + packed_row(i, n);
-    const double* diag_right = s.diag.data() + i + 1;
-    const double gii = s.diag[i];
-    for (int64_t k = 0; k < n - i - 1; ++k) row[k] = std::max(gii + diag_right[k] - 2.0 * row[k], 0.0);
-  }
-  const double median = median_squared_distance(s.upper, n, work);
+  for (int64_t i = 0; i < n; ++i)
+    loops.squared_distances(s.upper.data() + packed_row(i, n), s.diag.data() + i + 1, s.diag[i], n - i - 1);
+  const double median = median_squared_distance(s.upper, n, loops, scratch);
   if (std::isnan(median)) return false;
   s.scale = -1.0 / (2.0 * threshold * threshold * median);
   return true;
@@ -254,41 +142,20 @@ template <CkaKernel kKernel>
 HsicSums kernel_sums(const Side& x, const Side& y, int64_t n, bool unbiased, Workspace& w) {
   std::vector<double>& rk = w.rk;
   std::vector<double>& rl = w.rl;
-  std::vector<double>& krow = w.krow;
-  std::vector<double>& lrow = w.lrow;
   rk.assign(n, 0.0);
   rl.assign(n, 0.0);
-  krow.resize(n);
-  lrow.resize(n);
+  w.row_scratch.resize(2 * n);
   HsicSums t;
   for (int64_t i = 0; i < n; ++i) {
-    const double* gx = x.upper.data() + packed_row(i, n);
-    const double* gy = y.upper.data() + packed_row(i, n);
-    const int64_t right = n - i - 1;
     // Kernel values of row i right of the diagonal; the lower triangle is their mirror image.
-    if (kKernel == CkaKernel::rbf) {
-      rbf_row(gx, x.scale, krow.data() + i + 1, right);
-      rbf_row(gy, y.scale, lrow.data() + i + 1, right);
-    } else {
-      std::copy(gx, gx + right, krow.begin() + i + 1);
-      std::copy(gy, gy + right, lrow.begin() + i + 1);
-    }
-    double kl = 0, kk = 0, ll = 0, ri = 0, si = 0;
-    for (int64_t j = i + 1; j < n; ++j) {
-      const double k = krow[j], l = lrow[j];
-      kl += k * l;
-      kk += k * k;
-      ll += l * l;
-      ri += k;
-      si += l;
-      rk[j] += k;
-      rl[j] += l;
-    }
-    t.kl += 2.0 * kl;
-    t.kk += 2.0 * kk;
-    t.ll += 2.0 * ll;
-    rk[i] += ri;
-    rl[i] += si;
+    const RowSums row = w.loops.hsic_row(x.upper.data() + packed_row(i, n), y.upper.data() + packed_row(i, n),
+                                         n - i - 1, x.scale, y.scale, kKernel == CkaKernel::rbf, rk.data() + i + 1,
+                                         rl.data() + i + 1, w.row_scratch.data());
+    t.kl += 2.0 * row.kl;
+    t.kk += 2.0 * row.kk;
+    t.ll += 2.0 * row.ll;
+    rk[i] += row.k;
+    rl[i] += row.l;
   }
   if (!unbiased) {  // the diagonal: exp(0) = 1 for RBF, the squared row norms for linear
     for (int64_t i = 0; i < n; ++i) {
@@ -322,69 +189,29 @@ void dense_gram_side(const T* g, int64_t n, Side& s) {
   }
 }
 
-// Bit e set where p[e] (e < k <= 32) is not +-0; NaN counts as nonzero, so that it reaches the Gram
-// diagonal and is reported. Branch-free: a 99 %-zero scan must not pay a misprediction per value.
-template <typename T>
-uint32_t nonzero_mask(const T* p, int64_t k) {
-  uint32_t mask = 0;
-  for (int64_t e = 0; e < k; ++e) mask |= static_cast<uint32_t>(!(p[e] == T(0))) << e;
-  return mask;
-}
-
-#ifdef __SSE2__
-// The same for 16 floats, four at a time (SSE2 is part of x86-64: no dispatch needed).
-inline uint32_t nonzero_mask16(const float* p) {
-  const __m128 zero = _mm_setzero_ps();
-  uint32_t is_zero = 0;
-  for (int q = 0; q < 4; ++q)
-    is_zero |= static_cast<uint32_t>(_mm_movemask_ps(_mm_cmpeq_ps(_mm_loadu_ps(p + 4 * q), zero))) << (4 * q);
-  return ~is_zero & 0xFFFFu;
-}
-#endif
-
-// Nonzeros of the values at p (columns c0, c0+1, ...), as one bit each.
-template <typename T>
-uint32_t block_mask(const T* p, int64_t k) {
-#ifdef __SSE2__
-  if constexpr (std::is_same_v<T, float>)
-    if (k == 16) return nonzero_mask16(p);
-#endif
-  return nonzero_mask(p, k);
-}
-
-// The float64 Gram of a mostly-zero n x d matrix into a side: one scan in row order (16 columns at
-// a time, a bit mask per block, so that the 85 % of blocks that are all zero at 99 % sparsity cost a
-// compare each) gathers the nonzeros, a stable counting sort groups them by column, and each column
+// The float64 Gram of a mostly-zero n x d matrix into a side: one scan in row order gathers the
+// nonzeros (the path's scan_nonzeros), a stable counting sort groups them by column, and each column
 // adds the products of its pairs of nonzeros: the cost is ~ the sum over columns of nnz^2, not n^2 d.
 template <typename T>
 void sparse_gram_side(const T* x, int64_t n, int64_t d, Workspace& w, Side& s) {
-  constexpr int64_t kBlock = 16;
-  // Prefetched 4 KB ahead: the hardware prefetcher stops at page boundaries, and this loop is
-  // bound by how fast one core streams memory (measured 1.5x faster).
-  constexpr int64_t kAhead = 4096 / sizeof(T);
-  const int64_t last = n * d - 1;
-  w.found.clear();
+  Nonzeros& found = w.found;
+  if constexpr (std::is_same_v<T, float>)
+    w.loops.scan_nonzeros_f32(x, n, d, found);
+  else
+    w.loops.scan_nonzeros_f64(x, n, d, found);
+  const int64_t count = found.row_start[n];
   w.column_start.assign(d + 1, 0);
-  for (int64_t i = 0; i < n; ++i) {
-    const T* row = x + i * d;
-    for (int64_t c0 = 0; c0 < d; c0 += kBlock) {
-      __builtin_prefetch(x + std::min(i * d + c0 + kAhead, last));
-      for (uint32_t mask = block_mask(row + c0, std::min(kBlock, d - c0)); mask != 0; mask &= mask - 1) {
-        const int64_t c = c0 + __builtin_ctz(mask);
-        w.found.push_back({static_cast<int32_t>(i), static_cast<int32_t>(c), static_cast<double>(row[c])});
-        ++w.column_start[c + 1];
-      }
-    }
-  }
+  for (int64_t e = 0; e < count; ++e) ++w.column_start[found.cols[e] + 1];
   std::partial_sum(w.column_start.begin(), w.column_start.end(), w.column_start.begin());
   w.cursor.assign(w.column_start.begin(), w.column_start.end() - 1);
-  w.rows.resize(w.found.size());
-  w.values.resize(w.found.size());
-  for (const Nonzero& z : w.found) {
-    const int64_t slot = w.cursor[z.col]++;
-    w.rows[slot] = z.row;
-    w.values[slot] = z.value;
-  }
+  w.rows.resize(count);
+  w.values.resize(count);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t e = found.row_start[i]; e < found.row_start[i + 1]; ++e) {
+      const int64_t slot = w.cursor[found.cols[e]]++;
+      w.rows[slot] = static_cast<int32_t>(i);
+      w.values[slot] = found.values[e];
+    }
   s.diag.assign(n, 0.0);
   s.upper.assign(n * (n - 1) / 2, 0.0);
   for (int64_t c = 0; c < d; ++c)
@@ -398,23 +225,32 @@ void sparse_gram_side(const T* x, int64_t n, int64_t d, Workspace& w, Side& s) {
     }
 }
 
-// One input matrix: its address, and the address of its dense Gram (same dtype) or null when the
-// Gram is to be gathered here from the matrix's nonzeros.
+// One input matrix: its address, where its Gram comes from (csrc/cka.h) and, for a given one, its
+// address.
 struct Matrix {
   std::uintptr_t x, gram;
   int64_t rows, cols;
   bool is_double;
+  CkaGramSource source;
 };
 
 // A side's Gram; false when its diagonal (the squared row norms, which a NaN or infinity anywhere in
 // the matrix reaches, at O(n) instead of O(n d)) is not finite.
 bool load_side(const Matrix& m, Workspace& w, Side& s) {
-  if (m.gram != 0) {
-    if (m.is_double) dense_gram_side(as_ptr<const double>(m.gram), m.rows, s);
-    else dense_gram_side(as_ptr<const float>(m.gram), m.rows, s);
-  } else {
-    if (m.is_double) sparse_gram_side(as_ptr<const double>(m.x), m.rows, m.cols, w, s);
-    else sparse_gram_side(as_ptr<const float>(m.x), m.rows, m.cols, w, s);
+  switch (m.source) {
+    case CkaGramSource::given:
+      if (m.is_double) dense_gram_side(as_ptr<const double>(m.gram), m.rows, s);
+      else dense_gram_side(as_ptr<const float>(m.gram), m.rows, s);
+      break;
+    case CkaGramSource::nonzeros:
+      if (m.is_double) sparse_gram_side(as_ptr<const double>(m.x), m.rows, m.cols, w, s);
+      else sparse_gram_side(as_ptr<const float>(m.x), m.rows, m.cols, w, s);
+      break;
+    case CkaGramSource::dense:  // float32 on a path with the kernel: matrices_of checked both
+      s.diag.resize(m.rows);
+      s.upper.resize(m.rows * (m.rows - 1) / 2);
+      w.loops.dense_gram_f32(as_ptr<const float>(m.x), m.rows, m.cols, w.gram, s.diag.data(), s.upper.data());
+      break;
   }
   return std::all_of(s.diag.begin(), s.diag.end(), [](double v) { return std::isfinite(v); });
 }
@@ -426,7 +262,8 @@ double pair_cka(const Matrix& mx, const Matrix& my, CkaKernel kernel, double thr
   // An error about xs takes precedence over all about ys: y need not be looked at when x is bad.
   if (!load_side(mx, w, w.x)) return x_non_finite = 1, kNaN;
   if (!load_side(my, w, w.y)) return y_non_finite = 1, kNaN;
-  if (!prepare(w.x, n, kernel, threshold, w.work) || !prepare(w.y, n, kernel, threshold, w.work)) return kNaN;
+  if (!prepare(w.x, n, kernel, threshold, w.loops, w.median) || !prepare(w.y, n, kernel, threshold, w.loops, w.median))
+    return kNaN;
   const HsicSums t = kernel == CkaKernel::rbf ? kernel_sums<CkaKernel::rbf>(w.x, w.y, n, unbiased, w)
                                               : kernel_sums<CkaKernel::linear>(w.x, w.y, n, unbiased, w);
   return cka_from_sums(t, n, unbiased);
@@ -440,8 +277,9 @@ std::vector<int64_t> largest_first(const std::vector<int64_t>& cost) {
   return order;
 }
 
-// The matrices of a CPU table (csrc/cka.h), checked: shapes in int32 range, every matrix's address.
-std::vector<Matrix> matrices_of(const ArgTable& table, int64_t min_cols, const char* kernel) {
+// The matrices of a CPU table (csrc/cka.h), checked: shapes in int32 range, every matrix's address, each
+// Gram's source, and that the path computes those it is asked to.
+std::vector<Matrix> matrices_of(const ArgTable& table, int64_t min_cols, const CkaLoops& loops, const char* kernel) {
   constexpr int64_t kInt32Max = std::numeric_limits<int32_t>::max();
   std::vector<Matrix> mats(table.rows());
   for (int64_t m = 0; m < table.rows(); ++m) {
@@ -450,8 +288,16 @@ std::vector<Matrix> matrices_of(const ArgTable& table, int64_t min_cols, const c
             std::string(kernel) + ": bad shape in row " + std::to_string(m));
     require(table.at(m, kCkaMatrix) != 0 || rows * cols == 0,
             std::string(kernel) + ": null matrix address in row " + std::to_string(m));
+    const int64_t source = table.at(m, kCkaGramFrom);
+    const bool is_double = table.at(m, kCkaIsDouble) != 0;
+    require(source >= 0 && source <= 2, std::string(kernel) + ": bad Gram source in row " + std::to_string(m));
+    require(source != static_cast<int64_t>(CkaGramSource::given) || table.at(m, kCkaGram) != 0,
+            std::string(kernel) + ": null Gram address in row " + std::to_string(m));
+    require(source != static_cast<int64_t>(CkaGramSource::dense) || (!is_double && loops.dense_gram_f32),
+            std::string(kernel) + ": row " + std::to_string(m) + " asks for a dense Gram, which the " +
+                cpu_isa_name(active_cpu_isa()) + " path computes only for float32 on AVX-512");
     mats[m] = {static_cast<std::uintptr_t>(table.at(m, kCkaMatrix)), static_cast<std::uintptr_t>(table.at(m, kCkaGram)),
-               rows, cols, table.at(m, kCkaIsDouble) != 0};
+               rows, cols, is_double, static_cast<CkaGramSource>(source)};
   }
   return mats;
 }
@@ -466,7 +312,8 @@ void cka_cpu(std::uintptr_t table_address, int64_t rows, int64_t width, int kern
   require(num_threads >= 1, "cka_cpu: num_threads must be >= 1");
   require(rows == 0 || out_address != 0, "cka_cpu: null out");
   const int64_t pairs = rows / 2;
-  const std::vector<Matrix> mats = matrices_of(table, 1, "cka_cpu");
+  const CkaLoops& loops = cka_loops(active_cpu_isa());
+  const std::vector<Matrix> mats = matrices_of(table, 1, loops, "cka_cpu");
   double* out = as_ptr<double>(out_address);
   std::vector<int64_t> cost(pairs);
   for (int64_t p = 0; p < pairs; ++p) {
@@ -474,9 +321,11 @@ void cka_cpu(std::uintptr_t table_address, int64_t rows, int64_t width, int kern
     const int64_t n = x.rows;
     require(y.rows == n, "cka: pair " + std::to_string(p) + " has unequal row counts");
     require(n >= (unbiased ? 4 : 2), "every pair needs at least " + std::string(unbiased ? "4" : "2") + " rows");
-    // Roughly: an exp per distance, and a fraction of that per value a mostly-zero side's scan reads.
-    const int64_t scanned = (x.gram == 0 ? x.cols : 0) + (y.gram == 0 ? y.cols : 0);
-    cost[p] = n * n + n * scanned / 8;
+    // Roughly: an exp per distance, a fraction of that per value a mostly-zero side's scan reads, and
+    // per multiply-add of a Gram computed here.
+    const auto scanned = [](const Matrix& m) { return m.source == CkaGramSource::nonzeros ? m.cols : 0; };
+    const auto multiplied = [](const Matrix& m) { return m.source == CkaGramSource::dense ? m.cols : 0; };
+    cost[p] = n * n + n * (scanned(x) + scanned(y)) / 8 + n * n * (multiplied(x) + multiplied(y)) / 64;
   }
   const CkaKernel kernel = static_cast<CkaKernel>(kernel_id);
   const std::vector<int64_t> order = largest_first(cost);
@@ -486,7 +335,7 @@ void cka_cpu(std::uintptr_t table_address, int64_t rows, int64_t width, int kern
     FirstError error;
 #pragma omp parallel num_threads(num_threads)
     {
-      Workspace w;
+      Workspace w(loops);
 #pragma omp for schedule(dynamic, 1)
       for (int64_t k = 0; k < pairs; ++k) {
         const int64_t p = order[k];
@@ -506,10 +355,13 @@ void cka_cpu(std::uintptr_t table_address, int64_t rows, int64_t width, int kern
 // Whether every stride-th row of x holds at most limit nonzeros in all; stops as soon as they pass
 // it (a dense matrix after its first row).
 template <typename T>
-bool sampled_rows_within(const T* x, int64_t n, int64_t d, int64_t stride, double limit) {
+bool sampled_rows_within(const T* x, int64_t n, int64_t d, int64_t stride, double limit, const CkaLoops& loops) {
   int64_t count = 0;
   for (int64_t i = 0; i < n; i += stride) {
-    for (int64_t c = 0; c < d; ++c) count += x[i * d + c] != T(0);
+    if constexpr (std::is_same_v<T, float>)
+      count += loops.count_nonzeros_f32(x + i * d, d);
+    else
+      count += loops.count_nonzeros_f64(x + i * d, d);
     if (static_cast<double>(count) > limit) return false;
   }
   return true;
@@ -524,7 +376,8 @@ void mostly_zero_cpu(std::uintptr_t table_address, int64_t rows, int64_t width, 
   const ArgTable table(table_address, rows, width, kCkaColumns, "mostly_zero_cpu");
   require(num_threads >= 1, "mostly_zero_cpu: num_threads must be >= 1");
   require(rows == 0 || mostly_zero_address != 0, "mostly_zero_cpu: null mostly_zero");
-  const std::vector<Matrix> mats = matrices_of(table, 0, "mostly_zero_cpu");
+  const CkaLoops& loops = cka_loops(active_cpu_isa());
+  const std::vector<Matrix> mats = matrices_of(table, 0, loops, "mostly_zero_cpu");
   uint8_t* mostly_zero = as_ptr<uint8_t>(mostly_zero_address);
   py::gil_scoped_release release;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads)
@@ -532,8 +385,9 @@ void mostly_zero_cpu(std::uintptr_t table_address, int64_t rows, int64_t width, 
     const int64_t n = mats[m].rows, d = mats[m].cols;
     const int64_t stride = n >= 64 ? 16 : 1;
     const double limit = max_density * static_cast<double>((n + stride - 1) / stride * d);
-    mostly_zero[m] = mats[m].is_double ? sampled_rows_within(as_ptr<const double>(mats[m].x), n, d, stride, limit)
-                                       : sampled_rows_within(as_ptr<const float>(mats[m].x), n, d, stride, limit);
+    mostly_zero[m] = mats[m].is_double
+                         ? sampled_rows_within(as_ptr<const double>(mats[m].x), n, d, stride, limit, loops)
+                         : sampled_rows_within(as_ptr<const float>(mats[m].x), n, d, stride, limit, loops);
   }
 }
 
@@ -565,7 +419,10 @@ void register_cka(py::module_& m) {
   m.def("cka_cpu", &cka_cpu, py::arg("table"), py::arg("rows"), py::arg("width"), py::arg("kernel"),
         py::arg("threshold"), py::arg("unbiased"), py::arg("out"), py::arg("num_threads"),
         "CKA of each pair (table row p against row rows/2 + p; layout: csrc/cka.h); kernel 0 linear, 1 rbf. "
-        "Each matrix's Gram is read from its Gram column or, where that is 0, gathered from its nonzeros.");
+        "Each matrix's Gram is read from its Gram column, gathered from its nonzeros or computed here, as its "
+        "gram_from column says.");
+  m.def("cka_cpu_dense_gram", [] { return cka_loops(active_cpu_isa()).dense_gram_f32 != nullptr; },
+        "Whether cka_cpu computes dense float32 Grams itself on the active CPU path (gram_from 2).");
   m.def("mostly_zero_cpu", &mostly_zero_cpu, py::arg("table"), py::arg("rows"), py::arg("width"),
         py::arg("max_density"), py::arg("mostly_zero"), py::arg("num_threads"),
         "mostly_zero[m] = 1 where a row sample of table row m's matrix has at most max_density nonzeros.");

@@ -14,12 +14,17 @@
 namespace pylth {
 
 // CPU table (host memory), one row per matrix: the address of its row-major rows x cols values
-// (float64 where is_double is 1, else float32), the address of its dense Gram in the same dtype or 0
-// (cka_cpu then gathers the Gram from the matrix's nonzeros), rows, cols, is_double.
+// (float64 where is_double is 1, else float32), the address of its dense Gram in the same dtype (or
+// 0), rows, cols, is_double, and gram_from: where cka_cpu takes the Gram from (CkaGramSource).
 //   cka_cpu(table, rows, width, kernel, threshold, unbiased, out, num_threads): out, float64 [pairs].
-//   mostly_zero_cpu(table, rows, width, max_density, mostly_zero, num_threads): the Gram column unread;
-//     mostly_zero, uint8 [rows].
-enum CkaColumn : int { kCkaMatrix = 0, kCkaGram, kCkaRows, kCkaCols, kCkaIsDouble, kCkaColumns };
+//   mostly_zero_cpu(table, rows, width, max_density, mostly_zero, num_threads): the Gram columns
+//     unread; mostly_zero, uint8 [rows].
+enum CkaColumn : int { kCkaMatrix = 0, kCkaGram, kCkaRows, kCkaCols, kCkaIsDouble, kCkaGramFrom, kCkaColumns };
+
+// given: the Gram column's product (BLAS); nonzeros: gathered from the matrix's nonzeros (mostly-zero
+// matrices); dense: computed here from the float32 matrix, on CPU paths that have the kernel
+// (cka_cpu_dense_gram() says whether the active one does).
+enum class CkaGramSource : int { given = 0, nonzeros = 1, dense = 2 };
 
 // CUDA table (device memory, read by the kernels), one row per matrix: {Gram address, n}; each Gram n x n
 // row-major, double when gram_double, else float. The table is followed in the same allocation by

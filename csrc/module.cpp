@@ -2,8 +2,11 @@
 // its own file. A top-level module, not pylth._C: see CMakeLists.txt.
 #include <omp.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <string>
+
+#include "cpu_dispatch.h"
 
 #ifdef PYLTH_WITH_CUDA
 #include <cuda_runtime_api.h>
@@ -12,6 +15,7 @@
 namespace py = pybind11;
 
 namespace pylth {
+void register_cpu_dispatch(py::module_& m);
 void register_adam(py::module_& m);
 void register_select(py::module_& m);
 void register_cka(py::module_& m);
@@ -36,12 +40,16 @@ static py::dict build_info() {
   info["openmp"] = true;
   info["openmp_version"] = _OPENMP;
   info["omp_max_threads"] = omp_get_max_threads();
+  // The CPU kernels' vector instruction set now, and every one this CPU and build could run.
+  info["cpu_isa"] = std::string(pylth::cpu_isa_name(pylth::active_cpu_isa()));
+  info["cpu_isa_supported"] = pylth::supported_cpu_isa_names();
   return info;
 }
 
 PYBIND11_MODULE(_pylth, m) {
   m.doc() = "pylth native kernels (C++/OpenMP, CUDA when built with it); called through pylth.ops";
-  m.def("build_info", &build_info, "How this extension was built: pylth version, source hash, CUDA, its architectures, OpenMP.");
+  m.def("build_info", &build_info, "How this extension was built: pylth version, source hash, CUDA, its architectures, OpenMP, the CPU path.");
+  pylth::register_cpu_dispatch(m);
   pylth::register_adam(m);
   pylth::register_select(m);
   pylth::register_cka(m);

@@ -9,7 +9,8 @@
 // Per group: a small random sample brackets the threshold [lo, hi); one vectorised pass writes
 // every mask bit (below lo: pruned, from lo on: kept) and collects the few active entries inside
 // the bracket; nth_element among those picks the exact ones to prune. If the bracket missed, a
-// two-pass radix select on the key bits finds the exact threshold and the pass is repeated.
+// two-pass radix select on the key bits finds the exact threshold and the pass is repeated. The
+// pass comes from the active CPU path (select_cpu.h); every path selects the same entries.
 #include <omp.h>
 #include <pybind11/pybind11.h>
 
@@ -22,31 +23,15 @@
 #include "common.h"
 #include "omp_error.h"
 #include "select.h"
+#include "select_cpu.h"
 
 namespace pylth {
 namespace {
 
-constexpr uint32_t kAbsBits = 0x7fffffffu;
-constexpr uint32_t kInfKey = 0x7f800000u;  // keys at or above this are inf or NaN
 constexpr uint32_t kKeyEnd = 0x80000000u;  // one past every key
-constexpr int kIndexBits = 33;
 constexpr uint64_t kIndexMask = (uint64_t(1) << kIndexBits) - 1;
 constexpr int64_t kBlock = 256;          // pass granularity: candidates are rare, blocks skip them
 constexpr int64_t kExactBelow = 4096;    // groups this small take every active entry as candidate
-
-struct Segment {
-  const uint32_t* bits;  // the fp32 weights as raw bits
-  const uint8_t* mask;   // nullptr: every entry is active
-  uint8_t* out;
-  int64_t size;
-  int64_t base;  // flat index of the first entry within its group
-};
-
-struct PassCounts {
-  int64_t active = 0;
-  int64_t below = 0;
-  bool nonfinite = false;
-};
 
 // The product is stored before the add so no FMA contraction changes k: Python and CUDA round the
 // multiply and the add separately too.
@@ -62,11 +47,10 @@ uint64_t splitmix64(uint64_t& state) {
   return z ^ (z >> 31);
 }
 
-// One pass over a segment: out = active && key >= lo; count active and below-lo entries; collect
-// the active keys in [lo, hi). The block loop has no branches so it vectorises.
+// The portable pass (DecideFn in select_cpu.h). The block loop has no branches so it vectorises.
 template <bool kHasMask>
-void decide_segment(const Segment& s, uint32_t lo, uint32_t hi, PassCounts& counts,
-                    std::vector<uint64_t>& candidates) {
+inline __attribute__((always_inline)) void decide_segment(const Segment& s, uint32_t lo, uint32_t hi,
+                                                          PassCounts& counts, std::vector<uint64_t>& candidates) {
   const uint32_t width = hi - lo;
   uint32_t bad = 0;
   alignas(8) uint8_t inside[kBlock];
@@ -107,6 +91,39 @@ void decide_segment(const Segment& s, uint32_t lo, uint32_t hi, PassCounts& coun
   counts.nonfinite = counts.nonfinite || bad;
 }
 
+// Always inlined, so that each path's function below compiles it for its own instruction set.
+inline __attribute__((always_inline)) void decide_portable(const Segment& s, uint32_t lo, uint32_t hi,
+                                                           PassCounts& counts, std::vector<uint64_t>& candidates) {
+  if (s.mask)
+    decide_segment<true>(s, lo, hi, counts, candidates);
+  else
+    decide_segment<false>(s, lo, hi, counts, candidates);
+}
+
+void decide_baseline(const Segment& s, uint32_t lo, uint32_t hi, PassCounts& counts,
+                     std::vector<uint64_t>& candidates) {
+  decide_portable(s, lo, hi, counts, candidates);
+}
+
+#ifdef PYLTH_ISA_VARIANTS
+// The same loop as GCC vectorises it for AVX2.
+PYLTH_BEGIN_AVX2
+void decide_avx2(const Segment& s, uint32_t lo, uint32_t hi, PassCounts& counts, std::vector<uint64_t>& candidates) {
+  decide_portable(s, lo, hi, counts, candidates);
+}
+PYLTH_END_TARGET
+#endif
+
+DecideFn decide_for(CpuIsa isa) {
+  switch (isa) {
+#ifdef PYLTH_ISA_VARIANTS
+    case CpuIsa::avx512: return decide_segment_avx512;
+    case CpuIsa::avx2: return decide_avx2;
+#endif
+    default: return decide_baseline;
+  }
+}
+
 // Histogram of one digit of the active keys whose higher bits equal `prefix`.
 template <bool kHasMask>
 void histogram_segment(const Segment& s, int shift, uint32_t digit_mask, int prefix_shift,
@@ -119,10 +136,28 @@ void histogram_segment(const Segment& s, int shift, uint32_t digit_mask, int pre
   }
 }
 
+// `draws` positions uniform over a segment; appends the keys of the active ones. An inactive draw is
+// dropped without a branch, so nothing waits for a load to decide what to do next: the loads of
+// successive draws (cache misses, most of them) overlap.
+template <bool kHasMask>
+void draw_keys(const Segment& s, int64_t draws, uint64_t& state, std::vector<uint32_t>& sample) {
+  size_t count = sample.size();
+  sample.resize(count + draws);
+  uint32_t* out = sample.data();
+  for (int64_t k = 0; k < draws; ++k) {
+    const int64_t j = int64_t((unsigned __int128)splitmix64(state) * uint64_t(s.size) >> 64);
+    out[count] = s.bits[j] & kAbsBits;
+    count += kHasMask ? s.mask[j] != 0 : 1;
+  }
+  sample.resize(count);
+}
+
 class Group {
  public:
-  // threads: OpenMP threads across the group's segments (1: run serially).
-  Group(std::vector<Segment> segments, int threads) : segs_(std::move(segments)), threads_(threads) {
+  // threads: OpenMP threads across the group's segments (1: run serially); decide: the pass of the
+  // active CPU path.
+  Group(std::vector<Segment> segments, int threads, DecideFn decide)
+      : segs_(std::move(segments)), threads_(threads), decide_segment_(decide) {
     total_ = 0;
     for (const Segment& s : segs_) total_ += s.size;
   }
@@ -155,6 +190,7 @@ class Group {
  private:
   std::vector<Segment> segs_;
   int threads_;
+  DecideFn decide_segment_;
   int64_t total_;
 
   const Segment& segment_of(int64_t flat) const {
@@ -165,23 +201,30 @@ class Group {
   }
 
   // Sample active keys, take order statistics around rank r*m with a margin of ~4 standard
-  // deviations; a bracket that misses only costs the exact fallback.
+  // deviations; a bracket that misses only costs the exact fallback. The draws are stratified: each
+  // segment gets its share by size (no search for the segment of a draw), in rounds until enough of
+  // them hit active entries (masks leave a fraction active). n^(2/3) / 2 samples: a draw is a cache
+  // miss, ~30 times what the pass spends on an entry, so fewer draws and a wider bracket (more
+  // candidates) cost less than the comparison-count optimum of Floyd-Rivest (2 n^(2/3) took half
+  // the time of the per-layer mode on the DDPM shapes).
   void bracket(double ratio, uint64_t seed, uint32_t& lo, uint32_t& hi) const {
     lo = 0;
     hi = kKeyEnd;
     if (total_ < kExactBelow) return;
     const double n = static_cast<double>(total_);
-    const int64_t target = std::min<int64_t>(65536, std::max<int64_t>(512, int64_t(2.0 * std::cbrt(n * n))));
-    const int64_t max_draws = 16 * target;
+    const int64_t target = std::min<int64_t>(65536, std::max<int64_t>(512, int64_t(0.5 * std::cbrt(n * n))));
     std::vector<uint32_t> sample;
     sample.reserve(target);
     uint64_t state = seed;
-    for (int64_t d = 0; d < max_draws && int64_t(sample.size()) < target; ++d) {
-      const int64_t flat = int64_t((unsigned __int128)splitmix64(state) * uint64_t(total_) >> 64);
-      const Segment& s = segment_of(flat);
-      const int64_t j = flat - s.base;
-      if (s.mask == nullptr || s.mask[j]) sample.push_back(s.bits[j] & kAbsBits);
-    }
+    for (int round = 0; round < 16 && int64_t(sample.size()) < target; ++round)
+      for (const Segment& s : segs_) {
+        const int64_t draws = (target * s.size + total_ / 2) / total_;
+        if (draws == 0) continue;
+        if (s.mask)
+          draw_keys<true>(s, draws, state, sample);
+        else
+          draw_keys<false>(s, draws, state, sample);
+      }
     const int64_t m = static_cast<int64_t>(sample.size());
     if (m < 64) return;
     const double centre = ratio * m;
@@ -208,10 +251,7 @@ class Group {
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads_) if (threads_ > 1 && count > 1)
     for (int64_t i = 0; i < count; ++i) {
       error.run([&] {
-        if (segs_[i].mask)
-          decide_segment<true>(segs_[i], lo, hi, counts[i], found[i]);
-        else
-          decide_segment<false>(segs_[i], lo, hi, counts[i], found[i]);
+        decide_segment_(segs_[i], lo, hi, counts[i], found[i]);
       });
     }
     error.rethrow();
@@ -295,7 +335,8 @@ std::vector<Segment> make_segments(const ArgTable& table) {
 void check_ratio(double r) { require(r >= 0.0 && r <= 1.0, "select_cpu: ratios must lie in [0, 1]"); }
 
 // Per-segment mode; returns the index of the first segment with a non-finite weight, or -1.
-int64_t select_segments(const std::vector<Segment>& segs, const double* ratios, bool use_bracket, int num_threads) {
+int64_t select_segments(const std::vector<Segment>& segs, const double* ratios, bool use_bracket, int num_threads,
+                        DecideFn decide) {
   const int64_t count = static_cast<int64_t>(segs.size());
   for (int64_t i = 0; i < count; ++i) check_ratio(ratios[i]);
   // Largest first so the dynamic schedule balances the threads.
@@ -310,7 +351,7 @@ int64_t select_segments(const std::vector<Segment>& segs, const double* ratios, 
     for (int64_t n = 0; n < count; ++n) {
       const int64_t i = order[n];
       error.run([&] {
-        Group group({segs[i]}, 1);
+        Group group({segs[i]}, 1, decide);
         bad[i] = !group.run(ratios[i], 0x5eed0000ull + uint64_t(i), use_bracket);
       });
     }
@@ -322,7 +363,7 @@ int64_t select_segments(const std::vector<Segment>& segs, const double* ratios, 
 }
 
 // Global mode: all segments ranked as one concatenated tensor.
-int64_t select_global(std::vector<Segment> segs, double ratio, bool use_bracket, int num_threads) {
+int64_t select_global(std::vector<Segment> segs, double ratio, bool use_bracket, int num_threads, DecideFn decide) {
   check_ratio(ratio);
   int64_t base = 0;
   for (Segment& s : segs) {
@@ -333,7 +374,7 @@ int64_t select_global(std::vector<Segment> segs, double ratio, bool use_bracket,
   bool ok;
   {
     pybind11::gil_scoped_release release;
-    Group group(segs, num_threads);
+    Group group(segs, num_threads, decide);
     ok = group.run(ratio, 0x5eedull, use_bracket);
   }
   if (ok) return -1;
@@ -351,8 +392,9 @@ int64_t select_cpu(std::uintptr_t table_address, int64_t rows, int64_t width, st
   require(rows == 0 || ratios_address != 0, "select_cpu: null ratios");
   std::vector<Segment> segs = make_segments(table);
   const double* ratios = as_ptr<const double>(ratios_address);
-  if (global_mode) return rows == 0 ? -1 : select_global(std::move(segs), ratios[0], use_bracket, num_threads);
-  return select_segments(segs, ratios, use_bracket, num_threads);
+  const DecideFn decide = decide_for(active_cpu_isa());
+  if (global_mode) return rows == 0 ? -1 : select_global(std::move(segs), ratios[0], use_bracket, num_threads, decide);
+  return select_segments(segs, ratios, use_bracket, num_threads, decide);
 }
 
 #ifdef PYLTH_WITH_CUDA

@@ -2,6 +2,21 @@
 import pytest
 import torch
 
+import pylth
+from pylth.ops.native import CPU_ISAS, set_cpu_isa
+
+
+@pytest.fixture(params=CPU_ISAS)
+def cpu_isa_path(request):
+    """Runs a test once per CPU path (csrc/cpu_dispatch.h) with the kernels forced onto it; a path this
+    CPU lacks is skipped, saying so."""
+    supported = pylth.build_info()["cpu_isa_supported"]
+    if request.param not in supported:
+        pytest.skip(f"this CPU has no {request.param} path: it supports {', '.join(supported)}")
+    previous = set_cpu_isa(request.param)
+    yield request.param
+    set_cpu_isa(previous)
+
 
 @pytest.fixture(scope="module")
 def one_thread():

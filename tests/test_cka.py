@@ -9,6 +9,7 @@ import pylth.ops.cka as ops_cka
 from numpy_cka import (np_center, np_cka_from_kernels, np_linear_cka_features, np_rbf_cka, np_rbf_kernel,
                        np_sq_distances)
 from pylth.cka import linear_cka, rbf_cka, weight_rows
+from pylth.ops.dispatch import launch
 
 
 def random_pairs(dtype=torch.float64, seed=0):
@@ -348,3 +349,66 @@ def test_cuda_non_finite_and_degenerate_pairs():
     got = rbf_cka([x.cuda() for x in xs], [y.cuda() for y in ys]).cpu()
     assert math.isnan(got[2].item())
     assert torch.equal(torch.cat([got[:2], got[3:]]), alone)
+
+
+# ---- every CPU path (csrc/cpu_dispatch.h) against the numpy CKA ----
+
+def path_pairs():
+    """Dense float32 pairs (whose Grams the AVX-512 path computes itself: row counts off its 12-row
+    tiles and 32-column panels, depths off 16 and past its 256-deep blocks), dense float64 (BLAS), and
+    mostly-zero float32 and float64 pairs (the nonzero scan: column counts off the vector widths). From
+    129 rows on, the median is selected through a sampled bracket. Returns xs, ys and the tolerance of
+    each pair (float32 Grams round at ~1e-7 of the squared norms)."""
+    g = torch.Generator().manual_seed(29)
+    randn = lambda n, d, dtype=torch.float32: torch.randn(n, d, generator=g, dtype=dtype)  # noqa: E731
+    xs = [randn(3, 1), randn(13, 17), randn(40, 300), randn(33, 513), randn(130, 45), randn(25, 20, torch.float64),
+          sparse_pair(150, 1000, 0.01, 30), sparse_pair(70, 33, 0.02, 31).double()]
+    ys = [randn(3, 2), randn(13, 16), randn(40, 256), randn(33, 31), randn(130, 64), randn(25, 7, torch.float64),
+          sparse_pair(150, 17, 0.04, 32), sparse_pair(70, 129, 0.01, 33)]
+    for x, y in zip(xs[:5], ys[:5]):  # related sides, so that the CKAs are not all near 0
+        y[:, : min(x.shape[1], y.shape[1])] += x[:, : min(x.shape[1], y.shape[1])]
+    return xs, ys, [1e-5] * 5 + [1e-9] * 3
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_every_cpu_path_matches_numpy(cpu_isa_path, unbiased):
+    xs, ys, tolerance = path_pairs()
+    if unbiased:
+        xs, ys, tolerance = xs[1:], ys[1:], tolerance[1:]  # 4 rows at least
+    assert ops_cka._mostly_zero(xs + ys) == [0] * (len(xs) - 2) + [1, 1] + [0] * (len(ys) - 2) + [1, 1]
+    got = rbf_cka(xs, ys, threshold=0.7, unbiased=unbiased).numpy()
+    want = [np_rbf_cka(x.numpy(), y.numpy(), 0.7, unbiased) for x, y in zip(xs, ys)]
+    assert np.all(np.abs(got - want) <= tolerance), (got - want, tolerance)
+    got = linear_cka(xs, ys, unbiased=unbiased).numpy()
+    want = [np_cka_from_kernels(x.double().numpy() @ x.double().numpy().T, y.double().numpy() @ y.double().numpy().T,
+                                unbiased) for x, y in zip(xs, ys)]
+    assert np.all(np.abs(got - want) <= tolerance), (got - want, tolerance)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_every_cpu_path_names_the_first_non_finite_matrix(cpu_isa_path, sparse):
+    make = (lambda seed: sparse_pair(66, 97, 0.01 if sparse else 1.0, seed))
+    xs, ys = [make(s) for s in range(3)], [make(s + 3) for s in range(3)]
+    xs[2][65, 96] = math.nan  # the last row's last column: a tail lane of every vector loop
+    ys[1][0, 0] = math.inf
+    with pytest.raises(ValueError, match=r"xs\[2\] has non-finite"):
+        rbf_cka(xs, ys)
+    xs[2][65, 96] = 0.0
+    with pytest.raises(ValueError, match=r"ys\[1\] has non-finite"):
+        rbf_cka(xs, ys)
+
+
+def test_only_the_avx512_path_computes_dense_float32_grams_and_the_kernel_checks_it(cpu_isa_path):
+    computes = ops_cka.require_native().cka_cpu_dense_gram()
+    assert computes == (cpu_isa_path == "avx512")
+    x = torch.randn(10, 7)
+    for matrix in (x, x.double()):
+        table = ops_cka._cpu_table([matrix, matrix])
+        table[:, ops_cka.GRAM_FROM_COLUMN] = ops_cka.GRAM_COMPUTED
+        out = torch.empty(1, dtype=torch.float64)
+        if computes and matrix.dtype == torch.float32:
+            launch("cka", "cpu", table, 1, 1.0, False, out.data_ptr())
+            assert out.item() == pytest.approx(1.0)
+        else:
+            with pytest.raises(ValueError, match="asks for a dense Gram"):
+                launch("cka", "cpu", table, 1, 1.0, False, out.data_ptr())

@@ -273,3 +273,50 @@ def test_native_entry_point_raises_instead_of_aborting():
         _C.select_cpu(table.data_ptr(), 1, 4, ratios.data_ptr(), False, True, 0)
     w[3] = float("inf")
     assert _select_cpu([(0, 0, 0, 0), good], [0.5, 0.5]) == 1  # an empty segment needs no addresses
+
+
+# ---- every CPU path (csrc/cpu_dispatch.h) against numpy's stable argsort ----
+
+# Around the vector widths (16 keys, the AVX-512 pass's 64-entry step) and the portable pass's 256-entry
+# blocks; 4096 and up take the sampled bracket.
+PATH_SIZES = [1, 2, 15, 16, 17, 63, 64, 65, 127, 129, 255, 256, 257, 4095, 4097, 20_001, 70_001]
+
+
+def path_case(seed, ties):
+    gen = torch.Generator().manual_seed(seed)
+    weights, masks, ratios = [], [], []
+    for i, n in enumerate(PATH_SIZES):
+        w = torch.randn(n, generator=gen)
+        if ties:
+            w = torch.randint(-2, 3, (n,), generator=gen).float() * 0.25
+            w[torch.rand(n, generator=gen) < 0.1] = -0.0
+        weights.append(w)
+        masks.append(torch.rand(n, generator=gen) < [0.5, 0.03, 1.0][i % 3])
+        ratios.append(float(torch.rand(1, generator=gen)))
+    return weights, masks, ratios
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_every_cpu_path_matches_numpy_on_tails_masks_and_ties(cpu_isa_path, ties):
+    weights, masks, ratios = path_case(40 + ties, ties)
+    assert_same(magnitude_select(weights, ratios, masks), numpy_oracle(weights, ratios, masks))
+    assert_same(magnitude_select(weights, ratios), numpy_oracle(weights, ratios, [None] * len(weights)))
+    for ratio in (0.3, 0.97):
+        assert_same(magnitude_select_global(weights, ratio, masks), numpy_oracle(weights, [ratio], masks, True))
+    # The exact fallback alone (the pass that collects exactly the threshold's ties).
+    outs = [torch.empty_like(m) for m in masks]
+    assert _select_cpu(_rows(weights, masks, outs), ratios, use_bracket=False) == -1
+    assert_same(outs, numpy_oracle(weights, ratios, masks))
+
+
+@pytest.mark.parametrize("where", [0, 63, 64, 70_000])  # first lane, end of a 64-entry step, a tail lane
+@pytest.mark.parametrize("active", [True, False])
+def test_every_cpu_path_finds_a_non_finite_weight_anywhere(cpu_isa_path, where, active):
+    weights = [torch.randn(300), torch.randn(70_001)]
+    masks = [torch.ones(300, dtype=torch.bool), torch.rand(70_001) < 0.5]
+    weights[1][where] = float("nan") if where % 2 else float("inf")
+    masks[1][where] = active  # pruned entries are checked too
+    with pytest.raises(ValueError, match=r"weights\[1\]"):
+        magnitude_select(weights, [0.2, 0.2], masks)
+    with pytest.raises(ValueError, match=r"weights\[1\]"):
+        magnitude_select_global(weights, 0.2, masks)

@@ -5,6 +5,6 @@ and raises ValueError/TypeError naming the argument before anything reaches C++.
 reference of each kernel lives beside its wrapper: the test oracle, and the fallback (with a
 one-time warning) where the extension lacks a path.
 """
-from pylth.ops.native import build_info, native
+from pylth.ops.native import build_info, cpu_isa, native, set_cpu_isa
 
-__all__ = ["build_info", "native"]
+__all__ = ["build_info", "cpu_isa", "native", "set_cpu_isa"]

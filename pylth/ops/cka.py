@@ -1,8 +1,8 @@
 """CKA of many (X, Y) pairs in one native call: checks, Gram matrices, dispatch, pure-torch reference.
 
-The Gram products come from BLAS (torch) or, for mostly-zero CPU matrices, from the native CPU call
-itself, which gathers them pair by pair from the nonzeros; squared distances, the median bandwidth,
-the kernel and the HSIC sums are native. csrc/cka.h documents the estimators and the tables the native
+The Gram products come from BLAS (torch) or from the native CPU call itself, which gathers them pair by
+pair from the nonzeros of mostly-zero matrices and, on the AVX-512 CPU path, computes those of dense
+float32 matrices; squared distances, the median bandwidth, the kernel and the HSIC sums are native. csrc/cka.h documents the estimators and the tables the native
 calls take; the README's "CKA between tickets" gives the definitions.
 """
 from __future__ import annotations
@@ -15,12 +15,15 @@ import torch
 
 from pylth.ops.checks import check_same_length, check_tensor, check_tensor_list
 from pylth.ops.dispatch import NATIVE, backend, launch, pack_table
+from pylth.ops.native import require_native
 
 KERNELS = {"linear": 0, "rbf": 1}
 # The native tables (csrc/cka.h), one row per matrix, the xs then the ys. CPU: the matrix's address, its
-# dense Gram's (0: the kernel gathers it from the nonzeros), rows, cols, is_double. CUDA: the Gram's
-# address and n, followed by each pair's first work unit.
-CPU_TABLE_WIDTH, GRAM_COLUMN = 5, 1
+# dense Gram's (when given), rows, cols, is_double, and where the kernel takes the Gram from: the Gram
+# column (a BLAS product), the matrix's nonzeros, or its own dense kernel (float32, AVX-512 path).
+# CUDA: the Gram's address and n, followed by each pair's first work unit.
+CPU_TABLE_WIDTH, GRAM_COLUMN, GRAM_FROM_COLUMN = 6, 1, 5
+GRAM_GIVEN, GRAM_FROM_NONZEROS, GRAM_COMPUTED = 0, 1, 2
 CUDA_TABLE_WIDTH = 2
 # Below this fraction of nonzeros a CPU Gram is cheaper by gathering each column's nonzeros than by a
 # dense GEMM (the sparse work falls with the square of the density; measured in bench/test_bench_cka.py).
@@ -146,23 +149,29 @@ def _cuda_grams(mats, dtype) -> tuple[list, list]:
 
 
 def _cpu_table(mats) -> torch.Tensor:
-    """The CPU table of contiguous ``mats``, its Gram column 0 (the kernel gathers every Gram)."""
-    return pack_table([(m.data_ptr(), 0, m.shape[0], m.shape[1], int(m.dtype == torch.float64)) for m in mats],
-                      CPU_TABLE_WIDTH)
+    """The CPU table of contiguous ``mats``, every Gram gathered from the nonzeros (no Gram addresses)."""
+    return pack_table([(m.data_ptr(), 0, m.shape[0], m.shape[1], int(m.dtype == torch.float64), GRAM_FROM_NONZEROS)
+                       for m in mats], CPU_TABLE_WIDTH)
 
 
 def _cka_cpu(xs, ys, kernel, threshold, unbiased) -> torch.Tensor:
-    """BLAS Grams for the dense matrices only; the native call gathers the mostly-zero ones' Grams
-    itself, pair by pair in per-thread memory, and computes every pair's CKA."""
+    """BLAS Grams for the dense matrices the native call does not compute itself; it gathers the
+    mostly-zero ones' Grams (and, on the AVX-512 path, computes the dense float32 ones), pair by pair
+    in per-thread memory, and computes every pair's CKA."""
     mats = xs + ys
     table = _cpu_table(mats)
     sparse = _mostly_zero(mats, table)
-    dense = [i for i in range(len(mats)) if not sparse[i]]
-    grams = _dense_grams_cpu([mats[i] for i in dense])  # alive until the native call returns
+    computes_dense = require_native().cka_cpu_dense_gram()
+    sources = [GRAM_FROM_NONZEROS if sparse[i]
+               else GRAM_COMPUTED if computes_dense and m.dtype == torch.float32 else GRAM_GIVEN
+               for i, m in enumerate(mats)]
+    given = [i for i, source in enumerate(sources) if source == GRAM_GIVEN]
+    grams = _dense_grams_cpu([mats[i] for i in given])  # alive until the native call returns
     gram_addresses = [0] * len(mats)
-    for i, g in zip(dense, grams):
+    for i, g in zip(given, grams):
         gram_addresses[i] = g.data_ptr()
     table[:, GRAM_COLUMN] = torch.tensor(gram_addresses, dtype=torch.int64)
+    table[:, GRAM_FROM_COLUMN] = torch.tensor(sources, dtype=torch.int64)
     out = torch.empty(len(xs), dtype=torch.float64)
     launch("cka", "cpu", table, KERNELS[kernel], threshold, unbiased, out.data_ptr())
     return out

@@ -6,6 +6,10 @@ inside it: ``python -m pylth.<command>`` run from the repository root imports th
 the installed package. The price is a check that the two belong together: the module records the
 pylth version and a hash of the sources it was built from (CMakeLists.txt computes it), and a
 mismatch makes the module unavailable with a one-line message that says what to run.
+
+The CPU kernels run the widest vector instruction set (``CPU_ISAS``) that the CPU supports, chosen by
+the module when it loads. ``PYLTH_CPU_ISA`` (read here, once, when pylth is imported) or
+``set_cpu_isa`` forces a lower one, for tests and benchmarks; a path the CPU lacks is an error.
 """
 from __future__ import annotations
 
@@ -20,6 +24,9 @@ import pylth
 NATIVE_MODULE = "_pylth"
 # The files whose hash the build records (CMakeLists.txt globs the same patterns, non-recursively).
 HASHED_PATTERNS = ("*.h", "*.cpp", "*.cu")
+# The CPU kernels' paths, widest first (csrc/cpu_dispatch.h), and the variable that forces one.
+CPU_ISAS = ("avx512", "avx2", "baseline")
+CPU_ISA_ENV = "PYLTH_CPU_ISA"
 
 
 class NativeUnavailable(ImportError):
@@ -62,7 +69,22 @@ def _load():
     if root is not None and source_hash(root) != info.get("source_hash"):
         return None, (f"pylth's native module {module.__file__} was built from other sources than {root}/csrc "
                       f"(the kernels changed since the last `pip install .`); run `pip install .` in {root}")
+    requested = os.environ.get(CPU_ISA_ENV, "").strip()
+    if requested:
+        problem = _cpu_isa_problem(requested, module.cpu_isa_supported(), f"{CPU_ISA_ENV}={requested}")
+        if problem:
+            return None, problem
+        module.set_cpu_isa(requested)
     return module, None
+
+
+def _cpu_isa_problem(name: str, supported: list, what: str) -> str | None:
+    """Why ``name`` cannot be the CPU path (``what`` names where it came from), or None."""
+    if name not in CPU_ISAS:
+        return f"{what}: unknown CPU path; choose one of {', '.join(CPU_ISAS)} (this CPU supports {', '.join(supported)})"
+    if name not in supported:
+        return f"{what}: this CPU has no {name} path; it supports {', '.join(supported)}"
+    return None
 
 
 native, _UNAVAILABLE = _load()
@@ -70,7 +92,9 @@ native, _UNAVAILABLE = _load()
 
 def build_info() -> dict:
     """How the native module was built: ``version``, ``source_hash``, ``cuda`` (bool), ``cuda_archs``,
-    ``openmp``, ``omp_max_threads``. ``available`` is False (with ``error``) when it cannot be used."""
+    ``openmp``, ``omp_max_threads``, and the CPU path the kernels run, ``cpu_isa``, among those the
+    CPU supports, ``cpu_isa_supported`` (widest first). ``available`` is False (with ``error``) when it
+    cannot be used."""
     if native is None:
         return {"available": False, "error": _UNAVAILABLE, "cuda": False, "openmp": False}
     return {"available": True, **native.build_info()}
@@ -81,6 +105,26 @@ def require_native():
     if native is None:
         raise NativeUnavailable(_UNAVAILABLE)
     return native
+
+
+def cpu_isa() -> str:
+    """The vector instruction set the CPU kernels run now: one of CPU_ISAS."""
+    return require_native().cpu_isa()
+
+
+def set_cpu_isa(name: str) -> str:
+    """Make the CPU kernels run ``name`` (one of CPU_ISAS that the CPU supports) from the next call on;
+    returns the path they ran before. Results agree across paths to rounding (masked Adam and the
+    magnitude masks bit for bit)."""
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str (one of {', '.join(CPU_ISAS)}), got {type(name).__name__}")
+    module = require_native()
+    problem = _cpu_isa_problem(name, module.cpu_isa_supported(), f"set_cpu_isa: name={name!r}")
+    if problem:
+        raise ValueError(problem)
+    previous = module.cpu_isa()
+    module.set_cpu_isa(name)
+    return previous
 
 
 @functools.lru_cache(maxsize=None)
