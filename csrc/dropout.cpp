@@ -22,9 +22,11 @@ namespace {
 constexpr std::int64_t kBlock = 1 << 14;  // elements per OpenMP work item: 64 KB of input
 
 // y[i] = x[i] * scale where the element's bits clear the threshold, else +0; element index first + i.
-PYLTH_X86_CLONES
-void dropout_span(const float* __restrict x, float* __restrict y, std::int64_t count, std::uint32_t first,
-                  std::uint32_t row_key, std::uint32_t threshold, float scale) {
+// Always inlined, so that each path's function below compiles it for its own instruction set.
+inline __attribute__((always_inline)) void dropout_span_portable(const float* __restrict x, float* __restrict y,
+                                                                 std::int64_t count, std::uint32_t first,
+                                                                 std::uint32_t row_key, std::uint32_t threshold,
+                                                                 float scale) {
   for (std::int64_t i = 0; i < count; ++i) {
     const std::uint32_t bits = dropout_bits(row_key, first + static_cast<std::uint32_t>(i));
     const std::uint32_t keep = 0u - static_cast<std::uint32_t>(bits >= threshold);  // all ones or all zeros
@@ -33,6 +35,39 @@ void dropout_span(const float* __restrict x, float* __restrict y, std::int64_t c
     std::memcpy(&word, &scaled, sizeof word);
     word &= keep;
     std::memcpy(y + i, &word, sizeof word);
+  }
+}
+
+using DropoutSpanFn = void (*)(const float*, float*, std::int64_t, std::uint32_t, std::uint32_t, std::uint32_t, float);
+
+void dropout_span_baseline(const float* x, float* y, std::int64_t count, std::uint32_t first, std::uint32_t row_key,
+                           std::uint32_t threshold, float scale) {
+  dropout_span_portable(x, y, count, first, row_key, threshold, scale);
+}
+
+#ifdef PYLTH_ISA_VARIANTS
+// The same loop vectorised by GCC for 8 and 16 lanes (the hash is 32-bit multiplies and shifts).
+PYLTH_BEGIN_AVX2
+void dropout_span_avx2(const float* x, float* y, std::int64_t count, std::uint32_t first, std::uint32_t row_key,
+                       std::uint32_t threshold, float scale) {
+  dropout_span_portable(x, y, count, first, row_key, threshold, scale);
+}
+PYLTH_END_TARGET
+PYLTH_BEGIN_AVX512
+void dropout_span_avx512(const float* x, float* y, std::int64_t count, std::uint32_t first, std::uint32_t row_key,
+                         std::uint32_t threshold, float scale) {
+  dropout_span_portable(x, y, count, first, row_key, threshold, scale);
+}
+PYLTH_END_TARGET
+#endif
+
+DropoutSpanFn dropout_span_for(CpuIsa isa) {
+  switch (isa) {
+#ifdef PYLTH_ISA_VARIANTS
+    case CpuIsa::avx512: return dropout_span_avx512;
+    case CpuIsa::avx2: return dropout_span_avx2;
+#endif
+    default: return dropout_span_baseline;
   }
 }
 
@@ -66,6 +101,7 @@ void dropout_cpu(std::uintptr_t table_address, std::int64_t rows, std::int64_t w
   float* y = static_cast<float*>(a.y);
   if (batch_rows == 0 || per_row == 0) return;
   const std::int64_t blocks_per_row = (per_row + kBlock - 1) / kBlock, blocks = batch_rows * blocks_per_row;
+  const DropoutSpanFn dropout_span = dropout_span_for(active_cpu_isa());
   py::gil_scoped_release no_gil;
   FirstError error;
 #pragma omp parallel for num_threads(num_threads) schedule(static)

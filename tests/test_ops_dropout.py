@@ -24,7 +24,7 @@ SHAPES = [(1, 1), (3, 7), (5, 3, 5, 5), (2, 40_001), (17,), (4, 16, 9, 11), (0, 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=[str(s) for s in SHAPES])
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
-def test_native_equals_the_reference_bit_for_bit(shape, p):
+def test_native_equals_the_reference_bit_for_bit(shape, p, cpu_isa_path):
     x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
     for offset, stride in ((0, 1), (1, 2), (5, 3)):
         key = stream_key(7, 11, offset)
