@@ -23,8 +23,8 @@ import sys
 import traceback
 from typing import Callable
 
+from pylth.foundations.preemption import EXIT_PREEMPTED, Preempted, ending, stop_on_signals
 from pylth.ops.native import NativeUnavailable, require_native
-from pylth.preemption import EXIT_PREEMPTED, Preempted, ending, stop_on_signals
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -41,7 +41,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def _is_main_process() -> bool:
-    from pylth.distributed import is_main
+    from pylth.foundations.distributed import is_main
 
     return is_main()
 
@@ -62,7 +62,7 @@ def report_error(prog: str, exc: BaseException) -> None:
 
 def _report_lost_process(prog: str, exc: BaseException, reason: str) -> None:
     """The one line of every surviving rank when another process of the job is gone."""
-    from pylth.distributed import rank
+    from pylth.foundations.distributed import rank
 
     if _debug():
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
@@ -77,7 +77,7 @@ def run_command(prog: str, body: Callable[[], int | None], *, needs_native: bool
 
     ``needs_native``: check the native module first, so that a missing or stale build is reported
     before any data is read or any file is written. ``on_interrupt`` is printed after Ctrl-C.
-    ``stops_on_signals``: SIGTERM and SIGUSR1 stop the body cleanly (pylth.preemption), exit 75; once
+    ``stops_on_signals``: SIGTERM and SIGUSR1 stop the body cleanly (pylth.foundations.preemption), exit 75; once
     the body has failed or stopped, further stop signals are ignored until the process exits (torchrun
     and schedulers send SIGTERM again: it must not cut the report short or turn 75 into 143)."""
     with stop_on_signals(until_exit=True) if stops_on_signals else contextlib.nullcontext():
@@ -94,7 +94,7 @@ def run_command(prog: str, body: Callable[[], int | None], *, needs_native: bool
 
 def _ended(prog: str, exc: BaseException, on_interrupt: str) -> int:
     """The exit status for the body's exception, after reporting it; a bug is raised again."""
-    from pylth.distributed import lost_process
+    from pylth.foundations.distributed import lost_process
 
     lost = lost_process(exc) if isinstance(exc, Exception) else None
     if lost is not None:

@@ -15,7 +15,7 @@ import os
 import sys
 
 from pylth.cli import ArgumentParser, run_command
-from pylth.io import atomic_write_bytes, atomic_write_text
+from pylth.foundations.io import atomic_write_bytes, atomic_write_text
 from pylth.lottery.comparison import METRICS, compare_runs, csv_rows, dense_band, markdown_table, parse_settings
 
 PROG = "python -m pylth.compare"

@@ -21,11 +21,11 @@ from pylth.ddpm.data import load_dataset
 from pylth.ddpm.diffusion import GaussianDiffusion
 from pylth.ddpm.models import DEFAULT_MODEL, model_kind
 from pylth.ddpm.samplers import SAMPLERS
-from pylth.ddpm.trainer import resolve_device
+from pylth.foundations.devices import resolve_device
+from pylth.foundations.run_dir import RunDirectory
 from pylth.lottery.evaluations import (SETTINGS, Job, append_evaluation, evaluation_lock, identity, make_row,
                                        nearest_rounds, read_evaluations)
 from pylth.lottery.ticket import load_trained
-from pylth.run_dir import RunDirectory
 
 PROG = "python -m pylth.evaluate"
 

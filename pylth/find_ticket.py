@@ -12,13 +12,15 @@ import os
 import sys
 
 from pylth.cli import ArgumentParser, run_command
-from pylth.ddpm.config import DataConfig, DiffusionConfig, EvalConfig, ModelConfig, add_arguments, from_args
+from pylth.ddpm.config import DataConfig, DiffusionConfig, EvalConfig, ModelConfig
 from pylth.ddpm.data import dataset_info
 from pylth.ddpm.models import DEFAULT_MODEL, model_kind
 from pylth.ddpm.presets import flag_defaults
-from pylth.ddpm.trainer import TrainConfig, resolve_device
+from pylth.ddpm.trainer import TrainConfig
+from pylth.foundations.devices import resolve_device
+from pylth.foundations.distributed import init_distributed, shutdown
+from pylth.foundations.hparams import add_arguments, from_args
 from pylth.lottery import LotteryConfig, RunSpec, find_ticket
-from pylth.distributed import init_distributed, shutdown
 
 SECTIONS = (("data", DataConfig), ("model", ModelConfig), ("training (every round)", TrainConfig),
             ("diffusion", DiffusionConfig), ("evaluation (identical every round)", EvalConfig),

@@ -27,10 +27,10 @@ from pylth.ddpm.images import grid_png
 from pylth.ddpm.mixing import ModelSchedule, switch_owners
 from pylth.ddpm.models import DEFAULT_MODEL, model_kind
 from pylth.ddpm.samplers import SAMPLERS, make_sampler, sample_blocks
-from pylth.ddpm.trainer import resolve_device
-from pylth.io import atomic_write_bytes, ensure_file_writable
+from pylth.foundations.devices import resolve_device
+from pylth.foundations.io import atomic_write_bytes, ensure_file_writable
+from pylth.foundations.run_dir import RunDirectory
 from pylth.lottery.ticket import load_trained
-from pylth.run_dir import RunDirectory
 from pylth.sparse import read_sparse, sparsify
 
 PROG = "python -m pylth.sample"

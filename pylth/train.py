@@ -12,17 +12,19 @@ import time
 
 import torch
 
-from pylth import distributed as D
 from pylth.cli import ArgumentParser, run_command
 from pylth.ddpm import GaussianDiffusion
-from pylth.ddpm.config import DataConfig, DiffusionConfig, EvalConfig, ModelConfig, add_arguments, from_args
+from pylth.ddpm.config import DataConfig, DiffusionConfig, EvalConfig, ModelConfig
 from pylth.ddpm.data import dataset_info, load_dataset
 from pylth.ddpm.images import grid_png
 from pylth.ddpm.models import model_kind
 from pylth.ddpm.presets import flag_defaults
-from pylth.ddpm.trainer import Diverged, TrainConfig, resolve_device, train
-from pylth.io import atomic_write_bytes, atomic_write_json, remove_stale_temp_files
-from pylth.run_lock import DirectoryLock
+from pylth.ddpm.trainer import Diverged, TrainConfig, train
+from pylth.foundations import distributed as D
+from pylth.foundations.devices import resolve_device
+from pylth.foundations.hparams import add_arguments, from_args
+from pylth.foundations.io import atomic_write_bytes, atomic_write_json, remove_stale_temp_files
+from pylth.foundations.run_lock import DirectoryLock
 
 SAMPLE_GRID = 64
 OUT_FILES = ("config.json", "checkpoint.pt", "samples.png", "metrics.json")  # what this command writes to --out

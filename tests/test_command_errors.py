@@ -13,11 +13,12 @@ from pylth import train as train_cli
 from pylth.cka.__main__ import main as cka_main
 from pylth.export import main as export_main
 from pylth.find_ticket import main
+from pylth.foundations.run_dir import DamagedRunError
 from pylth.lottery import load_ticket
 from pylth.lottery.ticket import load_trained
 from pylth.mixed import main as mixed_main
-from pylth.run_dir import DamagedRunError
 from pylth.sample import main as sample_main
+
 from test_lottery_helpers import fake, file_digests, stopped_in  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -7,7 +7,7 @@ import torch
 from pylth.ddpm import GaussianDiffusion, build_model
 from pylth.ddpm.data import load_dataset
 from pylth.ddpm.trainer import TrainConfig, train
-from pylth.io import torch_load
+from pylth.foundations.io import torch_load
 from pylth.sparse import dense_state_dict
 
 TINY = dict(ch=32, ch_mult=(1,), num_res_blocks=1, attn_resolutions=())

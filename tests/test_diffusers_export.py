@@ -13,8 +13,9 @@ from pylth.ddpm import GaussianDiffusion
 from pylth.ddpm.models import UNet, model_kind
 from pylth.ddpm.models.unet_diffusers import as_diffusers
 from pylth.export import main
-from pylth.io import torch_load
+from pylth.foundations.io import torch_load
 from pylth.lottery import find_ticket
+
 from diffusers_helpers import tiny_config
 from test_lottery_helpers import TINY_MODEL, fake_calls, tiny_spec
 

@@ -14,9 +14,10 @@ from torch import nn
 
 from pylth.ddpm.models import model_kind, resolve_model
 from pylth.ddpm.models.diffusers_unet import GOOGLE_DDPM_CIFAR10
-from pylth.io import torch_load
+from pylth.foundations.io import torch_load
 from pylth.lottery import find_ticket
 from pylth.pruning import module_groups, prunable_parameters
+
 from diffusers_helpers import THREE_LEVEL_UNET2D, TINY_UNET2D, saved_unet, tiny_config
 from test_lottery_helpers import fake, fid_cache, tiny_spec  # noqa: F401  (fixtures)
 

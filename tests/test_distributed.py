@@ -23,15 +23,15 @@ import time
 import pytest
 import torch
 
-from pylth import distributed as D
 from pylth.ddpm import GaussianDiffusion, classifier
 from pylth.ddpm.data import ImageDataset, load_dataset
 from pylth.ddpm.fid import evaluate_fid
-from pylth.ddpm.trainer import TrainConfig, train
 from pylth.ddpm.models import UNet
-from pylth.io import torch_load
+from pylth.ddpm.trainer import TrainConfig, train
+from pylth.foundations import distributed as D
+from pylth.foundations.io import torch_load
+from pylth.foundations.preemption import Preempted, stop_on_signals
 from pylth.lottery import find_ticket
-from pylth.preemption import Preempted, stop_on_signals
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # when run as the torchrun worker
 from test_lottery_helpers import TINY_MODEL, tiny_spec  # noqa: E402

@@ -14,8 +14,9 @@ from pylth.ddpm.fid import evaluate_fid
 from pylth.ddpm.trainer import Diverged, TrainConfig, train
 from pylth.ddpm.trainer.loop import REPORT_EVERY
 from pylth.find_ticket import main as find_ticket_main
-from pylth.io import torch_load
+from pylth.foundations.io import torch_load
 from pylth.lottery import LotteryParts
+
 from test_lottery_helpers import fid_cache, small_digits_unet  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -16,11 +16,12 @@ from pylth.cka.__main__ import main as cka_main
 from pylth.ddpm import GaussianDiffusion
 from pylth.ddpm.trainer import TrainConfig, train
 from pylth.find_ticket import main
-from pylth.io import UnreadableFileError, atomic_torch_save, torch_load
+from pylth.foundations.io import UnreadableFileError, atomic_torch_save, torch_load
+from pylth.foundations.run_dir import DamagedRunError
 from pylth.lottery import LotteryParts, load_ticket
 from pylth.lottery.ticket import load_trained
-from pylth.run_dir import DamagedRunError
 from pylth.sample import main as sample_main
+
 from test_lottery_helpers import fake, fake_calls, file_digests, small_digits_unet, stopped_in  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -20,8 +20,9 @@ from pylth.ddpm.classifier import load_or_train_classifier
 from pylth.ddpm.data import load_dataset
 from pylth.ddpm.trainer import TrainConfig, train
 from pylth.find_ticket import main as find_ticket_main
-from pylth.io import torch_load
-from pylth.preemption import EXIT_PREEMPTED, Preempted, deferred_stop, stop_on_signals, stop_requested
+from pylth.foundations.io import torch_load
+from pylth.foundations.preemption import EXIT_PREEMPTED, Preempted, deferred_stop, stop_on_signals, stop_requested
+
 from test_lottery_helpers import fid_cache, small_digits_unet  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -8,8 +8,9 @@ import pytest
 
 from pylth.ddpm import GaussianDiffusion
 from pylth.ddpm.trainer import TrainConfig, train
-from pylth.io import torch_load
+from pylth.foundations.io import torch_load
 from pylth.lottery import find_ticket
+
 from test_lottery_helpers import fid_cache, small_digits_unet, tiny_spec  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -12,16 +12,17 @@ import pytest
 from pylth import train as train_cli
 from pylth.cka.__main__ import main as cka_main
 from pylth.find_ticket import main
+from pylth.foundations.run_lock import DirectoryLock, RunLocked
 from pylth.lottery import LotteryParts, load_ticket
 from pylth.mixed import main as mixed_main
-from pylth.run_lock import DirectoryLock, RunLocked
 from pylth.sample import main as sample_main
+
 from test_lottery_helpers import fake, file_digests  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 QUICK = ["--iterations", "4", "--batch-size", "8", "--fid-samples", "4", "--sample-steps", "1",
          "--heldout-samples", "8", "--max-rounds", "1"]
-HOLD = ("import sys, time; from pylth.run_lock import DirectoryLock; "
+HOLD = ("import sys, time; from pylth.foundations.run_lock import DirectoryLock; "
         "DirectoryLock(sys.argv[1], name=sys.argv[2]).acquire(); print('locked', flush=True); time.sleep(300)")
 
 

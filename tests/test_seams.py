@@ -13,8 +13,9 @@ from pylth.ddpm.models import MODELS, ModelKind, model_kind, register
 from pylth.ddpm.presets import DATASET_PRESETS, flag_defaults
 from pylth.ddpm.samplers import SAMPLERS, DDIMSampler, Sampler, make_sampler, sample
 from pylth.ddpm.trainer import TrainConfig, ema_decay, learning_rate
-from pylth.io import torch_load
+from pylth.foundations.io import torch_load
 from pylth.lottery import find_ticket
+
 from test_lottery_helpers import fake, tiny_spec  # noqa: F401  (fixtures)
 
 

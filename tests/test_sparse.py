@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from pylth.ddpm import build_model
-from pylth.io import UnreadableFileError
+from pylth.foundations.io import UnreadableFileError
 from pylth.pruning import apply_masks, compute_masks, prunable_parameters
 from pylth.sparse import (CONV_MAX_DENSITY, SparseConv2d, SparseLinear, load_sparse, read_sparse, save_sparse,
                           sparsify)

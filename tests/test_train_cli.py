@@ -8,7 +8,7 @@ import pytest
 
 from pylth import train as train_cli
 from pylth.ddpm import classifier as classifier_module
-from pylth.io import torch_load
+from pylth.foundations.io import torch_load
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

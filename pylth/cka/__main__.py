@@ -13,9 +13,9 @@ import math
 import os
 import sys
 
-from pylth.cli import ArgumentParser, run_command
 from pylth.cka.compare import LayerCka, compare_tickets, pick_round, trained_weight_rows, upstream_downstream
-from pylth.io import atomic_write_bytes, atomic_write_text
+from pylth.cli import ArgumentParser, run_command
+from pylth.foundations.io import atomic_write_bytes, atomic_write_text
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pylth.ddpm.data import dataset_key, images_and_labels
-from pylth.io import atomic_torch_save, torch_load
+from pylth.foundations.io import atomic_torch_save, torch_load
 
 FEATURE_DIM = 128
 TRAIN_STEPS = 1500

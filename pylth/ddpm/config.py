@@ -1,11 +1,7 @@
-"""Hyper-parameters as dataclasses whose fields (with ``help`` metadata) generate argparse flags.
-
-``add_arguments(parser, SomeConfig)`` adds ``--field-name`` for every field; ``from_args(SomeConfig,
-args)`` builds the dataclass back. Command lines share flags by sharing dataclasses (open_lth style).
-"""
+"""The flags of the data, the model and the diffusion (DataConfig, ModelConfig, DiffusionConfig), and
+--model-config's KEY=VALUE text."""
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import typing
 
@@ -13,68 +9,9 @@ from pylth.ddpm.data import DATASETS
 from pylth.ddpm.models import DEFAULT_MODEL, MODELS, model_kind, resolve_model
 from pylth.ddpm.models.registry import apply_overrides
 from pylth.ddpm.samplers import SAMPLERS
+from pylth.foundations.hparams import help_field
 
 FID_FEATURES = ("auto", "inception", "classifier")
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def add_arguments(parser: argparse.ArgumentParser, cls, *, exclude=(), defaults: dict | None = None,
-                  required=()) -> None:
-    """Add one flag per field of dataclass ``cls`` (except ``exclude``); ``defaults`` overrides field
-    defaults, ``required`` makes fields mandatory. Fields without a default are required."""
-    hints = typing.get_type_hints(cls)
-    defaults = defaults or {}
-    for field in dataclasses.fields(cls):
-        if field.name in exclude:
-            continue
-        help_text = field.metadata.get("help", "")
-        kind = hints[field.name]
-        if field.name in defaults:
-            default = defaults[field.name]
-        elif field.default is not dataclasses.MISSING:
-            default = field.default
-        elif field.default_factory is not dataclasses.MISSING:
-            default = field.default_factory()
-        else:
-            default = dataclasses.MISSING
-        kwargs: dict = dict(dest=field.name, help=help_text)
-        if default is dataclasses.MISSING or field.name in required:
-            kwargs["required"] = True
-        else:
-            kwargs["default"] = default
-            if default is not None:
-                kwargs["help"] = f"{help_text} (default: {default})" if help_text else f"default: {default}"
-        if "choices" in field.metadata:
-            kwargs["choices"] = field.metadata["choices"]
-        if kind is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        else:
-            args = [a for a in typing.get_args(kind) if a is not type(None)]
-            base = args[0] if args else kind
-            if typing.get_origin(base) is tuple:
-                kwargs["nargs"] = "+"
-                base = typing.get_args(base)[0]
-            kwargs["type"] = base
-            if "choices" not in kwargs:
-                kwargs["metavar"] = field.name.upper()
-        parser.add_argument(_flag(field.name), **kwargs)
-
-
-def from_args(cls, args: argparse.Namespace, **overrides):
-    """The ``cls`` instance made of the parsed fields of ``args`` (fields absent from args keep
-    their defaults); ``overrides`` win."""
-    values = {}
-    for field in dataclasses.fields(cls):
-        if hasattr(args, field.name):
-            value = getattr(args, field.name)
-            if isinstance(value, list):
-                value = tuple(value)
-            values[field.name] = value
-    values.update(overrides)
-    return cls(**values)
 
 
 def parse_overrides(text: str) -> dict[str, str]:
@@ -90,11 +27,6 @@ def parse_overrides(text: str) -> dict[str, str]:
             raise ValueError(f"model_config sets {key} twice")
         overrides[key] = value.strip()
     return overrides
-
-
-def help_field(text: str, **extra) -> dict:
-    """``dataclasses.field`` keyword arguments carrying a flag's help text (and e.g. ``choices``)."""
-    return dict(metadata=dict(help=text, **extra))
 
 
 @dataclasses.dataclass
@@ -200,7 +132,7 @@ class EvalConfig:
         records in config.json, so that it keeps its features when resumed); a FileNotFoundError
         when inception is asked for and no weights are installed. Under torch.distributed rank 0
         decides and every rank gets its answer, so that all extract the same features."""
-        from pylth import distributed as D
+        from pylth.foundations import distributed as D
         from pylth.ddpm.fid import resolve_fid_features  # scipy and clean-fid: only when needed
 
         kind = None

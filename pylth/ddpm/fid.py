@@ -25,7 +25,6 @@ from cleanfid.fid import kernel_distance
 from scipy import linalg
 from tqdm.auto import tqdm
 
-from pylth import distributed as D
 from pylth.ddpm.classifier import FEATURE_DIM, LabelClassifier, load_or_train_classifier
 from pylth.ddpm.config import FID_FEATURES
 from pylth.ddpm.data import dataset_key, images_and_labels
@@ -33,6 +32,7 @@ from pylth.ddpm.finite import first_nonfinite
 from pylth.ddpm.inception import INSTALL_HINT, InceptionFeatures, find_weights
 from pylth.ddpm.models import call_model
 from pylth.ddpm.samplers import make_sampler, sample_blocks
+from pylth.foundations import distributed as D
 
 # auto picks classifier features here: 8x8 digits upsampled to 299 x 299 make Inception FID slow on a
 # CPU and of little meaning.

@@ -12,7 +12,7 @@ from pylth.lottery.rounds import Lottery, LotteryData
 from pylth.lottery.runner import find_ticket
 from pylth.lottery.spec import RunSpec
 from pylth.lottery.ticket import load_ticket
-from pylth.run_dir import RunDirectory
+from pylth.foundations.run_dir import RunDirectory
 
-__all__ = ["ConfigMismatchError", "Lottery", "LotteryConfig", "LotteryData", "LotteryParts", "RunDirectory",
-           "RunSpec", "export_ticket", "find_ticket", "load_ticket"]
+__all__ = ["ConfigMismatchError", "Lottery", "LotteryConfig", "LotteryData", "LotteryParts", "RunDirectory", "RunSpec",
+           "export_ticket", "find_ticket", "load_ticket"]

@@ -14,9 +14,9 @@ import os
 import statistics
 from dataclasses import dataclass, field
 
+from pylth.foundations.run_dir import RunDirectory
 from pylth.lottery.evaluations import read_evaluations
 from pylth.lottery.resume import RESUMABLE_KEYS, flatten
-from pylth.run_dir import RunDirectory
 
 METRICS = ("fid", "kid", "loss")
 TARGETS = (0.8, 0.9, 0.95, 0.99)  # the table's columns: the round nearest each sparsity

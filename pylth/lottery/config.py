@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from pylth.ddpm.config import help_field
+from pylth.foundations.hparams import help_field
 
 RESETS = ("rewind", "init", "reinit")
 STRATEGY_NAMES = ("layerwise", "uniform", "global", "random")

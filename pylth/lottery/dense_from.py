@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 
-from pylth.io import atomic_write_bytes, sha256_file
+from pylth.foundations.io import atomic_write_bytes, sha256_file
+from pylth.foundations.run_dir import RunDirectory
 from pylth.lottery.resume import config_differences, with_implicit_settings
-from pylth.run_dir import RunDirectory
 
 # What may differ between RUN and the new run: how the rounds after round 0 prune and reset, and how
 # far they go. Everything else (data, model, training, diffusion, evaluation, rewind point, held-out

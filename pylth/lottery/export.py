@@ -8,7 +8,7 @@ import torch
 from pylth import __version__
 from pylth.ddpm.diffusers_pipeline import ddpm_scheduler_config, save_ddpm_pipeline
 from pylth.ddpm.models import DEFAULT_MODEL, model_kind
-from pylth.run_dir import RunDirectory
+from pylth.foundations.run_dir import RunDirectory
 
 FORMATS = ("diffusers",)
 

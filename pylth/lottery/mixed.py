@@ -25,9 +25,9 @@ from pylth.ddpm.fid import evaluate_fid
 from pylth.ddpm.mixing import ModelSchedule, switch_owners
 from pylth.ddpm.models import DEFAULT_MODEL, model_kind
 from pylth.ddpm.samplers import make_sampler, sample
-from pylth.io import atomic_write_text
+from pylth.foundations.io import atomic_write_text
+from pylth.foundations.run_dir import RunDirectory
 from pylth.lottery.ticket import load_trained
-from pylth.run_dir import RunDirectory
 from pylth.sparse import sparsify
 
 ORDERS = ("dense-first", "ticket-first")

@@ -7,7 +7,7 @@ import os
 import time
 
 from pylth.ddpm.models import DEFAULT_MODEL
-from pylth.run_dir import DamagedRunError, RunDirectory
+from pylth.foundations.run_dir import DamagedRunError, RunDirectory
 
 # Keys that may change between invocations without changing any finished round: where to run,
 # how fast, and how far to go (a larger --max-rounds or --target-sparsity extends a finished run).

@@ -14,13 +14,15 @@ from typing import Callable
 
 import torch
 
-from pylth import distributed as D
 from pylth.ddpm.diffusion import GaussianDiffusion
 from pylth.ddpm.finite import first_nonfinite
 from pylth.ddpm.images import grid_png
 from pylth.ddpm.models import model_kind
-from pylth.ddpm.trainer import Diverged, resolve_device
-from pylth.io import remove_file
+from pylth.ddpm.trainer import Diverged
+from pylth.foundations import distributed as D
+from pylth.foundations.devices import resolve_device
+from pylth.foundations.io import remove_file
+from pylth.foundations.run_dir import TICKET_FILE, RunDirectory
 from pylth.lottery.dense_from import adopt_round_zero, check_adopted
 from pylth.lottery.evaluate import HeldOut, heldout_loss
 from pylth.lottery.parts import LotteryParts
@@ -29,7 +31,6 @@ from pylth.lottery.spec import RunSpec
 from pylth.lottery.ticket import reinit_seed
 from pylth.pruning import (apply_masks, check_masked_zero, compute_masks, count_macs, module_groups,
                            prunable_parameters, sparsity_report)
-from pylth.run_dir import TICKET_FILE, RunDirectory
 from pylth.sparse import dense_state_dict, save_sparse
 
 SAMPLE_GRID = 64  # images in round_XX/samples.png

@@ -6,15 +6,15 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Callable
 
-from pylth import distributed as D
 from pylth.ddpm.data import load_dataset
+from pylth.foundations import distributed as D
+from pylth.foundations.run_dir import RunDirectory
 from pylth.lottery.dense_from import read_source
 from pylth.lottery.evaluate import make_heldout
 from pylth.lottery.parts import LotteryParts
 from pylth.lottery.resume import open_run
 from pylth.lottery.rounds import Lottery, LotteryData
 from pylth.lottery.spec import RunSpec
-from pylth.run_dir import RunDirectory
 
 
 def load_lottery_data(spec: RunSpec) -> LotteryData:

@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from pylth.ddpm.models import DEFAULT_MODEL, model_kind
+from pylth.foundations.run_dir import RunDirectory
 from pylth.pruning import apply_masks
-from pylth.run_dir import RunDirectory
 
 
 def fresh_model(model_config: dict, seed: int, kind: str = DEFAULT_MODEL) -> nn.Module:

@@ -19,7 +19,7 @@ from torch import nn
 
 import pylth
 from pylth.ddpm.models import kind_of, model_kind
-from pylth.io import UnreadableFileError, atomic_write_bytes
+from pylth.foundations.io import UnreadableFileError, atomic_write_bytes
 from pylth.pruning.model_masks import checked_masks
 
 FORMAT = "pylth-sparse-ticket"

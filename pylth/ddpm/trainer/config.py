@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-
-from pylth.ddpm.config import help_field
+from pylth.foundations.devices import resolve_device
+from pylth.foundations.hparams import help_field
 
 SPARSE_TRAINING = ("auto", "on", "off")  # see pylth.ddpm.trainer.sparse
 
@@ -60,16 +59,6 @@ class TrainConfig:
             resolve_device(self.device)
         except RuntimeError as exc:
             raise ValueError(f"device {self.device!r}: {exc}") from None
-
-
-def resolve_device(device: str) -> torch.device:
-    """torch.device(device), with "auto" meaning CUDA when available; unknown devices raise."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for but CUDA is not available")
-    return dev
 
 
 def learning_rate(config: TrainConfig, iteration: int) -> float:

@@ -11,19 +11,20 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from pylth import distributed as D
 from pylth.ddpm.data import without_flips
 from pylth.ddpm.finite import first_nonfinite
 from pylth.ddpm.models.dropout import clear_dropout_step, keyed_dropouts, set_dropout_step
 from pylth.ddpm.models.registry import call_model
 from pylth.ddpm.trainer.checkpoint import checkpoint_sparse_layers, read_checkpoint, restore, write_checkpoint
-from pylth.ddpm.trainer.config import TrainConfig, learning_rate, resolve_device
+from pylth.ddpm.trainer.config import TrainConfig, learning_rate
 from pylth.ddpm.trainer.divergence import Diverged, read_window
 from pylth.ddpm.trainer.loader import make_loader
 from pylth.ddpm.trainer.sparse import dense_copy, to_dense
 from pylth.ddpm.trainer.state import TrainState, setup_state
 from pylth.ddpm.trainer.step import iteration_flips, iteration_noise, train_step, update_ema
-from pylth.preemption import Preempted, deferred_stop, stop_requested
+from pylth.foundations import distributed as D
+from pylth.foundations.devices import resolve_device
+from pylth.foundations.preemption import Preempted, deferred_stop, stop_requested
 from pylth.pruning.model_masks import check_masked_zero
 
 # Steps between reading the losses back (one sync): the progress bar, the divergence check and,

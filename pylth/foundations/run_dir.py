@@ -10,8 +10,8 @@
     round_XX/samples.png a grid of samples from that model
     round_XX/checkpoint.pt  mid-round training state, removed when the round finishes
     report.png           FID against sparsity, sparsity per module for every round
-    .lock                held by the process writing the run (pylth.run_lock); read-only commands ignore it
-    .<name>.sha256       the digest written with a file of the unfinished round (pylth.io's sidecar)
+    .lock                held by the process writing the run (pylth.foundations.run_lock); read-only commands ignore it
+    .<name>.sha256       the digest written with a file of the unfinished round (pylth.foundations.io's sidecar)
 
 Integrity: a round's record in rounds.jsonl holds ``files``, the SHA-256 of every file the round
 wrote (its round_XX folder but checkpoint.pt, and for round 0 rewind.pt / init.pt too), as paths
@@ -29,10 +29,10 @@ import os
 import re
 import tempfile
 
-from pylth.io import (UnreadableFileError, atomic_torch_save, atomic_write_bytes, atomic_write_json, atomic_write_text,
-                      digest_path, digest_problem, remove_digest, remove_file, remove_stale_temp_files, sha256_file,
-                      torch_load)
-from pylth.run_lock import DirectoryLock
+from pylth.foundations.io import (UnreadableFileError, atomic_torch_save, atomic_write_bytes, atomic_write_json,
+                                  atomic_write_text, digest_path, digest_problem, remove_digest, remove_file,
+                                  remove_stale_temp_files, sha256_file, torch_load)
+from pylth.foundations.run_lock import DirectoryLock
 
 ROUND_DIR_FORMAT = "round_{:02d}"
 TICKET_FILE = "ticket.safetensors"  # a round's model with only its kept weights (pylth.sparse.save_sparse)
