@@ -16,11 +16,11 @@ import time
 
 from pylth import __version__
 from pylth.cli import ArgumentParser, run_command
-from pylth.ddpm.config import FID_FEATURES
 from pylth.ddpm.data import load_dataset
 from pylth.ddpm.diffusion import GaussianDiffusion
 from pylth.ddpm.models import DEFAULT_MODEL, model_kind
 from pylth.ddpm.samplers import SAMPLERS
+from pylth.evaluation.features import FID_FEATURES
 from pylth.foundations.devices import resolve_device
 from pylth.foundations.run_dir import RunDirectory
 from pylth.lottery.evaluations import (SETTINGS, Job, append_evaluation, evaluation_lock, identity, make_row,
@@ -116,7 +116,8 @@ def plan(run: RunDirectory, args: argparse.Namespace) -> tuple[dict, list[dict],
 
 def evaluate(args: argparse.Namespace, log=print) -> list[dict]:
     """Measure the jobs not yet in RUN/evaluations.jsonl; returns the rows written."""
-    from pylth.ddpm.fid import evaluate_fid, resolve_fid_features  # scipy and clean-fid: only when needed
+    from pylth.evaluation.features import resolve_fid_features
+    from pylth.evaluation.fid import evaluate_fid  # scipy and clean-fid: only when needed
 
     run = RunDirectory(args.run)
     config, records, jobs = plan(run, args)

@@ -12,11 +12,12 @@ import os
 import sys
 
 from pylth.cli import ArgumentParser, run_command
-from pylth.ddpm.config import DataConfig, DiffusionConfig, EvalConfig, ModelConfig
+from pylth.ddpm.config import DataConfig, DiffusionConfig, ModelConfig
 from pylth.ddpm.data import dataset_info
 from pylth.ddpm.models import DEFAULT_MODEL, model_kind
 from pylth.ddpm.presets import flag_defaults
 from pylth.ddpm.trainer import TrainConfig
+from pylth.evaluation.config import EvalConfig
 from pylth.foundations.devices import resolve_device
 from pylth.foundations.distributed import init_distributed, shutdown
 from pylth.foundations.hparams import add_arguments, from_args

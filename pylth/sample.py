@@ -21,12 +21,13 @@ import numpy as np
 import torch
 
 from pylth.cli import ArgumentParser, run_command
-from pylth.ddpm.config import DiffusionConfig, EvalConfig
+from pylth.ddpm.config import DiffusionConfig
 from pylth.ddpm.diffusion import GaussianDiffusion
 from pylth.ddpm.images import grid_png
 from pylth.ddpm.mixing import ModelSchedule, switch_owners
 from pylth.ddpm.models import DEFAULT_MODEL, model_kind
 from pylth.ddpm.samplers import SAMPLERS, make_sampler, sample_blocks
+from pylth.evaluation.config import EvalConfig
 from pylth.foundations.devices import resolve_device
 from pylth.foundations.io import atomic_write_bytes, ensure_file_writable
 from pylth.foundations.run_dir import RunDirectory

@@ -14,12 +14,13 @@ import torch
 
 from pylth.cli import ArgumentParser, run_command
 from pylth.ddpm import GaussianDiffusion
-from pylth.ddpm.config import DataConfig, DiffusionConfig, EvalConfig, ModelConfig
+from pylth.ddpm.config import DataConfig, DiffusionConfig, ModelConfig
 from pylth.ddpm.data import dataset_info, load_dataset
 from pylth.ddpm.images import grid_png
 from pylth.ddpm.models import model_kind
 from pylth.ddpm.presets import flag_defaults
 from pylth.ddpm.trainer import Diverged, TrainConfig, train
+from pylth.evaluation.config import EvalConfig
 from pylth.foundations import distributed as D
 from pylth.foundations.devices import resolve_device
 from pylth.foundations.hparams import add_arguments, from_args
@@ -88,7 +89,7 @@ def _run(args: argparse.Namespace, lock: DirectoryLock) -> dict | None:
                    train_seconds=round(time.time() - start, 1))
     samples = None
     if eval_cfg.fid_samples:  # every rank samples its share
-        from pylth.ddpm.fid import evaluate_fid  # clean-fid and scipy: only imported when needed
+        from pylth.evaluation.fid import evaluate_fid  # clean-fid and scipy: only imported when needed
 
         fid = evaluate_fid(result.ema_model, diffusion, data.dataset, dataset, eval_cfg.fid_samples,
                            sampler=eval_cfg.sampler, steps=eval_cfg.sample_steps, eta=eval_cfg.eta,

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from pylth.ddpm import GaussianDiffusion, build_model
-from pylth.ddpm import classifier as classifier_module
 from pylth.ddpm.data import load_dataset
-from pylth.ddpm.fid import evaluate_fid, feature_extractor, fid_from_features, kid_from_features
+from pylth.evaluation import classifier as classifier_module
+from pylth.evaluation.features import feature_extractor
+from pylth.evaluation.fid import evaluate_fid, fid_from_features, kid_from_features
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

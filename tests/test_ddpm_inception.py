@@ -14,10 +14,11 @@ from cleanfid.fid import get_model_features
 from cleanfid.inception_torchscript import InceptionV3W
 
 from pylth import train as train_cli
-from pylth.ddpm import inception
 from pylth.ddpm.data import load_dataset, to_model_range
-from pylth.ddpm.fid import feature_extractor, fid_from_features, resolve_fid_features
-from pylth.ddpm.inception import BUNDLED_FILE, CLEANFID_FILE, InceptionFeatures, InceptionWeights, find_weights
+from pylth.evaluation import inception
+from pylth.evaluation.features import feature_extractor, resolve_fid_features
+from pylth.evaluation.fid import fid_from_features
+from pylth.evaluation.inception import BUNDLED_FILE, CLEANFID_FILE, InceptionFeatures, InceptionWeights, find_weights
 from pylth.find_ticket import build_parser
 from pylth.lottery.resume import config_differences, with_implicit_settings
 

@@ -157,7 +157,7 @@ def test_non_numeric_train_config_raises_type_error_naming_the_field(field, valu
 @pytest.mark.parametrize("field,value,error", [("eta", "0", TypeError), ("sample_batch_size", 2.5, ValueError),
                                                ("sample_batch_size", "64", ValueError)])
 def test_bad_eval_config_raises_naming_the_field(field, value, error):
-    from pylth.ddpm.config import EvalConfig
+    from pylth.evaluation.config import EvalConfig
 
     with pytest.raises(error, match=field):
         EvalConfig(**{field: value})

@@ -127,7 +127,7 @@ def test_the_lottery_runs_on_a_unet2dmodel_with_every_strategy(strategy, fake, t
 
 def test_find_ticket_and_train_commands_train_the_diffusers_kind(tmp_path, fid_cache, monkeypatch):  # noqa: F811
     from pylth import train as train_cli
-    from pylth.ddpm import classifier as classifier_module
+    from pylth.evaluation import classifier as classifier_module
     from pylth.find_ticket import main
 
     out = tmp_path / "run"

@@ -23,11 +23,12 @@ import time
 import pytest
 import torch
 
-from pylth.ddpm import GaussianDiffusion, classifier
+from pylth.ddpm import GaussianDiffusion
 from pylth.ddpm.data import ImageDataset, load_dataset
-from pylth.ddpm.fid import evaluate_fid
 from pylth.ddpm.models import UNet
 from pylth.ddpm.trainer import TrainConfig, train
+from pylth.evaluation import classifier
+from pylth.evaluation.fid import evaluate_fid
 from pylth.foundations import distributed as D
 from pylth.foundations.io import torch_load
 from pylth.foundations.preemption import Preempted, stop_on_signals

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from pylth.ddpm import GaussianDiffusion
-from pylth.ddpm.fid import evaluate_fid
 from pylth.ddpm.trainer import Diverged, TrainConfig, train
 from pylth.ddpm.trainer.loop import REPORT_EVERY
+from pylth.evaluation.fid import evaluate_fid
 from pylth.find_ticket import main as find_ticket_main
 from pylth.foundations.io import torch_load
 from pylth.lottery import LotteryParts

@@ -9,9 +9,11 @@ import os
 import pytest
 import torch
 
-from pylth.ddpm import build_model, classifier
-from pylth.ddpm.config import DataConfig, DiffusionConfig, EvalConfig
+from pylth.ddpm import build_model
+from pylth.ddpm.config import DataConfig, DiffusionConfig
 from pylth.ddpm.trainer import TrainConfig, TrainResult
+from pylth.evaluation import classifier
+from pylth.evaluation.config import EvalConfig
 from pylth.lottery import LotteryConfig, LotteryParts, RunSpec
 from pylth.pruning import apply_masks
 

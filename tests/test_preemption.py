@@ -16,9 +16,9 @@ import torch
 from pylth import train as train_cli
 from pylth.cli import run_command
 from pylth.ddpm import GaussianDiffusion
-from pylth.ddpm.classifier import load_or_train_classifier
 from pylth.ddpm.data import load_dataset
 from pylth.ddpm.trainer import TrainConfig, train
+from pylth.evaluation.classifier import load_or_train_classifier
 from pylth.find_ticket import main as find_ticket_main
 from pylth.foundations.io import torch_load
 from pylth.foundations.preemption import EXIT_PREEMPTED, Preempted, deferred_stop, stop_on_signals, stop_requested

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from pylth import train as train_cli
-from pylth.ddpm import classifier as classifier_module
+from pylth.evaluation import classifier as classifier_module
 from pylth.foundations.io import torch_load
 
 

@@ -21,10 +21,10 @@ from dataclasses import asdict, dataclass, fields
 
 from pylth.ddpm.data import load_dataset
 from pylth.ddpm.diffusion import GaussianDiffusion
-from pylth.ddpm.fid import evaluate_fid
 from pylth.ddpm.mixing import ModelSchedule, switch_owners
 from pylth.ddpm.models import DEFAULT_MODEL, model_kind
 from pylth.ddpm.samplers import make_sampler, sample
+from pylth.evaluation.fid import evaluate_fid
 from pylth.foundations.io import atomic_write_text
 from pylth.foundations.run_dir import RunDirectory
 from pylth.lottery.ticket import load_trained

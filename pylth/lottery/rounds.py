@@ -19,12 +19,12 @@ from pylth.ddpm.finite import first_nonfinite
 from pylth.ddpm.images import grid_png
 from pylth.ddpm.models import model_kind
 from pylth.ddpm.trainer import Diverged
+from pylth.evaluation.heldout import HeldOut, heldout_loss
 from pylth.foundations import distributed as D
 from pylth.foundations.devices import resolve_device
 from pylth.foundations.io import remove_file
 from pylth.foundations.run_dir import TICKET_FILE, RunDirectory
 from pylth.lottery.dense_from import adopt_round_zero, check_adopted
-from pylth.lottery.evaluate import HeldOut, heldout_loss
 from pylth.lottery.parts import LotteryParts
 from pylth.lottery.report import fid_label, format_table
 from pylth.lottery.spec import RunSpec

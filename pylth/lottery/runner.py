@@ -7,10 +7,10 @@ from dataclasses import replace
 from typing import Callable
 
 from pylth.ddpm.data import load_dataset
+from pylth.evaluation.heldout import make_heldout
 from pylth.foundations import distributed as D
 from pylth.foundations.run_dir import RunDirectory
 from pylth.lottery.dense_from import read_source
-from pylth.lottery.evaluate import make_heldout
 from pylth.lottery.parts import LotteryParts
 from pylth.lottery.resume import open_run
 from pylth.lottery.rounds import Lottery, LotteryData

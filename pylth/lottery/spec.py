@@ -5,9 +5,10 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Optional
 
-from pylth.ddpm.config import DataConfig, DiffusionConfig, EvalConfig
+from pylth.ddpm.config import DataConfig, DiffusionConfig
 from pylth.ddpm.models import DEFAULT_MODEL
 from pylth.ddpm.trainer import TrainConfig
+from pylth.evaluation.config import EvalConfig
 from pylth.lottery.config import LotteryConfig
 
 

@@ -1,8 +1,9 @@
 """FID and KID of generated samples against the training set, on clean-fid's formulas.
 
-Features come from Inception-v3 (pylth.ddpm.inception: the weights bundled by pylth[inception], or
-clean-fid's file given as a local path; nothing is ever downloaded) or from a small classifier trained
-on the data set's labels (pylth.ddpm.classifier), cached; resolve_fid_features says which. Every result
+Features come from Inception-v3 (pylth.evaluation.inception: the weights bundled by pylth[inception],
+or clean-fid's file given as a local path; nothing is ever downloaded) or from a small classifier
+trained on the data set's labels (pylth.evaluation.classifier), cached; pylth.evaluation.features'
+resolve_fid_features says which. Every result
 names its features: ``fid_features`` is "inception" or "classifier" and ``fid_weights`` identifies the
 file; FIDs of different features, sample counts, samplers or reference sets are not comparable.
 Reference statistics of the training set are computed once per (data set, features) and cached in
@@ -15,7 +16,6 @@ scores, and every rank returns the same result, equal to a one-process run's.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 
@@ -25,23 +25,14 @@ from cleanfid.fid import kernel_distance
 from scipy import linalg
 from tqdm.auto import tqdm
 
-from pylth.ddpm.classifier import FEATURE_DIM, LabelClassifier, load_or_train_classifier
-from pylth.ddpm.config import FID_FEATURES
 from pylth.ddpm.data import dataset_key, images_and_labels
 from pylth.ddpm.finite import first_nonfinite
-from pylth.ddpm.inception import INSTALL_HINT, InceptionFeatures, find_weights
 from pylth.ddpm.models import call_model
 from pylth.ddpm.samplers import make_sampler, sample_blocks
+from pylth.evaluation.features import batched_features, default_cache_dir, feature_extractor
 from pylth.foundations import distributed as D
 
-# auto picks classifier features here: 8x8 digits upsampled to 299 x 299 make Inception FID slow on a
-# CPU and of little meaning.
-CLASSIFIER_BY_DEFAULT = ("digits",)
 KID_REFERENCE_SIZE = 10000  # reference features kept for KID
-
-
-def default_cache_dir() -> str:
-    return os.environ.get("PYLTH_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "pylth"))
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
@@ -97,67 +88,6 @@ def _stats(feats: np.ndarray):
     return feats.mean(axis=0), np.cov(feats, rowvar=False)
 
 
-class ClassifierFeatures:
-    """Penultimate-layer features of the data set's cached label classifier."""
-
-    kind = "classifier"
-    dim = FEATURE_DIM
-
-    def __init__(self, dataset_name: str, dataset, cache_dir: str, device):
-        # Rank 0 trains or loads the cached classifier and sends it, so every rank extracts the same
-        # features even where the machines do not share the cache.
-        payload = None
-        with D.fail_together("training or loading the FID classifier"):
-            if D.is_main():
-                model, path = load_or_train_classifier(dataset_name, dataset, cache_dir, device)
-                with open(path, "rb") as f:
-                    digest = hashlib.sha1(f.read()).hexdigest()
-                payload = (model.cpu().state_dict(), model.body[0].in_channels, model.fc.out_features, digest)
-        state, in_channels, num_classes, digest = D.broadcast_object(payload)
-        self.model = LabelClassifier(in_channels, num_classes)
-        self.model.load_state_dict(state)
-        self.model = self.model.to(device).eval().requires_grad_(False)
-        self.device = device
-        self.id = "classifier-" + digest[:10]
-        self.weights = f"classifier:{dataset_name}:sha1={digest}"
-
-    @torch.no_grad()
-    def __call__(self, images: torch.Tensor) -> np.ndarray:
-        return self.model.features(images.to(self.device)).float().cpu().numpy()
-
-
-def resolve_fid_features(dataset_name: str, fid_features: str = "auto", inception_path=None) -> str:
-    """"inception" or "classifier": what ``fid_features`` asks for, "auto" resolved.
-
-    auto: Inception where weights are found (``inception_path``, $PYLTH_INCEPTION_PATH, or the
-    bundled file), except on the data sets of CLASSIFIER_BY_DEFAULT without an explicit path. Asking
-    for "inception" without weights is a FileNotFoundError that says how to install them."""
-    if fid_features not in FID_FEATURES:
-        raise ValueError(f"fid_features must be one of {', '.join(FID_FEATURES)}, got {fid_features!r}")
-    if fid_features == "classifier":
-        return fid_features
-    explicit = inception_path or os.environ.get("PYLTH_INCEPTION_PATH")
-    if fid_features == "auto" and dataset_name in CLASSIFIER_BY_DEFAULT and not explicit:
-        return "classifier"
-    weights = find_weights(inception_path)
-    if weights is None and fid_features == "inception":
-        raise FileNotFoundError(f"Inception FID needs the Inception weights, and none are installed: {INSTALL_HINT}")
-    return "inception" if weights is not None else "classifier"
-
-
-def feature_extractor(dataset_name: str, dataset, *, fid_features: str = "auto", inception_path=None,
-                      cache_dir=None, device="cpu"):
-    """The features ``resolve_fid_features`` picks: InceptionFeatures or ClassifierFeatures."""
-    if resolve_fid_features(dataset_name, fid_features, inception_path) == "inception":
-        return InceptionFeatures(find_weights(inception_path), torch.device(device))
-    return ClassifierFeatures(dataset_name, dataset, cache_dir or default_cache_dir(), torch.device(device))
-
-
-def _batched_features(extract, images, batch_size: int) -> np.ndarray:
-    parts = [extract(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
-    return np.concatenate(parts) if parts else np.zeros((0, extract.dim), np.float32)
-
-
 REFERENCE_CHUNK = 2000  # reference images whose features are kept on disk together while the set is extracted
 
 
@@ -181,7 +111,7 @@ def reference_statistics(dataset_name: str, dataset, extract, cache_dir: str, ba
             if not os.path.exists(chunk):
                 block = images[i * REFERENCE_CHUNK:(i + 1) * REFERENCE_CHUNK]
                 tmp = f"{chunk}.{os.getpid()}.tmp.npy"
-                np.save(tmp, _batched_features(extract, block, batch_size))
+                np.save(tmp, batched_features(extract, block, batch_size))
                 os.replace(tmp, chunk)
             bar.update(min(REFERENCE_CHUNK, len(images) - i * REFERENCE_CHUNK))
     feats = np.concatenate([np.load(c) for c in chunks]) if chunks else np.zeros((0, extract.dim), np.float32)
@@ -233,7 +163,7 @@ def evaluate_fid(model, diffusion, dataset_name: str, dataset, num_samples: int,
     samples = sample_blocks(model, make_sampler(sampler, diffusion, steps, eta=eta), num_samples, image_shape,
                             blocks, batch_size=batch_size, seed=seed, device=torch.device(device),
                             progress=progress and D.is_main(), predict=predict, desc="FID samples")
-    feats = D.all_gather_rows(torch.from_numpy(_batched_features(extract, samples, batch_size))).numpy()
+    feats = D.all_gather_rows(torch.from_numpy(batched_features(extract, samples, batch_size))).numpy()
     result = None
     with D.fail_together("FID"):
         if D.is_main():

@@ -1,4 +1,4 @@
-"""Per-round measurements, made the same way every round so that rounds compare."""
+"""The held-out denoising loss: fixed images, timesteps and noise, so that rounds compare."""
 from __future__ import annotations
 
 from dataclasses import dataclass

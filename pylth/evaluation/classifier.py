@@ -2,13 +2,16 @@
 weights are available. Trained once per data set (seeded) and cached."""
 from __future__ import annotations
 
+import hashlib
 import os
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pylth.ddpm.data import dataset_key, images_and_labels
+from pylth.foundations import distributed as D
 from pylth.foundations.io import atomic_torch_save, torch_load
 
 FEATURE_DIM = 128
@@ -73,3 +76,32 @@ def load_or_train_classifier(dataset_name: str, dataset, cache_dir: str, device)
     model = LabelClassifier(saved["in_channels"], saved["num_classes"])
     model.load_state_dict(saved["state"])
     return model.to(device).eval().requires_grad_(False), path
+
+
+class ClassifierFeatures:
+    """Penultimate-layer features of the data set's cached label classifier."""
+
+    kind = "classifier"
+    dim = FEATURE_DIM
+
+    def __init__(self, dataset_name: str, dataset, cache_dir: str, device):
+        # Rank 0 trains or loads the cached classifier and sends it, so every rank extracts the same
+        # features even where the machines do not share the cache.
+        payload = None
+        with D.fail_together("training or loading the FID classifier"):
+            if D.is_main():
+                model, path = load_or_train_classifier(dataset_name, dataset, cache_dir, device)
+                with open(path, "rb") as f:
+                    digest = hashlib.sha1(f.read()).hexdigest()
+                payload = (model.cpu().state_dict(), model.body[0].in_channels, model.fc.out_features, digest)
+        state, in_channels, num_classes, digest = D.broadcast_object(payload)
+        self.model = LabelClassifier(in_channels, num_classes)
+        self.model.load_state_dict(state)
+        self.model = self.model.to(device).eval().requires_grad_(False)
+        self.device = device
+        self.id = "classifier-" + digest[:10]
+        self.weights = f"classifier:{dataset_name}:sha1={digest}"
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> np.ndarray:
+        return self.model.features(images.to(self.device)).float().cpu().numpy()
