@@ -32,7 +32,8 @@ from pylth.foundations.devices import resolve_device
 from pylth.foundations.io import atomic_write_bytes, ensure_file_writable
 from pylth.foundations.run_dir import RunDirectory
 from pylth.lottery.ticket import load_trained
-from pylth.sparse import read_sparse, sparsify
+from pylth.sparse import sparsify
+from pylth.tickets import read_sparse
 
 PROG = "python -m pylth.sample"
 

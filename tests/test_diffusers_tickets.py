@@ -17,7 +17,8 @@ from pylth.foundations.io import torch_load
 from pylth.lottery import find_ticket
 from pylth.pruning import prunable_parameters
 from pylth.sample import main as sample_main
-from pylth.sparse import SparseConv2d, SparseLinear, load_sparse, read_sparse, save_sparse
+from pylth.sparse import SparseConv2d, SparseLinear
+from pylth.tickets import load_sparse, read_sparse, save_sparse
 
 from diffusers_helpers import TINY_UNET2D, tiny_config
 from test_lottery_helpers import fake_calls, fid_cache, tiny_spec  # noqa: F401  (fid_cache: a fixture)

@@ -6,7 +6,7 @@
     init.pt              theta_0 (only with --reset init)
     round_XX/mask.pt     parameter name -> bool tensor, prunable weights in forward order
     round_XX/model.pt    the trained EMA state_dict, exactly zero where the mask is False
-    round_XX/ticket.safetensors  the same model with only its kept weights (pylth.sparse.load_sparse)
+    round_XX/ticket.safetensors  the same model with only its kept weights (pylth.tickets.load_sparse)
     round_XX/samples.png a grid of samples from that model
     round_XX/checkpoint.pt  mid-round training state, removed when the round finishes
     report.png           FID against sparsity, sparsity per module for every round
@@ -35,7 +35,7 @@ from pylth.foundations.io import (UnreadableFileError, atomic_torch_save, atomic
 from pylth.foundations.run_lock import DirectoryLock
 
 ROUND_DIR_FORMAT = "round_{:02d}"
-TICKET_FILE = "ticket.safetensors"  # a round's model with only its kept weights (pylth.sparse.save_sparse)
+TICKET_FILE = "ticket.safetensors"  # a round's model with only its kept weights (pylth.tickets.save_sparse)
 _ROUND_DIR = re.compile(r"^round_(\d+)$")
 UNRECORDED_ROUND_FILES = frozenset({"checkpoint.pt"})  # mid-round state: changes, then goes
 RUN_FILES_OF_ROUND_0 = ("rewind.pt", "init.pt")  # written during round 0, read by every later round

@@ -6,9 +6,9 @@ import pickle
 import torch
 
 from pylth import __version__
-from pylth.ddpm.diffusers_pipeline import ddpm_scheduler_config, save_ddpm_pipeline
 from pylth.ddpm.models import DEFAULT_MODEL, model_kind
 from pylth.foundations.run_dir import RunDirectory
+from pylth.tickets.diffusers_pipeline import ddpm_scheduler_config, save_ddpm_pipeline
 
 FORMATS = ("diffusers",)
 

@@ -31,7 +31,8 @@ from pylth.lottery.spec import RunSpec
 from pylth.lottery.ticket import reinit_seed
 from pylth.pruning import (apply_masks, check_masked_zero, compute_masks, count_macs, module_groups,
                            prunable_parameters, sparsity_report)
-from pylth.sparse import dense_state_dict, save_sparse
+from pylth.sparse import dense_state_dict
+from pylth.tickets import save_sparse
 
 SAMPLE_GRID = 64  # images in round_XX/samples.png
 SAMPLING_SETTINGS = ("sampler", "sample_steps", "eta", "sample_batch_size")  # kept in each ticket file
