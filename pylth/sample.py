@@ -24,7 +24,7 @@ from pylth.cli import ArgumentParser, run_command
 from pylth.ddpm.config import DiffusionConfig
 from pylth.ddpm.diffusion import GaussianDiffusion
 from pylth.ddpm.images import grid_png
-from pylth.ddpm.mixing import ModelSchedule, switch_owners
+from pylth.ddpm.model_schedule import ModelSchedule, switch_owners
 from pylth.ddpm.models import DEFAULT_MODEL, model_kind
 from pylth.ddpm.samplers import SAMPLERS, make_sampler, sample_blocks
 from pylth.evaluation.config import EvalConfig

@@ -11,7 +11,7 @@ import torch
 
 from pylth.ddpm import GaussianDiffusion
 from pylth.ddpm.models import UNet, model_kind
-from pylth.ddpm.models.unet_diffusers import as_diffusers
+from pylth.ddpm.models.unet_to_diffusers import as_diffusers
 from pylth.export import main
 from pylth.foundations.io import torch_load
 from pylth.lottery import find_ticket
@@ -62,7 +62,7 @@ def test_pylth_s_unet_and_its_unet2dmodel_compute_the_same_noise_prediction(name
 
 
 def test_the_cifar10_unet_maps_onto_google_ddpm_cifar10_32_but_for_its_padding_and_eps():
-    from pylth.ddpm.models.diffusers_unet import GOOGLE_DDPM_CIFAR10
+    from pylth.ddpm.models.diffusers_unet2d import GOOGLE_DDPM_CIFAR10
 
     config = as_diffusers(model_kind("unet").config_for("cifar10", (3, 32, 32)), {})[0]
     for key in ("block_out_channels", "down_block_types", "up_block_types", "layers_per_block", "flip_sin_to_cos",

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from pylth.ddpm.models import model_kind, resolve_model
-from pylth.ddpm.models.diffusers_unet import GOOGLE_DDPM_CIFAR10
+from pylth.ddpm.models.diffusers_unet2d import GOOGLE_DDPM_CIFAR10
 from pylth.foundations.io import torch_load
 from pylth.lottery import find_ticket
 from pylth.pruning import module_groups, prunable_parameters
@@ -284,7 +284,7 @@ def test_pylth_neither_needs_nor_imports_diffusers_and_the_kind_says_how_to_inst
 
 
 def test_an_unknown_unet2dmodel_argument_is_refused():
-    from pylth.ddpm.models.diffusers_unet import complete_config
+    from pylth.ddpm.models.diffusers_unet2d import complete_config
 
     with pytest.raises(ValueError, match="no argument channel_mult"):
         complete_config(dict(TINY_UNET2D, channel_mult=(1, 2)))

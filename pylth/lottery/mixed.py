@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, fields
 
 from pylth.ddpm.data import load_dataset
 from pylth.ddpm.diffusion import GaussianDiffusion
-from pylth.ddpm.mixing import ModelSchedule, switch_owners
+from pylth.ddpm.model_schedule import ModelSchedule, switch_owners
 from pylth.ddpm.models import DEFAULT_MODEL, model_kind
 from pylth.ddpm.samplers import make_sampler, sample
 from pylth.evaluation.fid import evaluate_fid
