@@ -16,7 +16,7 @@ import sys
 
 from pylth.cli import ArgumentParser, run_command
 from pylth.foundations.io import atomic_write_bytes, atomic_write_text
-from pylth.lottery.comparison import METRICS, compare_runs, csv_rows, dense_band, markdown_table, parse_settings
+from pylth.studies.comparison import METRICS, compare_runs, csv_rows, dense_band, markdown_table, parse_settings
 
 PROG = "python -m pylth.compare"
 

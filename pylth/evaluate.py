@@ -23,9 +23,9 @@ from pylth.ddpm.samplers import SAMPLERS
 from pylth.evaluation.features import FID_FEATURES
 from pylth.foundations.devices import resolve_device
 from pylth.foundations.run_dir import RunDirectory
-from pylth.lottery.evaluations import (SETTINGS, Job, append_evaluation, evaluation_lock, identity, make_row,
+from pylth.lottery.run_reader import load_trained
+from pylth.studies.evaluations import (SETTINGS, Job, append_evaluation, evaluation_lock, identity, make_row,
                                        nearest_rounds, read_evaluations)
-from pylth.lottery.ticket import load_trained
 
 PROG = "python -m pylth.evaluate"
 

@@ -15,7 +15,7 @@ from pylth.cli import ArgumentParser, run_command
 from pylth.foundations.devices import resolve_device
 from pylth.foundations.io import atomic_write_bytes, remove_stale_temp_files
 from pylth.foundations.run_lock import DirectoryLock
-from pylth.lottery.mixed import ORDERS, TIMING_IMAGES, MixedExperiment, summarize
+from pylth.studies.mixed_chain import ORDERS, TIMING_IMAGES, MixedExperiment, summarize
 
 PROG = "python -m pylth.mixed"
 DEFAULT_SWITCH_POINTS = "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1"

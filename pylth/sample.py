@@ -31,7 +31,7 @@ from pylth.evaluation.config import EvalConfig
 from pylth.foundations.devices import resolve_device
 from pylth.foundations.io import atomic_write_bytes, ensure_file_writable
 from pylth.foundations.run_dir import RunDirectory
-from pylth.lottery.ticket import load_trained
+from pylth.lottery.run_reader import load_trained
 from pylth.sparse import sparsify
 from pylth.tickets import read_sparse
 

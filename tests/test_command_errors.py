@@ -15,7 +15,7 @@ from pylth.export import main as export_main
 from pylth.find_ticket import main
 from pylth.foundations.run_dir import DamagedRunError
 from pylth.lottery import load_ticket
-from pylth.lottery.ticket import load_trained
+from pylth.lottery.run_reader import load_trained
 from pylth.mixed import main as mixed_main
 from pylth.sample import main as sample_main
 

@@ -145,7 +145,7 @@ def test_save_sparse_recognises_a_unet2dmodel_and_sample_reads_its_file_alone(tm
 
 
 def test_the_mixed_experiment_runs_on_a_unet2dmodel_run_and_its_end_points_are_the_rounds(tmp_path, fid_cache):  # noqa: F811
-    from pylth.lottery.mixed import ORDERS, MixedExperiment
+    from pylth.studies.mixed_chain import ORDERS, MixedExperiment
 
     out = str(tmp_path / "run")
     spec = tiny_spec(fid_cache, strategy="uniform", prune_ratio=0.6, max_rounds=1)

@@ -19,7 +19,7 @@ from pylth.find_ticket import main
 from pylth.foundations.io import UnreadableFileError, atomic_torch_save, torch_load
 from pylth.foundations.run_dir import DamagedRunError
 from pylth.lottery import LotteryParts, load_ticket
-from pylth.lottery.ticket import load_trained
+from pylth.lottery.run_reader import load_trained
 from pylth.sample import main as sample_main
 
 from test_lottery_helpers import fake, fake_calls, file_digests, small_digits_unet, stopped_in  # noqa: F401

@@ -13,7 +13,7 @@ from pylth.ddpm.data import load_dataset
 from pylth.ddpm.trainer import train
 from pylth.foundations.io import torch_load
 from pylth.lottery import ConfigMismatchError, LotteryParts, RunDirectory, find_ticket, load_ticket
-from pylth.lottery.ticket import fresh_model
+from pylth.lottery.run_reader import fresh_model
 from pylth.pruning import module_groups
 
 from test_lottery_helpers import fid_cache, file_digests, tiny_spec  # noqa: F401  (fixtures)

@@ -13,7 +13,7 @@ import math
 import os
 import sys
 
-from pylth.cka.compare import LayerCka, compare_tickets, pick_round, trained_weight_rows, upstream_downstream
+from pylth.cka.between_runs import LayerCka, compare_tickets, pick_round, trained_weight_rows, upstream_downstream
 from pylth.cli import ArgumentParser, run_command
 from pylth.foundations.io import atomic_write_bytes, atomic_write_text
 

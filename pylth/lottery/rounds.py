@@ -27,8 +27,8 @@ from pylth.foundations.run_dir import TICKET_FILE, RunDirectory
 from pylth.lottery.dense_from import adopt_round_zero, check_adopted
 from pylth.lottery.parts import LotteryParts
 from pylth.lottery.report import fid_label, format_table
+from pylth.lottery.run_reader import reinit_seed
 from pylth.lottery.spec import RunSpec
-from pylth.lottery.ticket import reinit_seed
 from pylth.pruning import (apply_masks, check_masked_zero, compute_masks, count_macs, module_groups,
                            prunable_parameters, sparsity_report)
 from pylth.sparse import dense_state_dict

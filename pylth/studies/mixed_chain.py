@@ -27,7 +27,7 @@ from pylth.ddpm.samplers import make_sampler, sample
 from pylth.evaluation.fid import evaluate_fid
 from pylth.foundations.io import atomic_write_text
 from pylth.foundations.run_dir import RunDirectory
-from pylth.lottery.ticket import load_trained
+from pylth.lottery.run_reader import load_trained
 from pylth.sparse import sparsify
 
 ORDERS = ("dense-first", "ticket-first")

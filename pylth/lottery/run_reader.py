@@ -1,4 +1,5 @@
-"""Tickets: the masked starting weights of a round, and loading one back from a run directory."""
+"""A finished run read back: a round's files checked against their digests (``load_verified``), the
+masked starting weights of a round (``load_ticket``) and its trained model (``load_trained``)."""
 from __future__ import annotations
 
 import torch

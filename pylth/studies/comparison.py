@@ -15,8 +15,8 @@ import statistics
 from dataclasses import dataclass, field
 
 from pylth.foundations.run_dir import RunDirectory
-from pylth.lottery.evaluations import read_evaluations
 from pylth.lottery.resume import RESUMABLE_KEYS, flatten
+from pylth.studies.evaluations import read_evaluations
 
 METRICS = ("fid", "kid", "loss")
 TARGETS = (0.8, 0.9, 0.95, 0.99)  # the table's columns: the round nearest each sparsity
