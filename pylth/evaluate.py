@@ -18,7 +18,6 @@ from pylth import __version__
 from pylth.cli import ArgumentParser, run_command
 from pylth.ddpm.data import load_dataset
 from pylth.ddpm.diffusion import GaussianDiffusion
-from pylth.ddpm.models import DEFAULT_MODEL, model_kind
 from pylth.ddpm.samplers import SAMPLERS
 from pylth.evaluation.features import FID_FEATURES
 from pylth.foundations.devices import resolve_device
@@ -137,7 +136,6 @@ def evaluate(args: argparse.Namespace, log=print) -> list[dict]:
                                image_size=data.get("image_size"))
         d = config["diffusion"]
         diffusion = GaussianDiffusion(d["num_timesteps"], d["beta_start"], d["beta_end"])
-        predict = model_kind(config.get("model_kind", DEFAULT_MODEL)).predict
         written, loaded = [], {}
         for job in todo:
             if job.round not in loaded:
@@ -148,7 +146,7 @@ def evaluate(args: argparse.Namespace, log=print) -> list[dict]:
                                  sampler=s["sampler"], steps=s["sample_steps"], eta=s["eta"], seed=job.seed,
                                  device=device, fid_features=s["fid_features"], inception_path=inception_path,
                                  cache_dir=args.cache_dir or own.get("cache_dir"),
-                                 batch_size=s["sample_batch_size"], predict=predict)
+                                 batch_size=s["sample_batch_size"])
             row = make_row(job, records[job.round], score, time.perf_counter() - started[0],
                            time.process_time() - started[1], __version__)
             append_evaluation(run, read_evaluations(run), row)

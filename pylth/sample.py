@@ -174,8 +174,7 @@ def run(args: argparse.Namespace) -> None:
             layers.append(f"round {k}: {len(model.sparsify_report.sparse)} of {len(model.sparsify_report)} "
                           "masked layers sparse")
         models.append(model)
-    predict = model_kind(source.kind).predict
-    schedule = ModelSchedule(models, owners, [predict] * len(models))
+    schedule = ModelSchedule(models, owners)
     started = time.perf_counter()
     blocks = range(-(-args.num // batch_size))
     images = sample_blocks(schedule, sampler, args.num, source.image_shape, blocks, batch_size=batch_size,

@@ -81,7 +81,7 @@ def _run(args: argparse.Namespace, lock: DirectoryLock) -> dict | None:
     start = time.time()
     try:
         result = train(model, diffusion, dataset, train_cfg, checkpoint_path=os.path.join(args.out, "checkpoint.pt"),
-                       progress_desc=f"train {data.dataset}", predict=kind.predict)
+                       progress_desc=f"train {data.dataset}")
     except Diverged as exc:
         raise Diverged(f"{exc}. Lower --lr (or raise --warmup) and rerun: training goes on from the last good "
                        "checkpoint, if there is one", exc.iteration) from None
@@ -96,7 +96,7 @@ def _run(args: argparse.Namespace, lock: DirectoryLock) -> dict | None:
                            seed=train_cfg.seed, device=device, fid_features=eval_cfg.fid_features,
                            inception_path=eval_cfg.inception_path,
                            cache_dir=eval_cfg.cache_dir, batch_size=eval_cfg.sample_batch_size,
-                           progress=rank == 0, return_samples=SAMPLE_GRID, predict=kind.predict)
+                           progress=rank == 0, return_samples=SAMPLE_GRID)
         samples = fid.pop("samples")
         metrics.update(fid, sampler=eval_cfg.sampler, sample_steps=eval_cfg.sample_steps)
     else:
@@ -106,7 +106,7 @@ def _run(args: argparse.Namespace, lock: DirectoryLock) -> dict | None:
     if samples is None or len(samples) < SAMPLE_GRID:
         samples = diffusion.sample(result.ema_model, SAMPLE_GRID, info["image_shape"], sampler=eval_cfg.sampler,
                                    steps=eval_cfg.sample_steps, eta=eval_cfg.eta, seed=train_cfg.seed,
-                                   batch_size=eval_cfg.sample_batch_size, device=device, predict=kind.predict)
+                                   batch_size=eval_cfg.sample_batch_size, device=device)
     atomic_write_bytes(grid_png(samples), os.path.join(args.out, "samples.png"))
     atomic_write_json(metrics, os.path.join(args.out, "metrics.json"))
     return metrics

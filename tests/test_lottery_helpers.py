@@ -83,7 +83,7 @@ def fake_calls(step_size: float = 1.0) -> FakeCalls:
     calls = FakeCalls()
 
     def train(model, diffusion, dataset, config, *, masks=None, start_iteration=0, end_iteration=None,
-              ema_state=None, checkpoint_path=None, on_iteration=None, progress_desc="train", predict=None):
+              ema_state=None, checkpoint_path=None, on_iteration=None, progress_desc="train"):
         calls.append(dict(start=start_iteration, end=end_iteration, masks=masks,
                           state={k: v.detach().clone() for k, v in model.state_dict().items()}))
         gen = torch.Generator().manual_seed(len(calls))

@@ -27,7 +27,6 @@ from tqdm.auto import tqdm
 
 from pylth.ddpm.data import dataset_key, images_and_labels
 from pylth.ddpm.finite import first_nonfinite
-from pylth.ddpm.models import call_model
 from pylth.ddpm.samplers import make_sampler, sample_blocks
 from pylth.evaluation.features import batched_features, default_cache_dir, feature_extractor
 from pylth.foundations import distributed as D
@@ -129,9 +128,9 @@ def reference_statistics(dataset_name: str, dataset, extract, cache_dir: str, ba
 def evaluate_fid(model, diffusion, dataset_name: str, dataset, num_samples: int, *, sampler: str = "ddim",
                  steps: int | None = 100, seed: int = 0, device="cpu", fid_features: str = "auto",
                  inception_path=None, cache_dir=None, batch_size: int = 256, eta: float = 0.0,
-                 progress: bool = True, return_samples: bool = False, predict=call_model) -> dict:
+                 progress: bool = True, return_samples: bool = False) -> dict:
     """FID and KID of ``num_samples`` samples of ``model`` against ``dataset`` (the training set);
-    ``predict(model, x_t, t)`` is how the model kind gives its noise prediction.
+    ``model(x_t, t)`` is its noise prediction.
 
     Returns dict(fid, kid, fid_features, fid_weights, num_samples[, samples]): fid_features says which
     features ("inception" or "classifier", see resolve_fid_features), fid_weights which file made them
@@ -162,7 +161,7 @@ def evaluate_fid(model, diffusion, dataset_name: str, dataset, num_samples: int,
     blocks = D.shard(-(-num_samples // batch_size))
     samples = sample_blocks(model, make_sampler(sampler, diffusion, steps, eta=eta), num_samples, image_shape,
                             blocks, batch_size=batch_size, seed=seed, device=torch.device(device),
-                            progress=progress and D.is_main(), predict=predict, desc="FID samples")
+                            progress=progress and D.is_main(), desc="FID samples")
     feats = D.all_gather_rows(torch.from_numpy(batched_features(extract, samples, batch_size))).numpy()
     result = None
     with D.fail_together("FID"):

@@ -116,7 +116,7 @@ class Lottery:
             result = self.parts.train(self.model, self.diffusion, self.data.dataset, spec.train, masks=masks,
                                       start_iteration=start, end_iteration=spec.train.iterations,
                                       checkpoint_path=self._checkpoint(k), on_iteration=on_iteration,
-                                      progress_desc=desc, predict=self.kind.predict)
+                                      progress_desc=desc)
         except Diverged as exc:
             raise Diverged(f"round {k}: {exc}. {DIVERGED_REMEDY}", exc.iteration) from None
         return result, time.time() - began
@@ -237,8 +237,7 @@ class Lottery:
         check_masked_zero(ema, masks)
         clocks = time.time(), time.process_time()
         fid = self._evaluate(ema)
-        loss = heldout_loss(ema, self.diffusion, self.data.heldout, self.device, self.spec.evaluation.sample_batch_size,
-                            predict=self.kind.predict)
+        loss = heldout_loss(ema, self.diffusion, self.data.heldout, self.device, self.spec.evaluation.sample_batch_size)
         record = self._measure(k, masks, ema, fid, loss, result)
         record.update(train_seconds=result.seconds, train_cpu_seconds=result.cpu_seconds,
                       eval_seconds=time.time() - clocks[0], eval_cpu_seconds=time.process_time() - clocks[1],
@@ -260,8 +259,7 @@ class Lottery:
             ema, self.diffusion, spec.data.dataset, self.data.dataset, ev.fid_samples, sampler=ev.sampler,
             steps=ev.sample_steps, eta=ev.eta, seed=spec.train.seed, device=self.device,
             fid_features=ev.fid_features, inception_path=ev.inception_path, cache_dir=ev.cache_dir,
-            batch_size=ev.sample_batch_size, progress=D.is_main(), return_samples=SAMPLE_GRID,
-            predict=self.kind.predict)
+            batch_size=ev.sample_batch_size, progress=D.is_main(), return_samples=SAMPLE_GRID)
 
     def _measure(self, k: int, masks: dict, ema, fid: dict, loss: float, result) -> dict:
         """Round k's record for rounds.jsonl: sparsity per module, FID, losses, MACs (times: _finish_round)."""

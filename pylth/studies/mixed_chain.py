@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, fields
 from pylth.ddpm.data import load_dataset
 from pylth.ddpm.diffusion import GaussianDiffusion
 from pylth.ddpm.model_schedule import ModelSchedule, switch_owners
-from pylth.ddpm.models import DEFAULT_MODEL, model_kind
+from pylth.ddpm.models import DEFAULT_MODEL
 from pylth.ddpm.samplers import make_sampler, sample
 from pylth.evaluation.fid import evaluate_fid
 from pylth.foundations.io import atomic_write_text
@@ -118,7 +118,6 @@ class MixedExperiment:
         self.device, self.log = device, log
         d = self.config["diffusion"]
         self.diffusion = GaussianDiffusion(d["num_timesteps"], d["beta_start"], d["beta_end"])
-        self.kind = model_kind(self.config.get("model_kind", DEFAULT_MODEL))
         self.csv_path = self.run.file("mixed.csv")
         self._dense = None
         self._dataset = None
@@ -175,7 +174,7 @@ class MixedExperiment:
         sampler = make_sampler(ev["sampler"], self.diffusion, ev["sample_steps"], eta=ev["eta"])
         owners = switch_owners(sampler.timesteps, fractions)
         models = {"dense": self.dense_model, "ticket": ticket}
-        schedule = ModelSchedule([models[n] for n in names], owners, [self.kind.predict] * 2)
+        schedule = ModelSchedule([models[n] for n in names], owners)
         started = time.perf_counter()
         fid = evaluate_fid(schedule, self.diffusion, self.config["data"]["dataset"], self.dataset, ev["fid_samples"],
                            sampler=ev["sampler"], steps=ev["sample_steps"], eta=ev["eta"], seed=seed,
@@ -184,7 +183,7 @@ class MixedExperiment:
                            batch_size=ev["sample_batch_size"], progress=False)
         seconds = time.perf_counter() - started
         sparse = {"dense": self.dense_model, "ticket": self._sparse.get(k, ticket)}  # round 0 has no sparse layer
-        timed = ModelSchedule([sparse[n] for n in names], owners, [self.kind.predict] * 2)
+        timed = ModelSchedule([sparse[n] for n in names], owners)
         started = time.perf_counter()
         sample(timed, sampler, TIMING_IMAGES, tuple(self.config["image_shape"]), seed=seed, batch_size=TIMING_IMAGES,
                device=self.device, progress=False)
