@@ -23,6 +23,7 @@ from pylth.evaluation.features import FID_FEATURES
 from pylth.foundations.devices import resolve_device
 from pylth.foundations.run_dir import RunDirectory
 from pylth.lottery.run_reader import load_trained
+from pylth.lottery.spec import RunSpec
 from pylth.studies.evaluations import (SETTINGS, Job, append_evaluation, evaluation_lock, identity, make_row,
                                        nearest_rounds, read_evaluations)
 
@@ -88,13 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def plan(run: RunDirectory, args: argparse.Namespace) -> tuple[dict, list[dict], list[Job]]:
-    """The run's configuration, its finished rounds, and every job asked for (measured or not);
-    bad input is a ValueError before anything is read twice or written."""
-    config = run.read_config() if os.path.isdir(run.path) else None
-    if config is None or "lottery" not in config:
+def plan(run: RunDirectory, args: argparse.Namespace) -> tuple[RunSpec, list[dict], list[Job]]:
+    """The run's spec, its finished rounds, and every job asked for (measured or not); bad input is a
+    ValueError before anything is read twice or written."""
+    if not os.path.isfile(run.config_path):
         raise ValueError(f"RUN {run.path} holds no find_ticket run (no config.json of one)")
     records = run.read_rounds()
+    spec = RunSpec.read(run, records)
     if not records:
         raise ValueError(f"RUN {run.path} has no finished round yet")
     rounds = list(args.rounds or [])
@@ -104,13 +105,13 @@ def plan(run: RunDirectory, args: argparse.Namespace) -> tuple[dict, list[dict],
     rounds += nearest_rounds(records, args.sparsity or [])
     if args.rounds is None and args.sparsity is None:
         rounds = list(range(len(records)))
-    own = config["evaluation"]
-    settings = {key: own[key] if getattr(args, key) is None else getattr(args, key) for key in SETTINGS}
+    own = spec.evaluation
+    settings = {key: getattr(own, key) if getattr(args, key) is None else getattr(args, key) for key in SETTINGS}
     if settings["eta"] < 0:
         raise ValueError(f"--eta must be >= 0, got {settings['eta']}")
-    seeds = args.seeds if args.seeds is not None else [config["train"]["seed"]]
+    seeds = args.seeds if args.seeds is not None else [spec.train.seed]
     jobs = [Job(k, seed, settings) for k in dict.fromkeys(rounds) for seed in dict.fromkeys(seeds)]
-    return config, records, jobs
+    return spec, records, jobs
 
 
 def evaluate(args: argparse.Namespace, log=print) -> list[dict]:
@@ -119,12 +120,12 @@ def evaluate(args: argparse.Namespace, log=print) -> list[dict]:
     from pylth.evaluation.fid import evaluate_fid  # scipy and clean-fid: only when needed
 
     run = RunDirectory(args.run)
-    config, records, jobs = plan(run, args)
-    data, own = config["data"], config["evaluation"]
-    inception_path = args.inception_path or own.get("inception_path")
+    spec, records, jobs = plan(run, args)
+    data = spec.data
+    inception_path = args.inception_path or spec.evaluation.inception_path
     features = {job.settings["fid_features"] for job in jobs}
     for kind in features:  # Inception without weights is refused before anything is sampled
-        resolve_fid_features(data["dataset"], kind, inception_path)
+        resolve_fid_features(data.dataset, kind, inception_path)
     device = resolve_device(args.device)
     with evaluation_lock(run):
         done = {identity(row) for row in read_evaluations(run)}
@@ -132,20 +133,19 @@ def evaluate(args: argparse.Namespace, log=print) -> list[dict]:
         log(f"{run.path}: {len(jobs) - len(todo)} of {len(jobs)} score(s) already in evaluations.jsonl")
         if not todo:
             return []
-        dataset = load_dataset(data["dataset"], args.data_root or data["data_root"], train=True,
-                               image_size=data.get("image_size"))
-        d = config["diffusion"]
-        diffusion = GaussianDiffusion(d["num_timesteps"], d["beta_start"], d["beta_end"])
+        dataset = load_dataset(data.dataset, args.data_root or data.data_root, train=True, image_size=data.image_size)
+        d = spec.diffusion
+        diffusion = GaussianDiffusion(d.num_timesteps, d.beta_start, d.beta_end)
         written, loaded = [], {}
         for job in todo:
             if job.round not in loaded:
                 loaded = {job.round: load_trained(run.path, job.round, device)[0]}  # digests checked
             started = time.perf_counter(), time.process_time()
             s = job.settings
-            score = evaluate_fid(loaded[job.round], diffusion, data["dataset"], dataset, s["fid_samples"],
+            score = evaluate_fid(loaded[job.round], diffusion, data.dataset, dataset, s["fid_samples"],
                                  sampler=s["sampler"], steps=s["sample_steps"], eta=s["eta"], seed=job.seed,
                                  device=device, fid_features=s["fid_features"], inception_path=inception_path,
-                                 cache_dir=args.cache_dir or own.get("cache_dir"),
+                                 cache_dir=args.cache_dir or spec.evaluation.cache_dir,
                                  batch_size=s["sample_batch_size"])
             row = make_row(job, records[job.round], score, time.perf_counter() - started[0],
                            time.process_time() - started[1], __version__)

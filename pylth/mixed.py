@@ -132,7 +132,7 @@ def _measure(args, experiment: MixedExperiment) -> None:
     for f in switch_points:
         if not 0.0 <= f <= 1.0:
             raise ValueError(f"--switch-points must lie in [0, 1], got {f:g}")
-    seeds = parse_numbers("--seeds", args.seeds, int) if args.seeds else [experiment.config["train"]["seed"]]
+    seeds = parse_numbers("--seeds", args.seeds, int) if args.seeds else [experiment.spec.train.seed]
     orders = list(ORDERS) if args.order == "both" else [args.order]
     rows = experiment.run_points(rounds, switch_points, orders, seeds)
     atomic_write_bytes(plot(rows, records, os.path.basename(experiment.run.path)), experiment.run.file("mixed.png"))

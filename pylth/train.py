@@ -75,7 +75,7 @@ def _run(args: argparse.Namespace, lock: DirectoryLock) -> dict | None:
             lock.acquire()
             remove_stale_temp_files(args.out, OUT_FILES)  # a dead writer's (kill -9 mid-write)
             atomic_write_json(dict(data=dataclasses.asdict(data), train=dataclasses.asdict(train_cfg),
-                                   diffusion=dataclasses.asdict(diff_cfg), eval=dataclasses.asdict(eval_cfg),
+                                   diffusion=dataclasses.asdict(diff_cfg), evaluation=dataclasses.asdict(eval_cfg),
                                    model_kind=kind.name, model=model_config, init_from=init_from),
                               os.path.join(args.out, "config.json"))
     start = time.time()

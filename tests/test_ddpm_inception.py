@@ -20,7 +20,7 @@ from pylth.evaluation.features import feature_extractor, resolve_fid_features
 from pylth.evaluation.fid import fid_from_features
 from pylth.evaluation.inception import BUNDLED_FILE, CLEANFID_FILE, InceptionFeatures, InceptionWeights, find_weights
 from pylth.find_ticket import build_parser
-from pylth.lottery.resume import config_differences, with_implicit_settings
+from pylth.lottery.spec import config_differences, with_implicit_settings
 
 # torch.jit's deprecation notices (script, save, load): the weights files are TorchScript.
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings("ignore::FutureWarning")]

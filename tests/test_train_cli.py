@@ -10,6 +10,8 @@ from pylth import train as train_cli
 from pylth.evaluation import classifier as classifier_module
 from pylth.foundations.io import torch_load
 
+from test_run_spec import FIND_TICKET, TRAIN_NOW
+
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -59,6 +61,14 @@ def test_digits_run_writes_outputs_and_the_same_command_resumes(tmp_path, monkey
     assert train_cli.main(argv) == 0
     assert json.loads((out / "metrics.json").read_text())["iterations"] == 3
     assert torch_load(str(out / "checkpoint.pt"))["iteration"] == 3
+
+
+def test_the_config_json_train_writes_names_its_settings_as_find_ticket_s_does(tmp_path):
+    out = tmp_path / "run"
+    assert train_cli.main(["--dataset", "digits", "--iterations", "1", "--fid-samples", "0", "--out", str(out)]) == 0
+    written, ticket = json.loads((out / "config.json").read_text()), json.loads(FIND_TICKET)
+    assert set(written) == set(json.loads(TRAIN_NOW)) and set(written) <= set(ticket)
+    assert all(set(written[k]) == set(ticket[k]) for k in written if isinstance(written[k], dict) and k != "model")
 
 
 def test_help_lists_shared_flags_and_digits_defaults(capsys):

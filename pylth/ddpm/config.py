@@ -33,11 +33,13 @@ class DataConfig:
         choices=DATASETS))
     data_root: typing.Optional[str] = dataclasses.field(default=None, **help_field(
         "folder holding the data set's files (default: $PYLTH_DATA_ROOT or ~/.cache/pylth/data; "
-        "fashion-mnist: /usr/share/datasets/fashion-mnist when present)"))
-    download: bool = dataclasses.field(default=False, **help_field("download the data set into --data-root if missing"))
+        "fashion-mnist: /usr/share/datasets/fashion-mnist when present)", resumable=True))
+    download: bool = dataclasses.field(default=False, **help_field("download the data set into --data-root if missing",
+                                                                   resumable=True))
     image_size: typing.Optional[int] = dataclasses.field(default=None, **help_field(
         "resize the images to N x N for training, the held-out loss and the FID reference alike: area "
-        "averaging when shrinking, bilinear when enlarging (default: the data set's own size)"))
+        "averaging when shrinking, bilinear when enlarging (default: the data set's own size)",
+        older_runs=None))  # runs made before --image-size: the data set's own size
 
     def __post_init__(self):
         if self.dataset not in DATASETS:

@@ -10,6 +10,13 @@ from pylth.foundations import distributed as D
 from pylth.foundations.hparams import help_field
 
 
+def features_of_older_runs(evaluation: dict, records) -> str:
+    """The FID features of a run made before --fid-features: its rounds name the features they used;
+    without a finished round, Inception where a weights file was given, else the classifier."""
+    used = records[0].get("fid_features") if records else None
+    return used or ("inception" if evaluation.get("inception_path") else "classifier")
+
+
 @dataclasses.dataclass
 class EvalConfig:
     fid_samples: int = dataclasses.field(default=500, **help_field(
@@ -26,12 +33,14 @@ class EvalConfig:
     fid_features: str = dataclasses.field(default="auto", **help_field(
         "features for FID: inception (Inception-v3: the weights of pylth[inception], or --inception-path), "
         "classifier (a small CNN trained on the data set's labels), or auto: inception where the weights "
-        "are found, except on digits without --inception-path", choices=FID_FEATURES))
+        "are found, except on digits without --inception-path", choices=FID_FEATURES,
+        older_runs=features_of_older_runs))
     inception_path: typing.Optional[str] = dataclasses.field(default=None, **help_field(
         "clean-fid's local inception-2015-12-05.pt (or its folder) for Inception FID, instead of the "
-        "bundled weights; default $PYLTH_INCEPTION_PATH"))
+        "bundled weights; default $PYLTH_INCEPTION_PATH", resumable=True))
     cache_dir: typing.Optional[str] = dataclasses.field(default=None, **help_field(
-        "cache for FID reference statistics and classifiers (default $PYLTH_CACHE_DIR or ~/.cache/pylth)"))
+        "cache for FID reference statistics and classifiers (default $PYLTH_CACHE_DIR or ~/.cache/pylth)",
+        resumable=True))
 
     def __post_init__(self):
         if not isinstance(self.fid_samples, int) or self.fid_samples < 0 or self.fid_samples == 1:

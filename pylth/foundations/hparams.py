@@ -70,6 +70,15 @@ def from_args(cls, args: argparse.Namespace, **overrides):
     return cls(**values)
 
 
-def help_field(text: str, **extra) -> dict:
-    """``dataclasses.field`` keyword arguments carrying a flag's help text (and e.g. ``choices``)."""
-    return dict(metadata=dict(help=text, **extra))
+def help_field(text: str, *, resumable: bool = False, older_runs=dataclasses.MISSING, **extra) -> dict:
+    """``dataclasses.field`` keyword arguments carrying a flag's help text (and e.g. ``choices``).
+    ``resumable``: the setting may change between the invocations of one run without changing what it
+    has finished (where to run, how fast, how far to go). ``older_runs``: what a saved configuration
+    written before the setting existed means: a value, or a function (the saved section, the run's
+    finished rounds) -> value."""
+    metadata = dict(help=text, **extra)
+    if resumable:
+        metadata["resumable"] = True
+    if older_runs is not dataclasses.MISSING:
+        metadata["older_runs"] = older_runs
+    return dict(metadata=metadata)

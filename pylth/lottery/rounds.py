@@ -167,7 +167,7 @@ class Lottery:
         record = None
         with D.fail_together(f"taking round 0 from --dense-from {self.dense_from}"):
             if D.is_main():
-                record = adopt_round_zero(self.run, self.dense_from, self.spec.to_json())
+                record = adopt_round_zero(self.run, self.dense_from, self.spec)
                 if self.spec.lottery.reset == "init" and not os.path.exists(self.run.init_path):
                     # RUN reset otherwise and kept no theta_0: it is the seed's, made again.
                     theta0 = self.kind.initial(self.spec.model, self.spec.train.seed, self.spec.init_from)

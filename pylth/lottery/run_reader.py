@@ -2,11 +2,14 @@
 masked starting weights of a round (``load_ticket``) and its trained model (``load_trained``)."""
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 
 from pylth.ddpm.models import DEFAULT_MODEL, model_kind
 from pylth.foundations.run_dir import RunDirectory
+from pylth.lottery.spec import RunSpec
 from pylth.pruning import apply_masks
 
 
@@ -20,17 +23,17 @@ def reinit_seed(seed: int, round_index: int) -> int:
     return seed + 1_000_003 * round_index
 
 
-def finished_round(run: RunDirectory, round) -> tuple[dict, list[dict]]:
-    """The run's configuration and finished rounds, after checking that ``round`` is one of them."""
-    config = run.read_config()
-    if config is None:
+def finished_round(run: RunDirectory, round) -> tuple[RunSpec, list[dict]]:
+    """The run's spec and finished rounds, after checking that ``round`` is one of them."""
+    if not os.path.exists(run.config_path):
         raise ValueError(f"run_dir {run.path} holds no pylth run (no config.json)")
     if not isinstance(round, int) or isinstance(round, bool) or round < 0:
         raise ValueError(f"round must be an int >= 0, got {round!r}")
     records = run.read_rounds()
+    spec = RunSpec.read(run, records)
     if round >= len(records):
         raise ValueError(f"round {round} of {run.path} is not finished ({len(records)} rounds are)")
-    return config, records
+    return spec, records
 
 
 def load_verified(run: RunDirectory, records: list[dict], path: str):
@@ -44,15 +47,13 @@ def load_ticket(run_dir: str, round: int, device="cpu") -> tuple[nn.Module, dict
     under --reset rewind; theta_0 ⊙ m under init; round k's fresh random weights ⊙ m under reinit)
     and its masks (name -> bool tensor)."""
     run = RunDirectory(run_dir)
-    config, records = finished_round(run, round)
+    spec, records = finished_round(run, round)
     masks = load_verified(run, records, run.round_file(round, "mask.pt"))
-    kind = config.get("model_kind", DEFAULT_MODEL)
-    reset = config["lottery"]["reset"]
-    if reset == "reinit" and round > 0:
-        state = fresh_model(config["model"], reinit_seed(config["train"]["seed"], round), kind).state_dict()
+    if spec.lottery.reset == "reinit" and round > 0:
+        state = fresh_model(spec.model, reinit_seed(spec.train.seed, round), spec.model_kind).state_dict()
     else:
-        state = load_verified(run, records, run.init_path if reset == "init" else run.rewind_path)
-    model = model_kind(kind).build(config["model"])
+        state = load_verified(run, records, run.init_path if spec.lottery.reset == "init" else run.rewind_path)
+    model = model_kind(spec.model_kind).build(spec.model)
     model.load_state_dict(state)
     apply_masks(model, masks)
     return model.to(device), masks
@@ -62,7 +63,7 @@ def load_trained(run_dir: str, round: int, device="cpu") -> tuple[nn.Module, dic
     """The trained (EMA) model of ``round`` in ``run_dir`` (``round_XX/model.pt``, exactly zero where
     pruned), in eval mode, and its masks."""
     run = RunDirectory(run_dir)
-    config, records = finished_round(run, round)
-    model = model_kind(config.get("model_kind", DEFAULT_MODEL)).build(config["model"])
+    spec, records = finished_round(run, round)
+    model = model_kind(spec.model_kind).build(spec.model)
     model.load_state_dict(load_verified(run, records, run.round_file(round, "model.pt")))
     return model.to(device).eval().requires_grad_(False), load_verified(run, records, run.round_file(round, "mask.pt"))

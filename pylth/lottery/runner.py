@@ -36,7 +36,7 @@ def open_shared_run(spec: RunSpec, run: RunDirectory, force: bool, log) -> list[
     outcome, error = None, None
     if D.is_main():
         try:
-            outcome = ("ok", open_run(run, spec.to_json(), force=force, log=log))
+            outcome = ("ok", open_run(run, spec, force=force, log=log))
         except ValueError as exc:
             outcome, error = ("error", str(exc)), exc
     status, payload = D.broadcast_object(outcome)
@@ -57,7 +57,7 @@ def find_ticket(spec: RunSpec, out: str, *, force: bool = False, log: Callable[[
     spec = replace(spec, evaluation=spec.evaluation.resolved(spec.data.dataset))  # config.json: no "auto"
     with D.fail_together("checking --dense-from"):  # refused before --out is touched
         if dense_from is not None and D.is_main():
-            read_source(dense_from, spec.to_json())
+            read_source(dense_from, spec)
     data = load_lottery_data(spec)
     run = RunDirectory(out)
     main_log = log if D.is_main() else (lambda _msg: None)

@@ -22,12 +22,12 @@ from dataclasses import asdict, dataclass, fields
 from pylth.ddpm.data import load_dataset
 from pylth.ddpm.diffusion import GaussianDiffusion
 from pylth.ddpm.model_schedule import ModelSchedule, switch_owners
-from pylth.ddpm.models import DEFAULT_MODEL
 from pylth.ddpm.samplers import make_sampler, sample
 from pylth.evaluation.fid import evaluate_fid
 from pylth.foundations.io import atomic_write_text
 from pylth.foundations.run_dir import RunDirectory
 from pylth.lottery.run_reader import load_trained
+from pylth.lottery.spec import RunSpec
 from pylth.sparse import sparsify
 
 ORDERS = ("dense-first", "ticket-first")
@@ -96,28 +96,27 @@ class MixedExperiment:
 
     def __init__(self, run_dir: str, *, dense_run: str | None = None, device="cpu", log=print):
         self.run = RunDirectory(run_dir)
-        self.config = self.run.read_config()
-        if self.config is None:
+        if not os.path.isfile(self.run.config_path):
             raise ValueError(f"{self.run.path} holds no find_ticket run (no config.json)")
         self.records = self.run.read_rounds()
+        self.spec = RunSpec.read(self.run, self.records)
         self.dense_run = RunDirectory(dense_run or run_dir)
         if dense_run is not None:
-            other = self.dense_run.read_config()
-            if other is None:
+            if not os.path.isfile(self.dense_run.config_path):
                 raise ValueError(f"--dense-from {self.dense_run.path} holds no find_ticket run (no config.json)")
+            self.dense_records = self.dense_run.read_rounds()
+            other = RunSpec.read(self.dense_run, self.dense_records)
             for key in ("model_kind", "model", "diffusion", "image_shape"):
-                if other.get(key, DEFAULT_MODEL if key == "model_kind" else None) != \
-                        self.config.get(key, DEFAULT_MODEL if key == "model_kind" else None):
+                if getattr(other, key) != getattr(self.spec, key):
                     raise ValueError(f"--dense-from {self.dense_run.path} has another {key} than {self.run.path}: "
                                      "the two models must be the same network")
-            self.dense_records = self.dense_run.read_rounds()
         else:
             self.dense_records = self.records
         if not self.dense_records:
             raise ValueError(f"{self.dense_run.path} has no finished round 0 (the dense model)")
         self.device, self.log = device, log
-        d = self.config["diffusion"]
-        self.diffusion = GaussianDiffusion(d["num_timesteps"], d["beta_start"], d["beta_end"])
+        d = self.spec.diffusion
+        self.diffusion = GaussianDiffusion(d.num_timesteps, d.beta_start, d.beta_end)
         self.csv_path = self.run.file("mixed.csv")
         self._dense = None
         self._dataset = None
@@ -138,9 +137,8 @@ class MixedExperiment:
     @property
     def dataset(self):
         if self._dataset is None:
-            data = self.config["data"]
-            self._dataset = load_dataset(data["dataset"], data["data_root"], train=True,
-                                         image_size=data.get("image_size"))
+            data = self.spec.data
+            self._dataset = load_dataset(data.dataset, data.data_root, train=True, image_size=data.image_size)
         return self._dataset
 
     def run_points(self, rounds, switch_points, orders, seeds) -> list[MixedRow]:
@@ -169,23 +167,22 @@ class MixedExperiment:
         return rows
 
     def measure(self, k: int, ticket, order: str, switch_point: float, seed: int) -> MixedRow:
-        ev = self.config["evaluation"]
+        ev = self.spec.evaluation
         names, fractions = chain_parts(order, switch_point)
-        sampler = make_sampler(ev["sampler"], self.diffusion, ev["sample_steps"], eta=ev["eta"])
+        sampler = make_sampler(ev.sampler, self.diffusion, ev.sample_steps, eta=ev.eta)
         owners = switch_owners(sampler.timesteps, fractions)
         models = {"dense": self.dense_model, "ticket": ticket}
         schedule = ModelSchedule([models[n] for n in names], owners)
         started = time.perf_counter()
-        fid = evaluate_fid(schedule, self.diffusion, self.config["data"]["dataset"], self.dataset, ev["fid_samples"],
-                           sampler=ev["sampler"], steps=ev["sample_steps"], eta=ev["eta"], seed=seed,
-                           device=self.device, fid_features=ev.get("fid_features", "auto"),
-                           inception_path=ev["inception_path"], cache_dir=ev["cache_dir"],
-                           batch_size=ev["sample_batch_size"], progress=False)
+        fid = evaluate_fid(schedule, self.diffusion, self.spec.data.dataset, self.dataset, ev.fid_samples,
+                           sampler=ev.sampler, steps=ev.sample_steps, eta=ev.eta, seed=seed, device=self.device,
+                           fid_features=ev.fid_features, inception_path=ev.inception_path, cache_dir=ev.cache_dir,
+                           batch_size=ev.sample_batch_size, progress=False)
         seconds = time.perf_counter() - started
         sparse = {"dense": self.dense_model, "ticket": self._sparse.get(k, ticket)}  # round 0 has no sparse layer
         timed = ModelSchedule([sparse[n] for n in names], owners)
         started = time.perf_counter()
-        sample(timed, sampler, TIMING_IMAGES, tuple(self.config["image_shape"]), seed=seed, batch_size=TIMING_IMAGES,
+        sample(timed, sampler, TIMING_IMAGES, self.spec.image_shape, seed=seed, batch_size=TIMING_IMAGES,
                device=self.device, progress=False)
         seconds_per_image = (time.perf_counter() - started) / TIMING_IMAGES
         steps = {name: sum(1 for owner in owners.values() if names[owner] == name) for name in ("dense", "ticket")}
