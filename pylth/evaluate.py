@@ -10,6 +10,8 @@ one run apart.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import sys
 import time
@@ -117,15 +119,15 @@ def plan(run: RunDirectory, args: argparse.Namespace) -> tuple[RunSpec, list[dic
 def evaluate(args: argparse.Namespace, log=print) -> list[dict]:
     """Measure the jobs not yet in RUN/evaluations.jsonl; returns the rows written."""
     from pylth.evaluation.features import resolve_fid_features
-    from pylth.evaluation.fid import evaluate_fid  # scipy and clean-fid: only when needed
+    from pylth.evaluation.fid import FidEvaluator  # scipy and clean-fid: only when needed
 
     run = RunDirectory(args.run)
     spec, records, jobs = plan(run, args)
     data = spec.data
-    inception_path = args.inception_path or spec.evaluation.inception_path
-    features = {job.settings["fid_features"] for job in jobs}
-    for kind in features:  # Inception without weights is refused before anything is sampled
-        resolve_fid_features(data.dataset, kind, inception_path)
+    where = dict(inception_path=args.inception_path or spec.evaluation.inception_path,
+                 cache_dir=args.cache_dir or spec.evaluation.cache_dir)
+    for kind in {job.settings["fid_features"] for job in jobs}:  # Inception without weights: refused first
+        resolve_fid_features(data.dataset, kind, where["inception_path"])
     device = resolve_device(args.device)
     with evaluation_lock(run):
         done = {identity(row) for row in read_evaluations(run)}
@@ -137,16 +139,19 @@ def evaluate(args: argparse.Namespace, log=print) -> list[dict]:
         d = spec.diffusion
         diffusion = GaussianDiffusion(d.num_timesteps, d.beta_start, d.beta_end)
         written, loaded = [], {}
+        evaluators, features = {}, {}  # one evaluator per distinct settings; one extractor per feature kind
         for job in todo:
             if job.round not in loaded:
                 loaded = {job.round: load_trained(run.path, job.round, device)[0]}  # digests checked
             started = time.perf_counter(), time.process_time()
             s = job.settings
-            score = evaluate_fid(loaded[job.round], diffusion, data.dataset, dataset, s["fid_samples"],
-                                 sampler=s["sampler"], steps=s["sample_steps"], eta=s["eta"], seed=job.seed,
-                                 device=device, fid_features=s["fid_features"], inception_path=inception_path,
-                                 cache_dir=args.cache_dir or spec.evaluation.cache_dir,
-                                 batch_size=s["sample_batch_size"])
+            key = json.dumps(s, sort_keys=True)
+            if key not in evaluators:
+                config = dataclasses.replace(spec.evaluation, **s, **where)
+                evaluators[key] = FidEvaluator(config, data.dataset, dataset, device, diffusion,
+                                               features=features.get(s["fid_features"]))
+            score = evaluators[key].score(loaded[job.round], seed=job.seed)
+            features.setdefault(s["fid_features"], evaluators[key].features)
             row = make_row(job, records[job.round], score, time.perf_counter() - started[0],
                            time.process_time() - started[1], __version__)
             append_evaluation(run, read_evaluations(run), row)

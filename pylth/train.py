@@ -89,14 +89,10 @@ def _run(args: argparse.Namespace, lock: DirectoryLock) -> dict | None:
                    train_seconds=round(time.time() - start, 1))
     samples = None
     if eval_cfg.fid_samples:  # every rank samples its share
-        from pylth.evaluation.fid import evaluate_fid  # clean-fid and scipy: only imported when needed
+        from pylth.evaluation.fid import FidEvaluator  # clean-fid and scipy: only imported when needed
 
-        fid = evaluate_fid(result.ema_model, diffusion, data.dataset, dataset, eval_cfg.fid_samples,
-                           sampler=eval_cfg.sampler, steps=eval_cfg.sample_steps, eta=eval_cfg.eta,
-                           seed=train_cfg.seed, device=device, fid_features=eval_cfg.fid_features,
-                           inception_path=eval_cfg.inception_path,
-                           cache_dir=eval_cfg.cache_dir, batch_size=eval_cfg.sample_batch_size,
-                           progress=rank == 0, return_samples=SAMPLE_GRID)
+        evaluator = FidEvaluator(eval_cfg, data.dataset, dataset, device, diffusion, progress=rank == 0)
+        fid = evaluator.score(result.ema_model, seed=train_cfg.seed, return_samples=SAMPLE_GRID)
         samples = fid.pop("samples")
         metrics.update(fid, sampler=eval_cfg.sampler, sample_steps=eval_cfg.sample_steps)
     else:

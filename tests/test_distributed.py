@@ -27,26 +27,21 @@ from pylth.ddpm import GaussianDiffusion
 from pylth.ddpm.data import ImageDataset, load_dataset
 from pylth.ddpm.models import UNet
 from pylth.ddpm.trainer import TrainConfig, train
-from pylth.evaluation import classifier
-from pylth.evaluation.fid import evaluate_fid
+from pylth.evaluation.classifier import load_or_train_classifier
+from pylth.evaluation.config import EvalConfig
+from pylth.evaluation.fid import FidEvaluator
 from pylth.foundations import distributed as D
 from pylth.foundations.io import torch_load
 from pylth.foundations.preemption import Preempted, stop_on_signals
 from pylth.lottery import find_ticket
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # when run as the torchrun worker
-from test_lottery_helpers import TINY_MODEL, tiny_spec  # noqa: E402
+from test_lottery_helpers import QUICK_CLASSIFIER_STEPS, TINY_MODEL, tiny_spec  # noqa: E402
 
 FAILING_MESSAGE = "rank 1 fails on purpose"
 
 
 # -- the work, the same in one process and under torchrun -----------------------------------------
-def quick_classifier():
-    """FID features from a classifier trained for a few steps: the tests compare features, not accuracy."""
-    original = classifier.train_classifier
-    classifier.train_classifier = lambda dataset, device, **kw: original(dataset, device, steps=20)
-
-
 def tiny_model() -> UNet:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -116,8 +111,9 @@ def preempted_tiny(checkpoint: str, rank: int) -> dict:
 def fid_tiny(cache: str) -> dict:
     """10 samples in blocks of 4 (3 blocks: the ranks get unequal shares), ancestral sampler (fresh
     noise every step)."""
-    return evaluate_fid(tiny_model(), GaussianDiffusion(), "digits", load_dataset("digits"), 10, sampler="ddpm",
-                        steps=3, seed=5, cache_dir=cache, batch_size=4, progress=False, return_samples=True)
+    config = EvalConfig(fid_samples=10, sampler="ddpm", sample_steps=3, sample_batch_size=4, cache_dir=cache)
+    evaluator = FidEvaluator(config, "digits", load_dataset("digits"), "cpu", GaussianDiffusion(), progress=False)
+    return evaluator.score(tiny_model(), seed=5, return_samples=True)
 
 
 def lottery_spec(cache: str):
@@ -146,7 +142,6 @@ def train_with_dropout_and_flips() -> torch.Tensor:
 # -- the torchrun worker ---------------------------------------------------------------------------
 def worker(out: str, cache: str) -> None:
     torch.set_num_threads(1)
-    quick_classifier()
     rank, device = D.init_distributed(torch.device("cpu"))
     import torch.distributed as dist
     from pylth.lottery import LotteryParts
@@ -239,8 +234,9 @@ def runs(tmp_path_factory):
     out.mkdir()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    original = classifier.train_classifier
-    quick_classifier()
+    # FID features from a classifier trained for a few steps (the tests compare features, not accuracy),
+    # cached before both parts: the torchrun job reads it from the same cache
+    load_or_train_classifier("digits", load_dataset("digits"), cache, "cpu", steps=QUICK_CLASSIFIER_STEPS)
     try:
         weights, loss = train_tiny()
         single = dict(weights=weights, loss=loss, fid=fid_tiny(cache),
@@ -250,7 +246,6 @@ def runs(tmp_path_factory):
                                                   log=lambda _m: None),
                       dropout_dir=str(tmp / "single-dropout"), dropout_flips_weights=train_with_dropout_and_flips())
     finally:
-        classifier.train_classifier = original
         torch.set_num_threads(threads)
     env = dict(os.environ, OMP_NUM_THREADS="1", **{D.TIMEOUT_ENV: "300"})
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

@@ -322,13 +322,12 @@ def test_runs_stopped_before_unfinished_rounds_had_digests_still_resume(fake, tm
 
 def test_a_file_damaged_between_its_write_and_the_commit_is_not_recorded(fake, tmp_path, capsys):  # noqa: F811
     out, argv = tmp_path / "run", QUICK + ["--out", str(tmp_path / "run")]
-    real_fid = fake.parts.evaluate_fid
+    class Damaging(fake.parts.fid_evaluator):
+        def score(self, *args, **kwargs):  # round 1 is evaluated after its masks were written and used
+            if (out / "round_01" / "mask.pt").exists():
+                flip_a_byte(out / "round_01" / "mask.pt")
+            return super().score(*args, **kwargs)
 
-    def damaging_fid(*args, **kwargs):  # round 1 is evaluated after its masks were written and used
-        if (out / "round_01" / "mask.pt").exists():
-            flip_a_byte(out / "round_01" / "mask.pt")
-        return real_fid(*args, **kwargs)
-
-    assert main(argv, parts=dataclasses.replace(fake.parts, evaluate_fid=damaging_fid)) == 2
+    assert main(argv, parts=dataclasses.replace(fake.parts, fid_evaluator=Damaging)) == 2
     assert f"{out / 'round_01' / 'mask.pt'} (a file of unfinished round 1) is damaged" in capsys.readouterr().err
     assert len(records(out)) == 1, "round 1 was not committed"

@@ -115,7 +115,7 @@ def test_force_locks_the_new_folder_and_lets_the_moved_one_go(finished):
             checked.append(moved[0])
         return parts.train(*args, **kwargs)
 
-    forced = LotteryParts(train=train_checking_the_locks, evaluate_fid=parts.evaluate_fid,
+    forced = LotteryParts(train=train_checking_the_locks, fid_evaluator=parts.fid_evaluator,
                           render_report=parts.render_report)
     assert main(QUICK + ["--prune-ratio", "0.3", "--force", "--out", str(out)], parts=forced) == 0
     assert len(checked) == 1

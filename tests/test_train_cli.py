@@ -7,9 +7,11 @@ import sys
 import pytest
 
 from pylth import train as train_cli
-from pylth.evaluation import classifier as classifier_module
+from pylth.ddpm.data import load_dataset
+from pylth.evaluation.classifier import load_or_train_classifier
 from pylth.foundations.io import torch_load
 
+from test_lottery_helpers import QUICK_CLASSIFIER_STEPS
 from test_run_spec import FIND_TICKET, TRAIN_NOW
 
 
@@ -45,8 +47,10 @@ def test_missing_data_is_a_one_line_error_without_traceback(tmp_path):
     assert proc.stderr.strip().count("\n") == 0 and "train-images-idx3-ubyte" in proc.stderr
 
 
-def test_digits_run_writes_outputs_and_the_same_command_resumes(tmp_path, monkeypatch):
-    monkeypatch.setattr(classifier_module, "TRAIN_STEPS", 20)
+def test_digits_run_writes_outputs_and_the_same_command_resumes(tmp_path):
+    # the FID classifier, trained briefly into the run's cache first: the command uses the cached one
+    load_or_train_classifier("digits", load_dataset("digits"), str(tmp_path / "cache"), "cpu",
+                             steps=QUICK_CLASSIFIER_STEPS)
     out = tmp_path / "run"
     argv = ["--dataset", "digits", "--iterations", "2", "--batch-size", "8", "--out", str(out),
             "--fid-samples", "10", "--sample-steps", "2", "--cache-dir", str(tmp_path / "cache"),

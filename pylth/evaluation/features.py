@@ -7,7 +7,7 @@ import os
 import numpy as np
 import torch
 
-from pylth.evaluation.classifier import ClassifierFeatures
+from pylth.evaluation.classifier import TRAIN_STEPS, ClassifierFeatures
 from pylth.evaluation.inception import INSTALL_HINT, InceptionFeatures, find_weights
 
 FID_FEATURES = ("auto", "inception", "classifier")
@@ -40,11 +40,13 @@ def resolve_fid_features(dataset_name: str, fid_features: str = "auto", inceptio
 
 
 def feature_extractor(dataset_name: str, dataset, *, fid_features: str = "auto", inception_path=None,
-                      cache_dir=None, device="cpu"):
-    """The features ``resolve_fid_features`` picks: InceptionFeatures or ClassifierFeatures."""
+                      cache_dir=None, device="cpu", classifier_steps: int = TRAIN_STEPS):
+    """The features ``resolve_fid_features`` picks: InceptionFeatures or ClassifierFeatures (whose
+    label classifier, when none is cached, trains for ``classifier_steps``)."""
     if resolve_fid_features(dataset_name, fid_features, inception_path) == "inception":
         return InceptionFeatures(find_weights(inception_path), torch.device(device))
-    return ClassifierFeatures(dataset_name, dataset, cache_dir or default_cache_dir(), torch.device(device))
+    return ClassifierFeatures(dataset_name, dataset, cache_dir or default_cache_dir(), torch.device(device),
+                              steps=classifier_steps)
 
 
 def batched_features(extract, images, batch_size: int) -> np.ndarray:

@@ -1,15 +1,14 @@
 """FID and KID of generated samples against the training set, on clean-fid's formulas.
 
-Features come from Inception-v3 (pylth.evaluation.inception: the weights bundled by pylth[inception],
-or clean-fid's file given as a local path; nothing is ever downloaded) or from a small classifier
-trained on the data set's labels (pylth.evaluation.classifier), cached; pylth.evaluation.features'
-resolve_fid_features says which. Every result
-names its features: ``fid_features`` is "inception" or "classifier" and ``fid_weights`` identifies the
-file; FIDs of different features, sample counts, samplers or reference sets are not comparable.
-Reference statistics of the training set are computed once per (data set, features) and cached in
-``cache_dir``.
+``FidEvaluator`` scores models. Features come from Inception-v3 (pylth.evaluation.inception: the
+weights bundled by pylth[inception], or clean-fid's file given as a local path; nothing is ever
+downloaded) or from a small classifier trained on the data set's labels (pylth.evaluation.classifier),
+cached; pylth.evaluation.features says which. Every result names its features: ``fid_features`` is
+"inception" or "classifier" and ``fid_weights`` identifies the file; FIDs of different features,
+sample counts, samplers or reference sets are not comparable. Reference statistics of the training set
+are computed once per (data set, features) and cached in ``cache_dir``.
 
-Samples are generated in blocks of ``batch_size``, block j from its own seed (seed, j), so the samples
+Samples are generated in blocks of ``sample_batch_size``, block j from its own seed (seed, j), so the samples
 do not depend on how the blocks are spread over processes: under torch.distributed each rank samples
 a contiguous share of the blocks and extracts their features, rank 0 gathers them and computes the
 scores, and every rank returns the same result, equal to a one-process run's.
@@ -28,6 +27,9 @@ from tqdm.auto import tqdm
 from pylth.ddpm.data import dataset_key, images_and_labels
 from pylth.ddpm.finite import first_nonfinite
 from pylth.ddpm.samplers import make_sampler, sample_blocks
+from pylth.ddpm.schedule import NoiseSchedule
+from pylth.evaluation.classifier import TRAIN_STEPS
+from pylth.evaluation.config import EvalConfig
 from pylth.evaluation.features import batched_features, default_cache_dir, feature_extractor
 from pylth.foundations import distributed as D
 
@@ -125,57 +127,87 @@ def reference_statistics(dataset_name: str, dataset, extract, cache_dir: str, ba
     return stats
 
 
-def evaluate_fid(model, diffusion, dataset_name: str, dataset, num_samples: int, *, sampler: str = "ddim",
-                 steps: int | None = 100, seed: int = 0, device="cpu", fid_features: str = "auto",
-                 inception_path=None, cache_dir=None, batch_size: int = 256, eta: float = 0.0,
-                 progress: bool = True, return_samples: bool = False) -> dict:
-    """FID and KID of ``num_samples`` samples of ``model`` against ``dataset`` (the training set);
-    ``model(x_t, t)`` is its noise prediction.
+class FidEvaluator:
+    """FID and KID of a model's samples against a training set's reference statistics, measured the
+    same way at every call: built once from the evaluation settings, the data set, the device and the
+    noise schedule, it keeps its sampler, its feature extractor and the reference statistics.
 
-    Returns dict(fid, kid, fid_features, fid_weights, num_samples[, samples]): fid_features says which
-    features ("inception" or "classifier", see resolve_fid_features), fid_weights which file made them
-    (source:file:sha1=...), so FIDs from different weights can be told apart.
-    ``return_samples``: True for all the samples, an int n for the first n. Under torch.distributed
-    every rank must call this; sampling is shared out (see the module docstring) and every rank
-    returns the same dict."""
-    if not isinstance(num_samples, int) or num_samples < 2:
-        raise ValueError(f"num_samples must be an int >= 2 (FID needs a covariance), got {num_samples!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    keep = num_samples if return_samples is True else int(return_samples)
-    if keep < 0:
-        raise ValueError(f"return_samples must be a bool or an int >= 0, got {return_samples!r}")
-    if isinstance(model, torch.nn.Module):
-        bad = first_nonfinite(model.named_parameters())
-        if bad is not None:
-            raise ValueError(f"the model's weights hold NaN or infinity ({bad}): no FID is computed from them")
-    cache_dir = cache_dir or default_cache_dir()
-    with D.fail_together("loading the FID feature extractor"):
-        extract = feature_extractor(dataset_name, dataset, fid_features=fid_features, inception_path=inception_path,
-                                    cache_dir=cache_dir, device=device)
-    ref = None
-    with D.fail_together("FID reference statistics"):
-        if D.is_main():  # cached after the first time; only rank 0 scores
-            ref = reference_statistics(dataset_name, dataset, extract, cache_dir, batch_size, progress=progress)
-    image_shape = tuple(dataset[0][0].shape)
-    blocks = D.shard(-(-num_samples // batch_size))
-    samples = sample_blocks(model, make_sampler(sampler, diffusion, steps, eta=eta), num_samples, image_shape,
-                            blocks, batch_size=batch_size, seed=seed, device=torch.device(device),
-                            progress=progress and D.is_main(), desc="FID samples")
-    feats = D.all_gather_rows(torch.from_numpy(batched_features(extract, samples, batch_size))).numpy()
-    result = None
-    with D.fail_together("FID"):
-        if D.is_main():
-            if not np.isfinite(feats).all():
-                bad = int((~np.isfinite(feats).all(axis=1)).sum())
-                raise ValueError(f"{bad} of the {len(feats)} samples for FID have non-finite features (the model's "
-                                 "outputs overflow): no FID is computed from them")
-            mu, sigma = _stats(feats)
-            result = dict(fid=frechet_distance(mu, sigma, ref["mu"], ref["sigma"]),
-                          kid=kid_from_features(feats, ref["feats"], seed=seed),
-                          fid_features=extract.kind, fid_weights=extract.weights, num_samples=num_samples)
-    result = D.broadcast_object(result)
-    if keep:
-        first = blocks.start * batch_size  # this rank's samples are [first, first + len(samples))
-        result["samples"] = D.all_gather_rows(samples[:max(0, min(keep - first, len(samples)))])
-    return result
+    The extractor (``features``: given, or the one ``config.fid_features`` picks, with a label
+    classifier trained for ``classifier_steps`` when none is cached) and the statistics are made at
+    the first score, so a run with nothing left to score trains no classifier, and a model with
+    non-finite weights is refused before any of it. Under torch.distributed every rank builds one and
+    calls ``score`` alike; sampling is shared out (see the module docstring)."""
+
+    def __init__(self, config: EvalConfig, dataset_name: str, dataset, device, schedule: NoiseSchedule, *,
+                 features=None, classifier_steps: int = TRAIN_STEPS, progress: bool = True):
+        if not isinstance(config.fid_samples, int) or config.fid_samples < 2:
+            raise ValueError(f"FID needs num_samples >= 2 (a covariance): fid_samples is {config.fid_samples!r}")
+        self.config, self.dataset_name, self.dataset = config, dataset_name, dataset
+        self.device = torch.device(device)
+        self.sampler = make_sampler(config.sampler, schedule, config.sample_steps, eta=config.eta)
+        self.cache_dir = config.cache_dir or default_cache_dir()
+        self.image_shape = tuple(dataset[0][0].shape)
+        self.classifier_steps, self.progress = classifier_steps, progress
+        self._features = features
+        self._reference: dict | None = None  # rank 0's; the other ranks score nothing
+        self._referenced = False  # on every rank alike: the reference is a collective step
+
+    @property
+    def features(self):
+        """The feature extractor (InceptionFeatures, ClassifierFeatures or the one given)."""
+        if self._features is None:
+            with D.fail_together("loading the FID feature extractor"):
+                self._features = feature_extractor(
+                    self.dataset_name, self.dataset, fid_features=self.config.fid_features,
+                    inception_path=self.config.inception_path, cache_dir=self.cache_dir, device=self.device,
+                    classifier_steps=self.classifier_steps)
+        return self._features
+
+    def reference(self) -> dict | None:
+        """The data set's mu, sigma and KID features (rank 0; None on the others), cached on disk."""
+        if not self._referenced:
+            features = self.features
+            with D.fail_together("FID reference statistics"):
+                if D.is_main():
+                    self._reference = reference_statistics(self.dataset_name, self.dataset, features, self.cache_dir,
+                                                           self.config.sample_batch_size, progress=self.progress)
+            self._referenced = True
+        return self._reference
+
+    def score(self, model, *, seed: int, return_samples: bool | int = False) -> dict:
+        """dict(fid, kid, fid_features, fid_weights, num_samples[, samples]) of ``config.fid_samples``
+        samples of ``model`` (``model(x_t, t)`` is its noise prediction) drawn from ``seed``.
+        fid_features says which features ("inception" or "classifier"), fid_weights which file made
+        them (source:file:sha1=...), so FIDs from different weights can be told apart.
+        ``return_samples``: True for all the samples, an int n for the first n. Every rank returns the
+        same dict."""
+        num_samples, batch_size = self.config.fid_samples, self.config.sample_batch_size
+        keep = num_samples if return_samples is True else int(return_samples)
+        if keep < 0:
+            raise ValueError(f"return_samples must be a bool or an int >= 0, got {return_samples!r}")
+        if isinstance(model, torch.nn.Module):
+            bad = first_nonfinite(model.named_parameters())
+            if bad is not None:
+                raise ValueError(f"the model's weights hold NaN or infinity ({bad}): no FID is computed from them")
+        ref, extract = self.reference(), self.features
+        blocks = D.shard(-(-num_samples // batch_size))
+        samples = sample_blocks(model, self.sampler, num_samples, self.image_shape, blocks, batch_size=batch_size,
+                                seed=seed, device=self.device, progress=self.progress and D.is_main(),
+                                desc="FID samples")
+        feats = D.all_gather_rows(torch.from_numpy(batched_features(extract, samples, batch_size))).numpy()
+        result = None
+        with D.fail_together("FID"):
+            if D.is_main():
+                if not np.isfinite(feats).all():
+                    bad = int((~np.isfinite(feats).all(axis=1)).sum())
+                    raise ValueError(f"{bad} of the {len(feats)} samples for FID have non-finite features (the "
+                                     "model's outputs overflow): no FID is computed from them")
+                mu, sigma = _stats(feats)
+                result = dict(fid=frechet_distance(mu, sigma, ref["mu"], ref["sigma"]),
+                              kid=kid_from_features(feats, ref["feats"], seed=seed),
+                              fid_features=extract.kind, fid_weights=extract.weights, num_samples=num_samples)
+        result = D.broadcast_object(result)
+        if keep:
+            first = blocks.start * batch_size  # this rank's samples are [first, first + len(samples))
+            result["samples"] = D.all_gather_rows(samples[:max(0, min(keep - first, len(samples)))])
+        return result

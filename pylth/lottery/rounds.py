@@ -1,7 +1,7 @@
 """Algorithm 1: train dense, then prune -> reset -> retrain -> evaluate, one round at a time.
 
 A Lottery is given everything it works with: the spec, the opened run directory and its finished
-rounds, the data, and its collaborators (LotteryParts: train, evaluate_fid, render_report). Every
+rounds, the data, and its collaborators (LotteryParts: train, fid_evaluator, render_report). Every
 decision that depends on files is made by rank 0 and broadcast, so a ``torchrun`` job resumes
 exactly like one process and every rank trains on the same masks and starting weights.
 """
@@ -60,6 +60,8 @@ class Lottery:
         self.model = self.kind.fresh(spec.model, spec.train.seed)
         self.prunable = [name for name, _ in prunable_parameters(self.model)]
         self.groups = module_groups(self.model, blocks=self.kind.pruning_groups(self.model))
+        self.evaluator = parts.fid_evaluator(spec.evaluation, spec.data.dataset, data.dataset, self.device,
+                                             self.diffusion, progress=D.is_main())
 
     # -- files, read on rank 0 and broadcast ---------------------------------------------------
     def _shared_state(self, path: str) -> dict[str, torch.Tensor]:
@@ -254,12 +256,7 @@ class Lottery:
     def _evaluate(self, ema) -> dict:
         """FID of the round's EMA model (every rank samples its share), with the first SAMPLE_GRID
         samples. The samples come from the same seed every round, so samples.png compares rounds too."""
-        spec, ev = self.spec, self.spec.evaluation
-        return self.parts.evaluate_fid(
-            ema, self.diffusion, spec.data.dataset, self.data.dataset, ev.fid_samples, sampler=ev.sampler,
-            steps=ev.sample_steps, eta=ev.eta, seed=spec.train.seed, device=self.device,
-            fid_features=ev.fid_features, inception_path=ev.inception_path, cache_dir=ev.cache_dir,
-            batch_size=ev.sample_batch_size, progress=D.is_main(), return_samples=SAMPLE_GRID)
+        return self.evaluator.score(ema, seed=self.spec.train.seed, return_samples=SAMPLE_GRID)
 
     def _measure(self, k: int, masks: dict, ema, fid: dict, loss: float, result) -> dict:
         """Round k's record for rounds.jsonl: sparsity per module, FID, losses, MACs (times: _finish_round)."""

@@ -23,7 +23,7 @@ from pylth.ddpm.data import load_dataset
 from pylth.ddpm.diffusion import GaussianDiffusion
 from pylth.ddpm.model_schedule import ModelSchedule, switch_owners
 from pylth.ddpm.samplers import make_sampler, sample
-from pylth.evaluation.fid import evaluate_fid
+from pylth.evaluation.fid import FidEvaluator
 from pylth.foundations.io import atomic_write_text
 from pylth.foundations.run_dir import RunDirectory
 from pylth.lottery.run_reader import load_trained
@@ -120,6 +120,7 @@ class MixedExperiment:
         self.csv_path = self.run.file("mixed.csv")
         self._dense = None
         self._dataset = None
+        self._evaluator = None
         self._sparse: dict[int, object] = {}  # round -> its sparsified model, for the timed chains
 
     def check_round(self, k) -> int:
@@ -140,6 +141,14 @@ class MixedExperiment:
             data = self.spec.data
             self._dataset = load_dataset(data.dataset, data.data_root, train=True, image_size=data.image_size)
         return self._dataset
+
+    @property
+    def evaluator(self) -> FidEvaluator:
+        """The run's own FID measurement (its settings, features and reference statistics), built once."""
+        if self._evaluator is None:
+            self._evaluator = FidEvaluator(self.spec.evaluation, self.spec.data.dataset, self.dataset, self.device,
+                                           self.diffusion, progress=False)
+        return self._evaluator
 
     def run_points(self, rounds, switch_points, orders, seeds) -> list[MixedRow]:
         """Every (round, order, switch point, seed) not already in mixed.csv, measured and appended as
@@ -174,10 +183,7 @@ class MixedExperiment:
         models = {"dense": self.dense_model, "ticket": ticket}
         schedule = ModelSchedule([models[n] for n in names], owners)
         started = time.perf_counter()
-        fid = evaluate_fid(schedule, self.diffusion, self.spec.data.dataset, self.dataset, ev.fid_samples,
-                           sampler=ev.sampler, steps=ev.sample_steps, eta=ev.eta, seed=seed, device=self.device,
-                           fid_features=ev.fid_features, inception_path=ev.inception_path, cache_dir=ev.cache_dir,
-                           batch_size=ev.sample_batch_size, progress=False)
+        fid = self.evaluator.score(schedule, seed=seed)
         seconds = time.perf_counter() - started
         sparse = {"dense": self.dense_model, "ticket": self._sparse.get(k, ticket)}  # round 0 has no sparse layer
         timed = ModelSchedule([sparse[n] for n in names], owners)
