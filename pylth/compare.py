@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return run_command(PROG, lambda: run(args), needs_native=False)
+    return run_command(PROG, lambda _environment: run(args), needs_native=False)
 
 
 if __name__ == "__main__":

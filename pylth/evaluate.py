@@ -23,6 +23,7 @@ from pylth.ddpm.diffusion import GaussianDiffusion
 from pylth.ddpm.samplers import SAMPLERS
 from pylth.evaluation.features import FID_FEATURES
 from pylth.foundations.devices import resolve_device
+from pylth.foundations.environment import Environment
 from pylth.foundations.run_dir import RunDirectory
 from pylth.lottery.run_reader import load_trained
 from pylth.lottery.spec import RunSpec
@@ -116,16 +117,18 @@ def plan(run: RunDirectory, args: argparse.Namespace) -> tuple[RunSpec, list[dic
     return spec, records, jobs
 
 
-def evaluate(args: argparse.Namespace, log=print) -> list[dict]:
-    """Measure the jobs not yet in RUN/evaluations.jsonl; returns the rows written."""
+def evaluate(args: argparse.Namespace, environment: Environment = Environment(), log=print) -> list[dict]:
+    """Measure the jobs not yet in RUN/evaluations.jsonl; returns the rows written. Data, cache and
+    Inception weights: the flags', else the run's, else the environment's."""
     from pylth.evaluation.features import resolve_fid_features
     from pylth.evaluation.fid import FidEvaluator  # scipy and clean-fid: only when needed
 
     run = RunDirectory(args.run)
     spec, records, jobs = plan(run, args)
     data = spec.data
-    where = dict(inception_path=args.inception_path or spec.evaluation.inception_path,
-                 cache_dir=args.cache_dir or spec.evaluation.cache_dir)
+    own = spec.evaluation
+    where = dict(inception_path=args.inception_path or own.inception_path or environment.inception_path,
+                 cache_dir=args.cache_dir or own.cache_dir or environment.cache_dir)
     for kind in {job.settings["fid_features"] for job in jobs}:  # Inception without weights: refused first
         resolve_fid_features(data.dataset, kind, where["inception_path"])
     device = resolve_device(args.device)
@@ -135,7 +138,8 @@ def evaluate(args: argparse.Namespace, log=print) -> list[dict]:
         log(f"{run.path}: {len(jobs) - len(todo)} of {len(jobs)} score(s) already in evaluations.jsonl")
         if not todo:
             return []
-        dataset = load_dataset(data.dataset, args.data_root or data.data_root, train=True, image_size=data.image_size)
+        dataset = load_dataset(data.dataset, args.data_root or data.data_root or environment.data_root, train=True,
+                               image_size=data.image_size)
         d = spec.diffusion
         diffusion = GaussianDiffusion(d.num_timesteps, d.beta_start, d.beta_end)
         written, loaded = [], {}
@@ -164,8 +168,8 @@ def evaluate(args: argparse.Namespace, log=print) -> list[dict]:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
 
-    def body() -> None:
-        evaluate(args)
+    def body(environment) -> None:
+        evaluate(args, environment)
 
     return run_command(PROG, body)
 

@@ -13,6 +13,7 @@ import sys
 
 from pylth.cli import ArgumentParser, run_command
 from pylth.foundations.devices import resolve_device
+from pylth.foundations.environment import Environment
 from pylth.foundations.io import atomic_write_bytes, remove_stale_temp_files
 from pylth.foundations.run_lock import DirectoryLock
 from pylth.studies.mixed_chain import ORDERS, TIMING_IMAGES, MixedExperiment, summarize
@@ -115,8 +116,9 @@ def plot(rows, records, title: str) -> bytes:
     return buffer.getvalue()
 
 
-def run(args) -> None:
-    experiment = MixedExperiment(args.run, dense_run=args.dense_from, device=resolve_device(args.device))
+def run(args, environment: Environment) -> None:
+    experiment = MixedExperiment(args.run, dense_run=args.dense_from, device=resolve_device(args.device),
+                                 environment=environment)
     # One experiment per run at a time (both would rewrite mixed.csv); find_ticket may go on meanwhile.
     with DirectoryLock(experiment.run.path, name=".mixed.lock", flag="RUN", purpose="measures mixed chains in it"):
         remove_stale_temp_files(experiment.run.path, ("mixed.csv", "mixed.png"))  # a dead experiment's
@@ -142,8 +144,8 @@ def _measure(args, experiment: MixedExperiment) -> None:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return run_command(PROG, lambda: run(args), on_interrupt="run the same command again: finished points are kept",
-                       stops_on_signals=True)
+    return run_command(PROG, lambda environment: run(args, environment),
+                       on_interrupt="run the same command again: finished points are kept", stops_on_signals=True)
 
 
 if __name__ == "__main__":

@@ -191,7 +191,7 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return run_command(PROG, lambda: run(args))
+    return run_command(PROG, lambda _environment: run(args))  # reads no data, cache or weights
 
 
 if __name__ == "__main__":

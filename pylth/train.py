@@ -23,6 +23,7 @@ from pylth.ddpm.trainer import Diverged, TrainConfig, train
 from pylth.evaluation.config import EvalConfig
 from pylth.foundations import distributed as D
 from pylth.foundations.devices import resolve_device
+from pylth.foundations.environment import Environment
 from pylth.foundations.hparams import add_arguments, from_args
 from pylth.foundations.io import atomic_write_bytes, atomic_write_json, remove_stale_temp_files
 from pylth.foundations.run_lock import DirectoryLock
@@ -42,29 +43,30 @@ def build_parser(defaults: dict | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def run(args: argparse.Namespace) -> dict | None:
+def run(args: argparse.Namespace, environment: Environment = Environment()) -> dict | None:
     """Train and evaluate; returns the metrics (None on ranks other than 0, which train and sample
     their share for FID but write nothing). Rank 0 holds --out's lock while it runs."""
     lock = DirectoryLock(args.out)
     try:
-        return _run(args, lock)
+        return _run(args, lock, environment)
     finally:
         lock.release()
 
 
-def _run(args: argparse.Namespace, lock: DirectoryLock) -> dict | None:
+def _run(args: argparse.Namespace, lock: DirectoryLock, environment: Environment) -> dict | None:
     data, model_cfg, train_cfg = from_args(DataConfig, args), from_args(ModelConfig, args), from_args(TrainConfig, args)
     diff_cfg, eval_cfg = from_args(DiffusionConfig, args), from_args(EvalConfig, args)
-    rank, device = D.init_distributed(resolve_device(train_cfg.device))
+    rank, device = D.init_distributed(resolve_device(train_cfg.device), environment)
     if eval_cfg.fid_samples:  # before any work: asking for Inception without weights is an error
-        eval_cfg = eval_cfg.resolved(data.dataset)
+        eval_cfg = eval_cfg.resolved(data.dataset, environment)
     train_cfg = dataclasses.replace(train_cfg, device=str(device))
     torch.manual_seed(train_cfg.seed)
+    root = data.data_root or environment.data_root
     with D.fail_together("downloading the data set"):  # one download per machine, the others wait
         if data.download and D.is_local_main():
-            load_dataset(data.dataset, data.data_root, download=True, train=True)
-    dataset = load_dataset(data.dataset, data.data_root, train=True, image_size=data.image_size)
-    info = dataset_info(data.dataset, data.data_root, dataset=dataset, image_size=data.image_size)
+            load_dataset(data.dataset, root, download=True, train=True)
+    dataset = load_dataset(data.dataset, root, train=True, image_size=data.image_size)
+    info = dataset_info(data.dataset, root, dataset=dataset, image_size=data.image_size)
     kind = model_kind(model_cfg.model)
     model_config, init_from = model_cfg.resolve(data.dataset, info["image_shape"])
     model = kind.initial(model_config, train_cfg.seed, init_from)
@@ -91,7 +93,8 @@ def _run(args: argparse.Namespace, lock: DirectoryLock) -> dict | None:
     if eval_cfg.fid_samples:  # every rank samples its share
         from pylth.evaluation.fid import FidEvaluator  # clean-fid and scipy: only imported when needed
 
-        evaluator = FidEvaluator(eval_cfg, data.dataset, dataset, device, diffusion, progress=rank == 0)
+        evaluator = FidEvaluator(eval_cfg, data.dataset, dataset, device, diffusion, environment=environment,
+                                 progress=rank == 0)
         fid = evaluator.score(result.ema_model, seed=train_cfg.seed, return_samples=SAMPLE_GRID)
         samples = fid.pop("samples")
         metrics.update(fid, sampler=eval_cfg.sampler, sample_steps=eval_cfg.sample_steps)
@@ -120,8 +123,8 @@ def main(argv=None) -> int:
         except ValueError as exc:
             parser.error(str(exc))
 
-    def body() -> None:
-        metrics = run(args)
+    def body(environment: Environment) -> None:
+        metrics = run(args, environment)
         D.shutdown()
         if metrics is not None:
             print(", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))

@@ -50,8 +50,7 @@ def test_classifier_fid_of_data_vs_itself_is_small_and_vs_shifted_data_large(tmp
     assert [f.name.split("-")[0] for f in tmp_path.iterdir()] == ["classifier"]
 
 
-def test_the_fid_evaluator_labels_its_features_and_caches_reference_statistics(tmp_path, monkeypatch):
-    monkeypatch.delenv("PYLTH_INCEPTION_PATH", raising=False)
+def test_the_fid_evaluator_labels_its_features_and_caches_reference_statistics(tmp_path):
     digits = load_dataset("digits")
     model = build_model("digits", ch=32, ch_mult=(1,), num_res_blocks=1, attn_resolutions=())
     config = EvalConfig(fid_samples=20, sampler="ddim", sample_steps=2, sample_batch_size=64, cache_dir=str(tmp_path))
@@ -70,8 +69,8 @@ def test_the_fid_evaluator_labels_its_features_and_caches_reference_statistics(t
         evaluator(EvalConfig(fid_samples=0, cache_dir=str(tmp_path)))
 
 
-def test_inception_needs_a_local_file_and_never_downloads(tmp_path, monkeypatch):
-    monkeypatch.setenv("PYLTH_INCEPTION_PATH", str(tmp_path / "missing" / "inception-2015-12-05.pt"))
+def test_inception_needs_a_local_file_and_never_downloads(tmp_path):
+    missing = str(tmp_path / "missing" / "inception-2015-12-05.pt")
     with pytest.raises(FileNotFoundError, match="inception-2015-12-05.pt"):
-        feature_extractor("digits", load_dataset("digits"), cache_dir=str(tmp_path))
+        feature_extractor("digits", load_dataset("digits"), cache_dir=str(tmp_path), inception_path=missing)
     assert not os.path.exists(tmp_path / "missing")

@@ -74,7 +74,6 @@ def bundled_tiny(tmp_path, monkeypatch, tiny_network):
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     importlib.invalidate_caches()
     monkeypatch.setattr(inception, "BUNDLED_SHA1", inception.file_sha1(str(path)))
-    monkeypatch.delenv("PYLTH_INCEPTION_PATH", raising=False)
     return path
 
 
@@ -127,7 +126,6 @@ def test_a_damaged_or_foreign_file_is_an_error_that_names_it(tmp_path, monkeypat
     path = fake_bundled_package(tmp_path / "site", tiny_network[: len(tiny_network) // 2])
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     importlib.invalidate_caches()
-    monkeypatch.delenv("PYLTH_INCEPTION_PATH", raising=False)
     with pytest.raises(ValueError, match=re.escape(str(path)) + f": sha1 .*expected {inception.BUNDLED_SHA1}"):
         feature_extractor("fashion-mnist", None, fid_features="inception")
     monkeypatch.setattr(inception, "BUNDLED_SHA1", inception.file_sha1(str(path)))  # the right hash, truncated

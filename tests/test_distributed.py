@@ -31,6 +31,7 @@ from pylth.evaluation.classifier import load_or_train_classifier
 from pylth.evaluation.config import EvalConfig
 from pylth.evaluation.fid import FidEvaluator
 from pylth.foundations import distributed as D
+from pylth.foundations.environment import DIST_TIMEOUT_ENV, Environment
 from pylth.foundations.io import torch_load
 from pylth.foundations.preemption import Preempted, stop_on_signals
 from pylth.lottery import find_ticket
@@ -142,7 +143,7 @@ def train_with_dropout_and_flips() -> torch.Tensor:
 # -- the torchrun worker ---------------------------------------------------------------------------
 def worker(out: str, cache: str) -> None:
     torch.set_num_threads(1)
-    rank, device = D.init_distributed(torch.device("cpu"))
+    rank, device = D.init_distributed(torch.device("cpu"), Environment.from_environ(os.environ))  # as a command
     import torch.distributed as dist
     from pylth.lottery import LotteryParts
 
@@ -247,7 +248,7 @@ def runs(tmp_path_factory):
                       dropout_dir=str(tmp / "single-dropout"), dropout_flips_weights=train_with_dropout_and_flips())
     finally:
         torch.set_num_threads(threads)
-    env = dict(os.environ, OMP_NUM_THREADS="1", **{D.TIMEOUT_ENV: "300"})
+    env = dict(os.environ, OMP_NUM_THREADS="1", **{DIST_TIMEOUT_ENV: "300"})
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            os.path.abspath(__file__), str(out), cache],
                           capture_output=True, text=True, timeout=600, env=env, cwd=str(tmp))
@@ -354,36 +355,29 @@ def test_a_failing_rank_ends_the_job_with_its_error(runs):
 # -- single-process checks ---------------------------------------------------------------------------
 def test_init_distributed_uses_gloo_on_cpu_and_the_configured_timeout(monkeypatch):
     calls = []
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv(D.TIMEOUT_ENV, "42")
+    environment = Environment(world_size=2, dist_timeout=datetime.timedelta(seconds=42))
     monkeypatch.setattr(D.dist, "init_process_group", lambda backend, **kw: calls.append((backend, kw)))
     monkeypatch.setattr(D.dist, "get_rank", lambda: 1)
-    assert D.init_distributed(torch.device("cpu")) == (1, torch.device("cpu"))
+    assert D.init_distributed(torch.device("cpu"), environment) == (1, torch.device("cpu"))
     assert calls == [("gloo", dict(timeout=datetime.timedelta(seconds=42)))]
 
 
 @pytest.mark.parametrize("value", ["soon", "0", "-5"])
-def test_a_bad_timeout_is_refused_naming_the_variable(monkeypatch, value):
-    monkeypatch.setenv(D.TIMEOUT_ENV, value)
-    with pytest.raises(ValueError, match=D.TIMEOUT_ENV):
-        D.timeout()
+def test_a_bad_timeout_is_refused_naming_the_variable(value):
+    with pytest.raises(ValueError, match=DIST_TIMEOUT_ENV):
+        Environment.from_environ({DIST_TIMEOUT_ENV: value})
 
 
-def test_one_process_needs_no_process_group(monkeypatch):
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
-    assert D.init_distributed(torch.device("cpu")) == (0, torch.device("cpu"))
+def test_one_process_needs_no_process_group():
+    assert D.init_distributed(torch.device("cpu"), Environment()) == (0, torch.device("cpu"))
     assert not D.is_distributed() and D.is_main() and D.world_size() == 1
     assert list(D.shard(5)) == [0, 1, 2, 3, 4]
     assert D.broadcast_object("x") == "x" and D.all_gather_rows(torch.ones(2, 3)).shape == (2, 3)
 
 
 @pytest.mark.parametrize("world", [1, 2, 3, 8])
-def test_shards_cover_the_range_in_order(monkeypatch, world):
-    monkeypatch.setattr(D, "world_size", lambda: world)
-    parts = []
-    for r in range(world):
-        monkeypatch.setattr(D, "rank", lambda r=r: r)
-        parts.append(list(D.shard(11)))
+def test_shards_cover_the_range_in_order(world):
+    parts = [list(D.shard(11, rank=r, world=world)) for r in range(world)]
     assert sum(parts, []) == list(range(11))
     assert max(map(len, parts)) - min(map(len, parts)) <= 1
 

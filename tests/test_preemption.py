@@ -82,7 +82,7 @@ def test_a_request_the_training_loop_could_not_answer_stops_as_its_block_ends():
 
 
 def test_run_command_ends_a_stopped_command_with_75_and_one_line(capsys):
-    def body():
+    def body(_environment):
         os.kill(os.getpid(), signal.SIGUSR1)
         time.sleep(30)
 
@@ -208,7 +208,7 @@ def test_a_second_sigterm_while_stopping_changes_nothing(tmp_path, fid_cache, ga
 def test_after_a_stop_the_command_ignores_further_stop_signals_until_it_exits():
     before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
 
-    def body():
+    def body(_environment):
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(30)
 
@@ -217,5 +217,5 @@ def test_after_a_stop_the_command_ignores_further_stop_signals_until_it_exits():
     os.kill(os.getpid(), signal.SIGTERM)  # would end this process with 143
     for s, handler in before.items():
         signal.signal(s, handler)
-    assert run_command("prog", lambda: None, needs_native=False, stops_on_signals=True) == 0
+    assert run_command("prog", lambda _environment: None, needs_native=False, stops_on_signals=True) == 0
     assert {s: signal.getsignal(s) for s in before} == before, "a command that ends well gives the handlers back"

@@ -93,7 +93,7 @@ def run(args) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    return run_command("python -m pylth.cka", lambda: run(args))
+    return run_command("python -m pylth.cka", lambda _environment: run(args))
 
 
 if __name__ == "__main__":

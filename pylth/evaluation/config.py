@@ -7,6 +7,7 @@ import typing
 from pylth.ddpm.samplers import SAMPLERS
 from pylth.evaluation.features import FID_FEATURES, resolve_fid_features
 from pylth.foundations import distributed as D
+from pylth.foundations.environment import Environment
 from pylth.foundations.hparams import help_field
 
 
@@ -58,13 +59,15 @@ class EvalConfig:
         if self.fid_features not in FID_FEATURES:
             raise ValueError(f"fid_features must be one of {', '.join(FID_FEATURES)}, got {self.fid_features!r}")
 
-    def resolved(self, dataset: str) -> "EvalConfig":
+    def resolved(self, dataset: str, environment: Environment = Environment()) -> "EvalConfig":
         """This configuration with fid_features "auto" made concrete for ``dataset`` (what a run
-        records in config.json, so that it keeps its features when resumed); a FileNotFoundError
-        when inception is asked for and no weights are installed. Under torch.distributed rank 0
-        decides and every rank gets its answer, so that all extract the same features."""
+        records in config.json, so that it keeps its features when resumed), the Inception weights
+        looked for at ``inception_path`` or the environment's; a FileNotFoundError when inception is
+        asked for and no weights are installed. Under torch.distributed rank 0 decides and every rank
+        gets its answer, so that all extract the same features."""
         kind = None
         with D.fail_together("choosing the FID features"):
             if D.is_main():
-                kind = resolve_fid_features(dataset, self.fid_features, self.inception_path)
+                kind = resolve_fid_features(dataset, self.fid_features,
+                                            self.inception_path or environment.inception_path)
         return dataclasses.replace(self, fid_features=D.broadcast_object(kind))

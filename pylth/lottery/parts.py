@@ -13,7 +13,7 @@ from pylth.lottery.report import render_report
 @dataclass(frozen=True)
 class LotteryParts:
     train: Callable = train  # pylth.ddpm.trainer.train's signature
-    # (EvalConfig, data set name, data set, device, schedule, progress=) -> an object whose
+    # (EvalConfig, data set name, data set, device, schedule, environment=, progress=) -> an object whose
     # score(model, seed=, return_samples=) is FidEvaluator.score's; the Lottery builds it once
     fid_evaluator: Callable = FidEvaluator
     render_report: Callable = render_report  # (records, title) -> PNG bytes

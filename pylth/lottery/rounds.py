@@ -22,6 +22,7 @@ from pylth.ddpm.trainer import Diverged
 from pylth.evaluation.heldout import HeldOut, heldout_loss
 from pylth.foundations import distributed as D
 from pylth.foundations.devices import resolve_device
+from pylth.foundations.environment import Environment
 from pylth.foundations.io import remove_file
 from pylth.foundations.run_dir import TICKET_FILE, RunDirectory
 from pylth.lottery.dense_from import adopt_round_zero, check_adopted
@@ -49,7 +50,7 @@ class LotteryData:
 class Lottery:
     def __init__(self, spec: RunSpec, run: RunDirectory, records: list[dict], data: LotteryData,
                  parts: LotteryParts = LotteryParts(), log: Callable[[str], None] = print,
-                 dense_from: str | None = None):
+                 dense_from: str | None = None, environment: Environment = Environment()):
         self.spec, self.run, self.records, self.data, self.parts = spec, run, records, data, parts
         self.dense_from = dense_from  # a run whose finished round 0 this one takes instead of training it
         self.log = log if D.is_main() else (lambda _msg: None)
@@ -61,7 +62,7 @@ class Lottery:
         self.prunable = [name for name, _ in prunable_parameters(self.model)]
         self.groups = module_groups(self.model, blocks=self.kind.pruning_groups(self.model))
         self.evaluator = parts.fid_evaluator(spec.evaluation, spec.data.dataset, data.dataset, self.device,
-                                             self.diffusion, progress=D.is_main())
+                                             self.diffusion, environment=environment, progress=D.is_main())
 
     # -- files, read on rank 0 and broadcast ---------------------------------------------------
     def _shared_state(self, path: str) -> dict[str, torch.Tensor]:

@@ -24,6 +24,7 @@ from pylth.ddpm.diffusion import GaussianDiffusion
 from pylth.ddpm.model_schedule import ModelSchedule, switch_owners
 from pylth.ddpm.samplers import make_sampler, sample
 from pylth.evaluation.fid import FidEvaluator
+from pylth.foundations.environment import Environment
 from pylth.foundations.io import atomic_write_text
 from pylth.foundations.run_dir import RunDirectory
 from pylth.lottery.run_reader import load_trained
@@ -94,7 +95,8 @@ def write_rows(rows: list[MixedRow], path: str) -> None:
 class MixedExperiment:
     """The dense model of ``dense_run`` (default: the run itself) against the tickets of ``run``."""
 
-    def __init__(self, run_dir: str, *, dense_run: str | None = None, device="cpu", log=print):
+    def __init__(self, run_dir: str, *, dense_run: str | None = None, device="cpu", log=print,
+                 environment: Environment = Environment()):
         self.run = RunDirectory(run_dir)
         if not os.path.isfile(self.run.config_path):
             raise ValueError(f"{self.run.path} holds no find_ticket run (no config.json)")
@@ -114,7 +116,7 @@ class MixedExperiment:
             self.dense_records = self.records
         if not self.dense_records:
             raise ValueError(f"{self.dense_run.path} has no finished round 0 (the dense model)")
-        self.device, self.log = device, log
+        self.device, self.log, self.environment = device, log, environment
         d = self.spec.diffusion
         self.diffusion = GaussianDiffusion(d.num_timesteps, d.beta_start, d.beta_end)
         self.csv_path = self.run.file("mixed.csv")
@@ -139,7 +141,8 @@ class MixedExperiment:
     def dataset(self):
         if self._dataset is None:
             data = self.spec.data
-            self._dataset = load_dataset(data.dataset, data.data_root, train=True, image_size=data.image_size)
+            self._dataset = load_dataset(data.dataset, data.data_root or self.environment.data_root, train=True,
+                                         image_size=data.image_size)
         return self._dataset
 
     @property
@@ -147,7 +150,7 @@ class MixedExperiment:
         """The run's own FID measurement (its settings, features and reference statistics), built once."""
         if self._evaluator is None:
             self._evaluator = FidEvaluator(self.spec.evaluation, self.spec.data.dataset, self.dataset, self.device,
-                                           self.diffusion, progress=False)
+                                           self.diffusion, environment=self.environment, progress=False)
         return self._evaluator
 
     def run_points(self, rounds, switch_points, orders, seeds) -> list[MixedRow]:
