@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from pylth.evaluation.classifier import TRAIN_STEPS, ClassifierFeatures
-from pylth.evaluation.inception import INSTALL_HINT, InceptionFeatures, find_weights
+from pylth.evaluation.inception import BUNDLED_SHA1, INSTALL_HINT, InceptionFeatures, find_weights
 from pylth.foundations.environment import DEFAULT_CACHE_DIR
 
 FID_FEATURES = ("auto", "inception", "classifier")
@@ -34,11 +34,13 @@ def resolve_fid_features(dataset_name: str, fid_features: str = "auto", inceptio
 
 
 def feature_extractor(dataset_name: str, dataset, *, fid_features: str = "auto", inception_path=None,
-                      cache_dir=None, device="cpu", classifier_steps: int = TRAIN_STEPS):
-    """The features ``resolve_fid_features`` picks: InceptionFeatures or ClassifierFeatures (whose
-    label classifier, when none is cached, trains for ``classifier_steps``)."""
+                      cache_dir=None, device="cpu", classifier_steps: int = TRAIN_STEPS,
+                      bundled_sha1: str = BUNDLED_SHA1):
+    """The features ``resolve_fid_features`` picks: InceptionFeatures (the bundled weights checked
+    against ``bundled_sha1``) or ClassifierFeatures (whose label classifier, when none is cached,
+    trains for ``classifier_steps``)."""
     if resolve_fid_features(dataset_name, fid_features, inception_path) == "inception":
-        return InceptionFeatures(find_weights(inception_path), torch.device(device))
+        return InceptionFeatures(find_weights(inception_path), torch.device(device), bundled_sha1)
     return ClassifierFeatures(dataset_name, dataset, cache_dir or DEFAULT_CACHE_DIR, torch.device(device),
                               steps=classifier_steps)
 

