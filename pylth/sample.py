@@ -121,9 +121,7 @@ def _ticket_source(path: str) -> Source:
         raise ValueError(f"{path} does not say the image shape its {ticket.kind} model denoises")
 
     def load(_round):
-        model = kind.fresh(ticket.config, 0)
-        model.load_state_dict(ticket.state)
-        return model.eval().requires_grad_(False), ticket.masks
+        return ticket.dense_model(), ticket.masks
 
     name = os.path.splitext(os.path.basename(path))[0]
     return Source(name, settings, diffusion, tuple(shape), int(extra.get("seed", 0)), 1, load)
