@@ -13,7 +13,7 @@ from pylth import train as train_cli
 from pylth.cka.__main__ import main as cka_main
 from pylth.find_ticket import main
 from pylth.foundations.run_lock import DirectoryLock, RunLocked
-from pylth.lottery import LotteryParts, load_ticket
+from pylth.lottery import LotteryParts, load_round_start
 from pylth.mixed import main as mixed_main
 from pylth.sample import main as sample_main
 
@@ -83,7 +83,7 @@ def test_read_only_commands_work_while_a_writer_holds_the_run(finished, tmp_path
     out, _ = finished
     holder = Holder(out)
     try:
-        load_ticket(str(out), 1)
+        load_round_start(str(out), 1)
         assert cka_main([str(out), str(out), "--out", str(tmp_path / "cka")]) == 0
         assert sample_main([str(out), "--num", "2", "--steps", "1", "--out", str(tmp_path / "s.png")]) == 0
     finally:

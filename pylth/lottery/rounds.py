@@ -288,7 +288,7 @@ class Lottery:
 
     def _commit(self, k: int, record: dict) -> None:
         """The round is finished once it is in rounds.jsonl, with the digests of the files it wrote
-        (checked on resume and by load_ticket), after checking them against the digests written with
+        (checked on resume and by load_round_start), after checking them against the digests written with
         them; its checkpoint is then of no use."""
         self.run.verify_unfinished(k)
         self.records = self.run.append_round(self.records, dict(record, files=self.run.round_digests(k)))

@@ -1,5 +1,5 @@
 """A finished run read back: a round's files checked against their digests (``load_verified``), the
-masked starting weights of a round (``load_ticket``) and its trained model (``load_trained``)."""
+masked starting weights of a round (``load_round_start``) and its trained model (``load_trained``)."""
 from __future__ import annotations
 
 import os
@@ -42,10 +42,11 @@ def load_verified(run: RunDirectory, records: list[dict], path: str):
     return run.load(path)
 
 
-def load_ticket(run_dir: str, round: int, device="cpu") -> tuple[nn.Module, dict[str, torch.Tensor]]:
-    """The ticket of ``round`` in ``run_dir``: the model holding its starting weights (theta_tau ⊙ m
-    under --reset rewind; theta_0 ⊙ m under init; round k's fresh random weights ⊙ m under reinit)
-    and its masks (name -> bool tensor)."""
+def load_round_start(run_dir: str, round: int, device="cpu") -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """Where ``round`` of ``run_dir`` started training: the model holding its masked starting weights
+    (theta_tau ⊙ m under --reset rewind; theta_0 ⊙ m under init; round k's fresh random weights ⊙ m
+    under reinit) and its masks (name -> bool tensor). Not its ticket, the model the round trained from
+    there: that is ``load_trained``."""
     run = RunDirectory(run_dir)
     spec, records = finished_round(run, round)
     masks = load_verified(run, records, run.round_file(round, "mask.pt"))
