@@ -55,7 +55,8 @@ part_reference() {  # Inception statistics of all 60,000 train images at 14x14 (
 import sys
 import torch
 from pylth.ddpm.data import load_dataset
-from pylth.ddpm.fid import feature_extractor, reference_statistics
+from pylth.evaluation.features import feature_extractor
+from pylth.evaluation.fid import reference_statistics
 torch.set_num_threads(1)
 dataset = load_dataset("fashion-mnist", train=True, image_size=14)
 extract = feature_extractor("fashion-mnist", dataset, fid_features="inception", cache_dir=sys.argv[1])
