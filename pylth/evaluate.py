@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import time
 
@@ -25,7 +24,7 @@ from pylth.evaluation.features import FID_FEATURES
 from pylth.foundations.devices import resolve_device
 from pylth.foundations.environment import Environment
 from pylth.foundations.run_dir import RunDirectory
-from pylth.lottery.run_reader import load_trained
+from pylth.lottery.run_reader import finished_run, load_trained
 from pylth.lottery.spec import RunSpec
 from pylth.studies.evaluations import (SETTINGS, Job, append_evaluation, evaluation_lock, identity, make_row,
                                        nearest_rounds, read_evaluations)
@@ -95,12 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
 def plan(run: RunDirectory, args: argparse.Namespace) -> tuple[RunSpec, list[dict], list[Job]]:
     """The run's spec, its finished rounds, and every job asked for (measured or not); bad input is a
     ValueError before anything is read twice or written."""
-    if not os.path.isfile(run.config_path):
-        raise ValueError(f"RUN {run.path} holds no find_ticket run (no config.json of one)")
-    records = run.read_rounds()
-    spec = RunSpec.read(run, records)
-    if not records:
-        raise ValueError(f"RUN {run.path} has no finished round yet")
+    spec, records = finished_run(run)
     rounds = list(args.rounds or [])
     for k in rounds:
         if k >= len(records):

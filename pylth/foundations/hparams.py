@@ -82,3 +82,17 @@ def help_field(text: str, *, resumable: bool = False, older_runs=dataclasses.MIS
     if older_runs is not dataclasses.MISSING:
         metadata["older_runs"] = older_runs
     return dict(metadata=metadata)
+
+
+def value_of(text: str):
+    """A flag's value text as the int, the float or the word it spells ("3" -> 3, "0.5" -> 0.5)."""
+    return next((kind(text) for kind in (int, float) if parses_as(kind, text)), text)
+
+
+def parses_as(kind, text: str) -> bool:
+    """Whether ``kind(text)`` (int, float) takes ``text``."""
+    try:
+        kind(text)
+        return True
+    except ValueError:
+        return False

@@ -1,7 +1,6 @@
 """Exporting a ticket: a finished round's trained, masked EMA weights as a diffusers DDPMPipeline."""
 from __future__ import annotations
 
-import os
 import pickle
 
 import torch
@@ -9,7 +8,7 @@ import torch
 from pylth import __version__
 from pylth.ddpm.models import model_kind
 from pylth.foundations.run_dir import RunDirectory
-from pylth.lottery.spec import RunSpec
+from pylth.lottery.run_reader import finished_run
 from pylth.tickets.diffusers_pipeline import ddpm_scheduler_config, save_ddpm_pipeline
 
 FORMATS = ("diffusers",)
@@ -35,12 +34,7 @@ def export_ticket(run_dir: str, out: str, round: int | None = None, to: str = "d
     if to not in FORMATS:
         raise ValueError(f"--to must be one of {', '.join(FORMATS)}, got {to!r}")
     run = RunDirectory(run_dir)
-    if not os.path.isfile(run.config_path):
-        raise ValueError(f"RUN {run.path} holds no find_ticket run (no config.json of one)")
-    records = run.read_rounds()
-    spec = RunSpec.read(run, records)
-    if not records:
-        raise ValueError(f"RUN {run.path} has no finished round yet")
+    spec, records = finished_run(run)
     if round is None:
         round = len(records) - 1
     if not isinstance(round, int) or isinstance(round, bool) or not 0 <= round < len(records):

@@ -23,6 +23,18 @@ def reinit_seed(seed: int, round_index: int) -> int:
     return seed + 1_000_003 * round_index
 
 
+def finished_run(run: RunDirectory, name: str = "RUN") -> tuple[RunSpec, list[dict]]:
+    """The spec and finished rounds of the find_ticket run ``run``; a ValueError naming it (as the
+    argument ``name``) when it holds no run or has not finished a round."""
+    if not os.path.isfile(run.config_path):
+        raise ValueError(f"{name} {run.path} holds no find_ticket run (no config.json of one)")
+    records = run.read_rounds()
+    spec = RunSpec.read(run, records)
+    if not records:
+        raise ValueError(f"{name} {run.path} has no finished round yet")
+    return spec, records
+
+
 def finished_round(run: RunDirectory, round) -> tuple[RunSpec, list[dict]]:
     """The run's spec and finished rounds, after checking that ``round`` is one of them."""
     if not os.path.exists(run.config_path):

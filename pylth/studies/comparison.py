@@ -15,6 +15,8 @@ import statistics
 from dataclasses import dataclass, field
 
 from pylth.foundations.run_dir import RunDirectory
+from pylth.foundations.hparams import value_of
+from pylth.lottery.run_reader import finished_run
 from pylth.lottery.spec import RunSpec, flatten_as_json, resumable_keys
 from pylth.studies.evaluations import read_evaluations
 
@@ -57,30 +59,15 @@ def parse_settings(text: str | None) -> dict | None:
         if not sep or key.strip() not in EVALUATION_FACTS + ("fid_features", "fid_samples", "sample_batch_size"):
             raise ValueError(f"--evaluation takes KEY=VALUE pairs of fid_features, fid_samples, sampler, sample_steps, "
                              f"eta, sample_batch_size; got {pair!r}")
-        value = value.strip()
-        settings[key.strip()] = next((kind(value) for kind in (int, float) if _parses(kind, value)), value)
+        settings[key.strip()] = value_of(value.strip())
     return settings
-
-
-def _parses(kind, text: str) -> bool:
-    try:
-        kind(text)
-        return True
-    except ValueError:
-        return False
 
 
 def open_runs(paths: list[str]) -> list[tuple[RunDirectory, RunSpec, list]]:
     runs = []
     for path in paths:
         run = RunDirectory(path)
-        if not os.path.isfile(run.config_path):
-            raise ValueError(f"RUN {run.path} holds no find_ticket run (no config.json of one)")
-        records = run.read_rounds()
-        spec = RunSpec.read(run, records)
-        if not records:
-            raise ValueError(f"RUN {run.path} has no finished round yet")
-        runs.append((run, spec, records))
+        runs.append((run, *finished_run(run)))
     return runs
 
 

@@ -11,6 +11,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from pylth.foundations.hparams import parses_as, value_of
+
 
 def call_model(model, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """A model that returns its noise prediction when called as ``model(x_t, t)``."""
@@ -131,32 +133,19 @@ def _convert(key: str, text: str, like):
     """The override ``text`` of ``key`` as a value of the type of ``like`` (the configuration's value)."""
     if isinstance(like, (list, tuple)):
         items = [t.strip() for t in text.split(":")] if text else []
-        return tuple(_convert(key, t, like[0]) if like else _guess(t) for t in items)
+        return tuple(_convert(key, t, like[0]) if like else value_of(t) for t in items)
     if isinstance(like, bool):
         if text.lower() not in ("true", "false", "1", "0"):
             raise ValueError(f"--model-config: {key} must be true or false, got {text!r}")
         return text.lower() in ("true", "1")
     for kind, word in ((int, "an integer"), (float, "a number")):
         if isinstance(like, kind):
-            if not _parses(kind, text):
+            if not parses_as(kind, text):
                 raise ValueError(f"--model-config: {key} must be {word}, got {text!r}")
             return kind(text)
     if like is None:  # an optional setting: none, a number or a word
-        return None if text.lower() in ("none", "null", "") else _guess(text)
+        return None if text.lower() in ("none", "null", "") else value_of(text)
     return text
-
-
-def _guess(text: str):
-    """An integer, a number, or the word itself."""
-    return next((kind(text) for kind in (int, float) if _parses(kind, text)), text)
-
-
-def _parses(kind, text: str) -> bool:
-    try:
-        kind(text)
-        return True
-    except ValueError:
-        return False
 
 
 def apply_overrides(kind: ModelKind, config: dict, overrides: dict[str, str], image_shape) -> dict:
