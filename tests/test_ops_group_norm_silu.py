@@ -84,8 +84,9 @@ def test_sparsify_fuses_the_unet_pairs_and_keeps_its_outputs_and_keys():
     assert isinstance(plain.down[0].b1[0], GroupNormSiLU) and isinstance(plain.down[0].b1[1], nn.Identity)
     assert type(plain.down[2].attn.n) is nn.GroupNorm  # no SiLU after it
     assert sparsify(model, masks, max_density=0.0).sparsify_report.fused_norms == 0  # nothing sparse: unchanged
-    trainable = sparsify(model, masks, trainable=True)  # the fused pass has no backward: torch's ops stay
-    assert trainable.sparsify_report.fused_norms == 0 and type(trainable.down[0].b1[0]) is nn.GroupNorm
+    trainable = sparsify(model, masks, trainable=True)  # fused for training too: the pass has a backward
+    assert trainable.sparsify_report.fused_norms == plain.sparsify_report.fused_norms
+    assert isinstance(trainable.down[0].b1[0], GroupNormSiLU) and trainable.down[0].b1[0].weight.requires_grad
     # the fused network against the same network with torch's GroupNorm and SiLU put back
     unfused = sparsify(model, masks)
     for m in unfused.modules():
@@ -99,5 +100,4 @@ def test_sparsify_fuses_the_unet_pairs_and_keeps_its_outputs_and_keys():
     x, t = torch.randn(3, 1, 8, 8), torch.tensor([1, 500, 999])
     with torch.no_grad():
         torch.testing.assert_close(plain(x, t), unfused(x, t), rtol=1e-5, atol=1e-5)
-    with pytest.raises(RuntimeError, match="inference only"):
-        plain.down[0].b1[0](torch.randn(1, 32, 8, 8, requires_grad=True))
+

@@ -125,8 +125,8 @@ def sparsify(model: nn.Module, masks: dict, *, max_density: float | None = None,
         model.eval().requires_grad_(False)
     with torch.no_grad():
         report = _convert(model, masks, max_density, target, trainable, layers)
-    if not trainable and target.type == "cpu" and report.sparse:
-        # Where the convs run sparse, GroupNorm + SiLU is a large share of the forward: one pass for both.
+    if target.type == "cpu" and report.sparse:
+        # Where the convs run sparse, GroupNorm + SiLU is a large share of the step: one pass for both.
         report.fused_norms = fuse_group_norm_silu(model)
     model.sparsify_report = report
     return model.to(target)

@@ -158,9 +158,6 @@ class GroupNormSiLU(nn.GroupNorm):
         return fused
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and x.requires_grad:
-            raise RuntimeError("GroupNormSiLU is for inference only: its input requires grad. Sample under "
-                               "torch.no_grad()")
         return group_norm_silu(x, self.num_groups, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
