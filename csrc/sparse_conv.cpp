@@ -10,7 +10,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <optional>
 #include <string>
 #include <vector>
 
@@ -63,8 +62,7 @@ ConvPlan read_plan(const ArgTable& table, int row, const std::string& name) {
   p.direct = f[kPlanDirect] != 0;
   SlabLayout& s = p.slab;
   s.height = p.h, s.width = p.w, s.pad_rows = f[kPlanPadRows], s.pad_cols = f[kPlanPadCols];
-  s.row_step = f[kPlanRowStep], s.col_step = f[kPlanColStep], s.kinds_rows = f[kPlanKindsRows];
-  s.kinds_cols = f[kPlanKindsCols], s.rows = f[kPlanSlabRows], s.pitch = f[kPlanSlabPitch];
+  s.col_step = f[kPlanColStep], s.rows = f[kPlanSlabRows], s.pitch = f[kPlanSlabPitch];
   const std::int64_t plane = (p.unit_rows - 1) * p.out_row_stride + p.row_len;
   require(p.n >= 0 && p.ci >= 1 && p.h >= 1 && p.w >= 1 && p.co >= 1 && p.unit_rows >= 1 && p.row_len >= 1 &&
               p.in_row_stride >= 0 && p.out_row_stride >= (p.unit_rows > 1 ? p.row_len : 0) &&
@@ -75,12 +73,10 @@ ConvPlan read_plan(const ArgTable& table, int row, const std::string& name) {
     require(p.unit_rows == 1 && p.row_len >= kSlabSlack && p.plane_floats == p.h * p.w && p.row_len <= p.plane_floats,
             name + ": a plane read in place must be one flat input plane of at least 16 outputs");
   } else {
-    require(s.pad_rows >= 0 && s.pad_cols >= 0 && s.row_step >= 1 && s.col_step >= 1 && s.kinds_rows >= 1 &&
-                s.kinds_cols >= 1 && s.rows >= 1 && s.pitch >= 1 &&
-                s.kinds_rows * s.kinds_cols * s.rows * s.pitch <= p.plane_floats,
+    // The image's rows, split into the column phases, must lie inside the slab's rows and pitch.
+    require(s.pad_rows >= 0 && s.pad_cols >= 0 && s.col_step >= 1 && s.rows == s.height + 2 * s.pad_rows &&
+                s.pitch * s.col_step >= s.width + s.pad_cols && s.col_step * s.rows * s.pitch <= p.plane_floats,
             name + ": slab layout out of range");
-    s.padded = s.kinds_rows == 1 && s.kinds_cols == 1 && s.row_step == 1 && s.col_step == 1 &&
-               s.rows >= s.height + s.pad_rows && s.pitch >= s.width + s.pad_cols;
   }
   return p;
 }
@@ -153,13 +149,10 @@ std::vector<std::int64_t> weight_balanced_blocks(const std::int64_t* row_ptr, st
   return bounds;
 }
 
-// A slab region before its first group: the padded layout's borders (never written again) and the
-// slack past the last slab.
+// A slab region before its first group: the zero borders (never written again) and the slack past the
+// last slab.
 void clear_slab_region(const ConvPlan& p, float* region) {
-  if (p.direct) return;
-  const std::int64_t slabs = p.group * p.image_floats();
-  if (p.slab.padded) std::fill(region, region + slabs, 0.0f);
-  std::fill(region + slabs, region + slabs + kSlabSlack, 0.0f);
+  if (!p.direct) std::fill(region, region + p.group * p.image_floats() + kSlabSlack, 0.0f);
 }
 
 // A tensor row of exactly `numel` elements (an empty tensor may have address 0).
@@ -167,26 +160,35 @@ void check_numel(const ArgTable& table, int row, std::int64_t numel, const std::
   require(table.at(row, 1) == numel && (numel == 0 || table.at(row, 0) != 0), name + ": " + what + " size mismatch");
 }
 
-// Runs one group's tiles: items (tile, block of output channels), shared by the team.
-struct TileWork {
-  TileArgs args;
-  sparse::TileFn fn;
-  int units;
-  std::vector<std::int64_t> blocks;
-  std::int64_t tiles, block_count;
+// A group's work items (tile, block of output channels), shared by the team; computed before the
+// parallel region (no allocation inside it), for full groups and for the last one.
+struct TileItems {
+  std::int64_t units = 0, tiles = 0;
+  std::vector<std::int64_t> blocks{0};
+  std::int64_t block_count = 0;
 
-  TileWork(const TileArgs& group_args, sparse::TileFn tile_fn, const TileShape& shape, std::int64_t co, int threads)
-      : args(group_args), fn(tile_fn), units(shape.units) {
-    tiles = (args.units + units - 1) / units;
-    blocks = channel_blocks(co, tiles, threads);
-    block_count = static_cast<std::int64_t>(blocks.size()) - 1;
-  }
+  TileItems() = default;
+  TileItems(std::int64_t images, std::int64_t unit_rows, const TileShape& shape, std::int64_t co, int threads)
+      : units(images * unit_rows * shape.chunks_per_row), tiles((units + shape.units - 1) / shape.units),
+        blocks(channel_blocks(co, tiles, threads)), block_count(static_cast<std::int64_t>(blocks.size()) - 1) {}
   std::int64_t items() const { return tiles * block_count; }
-  void run(std::int64_t item) const {
-    const std::int64_t tile = item / block_count, b = item % block_count;
-    fn(args, tile * units, blocks[b], blocks[b + 1]);
-  }
 };
+
+// The items of full groups and of the last group of a call.
+struct GroupItems {
+  TileItems full, last;
+  GroupItems(const ConvPlan& p, std::int64_t unit_rows, const TileShape& shape, std::int64_t co, int threads)
+      : full(p.group, unit_rows, shape, co, threads),
+        last(p.n - (p.n - 1) / p.group * p.group, unit_rows, shape, co, threads) {}
+  const TileItems& of(std::int64_t images, std::int64_t group) const { return images == group ? full : last; }
+};
+
+// Item `item` of a group (args: its slabs and outputs; `units` set here).
+void run_tile_item(TileArgs args, sparse::TileFn fn, const TileShape& shape, const TileItems& it, std::int64_t item) {
+  args.units = it.units;
+  const std::int64_t tile = item / it.block_count, b = item % it.block_count;
+  fn(args, tile * shape.units, it.blocks[b], it.blocks[b + 1]);
+}
 
 void sparse_conv2d_cpu(std::uintptr_t table_address, std::int64_t rows, std::int64_t width, int num_threads) {
   const std::string name = "sparse_conv2d_cpu";
@@ -211,6 +213,7 @@ void sparse_conv2d_cpu(std::uintptr_t table_address, std::int64_t rows, std::int
   const std::int64_t vectors = p.unit_rows * shape.chunks_per_row * shape.vectors;
   const int threads = std::max<std::int64_t>(wt.nnz, 1) * p.n * vectors >= kParallelMinWork ? num_threads : 1;
   const TileArgs args = tile_args(p, wt, shape, table.ptr<const float>(kScValues, 0), table.ptr<const float>(kScBias, 0));
+  const GroupItems groups(p, p.unit_rows, shape, p.co, threads);
   py::gil_scoped_release no_gil;
   if (!p.direct) clear_slab_region(p, slabs);
 #pragma omp parallel num_threads(threads)
@@ -224,10 +227,9 @@ void sparse_conv2d_cpu(std::uintptr_t table_address, std::int64_t rows, std::int
     TileArgs a = args;
     a.slabs = p.direct ? x + first * p.image_floats() : slabs;
     a.out = y + first * p.out_image;
-    a.units = images * p.unit_rows * shape.chunks_per_row;
-    const TileWork work(a, tile_fn, shape, p.co, threads);
+    const TileItems& it = groups.of(images, p.group);
 #pragma omp for schedule(dynamic, 1)
-    for (std::int64_t item = 0; item < work.items(); ++item) work.run(item);
+    for (std::int64_t item = 0; item < it.items(); ++item) run_tile_item(a, tile_fn, shape, it, item);
   }
 }
 
@@ -308,6 +310,8 @@ void sparse_conv2d_backward_cpu(std::uintptr_t table_address, std::int64_t rows,
       : fused       ? weight_balanced_blocks(twt.row_ptr, t.co, threads)
                     : weight_balanced_blocks(wt.row_ptr, p.co, threads);
   const std::int64_t weight_items = static_cast<std::int64_t>(weight_blocks.size()) - 1;
+  const GroupItems input_groups(p, t.unit_rows, wants_input && !fused ? shape : TileShape{1, 1, 0, 1, 0, 0},
+                                wants_input ? t.co : 1, threads);
   py::gil_scoped_release no_gil;
   if (wants_input) {
     const float* given = table.ptr<const float>(kSbValues, 0);
@@ -349,9 +353,8 @@ void sparse_conv2d_backward_cpu(std::uintptr_t table_address, std::int64_t rows,
             fused_fn(a, f, tile * shape.units, weight_blocks[b], weight_blocks[b + 1]);
         continue;
       }
-      const std::optional<TileWork> input =
-          wants_input ? std::optional<TileWork>(std::in_place, a, tile_fn, shape, t.co, threads) : std::nullopt;
-      const std::int64_t input_items = input ? input->items() : 0;
+      const TileItems& it = input_groups.of(images, p.group);
+      const std::int64_t input_items = wants_input ? it.items() : 0;
       GradArgs g = gargs;
       g.slabs = p.direct ? x + first * p.image_floats() : x_slabs;
       g.dy = dy + first * p.out_image;
@@ -359,7 +362,7 @@ void sparse_conv2d_backward_cpu(std::uintptr_t table_address, std::int64_t rows,
 #pragma omp for schedule(dynamic, 1)
       for (std::int64_t item = 0; item < input_items + (wants_weight ? weight_items : 0); ++item) {
         if (item < input_items)
-          input->run(item);
+          run_tile_item(a, tile_fn, shape, it, item);
         else
           k.grad_channels(g, weight_blocks[item - input_items], weight_blocks[item - input_items + 1]);
       }
@@ -382,9 +385,6 @@ void sparse_conv2d_backward_cpu(std::uintptr_t table_address, std::int64_t rows,
     }
   }
 }
-
-// The vector width of the build this CPU runs: pylth/ops/sparse_cpu_plan.py chooses layouts by it.
-int sparse_conv_lanes() { return sparse::best_kernels().lanes; }
 
 #ifdef PYLTH_WITH_CUDA
 using CudaLaunch = void (*)(const std::int64_t* table, std::int64_t n, std::int64_t ci, std::int64_t h,
@@ -422,8 +422,6 @@ void register_sparse_conv(py::module_& m) {
         py::arg("width"), py::arg("num_threads"),
         "Input gradient (the transposed weight's forward over dy) and weight gradient at the kept entries of the "
         "sparse conv, in one pass (float32 CPU tensors; table rows in csrc/sparse_conv.h).");
-  m.def("sparse_conv_lanes", &sparse_conv_lanes,
-        "Floats per vector of the sparse kernels' build this CPU runs (the CPU layouts depend on it).");
 #ifdef PYLTH_WITH_CUDA
   def_cuda(m, "sparse_conv2d_cuda", &sparse_conv2d_cuda_launch,
            "Sparse-weight conv forward on float32 CUDA tensors (table in host memory, rows in csrc/sparse_conv.h).");

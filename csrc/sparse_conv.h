@@ -14,18 +14,15 @@
 // the row. A row shorter than one vector is one partial vector. Output row r of channel co of image n
 // starts at out + n * out_image + co * out_pitch + r * out_row_stride.
 //
-// The input is read from "slabs": per (image, input channel) a block of plane_floats floats holding
-// slab[kind (a, j)][r][c] = x[r * row_step + a - pad_rows][c * col_step + j - pad_cols] (zero outside the
-// image) at ((a * kinds_cols + j) * slab_rows + r) * slab_pitch + c. Every kept weight has one offset
-// such that the input its product needs for output c of unit row r is at slab + offset + r * in_row_stride
-// + c. Three layouts (pylth/ops/sparse_cpu_plan.py chooses by size and the build's vector width):
-//   direct  1x1, stride 1, no padding: the input plane itself (no copy), flat;
-//   padded  stride 1: the plane inside pad zero rows and columns (pitch W + 2 pad), unit rows = output
-//           rows: output (oy, ox) of tap (kh, kw) reads slab[(oy + kh) * pitch + ox + kw]. The borders are
-//           written once per call, each image only copies its rows;
-//   kinds   strides > 1 and planes narrower than a vector: per row phase a < row_step and kernel column
-//           j < kinds_cols one exact copy of Ho + (KH - 1) / stride rows of Wo floats, flat: every read of
-//           the plane's L outputs is contiguous.
+// The input is read from "slabs": per (image, input channel) a block of plane_floats floats holding the
+// plane inside pad zero rows and columns, each padded row split into col_step column phases:
+// slab[j][r][c] = x[r - pad_rows][c * col_step + j - pad_cols] (zero outside the image) at
+// (j * slab_rows + r) * slab_pitch + c, slab_rows = H + 2 pad_rows. Every kept weight has one offset such
+// that the input its product needs for output c of unit row r is at slab + offset + r * in_row_stride + c:
+// for a conv of stride s, unit rows are output rows (in_row_stride = s * slab_pitch) and tap (kh, kw)
+// reads phase kw % s, row s * oy + kh, column ox + kw / s. The borders are written once per call, each
+// image only copies (and splits) its rows. A 1x1 conv of stride 1 without padding reads its input planes
+// in place instead ("direct", flat: the plane is one unit row).
 //
 // Forward (sparse_conv2d_cpu): tiles of output vectors (several units of consecutive vectors, from one
 // or more rows and images) keep their accumulators in registers while every output channel's kept
@@ -58,10 +55,7 @@ enum SparseConvPlanField : int {
   kPlanPlaneFloats,   // floats per slab (direct: the input's plane stride)
   kPlanPadRows,
   kPlanPadCols,
-  kPlanRowStep,
-  kPlanColStep,
-  kPlanKindsRows,
-  kPlanKindsCols,
+  kPlanColStep,       // column phases per slab row (the conv's stride)
   kPlanSlabRows,
   kPlanSlabPitch,
   kPlanGroup,         // images whose slabs the workspace holds at a time (>= 1)

@@ -57,6 +57,12 @@ inline __attribute__((always_inline)) Vec load_masked(const float* p, const std:
     if (mask[i]) v[i] = p[i];
   return v;
 }
+inline void split_pairs(float* even, float* odd, const float* src, std::int64_t n) {
+  for (std::int64_t i = 0; 2 * i < n; ++i) {
+    even[i] = src[2 * i];
+    if (2 * i + 1 < n) odd[i] = src[2 * i + 1];
+  }
+}
 #include "sparse_conv_tile.h"
 #include "sparse_conv_grad_tile.h"
 }  // namespace baseline
@@ -93,6 +99,17 @@ inline __attribute__((always_inline)) Vec load_masked(const float* p, const std:
 }
 inline __attribute__((always_inline)) Vec and_bits(Vec v, const std::int32_t* mask) {
   return Vec(_mm256_and_ps(__m256(v), _mm256_loadu_ps(reinterpret_cast<const float*>(mask))));
+}
+// Eight floats at a time: one permute puts the even ones in the low half and the odd ones in the high.
+inline void split_pairs(float* even, float* odd, const float* src, std::int64_t n) {
+  const __m256i order = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+  std::int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_permutevar8x32_ps(_mm256_loadu_ps(src + i), order);
+    _mm_storeu_ps(even + i / 2, _mm256_castps256_ps128(v));
+    _mm_storeu_ps(odd + i / 2, _mm256_extractf128_ps(v, 1));
+  }
+  for (; i < n; ++i) (i % 2 ? odd : even)[i / 2] = src[i];
 }
 #include "sparse_conv_tile.h"
 #include "sparse_conv_grad_tile.h"

@@ -9,10 +9,10 @@
 namespace pylth {
 namespace sparse {
 
-// How one (image, channel) plane becomes its slab.
+// How one (image, channel) plane becomes its slab: its rows inside zero borders, each row split into
+// col_step column phases of `pitch` floats (sparse_conv.h).
 struct SlabLayout {
-  bool padded;  // one kind, steps 1: only the rows are copied (the zero borders are written once per call)
-  std::int64_t height, width, pad_rows, pad_cols, row_step, col_step, kinds_rows, kinds_cols, rows, pitch;
+  std::int64_t height, width, pad_rows, pad_cols, col_step, rows, pitch;
 };
 
 // Where a group's unit rows are: unit row r of image n reads slab + n * image_floats + r * in_row_stride

@@ -6,6 +6,7 @@
 //   load_vec, store_vec, splat      whole vectors (unaligned)
 //   load_first(p, n), store_first   the first n < kLanes lanes only (lanes >= n read as 0, never touched)
 //   load_masked(p, mask)            the lanes whose int32 word at mask is nonzero (others 0, not read)
+//   split_pairs(even, odd, src, n)  src[2i] to even[i], src[2i + 1] to odd[i], for 2i (+ 1) < n
 //   and_bits(v, mask)               v AND the kLanes int32 words at mask
 //   kTileVectors, kFusedTileVectors, kMaxUnits   the tile shapes this build's registers hold
 // and, from sparse_conv_kernels.h: SlabLayout, TileArgs, FusedArgs, TileFn, FusedFn. Needs <algorithm>,
@@ -33,11 +34,11 @@ inline float sum_floats(const float* src, std::int64_t n) {
   return s;
 }
 
-// One (image, channel) plane `src` into its slab `dst` (sparse_conv.h). The padded layout copies its rows
-// only: its zero borders are written once per call (sparse_conv.cpp). The kinds layout writes every
-// float, zeros included, with the bounds outside the loops.
+// One (image, channel) plane `src` into its slab `dst` (sparse_conv.h): its rows, each split into
+// col_step column phases (slab[j][y + pad_rows][c] = x[y][c * col_step + j - pad_cols]). Only the
+// image's values are written: the zero borders are written once per call (sparse_conv.cpp).
 inline void build_slab(const float* src, float* dst, const SlabLayout& s) {
-  if (s.padded) {
+  if (s.col_step == 1) {
     float* row = dst + s.pad_rows * s.pitch + s.pad_cols;
     if (s.pitch == s.width) {  // no column padding: the rows are one run
       copy_floats(row, src, s.height * s.width);
@@ -46,30 +47,28 @@ inline void build_slab(const float* src, float* dst, const SlabLayout& s) {
     for (std::int64_t y = 0; y < s.height; ++y, row += s.pitch, src += s.width) copy_floats(row, src, s.width);
     return;
   }
-  for (std::int64_t a = 0; a < s.kinds_rows; ++a)
-    for (std::int64_t j = 0; j < s.kinds_cols; ++j) {
-      // Slab columns [c0, c1) lie in the image: c * col_step + j - pad_cols in [0, width).
-      const std::int64_t first = s.pad_cols - j, end = s.width + s.pad_cols - j;
-      const std::int64_t c0 = std::clamp<std::int64_t>((first + s.col_step - 1) / s.col_step, 0, s.pitch);
-      const std::int64_t c1 = std::clamp<std::int64_t>((end + s.col_step - 1) / s.col_step, c0, s.pitch);
-      for (std::int64_t r = 0; r < s.rows; ++r, dst += s.pitch) {
-        const std::int64_t y = r * s.row_step + a - s.pad_rows;
-        if (y < 0 || y >= s.height || c0 == c1) {
-          std::fill(dst, dst + s.pitch, 0.0f);
-          continue;
-        }
-        const float* from = src + y * s.width + c0 * s.col_step + j - s.pad_cols;
-        std::fill(dst, dst + c0, 0.0f);
-        if (s.col_step == 1) {
-          copy_floats(dst + c0, from, c1 - c0);
-        } else if (s.col_step == 2) {  // the presets' downsampling: a constant step vectorises
-          for (std::int64_t c = 0; c < c1 - c0; ++c) dst[c0 + c] = from[2 * c];
-        } else {
-          for (std::int64_t c = 0; c < c1 - c0; ++c) dst[c0 + c] = from[c * s.col_step];
-        }
-        std::fill(dst + c1, dst + s.pitch, 0.0f);
-      }
+  const std::int64_t phase_floats = s.rows * s.pitch;
+  if (s.col_step == 2) {  // the presets' downsampling: even columns go to phase pad % 2, odd ones to the other
+    const std::int64_t even = s.pad_cols % 2 * phase_floats + s.pad_cols / 2;
+    const std::int64_t odd = (s.pad_cols + 1) % 2 * phase_floats + (s.pad_cols + 1) / 2;
+    for (std::int64_t y = 0; y < s.height; ++y, src += s.width) {
+      float* row = dst + (y + s.pad_rows) * s.pitch;
+      split_pairs(row + even, row + odd, src, s.width);
     }
+    return;
+  }
+  // Column phase j holds the columns c = first_j, first_j + col_step, ...: one strided loop each.
+  for (std::int64_t y = 0; y < s.height; ++y, src += s.width) {
+    float* row = dst + (y + s.pad_rows) * s.pitch;
+    for (std::int64_t j = 0; j < s.col_step; ++j) {
+      const std::int64_t first = ((j - s.pad_cols) % s.col_step + s.col_step) % s.col_step;
+      if (first >= s.width) continue;
+      float* to = row + j * phase_floats + (first + s.pad_cols) / s.col_step;
+      const float* from = src + first;
+      const std::int64_t count = (s.width - first + s.col_step - 1) / s.col_step;
+      for (std::int64_t i = 0; i < count; ++i) to[i] = from[i * s.col_step];
+    }
+  }
 }
 
 // Output channels [co_begin, co_end) of the R units from `first_unit` on, VR vectors each. Units past the

@@ -272,8 +272,8 @@ def test_bad_arguments_name_the_argument():
 def _plan_row(**changes):
     """The plan row (csrc/sparse_conv.h) of a 1x1 conv 2 -> 3 over one 8x8 image read in place."""
     fields = dict(n=1, ci=2, h=8, w=8, co=3, unit_rows=1, row_len=64, in_row_stride=0, out_row_stride=0, out_pitch=64,
-                  out_image=192, direct=1, plane_floats=64, pad_rows=0, pad_cols=0, row_step=1, col_step=1,
-                  kinds_rows=1, kinds_cols=1, slab_rows=8, slab_pitch=8, group=1)
+                  out_image=192, direct=1, plane_floats=64, pad_rows=0, pad_cols=0, col_step=1, slab_rows=8,
+                  slab_pitch=8, group=1)
     fields.update(changes)
     return torch.tensor(list(fields.values()), dtype=torch.int64)
 
@@ -315,6 +315,8 @@ def test_native_entry_point_computes_and_raises_instead_of_aborting():
             offsets[1] = 64
     with pytest.raises(ValueError, match="the workspace is too small"):
         call(plan=_plan_row(direct=0, plane_floats=100))
+    with pytest.raises(ValueError, match="slab layout out of range"):
+        call(plan=_plan_row(direct=0, plane_floats=100, slab_rows=9))
     with pytest.raises(ValueError, match="num_threads"):
         call(threads=0)
 

@@ -361,7 +361,7 @@ def test_native_backward_entry_points_compute_and_raise_instead_of_aborting():
     # A 1x1 conv of 2 -> 3 channels on one 8x8 image, read in place as one flat row of 64 outputs.
     x, dy, grad, grad_bias = torch.randn(1, 2, 8, 8), torch.randn(1, 3, 8, 8), torch.empty(3), torch.empty(3)
     row_ptr, offsets = torch.tensor([0, 1, 2, 3]), torch.tensor([0, 64, 0], dtype=torch.int32)
-    plan = torch.tensor([1, 2, 8, 8, 3, 1, 64, 0, 0, 64, 192, 1, 64, 0, 0, 1, 1, 1, 1, 8, 8, 1])
+    plan = torch.tensor([1, 2, 8, 8, 3, 1, 64, 0, 0, 64, 192, 1, 64, 0, 0, 1, 8, 8, 1])  # csrc/sparse_conv.h
     workspace = torch.empty(16 * 4 + 3)
     rows = [(x.data_ptr(), x.numel()), (dy.data_ptr(), dy.numel()), (workspace.data_ptr(), workspace.numel()),
             (grad.data_ptr(), 3), (row_ptr.data_ptr(), 4), (offsets.data_ptr(), 3), (plan.data_ptr(), plan.numel()),

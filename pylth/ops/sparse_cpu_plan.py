@@ -3,14 +3,14 @@ weight's input lies, and the tables that launch the forward and the one-pass bac
 
 A plan depends on the weight's structure (its kept positions) and the input size only, so it is built
 on the first call for each size and kept with the structure (``SparseWeight._plans``); the values are
-read at every call. The vector dimension runs along output rows: ``direct`` (1x1, read in place, the
-plane as one row), ``padded`` (stride 1: the plane inside zero borders, unit rows are output rows) or
-``kinds`` (strides > 1, and planes narrower than the build's vectors: one exact copy per row phase and
-kernel column, the plane as one row).
+read at every call. The vector dimension runs along output rows: a 1x1 conv of stride 1 without
+padding reads its input planes in place (the plane as one row); every other conv reads each plane from
+a slab, the plane inside zero borders with its rows split into stride column phases, so that each kept
+weight's inputs for an output row are contiguous. At the sparsities worth training sparse the slabs'
+cost (one copy of the input) outweighs the lanes a narrow row leaves empty: every width uses rows.
 """
 from __future__ import annotations
 
-import functools
 
 from typing import NamedTuple
 
@@ -18,7 +18,6 @@ import torch
 
 from pylth.ops.checks import INT32_MAX
 from pylth.ops.dispatch import launch, pack_table
-from pylth.ops.native import require_native
 
 # Floats of slack past the slabs and in a mask row (csrc/sparse_conv.h kSlabSlack), and per kept weight
 # in the weight gradient's accumulators (kGradAccFloats): enough for the widest vectors (16 floats).
@@ -28,13 +27,6 @@ GRAD_ACC_FLOATS = 16
 # (at least one image), so that they stay in the L2 cache from being written to being read.
 WORKSPACE_BYTES = 1 << 19
 PLAN_CACHE_SIZE = 8  # input geometries whose plans a weight keeps
-
-
-@functools.lru_cache(maxsize=1)
-def vector_lanes() -> int:
-    """Floats per vector of the native build this CPU runs: a row narrower than most of a vector is
-    better read flat (several rows per vector)."""
-    return int(require_native().sparse_conv_lanes())
 
 
 class CpuPlan(NamedTuple):
@@ -82,27 +74,19 @@ def _conv_plan(weight, h: int, w: int, stride: int, pad: int) -> CpuPlan:
     ho, wo = (h + 2 * pad - kh_size) // stride + 1, (w + 2 * pad - kw_size) // stride + 1
     taps = weight.taps.long()
     c, kh, kw = taps // (kh_size * kw_size), taps // kw_size % kh_size, taps % kw_size
-    lanes = vector_lanes()
     if kh_size == kw_size == 1 and stride == 1 and pad == 0 and h * w >= SLACK:
-        direct, plane_floats = True, h * w
+        direct, plane_floats, pitch = True, h * w, w
         rows = (1, h * w, 0, 0)  # unit rows, row length, input and output row strides
-        layout = (0, 0, 1, 1, 1, 1, h, w)  # pads, steps, kinds, slab rows and pitch
         within = torch.zeros_like(taps)
-    elif stride == 1 and 8 * wo >= 7 * lanes:  # a row fills most of a vector
-        direct, pitch = False, w + 2 * pad
-        plane_floats = (h + 2 * pad) * pitch
-        rows = (ho, wo, pitch, wo)
-        layout = (pad, pad, 1, 1, 1, 1, h + 2 * pad, pitch)
-        within = kh * pitch + kw
-    else:
-        kinds_rows, slab_rows = min(stride, kh_size), ho + (kh_size - 1) // stride
-        direct, plane_floats = False, kinds_rows * kw_size * slab_rows * wo
-        rows = (1, ho * wo, 0, 0)
-        layout = (pad, pad, stride, stride, kinds_rows, kw_size, slab_rows, wo)
-        within = ((kh % stride) * kw_size + kw) * slab_rows * wo + (kh // stride) * wo
+    else:  # column phase kw % stride, row stride * oy + kh, column ox + kw // stride
+        direct, pitch = False, -(-(w + 2 * pad) // stride)
+        plane_floats = stride * (h + 2 * pad) * pitch
+        rows = (ho, wo, stride * pitch, wo)
+        within = ((kw % stride) * (h + 2 * pad) + kh) * pitch + kw // stride
     if ci * plane_floats > INT32_MAX:
         raise ValueError(f"x is too large: one image's {ci} channels of {h}x{w} exceed the kernel's 32-bit input "
                          f"offsets")
+    layout = (pad, pad, stride, h + 2 * pad, pitch)  # pads, column phases, slab rows and pitch
     fields = [0, ci, h, w, co, *rows, ho * wo, co * ho * wo, int(direct), plane_floats, *layout, 0]
     return CpuPlan(fields, (c * plane_floats + within).to(torch.int32), ci * plane_floats, direct, (ho, wo), {})
 
