@@ -68,7 +68,7 @@ def step_case(size: int, sparsity: float, setting: str):
     model = small_unet(size)
     masks, reached = layerwise_masks(model, sparsity)
     apply_masks(model, masks)
-    net, net_masks = training_module(model.train(), masks, setting)
+    net, net_masks = training_module(model.train(), masks, setting, batch_size=BATCH)
     optimizer = MaskedAdam(net.parameters(), lr=2e-4)
     named = dict(net.named_parameters())
     for name, mask in net_masks.items():

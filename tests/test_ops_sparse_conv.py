@@ -350,3 +350,22 @@ def test_cuda_linear_fully_pruned_channels_and_device_mismatch():
         assert torch.equal(got[:, 3], b[3].expand(13))
         with pytest.raises(ValueError, match="x is on cpu but weight is on cuda"):
             sparse_linear(x.cpu(), compress_weight(weight, mask), b)
+
+
+@pytest.mark.parametrize("stride", [1, 2, 3])
+def test_rows_of_every_width(stride):
+    # Rows shorter than a vector (partial), whole vectors, and tails that overlap the vector before them,
+    # for each column phase count.
+    for width in range(1, 21):
+        x, weight, mask, b = conv_case(2, 3, 4, 5, width, 3, 0.5, seed=width)
+        check_conv(x, weight, mask, b, stride, 1)
+
+
+@pytest.mark.parametrize("n,ci,co,h,w,k,stride,padding", CONV_CASES[::2])
+def test_groups_of_one_image_compute_the_same(n, ci, co, h, w, k, stride, padding, monkeypatch):
+    # The kernel takes images a group at a time into its workspace: a budget of one image per group.
+    x, weight, mask, b = conv_case(max(n, 3), ci, co, h, w, k, density=0.3)
+    want = check_conv(x, weight, mask, b, stride, padding)
+    monkeypatch.setattr("pylth.ops.sparse_cpu_plan.WORKSPACE_BYTES", 1)
+    with torch.no_grad():
+        torch.testing.assert_close(sparse_conv2d(x, compress_weight(weight, mask), b, stride, padding), want, **TOL)

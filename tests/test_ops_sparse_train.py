@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from pylth.ops.native import native as _C
 from pylth.ops.sparse_conv import compress_weight, sparse_conv2d
-from pylth.ops.sparse_grad import (sparse_conv2d_grad_input, sparse_conv2d_grad_input_reference,
+from pylth.ops.sparse_grad import (sparse_conv2d_backward, sparse_conv2d_grad_input, sparse_conv2d_grad_input_reference,
                                    sparse_conv2d_grad_weight, sparse_conv2d_grad_weight_reference,
                                    sparse_linear_grad_input, sparse_linear_grad_weight,
                                    sparse_linear_grad_weight_reference)
@@ -138,21 +138,57 @@ def test_changing_the_values_between_forward_and_backward_is_an_autograd_error()
         y.sum().backward()
 
 
-def test_threads_do_not_change_a_bit_of_the_gradients():
+@pytest.mark.parametrize("stride", [1, 2])
+def test_threads_do_not_change_a_bit_of_the_gradients(stride):
+    # stride 1 takes the one-pass backward that pairs dL/dx's tiles with x (its threads own input
+    # channels), stride 2 the one that builds x's slabs (its threads own output channels)
     x, weight, mask, _ = conv_case(4, 32, 48, 16, 16, 3, 0.3)
     sparse = compress_weight(weight, mask)
-    grad_out = torch.randn(4, 48, 8, 8)
+    grad_out = torch.randn(4, 48, 16 // stride, 16 // stride)
     threads = torch.get_num_threads()
     results = []
     try:
         for t in (1, 2, 3):
             torch.set_num_threads(t)
-            results.append((sparse_conv2d_grad_weight(x, grad_out, sparse, 2, 1),
-                            sparse_conv2d_grad_input(grad_out, sparse, x.shape, 2, 1)))
+            results.append((sparse_conv2d_grad_weight(x, grad_out, sparse, stride, 1),
+                            sparse_conv2d_grad_input(grad_out, sparse, x.shape, stride, 1),
+                            *sparse_conv2d_backward(x, grad_out, sparse, stride, 1, bias_grad=True)))
     finally:
         torch.set_num_threads(threads)
     for got in results[1:]:
-        assert torch.equal(got[0], results[0][0]) and torch.equal(got[1], results[0][1])
+        assert all(torch.equal(a, b) for a, b in zip(got, results[0]))
+
+
+@pytest.mark.parametrize("n,ci,co,h,w,k,stride,padding", GRAD_CASES[::2])
+def test_the_one_pass_backward_in_groups_of_one_image(n, ci, co, h, w, k, stride, padding, monkeypatch):
+    # A budget of one image per group: every group's slabs, accumulators and (stride 1) x offsets move on.
+    monkeypatch.setattr("pylth.ops.sparse_cpu_plan.WORKSPACE_BYTES", 1)
+    x, weight, mask, bias = conv_case(max(n, 3), ci, co, h, w, k, density=0.3)
+    check_conv_grads(x, weight, mask, bias, stride, padding)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_the_one_pass_backward_computes_exactly_what_is_asked(stride):
+    x, weight, mask, bias = conv_case(3, 6, 5, 11, 9, 3, 0.4)
+    sparse = compress_weight(weight, mask)
+    grad_out = torch.randn(F.conv2d(x, weight, None, stride, 1).shape)
+    _, want_x, want_w, want_b = dense_conv_grads(x, weight, mask, bias, stride, 1, grad_out)
+    for asked in [(True, False, False), (False, True, False), (False, False, True), (True, True, True),
+                  (False, False, False)]:
+        got = sparse_conv2d_backward(x, grad_out, sparse, stride, 1, *asked)
+        for wanted, g, w in zip(asked, got, (want_x, want_w, want_b)):
+            if wanted:
+                assert_fp32_close(g, w)
+            else:
+                assert g is None
+
+
+def test_input_channels_without_kept_weights_get_exactly_zero():
+    x, weight, mask, bias = conv_case(2, 6, 5, 12, 12, 3, 0.5)
+    mask[:, 1] = False  # no kept weight reads input channel 1 (the one-pass backward then skips x there)
+    mask[:, 4, 1] = False
+    _, grad_x, _, _ = check_conv_grads(x, weight, mask, bias, 1, 1)
+    assert torch.equal(grad_x[:, 1], torch.zeros_like(grad_x[:, 1]))
 
 
 def test_one_weight_serves_several_input_sizes_in_the_backward():
