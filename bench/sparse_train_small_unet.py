@@ -15,8 +15,10 @@ pairs, and the median of the per-pair ratios), and the share of the dense step t
 **Kernels** (``--part kernels``): the issue's table: 3x3 convs of 64 -> 64 at 14x14 and 7x7 and of
 32 -> 32 at 14x14, batch 64, uniform random masks at 95 % and 99 %: torch's dense conv forward and the
 two parts of its backward (aten.convolution_backward asked for the input or the weight gradient only),
-pylth's sparse forward, input gradient, weight gradient and both in one pass, and one copy of the input
-(``copy_`` into an existing tensor, and ``clone``).
+pylth's sparse forward, input gradient, weight gradient and both in one pass, the same with no kept
+weight (what does not scale with the kept weights: the copy of the input into slabs, the output's
+stores, the tiles' loops, the call), and one copy of the input (``copy_`` into an existing tensor, and
+``clone``).
 
     OMP_NUM_THREADS=1 python bench/sparse_train_small_unet.py [--part step kernels] [--pairs 8]
 """
@@ -147,6 +149,7 @@ def kernel_functions(ci: int, co: int, size: int, density: float) -> dict:
     masked = weight * mask
     grad_out = torch.randn(BATCH, co, size, size, generator=gen)
     sparse = compress_weight(weight, mask)
+    empty = compress_weight(weight, torch.zeros_like(mask))
     copy = torch.empty_like(x)
 
     def torch_backward(which):
@@ -161,6 +164,8 @@ def kernel_functions(ci: int, co: int, size: int, density: float) -> dict:
         "grad-input": lambda: sparse_conv2d_grad_input(grad_out, sparse, x.shape, 1, 1),
         "grad-weight": lambda: sparse_conv2d_grad_weight(x, grad_out, sparse, 1, 1),
         "both": lambda: sparse_conv2d_backward(x, grad_out, sparse, 1, 1),
+        "fwd, none kept": lambda: sparse_conv2d(x, empty, None, 1, 1),
+        "both, none kept": lambda: sparse_conv2d_backward(x, grad_out, empty, 1, 1),
         "copy_": lambda: copy.copy_(x),
         "clone": lambda: x.clone(),
     }
@@ -177,7 +182,8 @@ def run_kernels(rounds: int) -> None:
             best = {name: min(t) for name, t in alternate(fns, rounds).items()}
             copy = best["copy_"]
             sparse_cells = " ".join(f"{n} {1e3 * best[n]:.3f} ({best[n] / copy:.1f}x)"
-                                    for n in ("sparse fwd", "grad-input", "grad-weight", "both"))
+                                    for n in ("sparse fwd", "grad-input", "grad-weight", "both", "fwd, none kept",
+                                              "both, none kept"))
             pairs = (("fwd", "sparse fwd"), ("grad-input", "grad-input"), ("grad-weight", "grad-weight"))
             dense_cells = ", ".join(f"{d} {best['dense ' + d] / best[s]:.1f}x" for d, s in pairs)
             print(f"{ci}->{co} {size}x{size} at {100 * sparsity:.0f} %: dense fwd {1e3 * best['dense fwd']:.3f}, "

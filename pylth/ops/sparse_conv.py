@@ -4,7 +4,8 @@
 ``row_ptr``, ``taps`` = flat index into the channel's [Ci, KH, KW] block, ``values``).
 ``sparse_conv2d(x, w, bias, stride, padding)`` and ``sparse_linear(x, w, bias)`` then compute what
 ``F.conv2d`` / ``F.linear`` compute with the masked dense weight, at the cost of the kept entries:
-csrc/sparse_conv.cpp on the CPU (AVX2/FMA when the CPU has it, OpenMP), csrc/sparse_conv.cu on CUDA.
+csrc/sparse_conv.cpp and sparse_linear.cpp on the CPU (the kernels of csrc/sparse_conv_builds.cpp: AVX2/FMA
+when the CPU has it; OpenMP), csrc/sparse_conv.cu on CUDA.
 They are forward-only (no autograd; pylth.ops.sparse_train differentiates them, with the gradients of
 pylth.ops.sparse_grad). Activations stay dense NCHW; a non-contiguous ``x`` is made contiguous first.
 On the CPU the kernel reads the input in a layout chosen per input size (pylth.ops.sparse_cpu_plan,

@@ -1,5 +1,5 @@
 """Conv2d and Linear layers that hold only their kept weights and run the sparse kernels, and GroupNorm
-fused with the SiLU after it (inference).
+fused with the SiLU after it (one native pass, forward and backward).
 
 A module keeps its compressed weight (``values``, ``taps``, ``row_ptr``: see pylth.ops.sparse_conv) in
 its state, so ``.to(device)`` and ``state_dict()`` carry them, and the dense shape. By default the
@@ -147,7 +147,8 @@ def unsupported_conv(conv: nn.Conv2d) -> str:
 class GroupNormSiLU(nn.GroupNorm):
     """``nn.GroupNorm`` followed by SiLU, run as one native pass on the CPU (pylth.ops.group_norm_silu):
     with the convs sparse, these elementwise passes are a large share of the forward. A GroupNorm
-    subclass, so its parameters and state-dict keys stay the GroupNorm's; inference only."""
+    subclass, so its parameters and state-dict keys stay the GroupNorm's; differentiable (its backward
+    is one native pass too)."""
 
     @classmethod
     def from_group_norm(cls, norm: nn.GroupNorm) -> GroupNormSiLU:
