@@ -195,3 +195,22 @@ def test_sparsify_fuses_the_unet_pairs_and_keeps_its_outputs_and_keys():
     with torch.no_grad():
         torch.testing.assert_close(plain(x, t), unfused(x, t), rtol=1e-5, atol=1e-5)
 
+
+
+def test_small_planes_train_on_torchs_pair_and_large_ones_on_the_fused_pass(monkeypatch):
+    from pylth.sparse import modules
+    calls = []
+    monkeypatch.setattr(modules, "group_norm_silu", lambda *a, **k: calls.append(a[0].shape) or group_norm_silu(*a, **k))
+    norm = GroupNormSiLU(2, 4)
+    side = int(modules.FUSED_TRAINING_MIN_PLANE ** 0.5)
+    for size, fused in ((side - 1, False), (side, True)):
+        calls.clear()
+        x = torch.randn(2, 4, size, size, requires_grad=True)
+        y = norm(x)
+        torch.testing.assert_close(y, F.silu(F.group_norm(x, 2, norm.weight, norm.bias)), rtol=1e-5, atol=1e-5)
+        y.sum().backward()
+        assert bool(calls) is fused
+        with torch.no_grad():  # sampling always takes the fused pass
+            calls.clear()
+            norm(x)
+            assert calls
