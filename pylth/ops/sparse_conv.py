@@ -172,7 +172,8 @@ def sparse_linear_reference(x, weight: SparseWeight, bias=None) -> torch.Tensor:
 
 def _launch_cuda(x, weight: SparseWeight, bias, out, stride: int, pad: int, kernel: str = "sparse_conv2d",
                  values=None) -> None:
-    """As _launch_cpu, for CUDA tensors (the kernels read the taps and pad implicitly)."""
+    """``kernel`` (the forward, or the weight gradient with dy as ``out`` and the gradient as ``values``;
+    ``values`` defaults to the weight's) on CUDA tensors: the kernels read the taps and pad implicitly."""
     n, ci, h, w = x.shape
     co = weight.shape[0]
     kh, kw = weight.kernel_size
