@@ -122,7 +122,8 @@ def test_an_auto_checkpoint_resumes_in_its_own_sparse_layers_when_auto_would_cho
     path = str(tmp_path / "ckpt.pt")
     train(fresh(), GaussianDiffusion(), digits, config, masks=masks, end_iteration=2, checkpoint_path=path)
     assert torch_load(path)["sparse_layers"], "auto made no layer sparse: the test needs some"
-    monkeypatch.setattr("pylth.sparse.convert.CONV_MAX_DENSITY", 0.0)  # auto would now keep every conv dense
+    for table in ("TRAINING_CONV_MAX_DENSITY", "TRAINING_POINTWISE_CONV_MAX_DENSITY"):  # auto: every conv dense now
+        monkeypatch.setattr(f"pylth.sparse.convert.{table}", ((None, 0.0),))
     resumed = train(fresh(), GaussianDiffusion(), digits, config, masks=masks, checkpoint_path=path)
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
