@@ -136,7 +136,7 @@ def step_case(preset: str, sparsity: float, impl: str):
     model = build_model(preset)
     masks = compute_masks(model, "uniform", sparsity)
     apply_masks(model, masks)
-    net, net_masks = training_module(model.train(), masks, STEP_IMPLS[impl])
+    net, net_masks = training_module(model.train(), masks, STEP_IMPLS[impl], batch_size=STEP_MODELS[preset])
     _step_layers[preset, sparsity, impl] = f"{len(sparse_layers(net))} of {len(masks)}"
     optimizer = MaskedAdam(net.parameters(), lr=2e-4)
     named = dict(net.named_parameters())

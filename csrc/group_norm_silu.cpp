@@ -40,12 +40,14 @@ Moments moments_baseline(const float* x, std::int64_t count) {
   return m;
 }
 
-// y[i] = silu((x[i] - pivot) * a + b). Subtracting a value of the group first (exact for values near
-// it) keeps the digits that x * a + b' loses when the mean is far from 0 next to the spread.
-void normalize_silu_baseline(const float* x, float* y, std::int64_t count, float pivot, float a, float b) {
+// y[i] = silu((x[i] - pivot) * a + b), and s[i] = sigmoid(that) when s is not null. Subtracting a value
+// of the group first (exact for values near it) keeps the digits that x * a + b' loses when the mean is
+// far from 0 next to the spread.
+void normalize_silu_baseline(const float* x, float* y, float* s, std::int64_t count, float pivot, float a, float b) {
   for (std::int64_t i = 0; i < count; ++i) {
-    const float v = (x[i] - pivot) * a + b;
-    y[i] = v / (1.0f + std::exp(-v));
+    const float v = (x[i] - pivot) * a + b, sig = 1.0f / (1.0f + std::exp(-v));
+    y[i] = v * sig;
+    if (s) s[i] = sig;
   }
 }
 
@@ -91,43 +93,23 @@ Moments moments_avx2(const float* x, std::int64_t count) {
   return m;
 }
 
-// exp(t) for t clamped to [-87, 88]: t = n ln2 + r, |r| <= ln2 / 2 (ln2 split in two so n * ln2_hi is
-// exact), exp(r) by its Taylor polynomial to degree 7 (relative error below 1e-8, under fp32's half
-// ulp), 2^n from the exponent bits. Below -87 the result would leave the normal range; silu there is
-// v / (1 + e^87), 0 in fp32 to within 1e-36.
-inline __m256 exp_avx2(__m256 t) {
-  t = _mm256_min_ps(_mm256_max_ps(t, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(t, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), t);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428606765330187e-06f), r);
-  __m256 p = _mm256_set1_ps(1.0f / 5040.0f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720.0f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-  const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
-}
+#include "silu_avx2.h"
 
-void normalize_silu_avx2(const float* x, float* y, std::int64_t count, float pivot, float a, float b) {
-  const __m256 vp = _mm256_set1_ps(pivot), va = _mm256_set1_ps(a), vb = _mm256_set1_ps(b), one = _mm256_set1_ps(1.0f);
-  const __m256 sign = _mm256_set1_ps(-0.0f), two = _mm256_set1_ps(2.0f);
+void normalize_silu_avx2(const float* x, float* y, float* s, std::int64_t count, float pivot, float a, float b) {
+  const __m256 vp = _mm256_set1_ps(pivot), va = _mm256_set1_ps(a), vb = _mm256_set1_ps(b);
   std::int64_t i = 0;
   for (; i + 8 <= count; i += 8) {
-    const __m256 v = _mm256_fmadd_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), vp), va, vb);
-    const __m256 e = exp_avx2(_mm256_xor_ps(v, sign));
-    // v / d as v * (1 / d): the reciprocal estimate and one Newton step (about 23 bits) cost less
-    // than a division; d = 1 + e lies in [1, 2e38], where rcp stays normal or flushes to 0 (y = 0).
-    const __m256 d = _mm256_add_ps(one, e);
-    __m256 r = _mm256_rcp_ps(d);
-    r = _mm256_mul_ps(r, _mm256_fnmadd_ps(d, r, two));
-    _mm256_storeu_ps(y + i, _mm256_mul_ps(v, r));
+    const __m256 v = _mm256_fmadd_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), vp), va, vb), sig = sigmoid_avx2(v);
+    _mm256_storeu_ps(y + i, _mm256_mul_ps(v, sig));
+    if (s) _mm256_storeu_ps(s + i, sig);
   }
-  normalize_silu_baseline(x + i, y + i, count - i, pivot, a, b);
+  if (i < count) {  // the tail as one masked vector, not a scalar exp per value
+    const __m256i lanes = first_lanes_avx2(count - i);
+    const __m256 v = _mm256_fmadd_ps(_mm256_sub_ps(_mm256_maskload_ps(x + i, lanes), vp), va, vb);
+    const __m256 sig = sigmoid_avx2(v);
+    _mm256_maskstore_ps(y + i, lanes, _mm256_mul_ps(v, sig));
+    if (s) _mm256_maskstore_ps(s + i, lanes, sig);
+  }
 }
 
 #pragma GCC pop_options
@@ -135,7 +117,7 @@ void normalize_silu_avx2(const float* x, float* y, std::int64_t count, float piv
 
 struct Kernels {
   Moments (*moments)(const float*, std::int64_t);
-  void (*normalize_silu)(const float*, float*, std::int64_t, float, float, float);
+  void (*normalize_silu)(const float*, float*, float*, std::int64_t, float, float, float);
 };
 
 Kernels pick_kernels() {
@@ -149,6 +131,7 @@ void group_norm_silu_cpu(std::uintptr_t table_address, std::int64_t rows, std::i
                          std::int64_t c, std::int64_t hw, std::int64_t groups, double eps, int num_threads) {
   const ArgTable table(table_address, rows, width, kGroupNormSiluTableWidth, "group_norm_silu_cpu");
   require(rows == kGnRows, "group_norm_silu_cpu: the table must have " + std::to_string(kGnRows) + " rows");
+  const bool saves = table.at(kGnMean, 0) != 0;
   require(n >= 0 && c > 0 && hw >= 0 && groups > 0 && c % groups == 0,
           "group_norm_silu_cpu: channels must be a positive multiple of groups");
   require(eps >= 0.0, "group_norm_silu_cpu: eps must be >= 0");
@@ -161,6 +144,14 @@ void group_norm_silu_cpu(std::uintptr_t table_address, std::int64_t rows, std::i
   const float* gamma = table.ptr<const float>(kGnWeight, 0);
   const float* beta = table.ptr<const float>(kGnBias, 0);
   float* y = table.ptr<float>(kGnOutput, 0);
+  for (int row : {kGnMean, kGnRstd})
+    require(!saves || (table.at(row, 0) != 0 && table.at(row, 1) == n * groups),
+            "group_norm_silu_cpu: mean and rstd must hold N * groups floats");
+  require(!saves || (table.at(kGnSigmoid, 0) != 0 && table.at(kGnSigmoid, 1) == numel),
+          "group_norm_silu_cpu: the sigmoid must hold N * C * HW floats");
+  float* saved_mean = saves ? table.ptr<float>(kGnMean, 0) : nullptr;
+  float* saved_rstd = saves ? table.ptr<float>(kGnRstd, 0) : nullptr;
+  float* saved_sigmoid = saves ? table.ptr<float>(kGnSigmoid, 0) : nullptr;
   if (numel == 0) return;
   const Kernels k = pick_kernels();
   const std::int64_t per_group = c / groups, group_len = per_group * hw, blocks = n * groups;
@@ -175,12 +166,17 @@ void group_norm_silu_cpu(std::uintptr_t table_address, std::int64_t rows, std::i
       const double var = std::max(m.squares / static_cast<double>(group_len) - shifted_mean * shifted_mean, 0.0);
 
       const double rstd = 1.0 / std::sqrt(var + eps);
+      if (saved_mean) {
+        saved_mean[block] = static_cast<float>(shifted_mean);  // the mean less the pivot, x[start]
+        saved_rstd[block] = static_cast<float>(rstd);
+      }
       for (std::int64_t j = 0; j < per_group; ++j) {
         const std::int64_t ch = first_channel + j;
         const double a = (gamma ? gamma[ch] : 1.0) * rstd;
         // (x - mean) * a + beta = (x - pivot) * a + b, with b = beta - (mean - pivot) * a
         const double b = (beta ? beta[ch] : 0.0) - shifted_mean * a;
-        k.normalize_silu(x + start + j * hw, y + start + j * hw, hw, static_cast<float>(m.pivot),
+        const std::int64_t at = start + j * hw;
+        k.normalize_silu(x + at, y + at, saved_sigmoid ? saved_sigmoid + at : nullptr, hw, static_cast<float>(m.pivot),
                          static_cast<float>(a), static_cast<float>(b));
       }
     });

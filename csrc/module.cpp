@@ -20,7 +20,9 @@ void register_adam(py::module_& m);
 void register_select(py::module_& m);
 void register_cka(py::module_& m);
 void register_sparse_conv(py::module_& m);
+void register_sparse_linear(py::module_& m);
 void register_group_norm_silu(py::module_& m);
+void register_group_norm_silu_backward(py::module_& m);
 void register_dropout(py::module_& m);
 }  // namespace pylth
 
@@ -54,6 +56,8 @@ PYBIND11_MODULE(_pylth, m) {
   pylth::register_select(m);
   pylth::register_cka(m);
   pylth::register_sparse_conv(m);
+  pylth::register_sparse_linear(m);
   pylth::register_group_norm_silu(m);
+  pylth::register_group_norm_silu_backward(m);
   pylth::register_dropout(m);
 }

@@ -1,185 +1,143 @@
-// Sparse-weight Conv2d forward and weight gradient on the CPU (layouts and table: sparse_conv.h). The
-// output is cut into units of up to 8 AVX vectors of consecutive outputs, and a tile of units is
-// computed for every output channel in turn: its accumulators stay in registers while the channel's
-// kept weights stream past (one broadcast and one multiply-add per vector each), and the tile's input
-// stays in cache from one channel to the next. OpenMP threads share the tiles (and blocks of output
-// channels when the tiles are few). The weight gradient pairs the same outputs and inputs
-// (sparse_conv_grad_tile.h); its threads own blocks of output channels, so that every kept weight's
-// sum is taken in one order whatever the thread count. The input gradient is the forward on the
-// transposed weight (pylth/ops/sparse_grad.py builds it).
-#include "cpu_dispatch.h"
+// Sparse-weight Conv2d forward and backward on the CPU: the entry points (plans and tables:
+// sparse_conv.h). They check every table row against the plan, then walk the batch a group of images at
+// a time: the OpenMP team builds the group's slabs, then shares its tiles (forward, input gradient) and
+// its blocks of output channels (weight gradient). The weight gradient's threads own whole output
+// channels, so every kept weight's sum is taken in one order whatever the thread count.
 #include "sparse_conv.h"
 
 #include <omp.h>
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
-#include <array>
 #include <cstring>
 #include <string>
-#include <utility>
 #include <vector>
 
 #include "common.h"
+#include "sparse_conv_kernels.h"
 
 namespace py = pybind11;
-
-// The Vec helpers of sparse_conv_tile.h are inlined within each build; no Vec crosses a call between them.
-#pragma GCC diagnostic ignored "-Wpsabi"
 
 namespace pylth {
 namespace {
 
-constexpr int kLanes = 8;             // floats per vector
-constexpr int kMaxVectors = 8;        // vectors per unit
-constexpr int kMaxAccumulators = 12;  // of the 16 ymm registers: the rest hold the broadcast weight
-constexpr int kMaxUnits = 8;          // units per tile: each needs a general-purpose register for its address
+using sparse::GradArgs;
+using sparse::Kernels;
+using sparse::SlabLayout;
+using sparse::RowGeometry;
+using sparse::TileArgs;
+using sparse::TileShape;
+using sparse::tile_shape;
+
 // Below this many vector multiply-adds a call stays on one thread: waking the team costs more.
 constexpr std::int64_t kParallelMinWork = 1 << 16;
 
-// The weight gradient's tiles: about this many vectors of outputs (units split long rows into chunks of
-// at most this many), so that the cross-lane sums at the end of a tile cost little beside its products.
-constexpr int kGradTileVectors = 32;
-constexpr int kGradTileUnits = 32;
-
-// Units of `vectors` vectors in one tile (vectors <= kMaxVectors <= kMaxAccumulators).
-constexpr int units_per_tile(int vectors) { return std::min(kMaxUnits, kMaxAccumulators / vectors); }
-
-// One call's constants. A unit is `vectors` vectors of consecutive outputs of one unit row, in chunk
-// `chunk` of that row; units are numbered image-major, then unit row, then chunk.
-struct Plan {
-  const float* slabs;
-  std::int64_t image_floats;  // slab floats per image
-  float* out;
-  std::int64_t image_outputs;   // outputs per image
-  std::int64_t channel_stride;  // between the outputs of consecutive channels
-  std::int64_t channels_out;
-  const std::int64_t* row_ptr;
-  const std::int32_t* offsets;
-  const float* values;
-  const float* bias;
-  std::int64_t unit_rows, unit_len, unit_row_stride;
-  int vectors;                // per unit
-  std::int64_t chunks;        // units per unit row
-  std::int64_t units;         // in the batch
-  int tile_units;             // units per tile
-  std::int64_t tiles, channel_blocks, channels_per_block;
+// A conv's plan row (sparse_conv.h), checked.
+struct ConvPlan {
+  std::int64_t n, ci, h, w, co, unit_rows, row_len, in_row_stride, out_row_stride, out_pitch, out_image,
+      plane_floats, group;
+  bool direct;
+  SlabLayout slab;
+  std::int64_t image_floats() const { return ci * plane_floats; }
+  // Floats of the workspace that one group's slabs take (none when the input is read in place).
+  std::int64_t slab_region() const { return direct ? 0 : group * image_floats() + kSlabSlack; }
+  // Floats from the first output to past the last.
+  std::int64_t output_floats() const {
+    return n == 0 ? 0 : (n - 1) * out_image + (co - 1) * out_pitch + (unit_rows - 1) * out_row_stride + row_len;
+  }
+  RowGeometry rows() const {
+    return {image_floats(), in_row_stride, out_image, out_row_stride, out_pitch, unit_rows, row_len};
+  }
 };
 
-// One weight-gradient call's constants, for one group of images. A unit is up to chunk_vectors vectors
-// of one unit row (chunk `chunk` of it), numbered as the forward's; a tile is tile_units of them.
-struct GradPlan {
-  const float* slabs;
-  std::int64_t image_floats;
-  const float* grad_out;  // dy, laid out as the forward's output
-  std::int64_t image_outputs, channel_stride;
-  const std::int64_t* row_ptr;
-  const std::int32_t* offsets;
-  float* grad;  // dL/d values, accumulated into
-  std::int64_t unit_rows, unit_len, unit_row_stride;
-  std::int64_t chunk_vectors, chunks, units, tile_units, tiles;
-};
-
-// Where the slabs of one (image, input channel) plane come from (sparse_conv.h).
-struct SlabLayout {
-  std::int64_t height, width, pad, row_step, col_step, kinds_rows, kinds_cols, slab_rows, slab_pitch;
-};
-
-// Computes output channels [co_begin, co_end) of one tile.
-using TileFn = void (*)(const Plan& p, std::int64_t tile, std::int64_t co_begin, std::int64_t co_end);
-// Adds the weight gradient of output channels [co_begin, co_end) over units [u_begin, u_end).
-using GradTileFn = void (*)(const GradPlan& p, std::int64_t u_begin, std::int64_t u_end, std::int64_t co_begin,
-                            std::int64_t co_end);
-
-namespace baseline {
-constexpr int kGradGroup = 4;  // 8 floats take two of the 16 xmm registers
-#include "sparse_conv_tile.h"
-#include "sparse_conv_grad_tile.h"
-}  // namespace baseline
-
-// The AVX2 + FMA build (the multiply-adds contract to FMA in this file only: see CMakeLists.txt). GCC
-// only: other compilers keep the baseline build.
-#if defined(PYLTH_X86_DISPATCH) && !defined(__clang__)
-#define PYLTH_SPARSE_CONV_AVX2 1
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-namespace avx2 {
-constexpr int kGradGroup = 8;
-#include "sparse_conv_tile.h"
-#include "sparse_conv_grad_tile.h"
-}  // namespace avx2
-#pragma GCC pop_options
-#endif
-
-// The functions of one build.
-struct Kernels {
-  TileFn (*tile_function)(int vectors, int units);
-  void (*build_slabs)(const float* src, float* dst, const SlabLayout& s);
-  GradTileFn grad_tile;
-};
-
-// The best build this CPU runs.
-Kernels pick_kernels() {
-#ifdef PYLTH_SPARSE_CONV_AVX2
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-    return {avx2::tile_function, avx2::build_slabs, avx2::grad_tile};
-#endif
-  return {baseline::tile_function, baseline::build_slabs, baseline::grad_tile};
-}
-
-// Largest divisor of `count` vectors that fits a unit: a row splits into equal units and never reads
-// past its last vector.
-int unit_vectors(std::int64_t count) {
-  for (int v = kMaxVectors; v > 1; --v)
-    if (count % v == 0) return v;
-  return 1;
-}
-
-// The plan of a group of `images` images whose slabs start at `slabs` and outputs at `out`.
-Plan group_plan(const Plan& call, std::int64_t images, const float* slabs, float* out, int threads) {
-  Plan p = call;
-  p.slabs = slabs;
-  p.out = out;
-  p.units = images * p.unit_rows * p.chunks;
-  // Fewest tiles of at most units_per_tile units, then as few units per tile as that allows.
-  const std::int64_t max_units = units_per_tile(p.vectors);
-  p.tiles = (p.units + max_units - 1) / max_units;
-  p.tile_units = static_cast<int>((p.units + p.tiles - 1) / p.tiles);
-  // Several items per thread keep the threads busy to the end: blocks of channels when tiles are few.
-  const std::int64_t wanted_items = 8 * static_cast<std::int64_t>(threads);
-  p.channel_blocks = threads == 1 ? 1 : std::min(p.channels_out, (wanted_items + p.tiles - 1) / p.tiles);
-  p.channels_per_block = (p.channels_out + p.channel_blocks - 1) / p.channel_blocks;
-  p.channel_blocks = (p.channels_out + p.channels_per_block - 1) / p.channels_per_block;
+ConvPlan read_plan(const ArgTable& table, int row, const std::string& name) {
+  require(table.at(row, 0) != 0 && table.at(row, 1) == kPlanFields,
+          name + ": the plan must hold " + std::to_string(kPlanFields) + " int64 fields");
+  const auto* f = table.ptr<const std::int64_t>(row, 0);
+  ConvPlan p{};
+  p.n = f[kPlanImages], p.ci = f[kPlanInChannels], p.h = f[kPlanHeight], p.w = f[kPlanWidth];
+  p.co = f[kPlanOutChannels], p.unit_rows = f[kPlanUnitRows], p.row_len = f[kPlanRowLength];
+  p.in_row_stride = f[kPlanInRowStride], p.out_row_stride = f[kPlanOutRowStride], p.out_pitch = f[kPlanOutPitch];
+  p.out_image = f[kPlanOutImage], p.plane_floats = f[kPlanPlaneFloats], p.group = f[kPlanGroup];
+  p.direct = f[kPlanDirect] != 0;
+  SlabLayout& s = p.slab;
+  s.height = p.h, s.width = p.w, s.pad_rows = f[kPlanPadRows], s.pad_cols = f[kPlanPadCols];
+  s.col_step = f[kPlanColStep], s.rows = f[kPlanSlabRows], s.pitch = f[kPlanSlabPitch];
+  const std::int64_t plane = (p.unit_rows - 1) * p.out_row_stride + p.row_len;
+  require(p.n >= 0 && p.ci >= 1 && p.h >= 1 && p.w >= 1 && p.co >= 1 && p.unit_rows >= 1 && p.row_len >= 1 &&
+              p.in_row_stride >= 0 && p.out_row_stride >= (p.unit_rows > 1 ? p.row_len : 0) &&
+              p.out_pitch >= plane && p.out_image >= p.co * p.out_pitch && p.group >= 1 && p.plane_floats >= 1,
+          name + ": plan sizes out of range");
+  if (p.direct) {
+    // Read in place, flat: whole vectors never pass the plane's end, so it must hold the widest one.
+    require(p.unit_rows == 1 && p.row_len >= kSlabSlack && p.plane_floats == p.h * p.w && p.row_len <= p.plane_floats,
+            name + ": a plane read in place must be one flat input plane of at least 16 outputs");
+  } else {
+    // The image's rows, split into the column phases, must lie inside the slab's rows and pitch.
+    require(s.pad_rows >= 0 && s.pad_cols >= 0 && s.col_step >= 1 && s.rows == s.height + 2 * s.pad_rows &&
+                s.pitch * s.col_step >= s.width + s.pad_cols && s.col_step * s.rows * s.pitch <= p.plane_floats,
+            name + ": slab layout out of range");
+  }
   return p;
 }
 
-// The weight gradient's plan of a group of `images` images whose slabs start at `slabs` and dy at
-// `grad_out`, from the forward's plan of the call.
-GradPlan grad_group_plan(const Plan& call, float* grad, std::int64_t images, const float* slabs,
-                         const float* grad_out) {
-  GradPlan p{};
-  p.slabs = slabs;
-  p.image_floats = call.image_floats;
-  p.grad_out = grad_out;
-  p.image_outputs = call.image_outputs;
-  p.channel_stride = call.channel_stride;
-  p.row_ptr = call.row_ptr;
-  p.offsets = call.offsets;
-  p.grad = grad;
-  p.unit_rows = call.unit_rows;
-  p.unit_len = call.unit_len;
-  p.unit_row_stride = call.unit_row_stride;
-  const std::int64_t row_vectors = (p.unit_len + kLanes - 1) / kLanes;
-  p.chunks = (row_vectors + kGradTileVectors - 1) / kGradTileVectors;
-  p.chunk_vectors = (row_vectors + p.chunks - 1) / p.chunks;
-  p.units = images * p.unit_rows * p.chunks;
-  p.tile_units = std::clamp<std::int64_t>(kGradTileVectors / p.chunk_vectors, 1, kGradTileUnits);
-  p.tiles = (p.units + p.tile_units - 1) / p.tile_units;
-  return p;
+// A conv's compressed weight, checked against its plan: row_ptr bounds every output channel, and no
+// offset reads outside an image's slabs.
+struct ConvWeight {
+  const std::int64_t* row_ptr;
+  const std::int32_t* offsets;
+  std::int64_t nnz;
+};
+
+ConvWeight read_weight(const ArgTable& table, int row_ptr_row, int offsets_row, const ConvPlan& p,
+                       const std::string& name) {
+  ConvWeight wt{};
+  require(table.at(row_ptr_row, 0) != 0 && table.at(row_ptr_row, 1) == p.co + 1, name + ": row_ptr must hold Co + 1 entries");
+  wt.row_ptr = table.ptr<const std::int64_t>(row_ptr_row, 0);
+  wt.nnz = wt.row_ptr[p.co];
+  require(wt.row_ptr[0] == 0 && wt.nnz >= 0 && table.at(offsets_row, 1) == wt.nnz,
+          name + ": offsets must hold row_ptr[Co] entries");
+  for (std::int64_t c = 0; c < p.co; ++c) require(wt.row_ptr[c] <= wt.row_ptr[c + 1], name + ": row_ptr must not decrease");
+  wt.offsets = table.ptr<const std::int32_t>(offsets_row, 0);
+  const std::int64_t limit = p.image_floats() - (p.unit_rows - 1) * p.in_row_stride - p.row_len;
+  for (std::int64_t k = 0; k < wt.nnz; ++k)
+    require(wt.offsets[k] >= 0 && wt.offsets[k] <= limit, name + ": an offset reads outside the image's slabs");
+  return wt;
 }
 
-// Bounds of blocks of output channels holding about equal numbers of kept weights, several per thread:
-// block b is channels [bounds[b], bounds[b + 1]).
+// The forward's arguments, but for where a group's slabs and outputs start and its unit count.
+TileArgs tile_args(const ConvPlan& p, const ConvWeight& wt, const TileShape& shape, const float* values,
+                   const float* bias) {
+  TileArgs a{};
+  a.g = p.rows();
+  a.chunks_per_row = shape.chunks_per_row, a.last_start = shape.last_start, a.tail = shape.tail;
+  a.partial = shape.partial;
+  a.row_ptr = wt.row_ptr, a.offsets = wt.offsets, a.values = values, a.bias = bias;
+  return a;
+}
+
+// The weight gradient's arguments, but for where a group's slabs and dy start; `positions` must outlive them.
+GradArgs grad_args(const ConvPlan& p, const ConvWeight& wt, const Kernels& k, float* acc,
+                   std::vector<sparse::GradPosition>* positions) {
+  GradArgs g{};
+  g.g = p.rows();
+  *positions = sparse::grad_positions(g.g, k.lanes, g.masks);
+  g.positions = positions->data(), g.position_count = static_cast<std::int64_t>(positions->size());
+  g.row_ptr = wt.row_ptr, g.offsets = wt.offsets, g.acc = acc;
+  return g;
+}
+
+// Blocks of output channels, several per thread when the tiles are few: the bounds, first to end.
+std::vector<std::int64_t> channel_blocks(std::int64_t co, std::int64_t tiles, int threads) {
+  const std::int64_t wanted = threads == 1 ? 1 : std::min(co, (8 * threads + tiles - 1) / std::max<std::int64_t>(tiles, 1));
+  const std::int64_t per_block = (co + wanted - 1) / wanted;
+  std::vector<std::int64_t> bounds;
+  for (std::int64_t c = 0; c < co; c += per_block) bounds.push_back(c);
+  bounds.push_back(co);
+  return bounds;
+}
+
+// Bounds of blocks of output channels holding about equal numbers of kept weights, several per thread.
 std::vector<std::int64_t> weight_balanced_blocks(const std::int64_t* row_ptr, std::int64_t co, int threads) {
   const std::int64_t blocks = threads == 1 ? 1 : std::min<std::int64_t>(co, 4 * threads), nnz = row_ptr[co];
   std::vector<std::int64_t> bounds{0};
@@ -191,280 +149,240 @@ std::vector<std::int64_t> weight_balanced_blocks(const std::int64_t* row_ptr, st
   return bounds;
 }
 
-// The entry count of the compressed weight (row_ptr, offsets, values) of `co` output channels.
-std::int64_t checked_nnz(const ArgTable& table, std::int64_t co, const std::string& name) {
-  require(table.at(kScRowPtr, 1) == co + 1, name + ": row_ptr must hold Co + 1 entries");
-  require(table.at(kScBias, 0) == 0 || table.at(kScBias, 1) == co, name + ": bias must hold Co entries");
-  const auto* row_ptr = table.ptr<const std::int64_t>(kScRowPtr, 0);
-  const std::int64_t nnz = row_ptr[co] - row_ptr[0];
-  require(row_ptr[0] == 0 && table.at(kScOffsets, 1) == nnz && table.at(kScValues, 1) == nnz,
-          name + ": offsets and values must hold row_ptr[Co] entries");
-  return nnz;
+// A slab region before its first group: the zero borders (never written again) and the slack past the
+// last slab.
+void clear_slab_region(const ConvPlan& p, float* region) {
+  if (!p.direct) std::fill(region, region + p.group * p.image_floats() + kSlabSlack, 0.0f);
 }
 
-// The compressed weight's part of a plan.
-Plan weight_plan(const ArgTable& table) {
-  Plan p{};
-  p.row_ptr = table.ptr<const std::int64_t>(kScRowPtr, 0);
-  p.offsets = table.ptr<const std::int32_t>(kScOffsets, 0);
-  p.values = table.ptr<const float>(kScValues, 0);
-  p.bias = table.ptr<const float>(kScBias, 0);
-  return p;
+// A tensor row of exactly `numel` elements (an empty tensor may have address 0).
+void check_numel(const ArgTable& table, int row, std::int64_t numel, const std::string& name, const char* what) {
+  require(table.at(row, 1) == numel && (numel == 0 || table.at(row, 0) != 0), name + ": " + what + " size mismatch");
 }
 
-// The threads of an OpenMP team share the work items of a group (called inside a parallel region).
-void run_items(const Plan& p, const Kernels& kernels) {
-  const TileFn tile_fn = kernels.tile_function(p.vectors, p.tile_units);
-  const std::int64_t items = p.tiles * p.channel_blocks;
-#pragma omp for schedule(dynamic, 1)
-  for (std::int64_t item = 0; item < items; ++item) {  // (tile, block of output channels)
-    const std::int64_t tile = item / p.channel_blocks, b = item % p.channel_blocks * p.channels_per_block;
-    tile_fn(p, tile, b, std::min(p.channels_out, b + p.channels_per_block));
-  }
-}
+// A group's work items (tile, block of output channels), shared by the team; computed before the
+// parallel region (no allocation inside it), for full groups and for the last one.
+struct TileItems {
+  std::int64_t units = 0, tiles = 0;
+  std::vector<std::int64_t> blocks{0};
+  std::int64_t block_count = 0;
 
-// The threads of an OpenMP team share a group's weight gradient by blocks of output channels, each
-// block over every tile in order (called inside a parallel region).
-void run_grad_items(const GradPlan& p, const std::vector<std::int64_t>& blocks, const Kernels& kernels) {
-  const std::int64_t count = static_cast<std::int64_t>(blocks.size()) - 1;
-#pragma omp for schedule(dynamic, 1)
-  for (std::int64_t b = 0; b < count; ++b)
-    for (std::int64_t tile = 0; tile < p.tiles; ++tile)
-      kernels.grad_tile(p, tile * p.tile_units, std::min(p.units, (tile + 1) * p.tile_units), blocks[b],
-                        blocks[b + 1]);
-}
-
-// A conv call's checked arguments: the forward's and the weight gradient's entry points take the same
-// table and slab layout (sparse_conv.h).
-struct ConvCall {
-  Plan plan;  // the compressed weight, the output layout and its split into units
-  SlabLayout layout;
-  const float* input;
-  float* workspace;  // nullptr: the input is read in place as the slabs
-  float* output;     // y, or dy for the weight gradient
-  std::int64_t n, ci, co, plane, channel_floats, image_floats, group, nnz;
-  int threads;
+  TileItems() = default;
+  TileItems(std::int64_t images, std::int64_t unit_rows, const TileShape& shape, std::int64_t co, int threads)
+      : units(images * unit_rows * shape.chunks_per_row), tiles((units + shape.units - 1) / shape.units),
+        blocks(channel_blocks(co, tiles, threads)), block_count(static_cast<std::int64_t>(blocks.size()) - 1) {}
+  std::int64_t items() const { return tiles * block_count; }
 };
 
-ConvCall conv_call(const ArgTable& table, std::int64_t rows, std::int64_t n, std::int64_t ci, std::int64_t h,
-                   std::int64_t w, std::int64_t co, std::int64_t pad, std::int64_t row_step, std::int64_t col_step,
-                   std::int64_t kinds_rows, std::int64_t kinds_cols, std::int64_t slab_rows,
-                   std::int64_t slab_pitch, std::int64_t unit_rows, std::int64_t unit_len,
-                   std::int64_t unit_row_stride, int num_threads, const std::string& name) {
-  require(rows == kScCpuRows, name + ": the table must have " + std::to_string(kScCpuRows) + " rows");
-  require(n >= 0 && ci >= 1 && h >= 1 && w >= 1 && co >= 1 && pad >= 0 && row_step >= 1 && col_step >= 1 &&
-              kinds_rows >= 1 && kinds_cols >= 1 && slab_rows >= 1 && slab_pitch >= 1 && unit_rows >= 1 &&
-              unit_len >= 1 && unit_row_stride >= 0,
-          name + ": sizes out of range");
-  require(num_threads >= 1, name + ": num_threads must be >= 1");
-  auto numel = [&](int row) { return table.at(row, 1); };
-  ConvCall c{};
-  c.n = n;
-  c.ci = ci;
-  c.co = co;
-  c.plane = unit_rows * unit_len;
-  c.channel_floats = kinds_rows * kinds_cols * slab_rows * slab_pitch;
-  c.image_floats = ci * c.channel_floats;
-  require(numel(kScInput) == n * ci * h * w, name + ": input size mismatch");
-  require(numel(kScOutput) == n * co * c.plane, name + ": output size mismatch");
-  const bool direct = table.at(kScWorkspace, 0) == 0;
-  if (direct)
-    require(pad == 0 && row_step == 1 && col_step == 1 && kinds_rows == 1 && kinds_cols == 1 &&
-                slab_rows * slab_pitch == h * w && unit_len % kLanes == 0,
-            name + ": without a workspace the layout must be the input itself, rows a multiple of 8");
-  else
-    require(numel(kScWorkspace) >= c.image_floats + kLanes, name + ": workspace too small");
-  c.nnz = checked_nnz(table, co, name);
-
-  // The workspace holds the slabs of `group` images at a time, so that they stay in cache between
-  // being written and being read (the whole batch when the input is read in place).
-  c.group = direct || n == 0 ? std::max<std::int64_t>(n, 1)
-                             : std::min(n, (numel(kScWorkspace) - kLanes) / c.image_floats);
-  c.input = table.ptr<const float>(kScInput, 0);
-  c.workspace = direct ? nullptr : table.ptr<float>(kScWorkspace, 0);
-  c.output = table.ptr<float>(kScOutput, 0);
-  c.plan = weight_plan(table);
-  c.plan.image_floats = c.image_floats;
-  c.plan.image_outputs = co * c.plane;
-  c.plan.channel_stride = c.plane;
-  c.plan.channels_out = co;
-  c.plan.unit_rows = unit_rows;
-  c.plan.unit_len = unit_len;
-  c.plan.unit_row_stride = unit_row_stride;
-  const std::int64_t row_vectors = (unit_len + kLanes - 1) / kLanes;
-  c.plan.vectors = unit_vectors(row_vectors);
-  c.plan.chunks = row_vectors / c.plan.vectors;
-  const std::int64_t work = std::max<std::int64_t>(c.nnz, 1) * n * unit_rows * row_vectors;
-  c.threads = work >= kParallelMinWork ? num_threads : 1;
-  c.layout = SlabLayout{h, w, pad, row_step, col_step, kinds_rows, kinds_cols, slab_rows, slab_pitch};
-  return c;
-}
-
-// Calls work(first image, images, slabs) for each group of images in turn, on every thread of an
-// OpenMP team, once the team has built the group's slabs (or with the input itself as the slabs).
-template <class Work>
-void for_each_group(const ConvCall& c, const Kernels& kernels, Work work) {
-  if (c.workspace) {
-    float* slack = c.workspace + c.group * c.image_floats;
-    std::fill(slack, slack + kLanes, 0.0f);
-  }
-#pragma omp parallel num_threads(c.threads)
-  for (std::int64_t first = 0; first < c.n; first += c.group) {  // every thread walks the groups
-    const std::int64_t images = std::min(c.group, c.n - first);
-    if (c.workspace) {
-#pragma omp for schedule(static)
-      for (std::int64_t q = 0; q < images * c.ci; ++q)
-        kernels.build_slabs(c.input + (first * c.ci + q) * c.layout.height * c.layout.width,
-                            c.workspace + q * c.channel_floats, c.layout);
-    }
-    work(first, images, c.workspace ? c.workspace : c.input);
-  }
-}
-
-void sparse_conv2d_cpu(std::uintptr_t table_address, std::int64_t rows, std::int64_t width, std::int64_t n,
-                       std::int64_t ci, std::int64_t h, std::int64_t w, std::int64_t co, std::int64_t pad,
-                       std::int64_t row_step, std::int64_t col_step, std::int64_t kinds_rows,
-                       std::int64_t kinds_cols, std::int64_t slab_rows, std::int64_t slab_pitch,
-                       std::int64_t unit_rows, std::int64_t unit_len, std::int64_t unit_row_stride,
-                       int num_threads) {
-  const char* name = "sparse_conv2d_cpu";
-  const ArgTable table(table_address, rows, width, kSparseConvTableWidth, name);
-  const ConvCall c = conv_call(table, rows, n, ci, h, w, co, pad, row_step, col_step, kinds_rows, kinds_cols,
-                               slab_rows, slab_pitch, unit_rows, unit_len, unit_row_stride, num_threads, name);
-  if (n == 0) return;
-  const Kernels kernels = pick_kernels();
-  py::gil_scoped_release no_gil;
-  for_each_group(c, kernels, [&](std::int64_t first, std::int64_t images, const float* slabs) {
-    run_items(group_plan(c.plan, images, slabs, c.output + first * co * c.plane, c.threads), kernels);
-  });
-}
-
-// dL/d values of the kept weights from x and dy: the forward's table and layout, with dy [N, Co, plane]
-// in the output row (read) and dL/d values in the values row (written), no bias.
-void sparse_conv2d_grad_weight_cpu(std::uintptr_t table_address, std::int64_t rows, std::int64_t width,
-                                   std::int64_t n, std::int64_t ci, std::int64_t h, std::int64_t w, std::int64_t co,
-                                   std::int64_t pad, std::int64_t row_step, std::int64_t col_step,
-                                   std::int64_t kinds_rows, std::int64_t kinds_cols, std::int64_t slab_rows,
-                                   std::int64_t slab_pitch, std::int64_t unit_rows, std::int64_t unit_len,
-                                   std::int64_t unit_row_stride, int num_threads) {
-  const std::string name = "sparse_conv2d_grad_weight_cpu";
-  const ArgTable table(table_address, rows, width, kSparseConvTableWidth, name.c_str());
-  const ConvCall c = conv_call(table, rows, n, ci, h, w, co, pad, row_step, col_step, kinds_rows, kinds_cols,
-                               slab_rows, slab_pitch, unit_rows, unit_len, unit_row_stride, num_threads, name);
-  require(table.at(kScBias, 0) == 0, name + ": the bias row must be empty (address 0)");
-  float* grad = table.ptr<float>(kScGradValues, 0);
-  const Kernels kernels = pick_kernels();
-  py::gil_scoped_release no_gil;
-  std::fill(grad, grad + c.nnz, 0.0f);
-  if (n == 0 || c.nnz == 0) return;
-  const std::vector<std::int64_t> blocks = weight_balanced_blocks(c.plan.row_ptr, co, c.threads);
-  for_each_group(c, kernels, [&](std::int64_t first, std::int64_t images, const float* slabs) {
-    run_grad_items(grad_group_plan(c.plan, grad, images, slabs, c.output + first * co * c.plane), blocks, kernels);
-  });
-}
-
-// A linear call's checked arguments (the forward's and the weight gradient's): the conv's table with
-// x [B, I] and y or dy [B, O], a workspace for x^T and y^T or dy^T, their rows padded to whole vectors
-// (the vector dimension is the batch). The offsets are the taps times the padded batch.
-struct LinearCall {
-  Plan plan;
-  const float* x;
-  float *xt, *yt, *y;
-  std::int64_t batch, in_features, out_features, padded;
-  int threads;
+// The items of full groups and of the last group of a call.
+struct GroupItems {
+  TileItems full, last;
+  GroupItems(const ConvPlan& p, std::int64_t unit_rows, const TileShape& shape, std::int64_t co, int threads)
+      : full(p.group, unit_rows, shape, co, threads),
+        last(p.n - (p.n - 1) / p.group * p.group, unit_rows, shape, co, threads) {}
+  const TileItems& of(std::int64_t images, std::int64_t group) const { return images == group ? full : last; }
 };
 
-LinearCall linear_call(const ArgTable& table, std::int64_t rows, std::int64_t batch, std::int64_t in_features,
-                       std::int64_t out_features, int num_threads, const std::string& name) {
-  require(rows == kScCpuRows, name + ": the table must have " + std::to_string(kScCpuRows) + " rows");
-  require(batch >= 0 && in_features >= 1 && out_features >= 1, name + ": sizes out of range");
-  require(num_threads >= 1, name + ": num_threads must be >= 1");
-  LinearCall c{};
-  c.batch = batch;
-  c.in_features = in_features;
-  c.out_features = out_features;
-  c.padded = (batch + kLanes - 1) / kLanes * kLanes;
-  require(table.at(kScInput, 1) == batch * in_features, name + ": input size mismatch");
-  require(table.at(kScOutput, 1) == batch * out_features, name + ": output size mismatch");
-  require(table.at(kScWorkspace, 0) != 0 && table.at(kScWorkspace, 1) >= (in_features + out_features) * c.padded,
-          name + ": the workspace must hold (in_features + out_features) x (batch rounded up to 8) floats");
-  const std::int64_t nnz = checked_nnz(table, out_features, name);
-  c.x = table.ptr<const float>(kScInput, 0);
-  c.xt = table.ptr<float>(kScWorkspace, 0);
-  c.yt = c.xt + in_features * c.padded;
-  c.y = table.ptr<float>(kScOutput, 0);
-  c.plan = weight_plan(table);
-  c.plan.image_floats = in_features * c.padded;
-  c.plan.image_outputs = 0;  // one image
-  c.plan.channel_stride = c.padded;
-  c.plan.channels_out = out_features;
-  c.plan.unit_rows = 1;
-  c.plan.unit_len = batch;
-  c.plan.unit_row_stride = 0;
-  c.plan.vectors = unit_vectors(c.padded / kLanes);
-  c.plan.chunks = c.padded / kLanes / c.plan.vectors;
-  const std::int64_t work = std::max<std::int64_t>(nnz, in_features) * (c.padded / kLanes);
-  c.threads = work >= kParallelMinWork ? num_threads : 1;
-  return c;
+// Item `item` of a group (args: its slabs and outputs; `units` set here).
+void run_tile_item(TileArgs args, sparse::TileFn fn, const TileShape& shape, const TileItems& it, std::int64_t item) {
+  args.units = it.units;
+  const std::int64_t tile = item / it.block_count, b = item % it.block_count;
+  fn(args, tile * shape.units, it.blocks[b], it.blocks[b + 1]);
 }
 
-// src [rows, cols] into dst [cols, padded], zeros past `rows` (inside a parallel region).
-void transpose_padded(const float* src, std::int64_t rows, std::int64_t cols, std::int64_t padded, float* dst) {
-#pragma omp for schedule(static)
-  for (std::int64_t k = 0; k < cols; ++k) {
-    float* row = dst + k * padded;
-    for (std::int64_t j = 0; j < rows; ++j) row[j] = src[j * cols + k];
-    std::fill(row + rows, row + padded, 0.0f);
-  }
-}
-
-// y [B, O] = x [B, I] W^T + bias as a 1x1 conv of the transposed batch: the workspace holds x^T and
-// y^T, and y^T is transposed into y at the end, 16 outputs (a cache line) of a row at a time: stored
-// straight down y's columns, 2 KB apart for O = 512, the vectors fell into two L1 sets and ran 3x
-// slower.
-void sparse_linear_cpu(std::uintptr_t table_address, std::int64_t rows, std::int64_t width, std::int64_t batch,
-                       std::int64_t in_features, std::int64_t out_features, int num_threads) {
-  const char* name = "sparse_linear_cpu";
-  const ArgTable table(table_address, rows, width, kSparseConvTableWidth, name);
-  const LinearCall c = linear_call(table, rows, batch, in_features, out_features, num_threads, name);
-  if (batch == 0) return;
-  const Kernels kernels = pick_kernels();
-  py::gil_scoped_release no_gil;
-#pragma omp parallel num_threads(c.threads)
-  {
-    transpose_padded(c.x, batch, in_features, c.padded, c.xt);
-    run_items(group_plan(c.plan, 1, c.xt, c.yt, c.threads), kernels);
-    constexpr std::int64_t kLine = 16;
-#pragma omp for schedule(static)
-    for (std::int64_t first = 0; first < out_features; first += kLine) {
-      const std::int64_t last = std::min(out_features, first + kLine);
-      for (std::int64_t j = 0; j < batch; ++j)
-        for (std::int64_t o = first; o < last; ++o) c.y[j * out_features + o] = c.yt[o * c.padded + j];
-    }
-  }
-}
-
-// dL/d values of a sparse linear from x and dy: the forward's table with dy [B, O] in the output row
-// (read) and dL/d values in the values row (written), no bias; the workspace holds x^T and dy^T.
-void sparse_linear_grad_weight_cpu(std::uintptr_t table_address, std::int64_t rows, std::int64_t width,
-                                   std::int64_t batch, std::int64_t in_features, std::int64_t out_features,
-                                   int num_threads) {
-  const std::string name = "sparse_linear_grad_weight_cpu";
+void sparse_conv2d_cpu(std::uintptr_t table_address, std::int64_t rows, std::int64_t width, int num_threads) {
+  const std::string name = "sparse_conv2d_cpu";
   const ArgTable table(table_address, rows, width, kSparseConvTableWidth, name.c_str());
-  const LinearCall c = linear_call(table, rows, batch, in_features, out_features, num_threads, name);
-  require(table.at(kScBias, 0) == 0, name + ": the bias row must be empty (address 0)");
-  float* grad = table.ptr<float>(kScGradValues, 0);
-  const std::int64_t nnz = c.plan.row_ptr[out_features];
-  const Kernels kernels = pick_kernels();
+  require(rows == kScCpuRows, name + ": the table must have " + std::to_string(kScCpuRows) + " rows");
+  require(num_threads >= 1, name + ": num_threads must be >= 1");
+  const ConvPlan p = read_plan(table, kScPlan, name);
+  const ConvWeight wt = read_weight(table, kScRowPtr, kScOffsets, p, name);
+  check_numel(table, kScInput, p.n * p.ci * p.h * p.w, name, "input");
+  require(table.at(kScOutput, 0) != 0 && table.at(kScOutput, 1) >= p.output_floats(), name + ": output size mismatch");
+  require(table.at(kScValues, 1) == wt.nnz, name + ": values must hold one entry per kept weight");
+  require(table.at(kScBias, 0) == 0 || table.at(kScBias, 1) == p.co, name + ": bias must hold Co entries");
+  require(p.direct || (table.at(kScWorkspace, 0) != 0 && table.at(kScWorkspace, 1) >= p.slab_region()),
+          name + ": the workspace is too small for the plan");
+  if (p.n == 0) return;
+  const Kernels& k = sparse::best_kernels();
+  const TileShape shape = tile_shape(p.row_len, k);
+  const sparse::TileFn tile_fn = k.tile_function(shape.vectors, shape.units);
+  const float* x = table.ptr<const float>(kScInput, 0);
+  float* slabs = p.direct ? nullptr : table.ptr<float>(kScWorkspace, 0);
+  float* y = table.ptr<float>(kScOutput, 0);
+  const std::int64_t vectors = p.unit_rows * shape.chunks_per_row * shape.vectors;
+  const int threads = std::max<std::int64_t>(wt.nnz, 1) * p.n * vectors >= kParallelMinWork ? num_threads : 1;
+  const TileArgs args = tile_args(p, wt, shape, table.ptr<const float>(kScValues, 0), table.ptr<const float>(kScBias, 0));
+  const GroupItems groups(p, p.unit_rows, shape, p.co, threads);
   py::gil_scoped_release no_gil;
-  std::fill(grad, grad + nnz, 0.0f);
-  if (batch == 0 || nnz == 0) return;
-  const std::vector<std::int64_t> blocks = weight_balanced_blocks(c.plan.row_ptr, out_features, c.threads);
-#pragma omp parallel num_threads(c.threads)
+  if (!p.direct) clear_slab_region(p, slabs);
+#pragma omp parallel num_threads(threads)
+  for (std::int64_t first = 0; first < p.n; first += p.group) {  // every thread walks the groups
+    const std::int64_t images = std::min(p.group, p.n - first);
+    if (!p.direct) {
+#pragma omp for schedule(static)
+      for (std::int64_t q = 0; q < images * p.ci; ++q)
+        k.build_slab(x + (first * p.ci + q) * p.h * p.w, slabs + q * p.plane_floats, p.slab);
+    }
+    TileArgs a = args;
+    a.slabs = p.direct ? x + first * p.image_floats() : slabs;
+    a.out = y + first * p.out_image;
+    const TileItems& it = groups.of(images, p.group);
+#pragma omp for schedule(dynamic, 1)
+    for (std::int64_t item = 0; item < it.items(); ++item) run_tile_item(a, tile_fn, shape, it, item);
+  }
+}
+
+// dL/dx (the transposed weight's forward over dy) and dL/d values (one dot product per kept weight) in
+// one pass over the batch; either may be skipped (address 0 in its output row).
+void sparse_conv2d_backward_cpu(std::uintptr_t table_address, std::int64_t rows, std::int64_t width,
+                                int num_threads) {
+  const std::string name = "sparse_conv2d_backward_cpu";
+  const ArgTable table(table_address, rows, width, kSparseConvTableWidth, name.c_str());
+  require(rows == kSbRows, name + ": the table must have " + std::to_string(kSbRows) + " rows");
+  require(num_threads >= 1, name + ": num_threads must be >= 1");
+  const bool wants_weight = table.at(kSbGradValues, 0) != 0, wants_input = table.at(kSbGradInput, 0) != 0;
+  const bool wants_bias = table.at(kSbGradBias, 0) != 0;
+  const ConvPlan p = read_plan(table, kSbPlan, name);
+  const ConvWeight wt = read_weight(table, kSbRowPtr, kSbOffsets, p, name);
+  if (wants_weight) {
+    check_numel(table, kSbInput, p.n * p.ci * p.h * p.w, name, "input");
+    check_numel(table, kSbGradValues, wt.nnz, name, "grad_values");
+  }
+  check_numel(table, kSbGradOutput, p.output_floats(), name, "grad_out");
+  require(p.out_image == p.co * p.out_pitch && p.out_pitch == (p.unit_rows - 1) * p.out_row_stride + p.row_len,
+          name + ": dy must be [N, Co, Ho, Wo]");
+  ConvPlan t{};
+  ConvWeight twt{};
+  const std::int32_t* t_order = nullptr;
+  if (wants_input) {
+    t = read_plan(table, kSbTPlan, name + " (input gradient)");
+    twt = read_weight(table, kSbTRowPtr, kSbTOffsets, t, name + " (input gradient)");
+    require(t.n == p.n && t.ci == p.co && t.h * t.w == p.out_pitch && t.group == p.group && twt.nnz == wt.nnz,
+            name + ": the transposed weight's plan must read dy and share the group");
+    require(table.at(kSbGradInput, 1) >= t.output_floats(), name + ": grad_input size mismatch");
+    check_numel(table, kSbValues, wt.nnz, name, "values");
+    check_numel(table, kSbTOrder, wt.nnz, name, "order");
+    t_order = table.ptr<const std::int32_t>(kSbTOrder, 0);
+    for (std::int64_t e = 0; e < twt.nnz; ++e)
+      require(t_order[e] >= 0 && t_order[e] < wt.nnz, name + ": order leaves the values");
+  }
+  // Stride 1: dL/dx has x's layout, so one pass computes both gradients (FusedArgs), without x's slabs.
+  const std::int64_t hw = p.h * p.w;
+  const bool fused = wants_input && wants_weight && t.co == p.ci && t.out_pitch == hw && t.out_image == p.ci * hw &&
+                     ((t.unit_rows == p.h && t.row_len == p.w && t.out_row_stride == p.w) ||
+                      (t.unit_rows == 1 && t.row_len == hw));
+  const std::int64_t x_region = wants_weight && !fused ? p.slab_region() : 0;
+  const std::int64_t dy_region = wants_input ? t.slab_region() : 0;
+  const std::int64_t t_values = wants_input ? twt.nnz : 0, acc_floats = wants_weight ? kGradAccFloats * (wt.nnz + 1) : 0;
+  const std::int64_t bias_floats = wants_bias ? p.n * p.co : 0;
+  const std::int64_t workspace = x_region + dy_region + t_values + acc_floats + bias_floats;
+  require(workspace == 0 || (table.at(kSbWorkspace, 0) != 0 && table.at(kSbWorkspace, 1) >= workspace),
+          name + ": the workspace is too small for the plans");
+  if (wants_bias) check_numel(table, kSbGradBias, p.co, name, "grad_bias");
+  float* grad = wants_weight ? table.ptr<float>(kSbGradValues, 0) : nullptr;
+  if (grad) std::fill(grad, grad + wt.nnz, 0.0f);
+  float* grad_bias = wants_bias ? table.ptr<float>(kSbGradBias, 0) : nullptr;
+  if (grad_bias) std::fill(grad_bias, grad_bias + p.co, 0.0f);
+  if (p.n == 0 || (!wants_weight && !wants_input && !wants_bias)) return;
+  const Kernels& k = sparse::best_kernels();
+  const float* x = wants_weight ? table.ptr<const float>(kSbInput, 0) : nullptr;
+  const float* dy = table.ptr<const float>(kSbGradOutput, 0);
+  float* x_slabs = table.ptr<float>(kSbWorkspace, 0);
+  float* dy_slabs = x_slabs + x_region;
+  float* values = dy_slabs + dy_region;
+  // The accumulators start at a 64-byte boundary (one cache line per kept weight).
+  const auto acc_address = reinterpret_cast<std::uintptr_t>(values + t_values);
+  float* acc = reinterpret_cast<float*>((acc_address + 63) / 64 * 64);
+  float* plane_sums = values + t_values + acc_floats;  // [N, Co], past the accumulators (aligned or not)
+  float* dx = wants_input ? table.ptr<float>(kSbGradInput, 0) : nullptr;
+  const TileShape shape = wants_input ? tile_shape(t.row_len, k, fused) : TileShape{};
+  const sparse::TileFn tile_fn = wants_input && !fused ? k.tile_function(shape.vectors, shape.units) : nullptr;
+  const sparse::FusedFn fused_fn = fused ? k.fused_function(shape.vectors, shape.units) : nullptr;
+  const std::int64_t work = std::max<std::int64_t>(wt.nnz, 1) * p.n * p.unit_rows * ((p.row_len + k.lanes - 1) / k.lanes);
+  const int threads = work >= kParallelMinWork ? num_threads : 1;
+  const TileArgs targs = wants_input ? tile_args(t, twt, shape, values, nullptr) : TileArgs{};
+  std::vector<sparse::GradPosition> positions;
+  const GradArgs gargs = grad_args(p, wt, k, acc, &positions);
+  // The weight gradient's threads own blocks of output channels (fused: of the transposed weight's).
+  const std::vector<std::int64_t> weight_blocks =
+      !wants_weight ? std::vector<std::int64_t>{0}
+      : fused       ? weight_balanced_blocks(twt.row_ptr, t.co, threads)
+                    : weight_balanced_blocks(wt.row_ptr, p.co, threads);
+  const std::int64_t weight_items = static_cast<std::int64_t>(weight_blocks.size()) - 1;
+  const GroupItems input_groups(p, t.unit_rows, wants_input && !fused ? shape : TileShape{1, 1, 0, 1, 0, 0},
+                                wants_input ? t.co : 1, threads);
+  py::gil_scoped_release no_gil;
+  if (wants_input) {
+    const float* given = table.ptr<const float>(kSbValues, 0);
+    for (std::int64_t e = 0; e < twt.nnz; ++e) values[e] = given[t_order[e]];
+    clear_slab_region(t, dy_slabs);
+  }
+  if (wants_weight) {
+    std::fill(acc, acc + kGradAccFloats * wt.nnz, 0.0f);
+    if (!fused) clear_slab_region(p, x_slabs);
+  }
+#pragma omp parallel num_threads(threads)
   {
-    transpose_padded(c.x, batch, in_features, c.padded, c.xt);
-    transpose_padded(c.y, batch, out_features, c.padded, c.yt);
-    run_grad_items(grad_group_plan(c.plan, grad, 1, c.xt, c.yt), blocks, kernels);
+    for (std::int64_t first = 0; first < p.n; first += p.group) {
+      const std::int64_t images = std::min(p.group, p.n - first);
+      const std::int64_t x_planes = wants_weight && !fused && !p.direct ? images * p.ci : 0;
+      const std::int64_t dy_planes = (wants_input && !t.direct) || wants_bias ? images * p.co : 0;
+#pragma omp for schedule(static)
+      for (std::int64_t q = 0; q < x_planes + dy_planes; ++q) {
+        if (q < x_planes) {
+          k.build_slab(x + (first * p.ci + q) * p.h * p.w, x_slabs + q * p.plane_floats, p.slab);
+          continue;
+        }
+        const float* plane = dy + (first * p.co + q - x_planes) * p.out_pitch;  // read once for both
+        if (wants_input && !t.direct) k.build_slab(plane, dy_slabs + (q - x_planes) * t.plane_floats, t.slab);
+        if (wants_bias) plane_sums[first * p.co + q - x_planes] = k.sum(plane, p.out_pitch);
+      }
+      TileArgs a = targs;
+      if (wants_input) {
+        a.slabs = t.direct ? dy + first * t.image_floats() : dy_slabs;
+        a.out = dx + first * t.out_image;
+        a.units = images * t.unit_rows * shape.chunks_per_row;
+      }
+      if (fused) {  // items: blocks of x's channels, each running all the group's tiles in order
+        const sparse::FusedArgs f{x + first * p.ci * hw, acc};  // x itself, not its slabs
+        const std::int64_t tiles = (a.units + shape.units - 1) / shape.units;
+#pragma omp for schedule(dynamic, 1)
+        for (std::int64_t b = 0; b < weight_items; ++b)
+          for (std::int64_t tile = 0; tile < tiles; ++tile)
+            fused_fn(a, f, tile * shape.units, weight_blocks[b], weight_blocks[b + 1]);
+        continue;
+      }
+      const TileItems& it = input_groups.of(images, p.group);
+      const std::int64_t input_items = wants_input ? it.items() : 0;
+      GradArgs g = gargs;
+      g.slabs = p.direct ? x + first * p.image_floats() : x_slabs;
+      g.dy = dy + first * p.out_image;
+      g.images = images;
+#pragma omp for schedule(dynamic, 1)
+      for (std::int64_t item = 0; item < input_items + (wants_weight ? weight_items : 0); ++item) {
+        if (item < input_items)
+          run_tile_item(a, tile_fn, shape, it, item);
+        else
+          k.grad_channels(g, weight_blocks[item - input_items], weight_blocks[item - input_items + 1]);
+      }
+    }
+    if (wants_weight) {
+#pragma omp for schedule(static) nowait
+      for (std::int64_t e = 0; e < wt.nnz; ++e) {
+        float sum = 0.0f;
+        for (int lane = 0; lane < k.lanes; ++lane) sum += acc[e * kGradAccFloats + lane];
+        grad[fused ? t_order[e] : e] = sum;
+      }
+    }
+    if (wants_bias) {
+#pragma omp for schedule(static)
+      for (std::int64_t co = 0; co < p.co; ++co) {
+        double sum = 0.0;
+        for (std::int64_t n = 0; n < p.n; ++n) sum += plane_sums[n * p.co + co];
+        grad_bias[co] = static_cast<float>(sum);
+      }
+    }
   }
 }
 
@@ -497,27 +415,13 @@ void def_cuda(py::module_& m, const char* name, CudaLaunch launch_fn, const char
 }  // namespace
 
 void register_sparse_conv(py::module_& m) {
-  m.def("sparse_conv2d_cpu", &sparse_conv2d_cpu, py::arg("table"), py::arg("rows"), py::arg("width"), py::arg("n"),
-        py::arg("ci"), py::arg("h"), py::arg("w"), py::arg("co"), py::arg("pad"), py::arg("row_step"),
-        py::arg("col_step"), py::arg("kinds_rows"), py::arg("kinds_cols"), py::arg("slab_rows"),
-        py::arg("slab_pitch"), py::arg("unit_rows"), py::arg("unit_len"), py::arg("unit_row_stride"),
+  m.def("sparse_conv2d_cpu", &sparse_conv2d_cpu, py::arg("table"), py::arg("rows"), py::arg("width"),
         py::arg("num_threads"),
-        "Sparse-weight conv forward on float32 CPU tensors: table rows and slab layout in csrc/sparse_conv.h.");
-  m.def("sparse_linear_cpu", &sparse_linear_cpu, py::arg("table"), py::arg("rows"), py::arg("width"),
-        py::arg("batch"), py::arg("in_features"), py::arg("out_features"), py::arg("num_threads"),
-        "Sparse-weight linear forward on float32 CPU tensors: the conv's table, x [B, I] in, y [B, O] out, "
-        "a workspace of (I + O) x (B rounded up to 8) floats.");
-  m.def("sparse_conv2d_grad_weight_cpu", &sparse_conv2d_grad_weight_cpu, py::arg("table"), py::arg("rows"),
-        py::arg("width"), py::arg("n"), py::arg("ci"), py::arg("h"), py::arg("w"), py::arg("co"), py::arg("pad"),
-        py::arg("row_step"), py::arg("col_step"), py::arg("kinds_rows"), py::arg("kinds_cols"), py::arg("slab_rows"),
-        py::arg("slab_pitch"), py::arg("unit_rows"), py::arg("unit_len"), py::arg("unit_row_stride"),
-        py::arg("num_threads"),
-        "Weight gradient of the sparse conv at its kept entries (float32 CPU tensors): the forward's table with dy "
-        "in the output row and the gradient in the values row (csrc/sparse_conv.h).");
-  m.def("sparse_linear_grad_weight_cpu", &sparse_linear_grad_weight_cpu, py::arg("table"), py::arg("rows"),
-        py::arg("width"), py::arg("batch"), py::arg("in_features"), py::arg("out_features"), py::arg("num_threads"),
-        "Weight gradient of the sparse linear at its kept entries: the forward's table with dy [B, O] in the output "
-        "row and the gradient in the values row, a workspace of (I + O) x (B rounded up to 8) floats.");
+        "Sparse-weight conv forward on float32 CPU tensors: table rows, plan and layouts in csrc/sparse_conv.h.");
+  m.def("sparse_conv2d_backward_cpu", &sparse_conv2d_backward_cpu, py::arg("table"), py::arg("rows"),
+        py::arg("width"), py::arg("num_threads"),
+        "Input gradient (the transposed weight's forward over dy) and weight gradient at the kept entries of the "
+        "sparse conv, in one pass (float32 CPU tensors; table rows in csrc/sparse_conv.h).");
 #ifdef PYLTH_WITH_CUDA
   def_cuda(m, "sparse_conv2d_cuda", &sparse_conv2d_cuda_launch,
            "Sparse-weight conv forward on float32 CUDA tensors (table in host memory, rows in csrc/sparse_conv.h).");

@@ -269,17 +269,56 @@ def test_bad_arguments_name_the_argument():
         compress_weight(torch.ones(2, 3, 4))
 
 
-def test_native_entry_point_raises_instead_of_aborting():
-    table = torch.zeros((7, 2), dtype=torch.int64)
-    args = (1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1)  # n ci h w co pad steps kinds slab units threads
+def _plan_row(**changes):
+    """The plan row (csrc/sparse_conv.h) of a 1x1 conv 2 -> 3 over one 8x8 image read in place."""
+    fields = dict(n=1, ci=2, h=8, w=8, co=3, unit_rows=1, row_len=64, in_row_stride=0, out_row_stride=0, out_pitch=64,
+                  out_image=192, direct=1, plane_floats=64, pad_rows=0, pad_cols=0, col_step=1, slab_rows=8,
+                  slab_pitch=8, group=1)
+    fields.update(changes)
+    return torch.tensor(list(fields.values()), dtype=torch.int64)
+
+
+def test_native_entry_point_computes_and_raises_instead_of_aborting():
+    x, y = torch.randn(1, 2, 8, 8), torch.empty(1, 3, 8, 8)
+    row_ptr, offsets, values = torch.tensor([0, 1, 2, 3]), torch.tensor([0, 64, 0], dtype=torch.int32), torch.randn(3)
+    keep = []
+
+    def call(plan=None, rows=None, width=2, table_rows=None, threads=1):
+        plan = _plan_row() if plan is None else plan
+        keep.append(plan)
+        entries = [(x.data_ptr(), x.numel()), (0, 0), (y.data_ptr(), y.numel()), (row_ptr.data_ptr(), 4),
+                   (offsets.data_ptr(), 3), (values.data_ptr(), 3), (0, 0), (plan.data_ptr(), plan.numel())]
+        table = torch.tensor(entries if table_rows is None else table_rows(entries), dtype=torch.int64)
+        keep.append(table)
+        _C.sparse_conv2d_cpu(table.data_ptr(), table.shape[0] if rows is None else rows, width, threads)
+
+    call()
+    want = torch.stack([values[0] * x[0, 0], values[1] * x[0, 1], values[2] * x[0, 0]])[None]
+    torch.testing.assert_close(y, want)
     with pytest.raises(ValueError, match="2 columns"):
-        _C.sparse_conv2d_cpu(table.data_ptr(), 7, 3, *args)
-    with pytest.raises(ValueError, match="7 rows"):
-        _C.sparse_conv2d_cpu(table.data_ptr(), 6, 2, *args)
+        call(width=3)
+    with pytest.raises(ValueError, match="8 rows"):
+        call(rows=7)
+    with pytest.raises(ValueError, match="the plan must hold"):
+        call(plan=_plan_row()[:-1])
+    with pytest.raises(ValueError, match="plan sizes out of range"):
+        call(plan=_plan_row(ci=0))
+    with pytest.raises(ValueError, match="read in place must be one flat input plane"):
+        call(plan=_plan_row(h=2, w=2, row_len=4, plane_floats=4, out_pitch=4, out_image=12))
     with pytest.raises(ValueError, match="input size mismatch"):
-        _C.sparse_conv2d_cpu(table.data_ptr(), 7, 2, *args)
-    with pytest.raises(ValueError, match="sizes out of range"):
-        _C.sparse_conv2d_cpu(table.data_ptr(), 7, 2, *((1, 0) + args[2:]))
+        call(table_rows=lambda e: [(e[0][0], 127)] + e[1:])
+    with pytest.raises(ValueError, match="an offset reads outside"):
+        offsets[1] = 65
+        try:
+            call()
+        finally:
+            offsets[1] = 64
+    with pytest.raises(ValueError, match="the workspace is too small"):
+        call(plan=_plan_row(direct=0, plane_floats=100))
+    with pytest.raises(ValueError, match="slab layout out of range"):
+        call(plan=_plan_row(direct=0, plane_floats=100, slab_rows=9))
+    with pytest.raises(ValueError, match="num_threads"):
+        call(threads=0)
 
 
 def test_sparse_weight_moves_between_devices_and_keeps_its_shape():
@@ -311,3 +350,22 @@ def test_cuda_linear_fully_pruned_channels_and_device_mismatch():
         assert torch.equal(got[:, 3], b[3].expand(13))
         with pytest.raises(ValueError, match="x is on cpu but weight is on cuda"):
             sparse_linear(x.cpu(), compress_weight(weight, mask), b)
+
+
+@pytest.mark.parametrize("stride", [1, 2, 3])
+def test_rows_of_every_width(stride):
+    # Rows shorter than a vector (partial), whole vectors, and tails that overlap the vector before them,
+    # for each column phase count.
+    for width in range(1, 21):
+        x, weight, mask, b = conv_case(2, 3, 4, 5, width, 3, 0.5, seed=width)
+        check_conv(x, weight, mask, b, stride, 1)
+
+
+@pytest.mark.parametrize("n,ci,co,h,w,k,stride,padding", CONV_CASES[::2])
+def test_groups_of_one_image_compute_the_same(n, ci, co, h, w, k, stride, padding, monkeypatch):
+    # The kernel takes images a group at a time into its workspace: a budget of one image per group.
+    x, weight, mask, b = conv_case(max(n, 3), ci, co, h, w, k, density=0.3)
+    want = check_conv(x, weight, mask, b, stride, padding)
+    monkeypatch.setattr("pylth.ops.sparse_cpu_plan.WORKSPACE_BYTES", 1)
+    with torch.no_grad():
+        torch.testing.assert_close(sparse_conv2d(x, compress_weight(weight, mask), b, stride, padding), want, **TOL)

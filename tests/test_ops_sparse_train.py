@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from pylth.ops.native import native as _C
 from pylth.ops.sparse_conv import compress_weight, sparse_conv2d
-from pylth.ops.sparse_grad import (sparse_conv2d_grad_input, sparse_conv2d_grad_input_reference,
+from pylth.ops.sparse_grad import (sparse_conv2d_backward, sparse_conv2d_grad_input, sparse_conv2d_grad_input_reference,
                                    sparse_conv2d_grad_weight, sparse_conv2d_grad_weight_reference,
                                    sparse_linear_grad_input, sparse_linear_grad_weight,
                                    sparse_linear_grad_weight_reference)
@@ -138,21 +138,57 @@ def test_changing_the_values_between_forward_and_backward_is_an_autograd_error()
         y.sum().backward()
 
 
-def test_threads_do_not_change_a_bit_of_the_gradients():
+@pytest.mark.parametrize("stride", [1, 2])
+def test_threads_do_not_change_a_bit_of_the_gradients(stride):
+    # stride 1 takes the one-pass backward that pairs dL/dx's tiles with x (its threads own input
+    # channels), stride 2 the one that builds x's slabs (its threads own output channels)
     x, weight, mask, _ = conv_case(4, 32, 48, 16, 16, 3, 0.3)
     sparse = compress_weight(weight, mask)
-    grad_out = torch.randn(4, 48, 8, 8)
+    grad_out = torch.randn(4, 48, 16 // stride, 16 // stride)
     threads = torch.get_num_threads()
     results = []
     try:
         for t in (1, 2, 3):
             torch.set_num_threads(t)
-            results.append((sparse_conv2d_grad_weight(x, grad_out, sparse, 2, 1),
-                            sparse_conv2d_grad_input(grad_out, sparse, x.shape, 2, 1)))
+            results.append((sparse_conv2d_grad_weight(x, grad_out, sparse, stride, 1),
+                            sparse_conv2d_grad_input(grad_out, sparse, x.shape, stride, 1),
+                            *sparse_conv2d_backward(x, grad_out, sparse, stride, 1, bias_grad=True)))
     finally:
         torch.set_num_threads(threads)
     for got in results[1:]:
-        assert torch.equal(got[0], results[0][0]) and torch.equal(got[1], results[0][1])
+        assert all(torch.equal(a, b) for a, b in zip(got, results[0]))
+
+
+@pytest.mark.parametrize("n,ci,co,h,w,k,stride,padding", GRAD_CASES[::2])
+def test_the_one_pass_backward_in_groups_of_one_image(n, ci, co, h, w, k, stride, padding, monkeypatch):
+    # A budget of one image per group: every group's slabs, accumulators and (stride 1) x offsets move on.
+    monkeypatch.setattr("pylth.ops.sparse_cpu_plan.WORKSPACE_BYTES", 1)
+    x, weight, mask, bias = conv_case(max(n, 3), ci, co, h, w, k, density=0.3)
+    check_conv_grads(x, weight, mask, bias, stride, padding)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_the_one_pass_backward_computes_exactly_what_is_asked(stride):
+    x, weight, mask, bias = conv_case(3, 6, 5, 11, 9, 3, 0.4)
+    sparse = compress_weight(weight, mask)
+    grad_out = torch.randn(F.conv2d(x, weight, None, stride, 1).shape)
+    _, want_x, want_w, want_b = dense_conv_grads(x, weight, mask, bias, stride, 1, grad_out)
+    for asked in [(True, False, False), (False, True, False), (False, False, True), (True, True, True),
+                  (False, False, False)]:
+        got = sparse_conv2d_backward(x, grad_out, sparse, stride, 1, *asked)
+        for wanted, g, w in zip(asked, got, (want_x, want_w, want_b)):
+            if wanted:
+                assert_fp32_close(g, w)
+            else:
+                assert g is None
+
+
+def test_input_channels_without_kept_weights_get_exactly_zero():
+    x, weight, mask, bias = conv_case(2, 6, 5, 12, 12, 3, 0.5)
+    mask[:, 1] = False  # no kept weight reads input channel 1 (the one-pass backward then skips x there)
+    mask[:, 4, 1] = False
+    _, grad_x, _, _ = check_conv_grads(x, weight, mask, bias, 1, 1)
+    assert torch.equal(grad_x[:, 1], torch.zeros_like(grad_x[:, 1]))
 
 
 def test_one_weight_serves_several_input_sizes_in_the_backward():
@@ -357,33 +393,47 @@ def call_native(entry, rows, *args):
     return entry(table.data_ptr(), *table.shape, *args)
 
 
-def test_native_weight_gradient_entry_points_raise_instead_of_aborting():
-    # A 1x1 conv of 2 -> 3 channels on one 8x8 image, read in place as one unit row of 64 outputs:
-    # n ci h w co, pad, row and column steps, kinds, slab rows and pitch, unit rows, length, row stride, threads
-    x, dy, grad = torch.randn(1, 2, 8, 8), torch.randn(1, 3, 8, 8), torch.empty(3)
+def test_native_backward_entry_points_compute_and_raise_instead_of_aborting():
+    # A 1x1 conv of 2 -> 3 channels on one 8x8 image, read in place as one flat row of 64 outputs.
+    x, dy, grad, grad_bias = torch.randn(1, 2, 8, 8), torch.randn(1, 3, 8, 8), torch.empty(3), torch.empty(3)
     row_ptr, offsets = torch.tensor([0, 1, 2, 3]), torch.tensor([0, 64, 0], dtype=torch.int32)
-    args = (1, 2, 8, 8, 3, 0, 1, 1, 1, 1, 8, 8, 1, 64, 0, 1)
-    rows = [(x.data_ptr(), x.numel()), (0, 0), (dy.data_ptr(), dy.numel()), (row_ptr.data_ptr(), 4),
-            (offsets.data_ptr(), 3), (grad.data_ptr(), 3)]
-    conv = _C.sparse_conv2d_grad_weight_cpu
-    call_native(conv, rows + [(0, 0)], *args)
+    plan = torch.tensor([1, 2, 8, 8, 3, 1, 64, 0, 0, 64, 192, 1, 64, 0, 0, 1, 8, 8, 1])  # csrc/sparse_conv.h
+    workspace = torch.empty(16 * 4 + 3)
+    rows = [(x.data_ptr(), x.numel()), (dy.data_ptr(), dy.numel()), (workspace.data_ptr(), workspace.numel()),
+            (grad.data_ptr(), 3), (row_ptr.data_ptr(), 4), (offsets.data_ptr(), 3), (plan.data_ptr(), plan.numel()),
+            (0, 0), (0, 0), (0, 0), (0, 0), (0, 0), (0, 0), (grad_bias.data_ptr(), 3)]
+    conv = _C.sparse_conv2d_backward_cpu
+    call_native(conv, rows, 1)
     torch.testing.assert_close(grad, torch.stack([(dy[0, 0] * x[0, 0]).sum(), (dy[0, 1] * x[0, 1]).sum(),
                                                   (dy[0, 2] * x[0, 0]).sum()]), rtol=1e-5, atol=1e-5)
-    with pytest.raises(ValueError, match="the bias row must be empty"):
-        call_native(conv, rows + [(x.data_ptr(), 3)], *args)
-    with pytest.raises(ValueError, match="offsets and values must hold row_ptr"):
-        call_native(conv, rows[:5] + [(grad.data_ptr(), 4), (0, 0)], *args)
-    with pytest.raises(ValueError, match="7 rows"):
-        call_native(conv, rows, *args)
-    # The linear: x [2, 2], dy [2, 3], a workspace of (2 + 3) x 8 floats.
-    workspace = torch.empty(40)
-    linear_rows = [(x.data_ptr(), 4), (workspace.data_ptr(), 40), (dy.data_ptr(), 6), (row_ptr.data_ptr(), 4),
-                   (offsets.data_ptr(), 3), (grad.data_ptr(), 3)]
+    torch.testing.assert_close(grad_bias, dy.sum((0, 2, 3)), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="the workspace is too small"):
+        call_native(conv, rows[:2] + [(workspace.data_ptr(), 16 * 4)] + rows[3:], 1)
+    with pytest.raises(ValueError, match="grad_values size mismatch"):
+        call_native(conv, rows[:3] + [(grad.data_ptr(), 4)] + rows[4:], 1)
+    with pytest.raises(ValueError, match="grad_out size mismatch"):
+        call_native(conv, rows[:1] + [(dy.data_ptr(), 191)] + rows[2:], 1)
+    with pytest.raises(ValueError, match="14 rows"):
+        call_native(conv, rows[:-1], 1)
+    # The input gradient needs the transposed weight's plan, which must read dy.
+    with pytest.raises(ValueError, match="the plan must hold"):
+        call_native(conv, rows[:7] + [(x.data_ptr(), x.numel())] + rows[8:], 1)
+    # The linear: x [2, 2], dy [2, 3], a workspace of (2 + 3) rows of 16 floats, slack and accumulators.
+    linear_workspace = torch.empty(5 * 16 + 16 + 16 * 4)
+    offsets[:] = torch.tensor([0, 16, 0], dtype=torch.int32)
+    linear_rows = [(x.data_ptr(), 4), (linear_workspace.data_ptr(), linear_workspace.numel()), (dy.data_ptr(), 6),
+                   (row_ptr.data_ptr(), 4), (offsets.data_ptr(), 3), (grad.data_ptr(), 3)]
     linear = _C.sparse_linear_grad_weight_cpu
+    call_native(linear, linear_rows + [(0, 0)], 2, 2, 3, 1)
+    xs, dys = x.reshape(-1)[:4].reshape(2, 2), dy.reshape(-1)[:6].reshape(2, 3)
+    torch.testing.assert_close(grad, torch.stack([dys[:, 0] @ xs[:, 0], dys[:, 1] @ xs[:, 1], dys[:, 2] @ xs[:, 0]]))
     with pytest.raises(ValueError, match="the bias row must be empty"):
         call_native(linear, linear_rows + [(x.data_ptr(), 3)], 2, 2, 3, 1)
     with pytest.raises(ValueError, match="the workspace must hold"):
-        call_native(linear, [linear_rows[0], (workspace.data_ptr(), 39)] + linear_rows[2:] + [(0, 0)], 2, 2, 3, 1)
+        call_native(linear, [linear_rows[0], (linear_workspace.data_ptr(), 159)] + linear_rows[2:] + [(0, 0)], 2, 2, 3, 1)
+    with pytest.raises(ValueError, match="multiple of the batch pitch"):
+        offsets[1] = 8
+        call_native(linear, linear_rows + [(0, 0)], 2, 2, 3, 1)
 
 
 @pytest.mark.cuda

@@ -9,8 +9,7 @@ import pytest
 from pylth.ddpm import GaussianDiffusion
 from pylth.ddpm.trainer import TrainConfig, train
 from pylth.foundations.io import torch_load
-from pylth.lottery import find_ticket
-
+from pylth.lottery import LotteryParts, find_ticket
 from test_lottery_helpers import fid_cache, small_digits_unet, tiny_spec  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -46,8 +45,22 @@ def test_a_resumed_training_counts_the_seconds_of_the_invocation_before_it(tmp_p
     assert torch_load(path)["seconds"][0] == pytest.approx(result.seconds, abs=0.5)
 
 
-def test_rounds_record_training_and_evaluation_seconds(tmp_path, fid_cache):  # noqa: F811
-    records = find_ticket(tiny_spec(fid_cache, max_rounds=1), str(tmp_path / "run"), log=lambda _m: None)
+def test_rounds_record_training_and_evaluation_seconds_within_the_wall_time(tmp_path, fid_cache):  # noqa: F811
+    real_train = LotteryParts().train
+
+    def slow_train(*args, on_iteration=None, **kw):  # training that takes long against the rest of a round
+        def step(iteration, model):
+            time.sleep(SLOW / 2)
+            if on_iteration is not None:
+                on_iteration(iteration, model)
+        return real_train(*args, on_iteration=step, **kw)
+
+    began = time.monotonic()
+    records = find_ticket(tiny_spec(fid_cache, max_rounds=1), str(tmp_path / "run"), log=lambda _m: None,
+                          parts=LotteryParts(train=slow_train))
+    wall = time.monotonic() - began
     for r in records:
-        assert 0 < r["train_seconds"] and 0 < r["train_cpu_seconds"] and 0 < r["eval_seconds"]
+        assert r["train_seconds"] >= 6 * SLOW / 2 - 1e-6 and 0 < r["train_cpu_seconds"] and 0 < r["eval_seconds"]
         assert 0 < r["eval_cpu_seconds"] and r["seconds"] >= r["train_seconds"] + r["eval_seconds"] - 1e-6
+    # an uninterrupted run: the rounds' seconds are parts of the wall time, no training counted twice
+    assert sum(r["seconds"] for r in records) <= wall

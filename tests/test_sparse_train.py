@@ -232,3 +232,57 @@ def test_a_conv_subclass_with_its_own_forward_stays_dense():
     masks = {"0.weight": torch.rand(4, 4, 3, 3) < 0.05}
     sparse = sparsify(model, masks)
     assert not sparse.sparsify_report[0].sparse and "overrides Conv2d.forward" in sparse.sparsify_report[0].reason
+
+
+def _masked_at(model: nn.Module, density: float) -> dict:
+    """Masks keeping the first ``density`` of each conv/linear weight (in flat order)."""
+    masks = {}
+    for name, p in model.named_parameters():
+        if name.endswith("weight") and p.ndim >= 2:
+            mask = torch.zeros(p.numel(), dtype=torch.bool)
+            mask[: max(1, round(density * p.numel()))] = True
+            masks[name] = mask.reshape(p.shape)
+    return masks
+
+
+def test_training_chooses_each_conv_by_its_outputs_per_channel_and_keeps_linears_dense():
+    from pylth.sparse.convert import TRAINING_CONV_MAX_DENSITY, TRAINING_POINTWISE_CONV_MAX_DENSITY
+    model = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 1), nn.Linear(1024, 1024))
+    few, many = TRAINING_CONV_MAX_DENSITY[0][0], TRAINING_CONV_MAX_DENSITY[-2][0] + 1
+    dense_few, dense_many = TRAINING_CONV_MAX_DENSITY[0][1], TRAINING_CONV_MAX_DENSITY[-1][1]
+    between = (dense_few + dense_many) / 2  # above the crossover of few outputs, below that of many
+    masks = _masked_at(model, between)
+    chosen = lambda positions: {c.name: c.sparse for c in sparsify(  # noqa: E731
+        model, masks, trainable=True, output_positions=positions).sparsify_report}
+    assert chosen({"0": many, "1": many}) == {"0": True, "1": True, "2": False}
+    assert chosen({"0": few, "1": few})["0"] is False
+    assert chosen({})["0"] is False  # outputs not known: the crossover of the fewest
+    pointwise_few = TRAINING_POINTWISE_CONV_MAX_DENSITY[0][1]
+    assert chosen({"0": few, "1": few})["1"] is (between <= pointwise_few)
+    report = sparsify(model, masks, trainable=True, output_positions={"0": many}).sparsify_report
+    assert "trains faster dense" in {c.name: c.reason for c in report}["2"]
+    # the inference rule does not depend on it: a Linear this big and sparse is made sparse for sampling
+    assert {c.name: c.sparse for c in sparsify(model, _masked_at(model, 0.05)).sparsify_report}["2"]
+    with pytest.raises(TypeError, match="output_positions"):
+        sparsify(model, masks, trainable=True, output_positions={"0": 0})
+
+
+def test_the_trainer_measures_each_convs_output_plane_without_touching_the_random_stream():
+    from pylth.ddpm import build_model
+    from pylth.ddpm.trainer.sparse import conv_output_planes, sparse_layers, training_module
+    model = build_model("digits").train()
+    torch.manual_seed(11)
+    state = torch.get_rng_state()
+    planes = conv_output_planes(model)
+    assert torch.equal(torch.get_rng_state(), state) and model.training
+    side = model.config["image_size"]
+    assert planes["head"] == side * side and planes["tail.2"] == side * side
+    assert min(planes.values()) < side * side  # the downsampled levels
+    masks = _masked_at(model, 0.1)  # between the crossovers of few and of many outputs per channel
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name in masks:
+                p.mul_(masks[name])
+    few = sparse_layers(training_module(model, masks, "auto")[0])
+    many = sparse_layers(training_module(model, masks, "auto", batch_size=4096)[0])
+    assert set(few) < set(many)

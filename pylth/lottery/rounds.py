@@ -114,7 +114,7 @@ class Lottery:
         """The round's training result, and the wall seconds this invocation spent on it (the result's
         own ``seconds`` sum every invocation's, through the checkpoints)."""
         spec = self.spec
-        began = time.time()
+        began = time.monotonic()
         try:
             result = self.parts.train(self.model, self.diffusion, self.data.dataset, spec.train, masks=masks,
                                       start_iteration=start, end_iteration=spec.train.iterations,
@@ -122,7 +122,7 @@ class Lottery:
                                       progress_desc=desc)
         except Diverged as exc:
             raise Diverged(f"round {k}: {exc}. {DIVERGED_REMEDY}", exc.iteration) from None
-        return result, time.time() - began
+        return result, time.monotonic() - began
 
     def _checkpoint(self, k: int) -> str:
         return self.run.round_file(k, "checkpoint.pt")
@@ -130,7 +130,7 @@ class Lottery:
     def _dense_round(self) -> None:
         """Round 0: train the dense model from theta_0, saving theta_tau on the way."""
         spec, run, tau = self.spec, self.run, self.spec.rewind_iteration
-        started = time.time()
+        started = time.monotonic()
         self.model = self.kind.initial(spec.model, spec.train.seed, spec.init_from)
         theta0 = {k: v.clone() for k, v in self.model.state_dict().items()}
         if spec.lottery.reset == "init" and not self._exists(run.init_path):
@@ -163,7 +163,7 @@ class Lottery:
         result, trained_here = self._train(0, None, 0, "round 0 (dense)", on_iteration=keep_rewind_point)
         if not self._exists(run.rewind_path):
             raise RuntimeError(f"theta_tau was not captured at iteration {tau}; delete {checkpoint} and rerun")
-        self._finish_round(0, masks, result, started - trained_here)
+        self._finish_round(0, masks, result, started + trained_here)
 
     def _adopted_round(self) -> None:
         """Round 0 taken from --dense-from's run: its files copied and checked, its record extended."""
@@ -203,7 +203,7 @@ class Lottery:
     def _pruning_round(self, k: int) -> bool:
         """Round k >= 1; returns False when no weight is left to prune."""
         spec, run, cfg = self.spec, self.run, self.spec.lottery
-        started = time.time()
+        started = time.monotonic()
         previous = self._shared_masks(run.load(run.round_file(k - 1, "mask.pt")) if D.is_main() else None)
         mask_file = run.round_file(k, "mask.pt")
         if self._exists(mask_file):  # resuming this round: its masks were fixed before training began
@@ -222,7 +222,7 @@ class Lottery:
         self.log(f"round {k}: {cfg.strategy} pruning to {100 * sparsity:.2f}% sparsity, reset {cfg.reset}, "
                  f"training iterations {start}..{spec.train.iterations}")
         result, trained_here = self._train(k, {n: m.to(self.device) for n, m in masks.items()}, start, f"round {k}")
-        self._finish_round(k, masks, result, started - trained_here)
+        self._finish_round(k, masks, result, started + trained_here)
         return True
 
     def _starting_state(self, k: int) -> dict[str, torch.Tensor]:
@@ -234,17 +234,17 @@ class Lottery:
     # -- finishing a round: evaluate, measure, write, commit, report ---------------------------
     def _finish_round(self, k: int, masks: dict, result, started: float) -> None:
         """Evaluate round k, write its files, then append it to rounds.jsonl (the commit point).
-        ``started``: when this invocation began the round, less the time it trained (the result counts
-        the training of every invocation)."""
+        ``started``: when this invocation began the round (time.monotonic), moved on by the time it
+        trained: the result's seconds count the training of every invocation instead."""
         ema = result.ema_model.eval()
         check_masked_zero(ema, masks)
-        clocks = time.time(), time.process_time()
+        clocks = time.monotonic(), time.process_time()
         fid = self._evaluate(ema)
         loss = heldout_loss(ema, self.diffusion, self.data.heldout, self.device, self.spec.evaluation.sample_batch_size)
         record = self._measure(k, masks, ema, fid, loss, result)
         record.update(train_seconds=result.seconds, train_cpu_seconds=result.cpu_seconds,
-                      eval_seconds=time.time() - clocks[0], eval_cpu_seconds=time.process_time() - clocks[1],
-                      seconds=time.time() - started + result.seconds)
+                      eval_seconds=time.monotonic() - clocks[0], eval_cpu_seconds=time.process_time() - clocks[1],
+                      seconds=time.monotonic() - started + result.seconds)
         if D.is_main():
             record.update(self._write_round_files(k, ema, masks, fid["samples"]))
             self._commit(k, record)

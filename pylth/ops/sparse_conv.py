@@ -4,11 +4,12 @@
 ``row_ptr``, ``taps`` = flat index into the channel's [Ci, KH, KW] block, ``values``).
 ``sparse_conv2d(x, w, bias, stride, padding)`` and ``sparse_linear(x, w, bias)`` then compute what
 ``F.conv2d`` / ``F.linear`` compute with the masked dense weight, at the cost of the kept entries:
-csrc/sparse_conv.cpp on the CPU (AVX2/FMA when the CPU has it, OpenMP), csrc/sparse_conv.cu on CUDA.
+csrc/sparse_conv.cpp and sparse_linear.cpp on the CPU (the kernels of csrc/sparse_conv_builds.cpp: AVX2/FMA
+when the CPU has it; OpenMP), csrc/sparse_conv.cu on CUDA.
 They are forward-only (no autograd; pylth.ops.sparse_train differentiates them, with the gradients of
 pylth.ops.sparse_grad). Activations stay dense NCHW; a non-contiguous ``x`` is made contiguous first.
-On the CPU the kernel reads the input in a layout chosen per input size (see csrc/sparse_conv.h); the
-kept entries' offsets into it are computed on the first call for each size and kept with the weight.
+On the CPU the kernel reads the input in a layout chosen per input size (pylth.ops.sparse_cpu_plan,
+csrc/sparse_conv.h); that plan is computed on the first call for each size and kept with the weight.
 
 The kernels win where few weights are kept; at high density the dense op can be faster, so callers
 choose per layer (bench/test_bench_sparse.py measures where the crossover lies).
@@ -16,26 +17,17 @@ choose per layer (bench/test_bench_sparse.py measures where the crossover lies).
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
-
 import torch
 import torch.nn.functional as F
 
 from pylth.ops.checks import INT32_MAX, check_tensor
 from pylth.ops.dispatch import REFERENCE, backend, launch, pack_table
+from pylth.ops.sparse_cpu_plan import conv_plan, launch_forward, launch_linear
 
 __all__ = ["SparseWeight", "compress_weight", "sparse_conv2d", "sparse_conv2d_reference", "sparse_linear",
            "sparse_linear_reference"]
 
-LANES = 8  # floats per AVX vector: the CPU kernel's unit of work along an output row
-# Below this output width the CPU kernel treats each output plane as one row (flat layouts), so
-# that narrow planes (4x4, 7x7) still fill whole vectors.
-NARROW_WIDTH = 8
 CUDA_GRID_LIMIT = 65535  # images and output channels each index one grid dimension
-_PLAN_CACHE_SIZE = 8  # input geometries whose offsets a weight keeps
-# The CPU kernel pads a group of images at a time into its workspace: about this many bytes (at least
-# one image), so that the padded input stays in the L2 cache from being written to being read.
-WORKSPACE_BYTES = 1 << 20
 
 
 class SparseWeight:
@@ -53,7 +45,7 @@ class SparseWeight:
     def __init__(self, shape: tuple, row_ptr: torch.Tensor, taps: torch.Tensor, values: torch.Tensor | None):
         self.shape = tuple(int(s) for s in shape)
         self.row_ptr, self.taps, self.values = row_ptr, taps, values
-        self._plans: dict = {}  # (h, w, stride, padding) -> (_Layout, int32 offsets), CPU only
+        self._plans: dict = {}  # (h, w, stride, padding) -> sparse_cpu_plan.CpuPlan, CPU only
         self._transposed: dict = {}  # (h, w, stride, padding) -> the input gradient's weight (ops.sparse_grad)
 
     @property
@@ -136,8 +128,8 @@ def sparse_conv2d(x: torch.Tensor, weight: SparseWeight, bias: torch.Tensor | No
     out = torch.empty((n, co, ho, wo), dtype=torch.float32, device=x.device)
     if x.device.type == "cuda":
         _launch_cuda(x, weight, bias, out, stride, padding)
-    else:
-        _launch_cpu(x, weight, bias, out, stride, padding)
+    elif n > 0:
+        launch_forward(x, weight, conv_plan(weight, h, w, stride, padding), weight.values, bias, out)
     return out
 
 
@@ -156,7 +148,8 @@ def sparse_linear(x: torch.Tensor, weight: SparseWeight, bias: torch.Tensor | No
         return sparse_linear_reference(x, weight, bias)
     if x.device.type == "cpu":
         out = torch.empty((b, o), dtype=torch.float32)
-        _launch_linear_cpu("sparse_linear", rows, weight, weight.values, bias, out)
+        if b > 0:
+            launch_linear("sparse_linear", rows, weight, weight.values, bias, out)
         return out.reshape(*lead, o)
     # CUDA: the conv kernel on the transposed batch, a 1 x B image of I channels.
     xt = rows.t().reshape(1, i, 1, b).contiguous()
@@ -177,121 +170,10 @@ def sparse_linear_reference(x, weight: SparseWeight, bias=None) -> torch.Tensor:
     return F.linear(x, weight.to_dense(), bias)
 
 
-class _Layout(NamedTuple):
-    """How the CPU kernel reads one input size (the slabs of csrc/sparse_conv.h) and where each kept
-    tap lands in them: ``mode`` "rows" (kind (0, kw % stride), shifted by kh rows and kw // stride
-    columns: unit rows are output rows), "shifted" (kind (0, kw), shifted by kh rows) or "im2col"
-    (kind (kh, kw)); the last two make the output plane one unit row."""
-
-    mode: str
-    direct: bool  # the input itself is the slab layout: no workspace
-    pad: int
-    row_step: int
-    col_step: int
-    kinds_rows: int
-    kinds_cols: int
-    slab_rows: int
-    slab_pitch: int
-    unit_rows: int
-    unit_len: int
-    unit_row_stride: int
-
-    @property
-    def image_floats_per_channel(self) -> int:
-        return self.kinds_rows * self.kinds_cols * self.slab_rows * self.slab_pitch
-
-
-def _cpu_layout(h: int, w: int, kh: int, kw: int, stride: int, pad: int) -> _Layout:
-    ho, wo = (h + 2 * pad - kh) // stride + 1, (w + 2 * pad - kw) // stride + 1
-    hp, wp = h + 2 * pad, w + 2 * pad
-    if kh == kw == stride == 1 and pad == 0:  # 1x1: the input plane is already the output plane's layout
-        return _Layout("rows", (h * w) % LANES == 0, 0, 1, 1, 1, 1, h, w, 1, h * w, 0)
-    if wo >= NARROW_WIDTH:  # padded input split into `stride` column phases: shifted rows are contiguous
-        pitch = -(-wp // stride)
-        return _Layout("rows", False, pad, 1, stride, 1, stride, hp, pitch, ho, wo, stride * pitch)
-    if stride == 1:  # one column-shifted copy per kw, of pitch Wo: rows oy and oy + 1 are adjacent
-        return _Layout("shifted", False, pad, 1, 1, 1, kw, hp, wo, 1, ho * wo, 0)
-    return _Layout("im2col", False, pad, stride, stride, kh, kw, ho, wo, 1, ho * wo, 0)
-
-
-def _input_offsets(weight: SparseWeight, layout: _Layout, stride: int) -> torch.Tensor:
-    """Each kept tap's offset into one image's slabs (int32: the caller checked the slab size)."""
-    kh_size, kw_size = weight.kernel_size
-    taps = weight.taps.long()
-    ci, kh, kw = taps // (kh_size * kw_size), taps // kw_size % kh_size, taps % kw_size
-    zero = torch.zeros_like(taps)
-    if layout.mode == "rows":
-        kind_row, kind_col, row_shift, col_shift = zero, kw % stride, kh, kw // stride
-    elif layout.mode == "shifted":
-        kind_row, kind_col, row_shift, col_shift = zero, kw, kh, zero
-    else:
-        kind_row, kind_col, row_shift, col_shift = kh, kw, zero, zero
-    slab = layout.slab_rows * layout.slab_pitch
-    offsets = ((ci * layout.kinds_rows + kind_row) * layout.kinds_cols + kind_col) * slab
-    return (offsets + row_shift * layout.slab_pitch + col_shift).to(torch.int32)
-
-
-def _cpu_plan(weight: SparseWeight, h: int, w: int, stride: int, pad: int):
-    key = (h, w, stride, pad)
-    plan = weight._plans.get(key)
-    if plan is None:
-        kh, kw = weight.kernel_size
-        layout = _cpu_layout(h, w, kh, kw, stride, pad)
-        if weight.shape[1] * layout.image_floats_per_channel > INT32_MAX:
-            raise ValueError(f"x is too large: one image's {weight.shape[1]} channels of {h}x{w} exceed the "
-                             f"kernel's 32-bit input offsets")
-        plan = (layout, _input_offsets(weight, layout, stride))
-        if len(weight._plans) >= _PLAN_CACHE_SIZE:
-            weight._plans.pop(next(iter(weight._plans)))
-        weight._plans[key] = plan
-    return plan
-
-
-def _launch_cpu(x, weight: SparseWeight, bias, out, stride: int, pad: int, kernel: str = "sparse_conv2d",
-                values=None) -> None:
-    """``kernel`` (the forward, or the weight gradient with dy as ``out`` and the gradient as ``values``)
-    on the slab layout of x's size; ``values`` defaults to the weight's."""
-    n, ci, h, w = x.shape
-    layout, offsets = _cpu_plan(weight, h, w, stride, pad)
-    workspace = None
-    if not layout.direct:
-        image_floats = ci * layout.image_floats_per_channel
-        images = max(1, min(n, WORKSPACE_BYTES // (4 * image_floats)))
-        workspace = torch.empty(images * image_floats + LANES)
-    table = _cpu_table(x, workspace, out, weight, offsets, weight.values if values is None else values, bias)
-    launch(kernel, x.device, table, n, ci, h, w, weight.shape[0], layout.pad, layout.row_step, layout.col_step,
-           layout.kinds_rows, layout.kinds_cols, layout.slab_rows, layout.slab_pitch, layout.unit_rows,
-           layout.unit_len, layout.unit_row_stride)
-
-
-def _launch_linear_cpu(kernel: str, rows, weight: SparseWeight, values, bias, out) -> None:
-    """``kernel`` (the linear forward, or its weight gradient with dy as ``out`` and the gradient as
-    ``values``) on x ``rows`` [B, I]: the kernel transposes x (and y or dy) into the workspace, rows padded
-    to whole vectors."""
-    b, i = rows.shape
-    padded = -(-b // LANES) * LANES
-    _, offsets = _cpu_plan(weight, 1, padded, 1, 0)
-    workspace = torch.empty((i + weight.shape[0]) * padded + LANES)
-    launch(kernel, rows.device, _cpu_table(rows, workspace, out, weight, offsets, values, bias), b, i,
-           weight.shape[0])
-
-
-def _cpu_table(x, workspace, out, weight: SparseWeight, offsets, values, bias) -> torch.Tensor:
-    """The table of csrc/sparse_conv.h's SparseConvCpuRow (address 0 for no workspace, no bias)."""
-    return pack_table([
-        (x.data_ptr(), x.numel()),
-        (0, 0) if workspace is None else (workspace.data_ptr(), workspace.numel()),
-        (out.data_ptr(), out.numel()),
-        (weight.row_ptr.data_ptr(), weight.row_ptr.numel()),
-        (offsets.data_ptr(), offsets.numel()),
-        (values.data_ptr(), values.numel()),
-        (0, 0) if bias is None else (bias.data_ptr(), bias.numel()),
-    ], 2)
-
-
 def _launch_cuda(x, weight: SparseWeight, bias, out, stride: int, pad: int, kernel: str = "sparse_conv2d",
                  values=None) -> None:
-    """As _launch_cpu, for CUDA tensors (the kernels read the taps and pad implicitly)."""
+    """``kernel`` (the forward, or the weight gradient with dy as ``out`` and the gradient as ``values``;
+    ``values`` defaults to the weight's) on CUDA tensors: the kernels read the taps and pad implicitly."""
     n, ci, h, w = x.shape
     co = weight.shape[0]
     kh, kw = weight.kernel_size

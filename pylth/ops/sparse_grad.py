@@ -11,6 +11,9 @@ For y = sparse_conv2d(x, weight, bias, stride, padding) and dL/dy = ``grad_out``
 - ``sparse_conv2d_grad_weight`` is dL/d values, at the kept entries only: per kept weight one dot
   product of dy[:, co] with the inputs its offset pairs with the outputs, over batch x output positions
   (csrc/sparse_conv_grad_tile.h; it needs the weight's structure, not its values).
+- ``sparse_conv2d_backward`` is both: on the CPU one pass over the batch, a group of images at a time,
+  builds the group's dy and x slabs once and runs the input gradient's tiles and the weight gradient's
+  dot products on them while they are in cache (dy is read from memory once for both).
 - ``sparse_linear_grad_input`` / ``sparse_linear_grad_weight``: the same for the linear.
 
 The transposed weight's structure (its taps, and which forward entry each of its entries is) depends on
@@ -27,11 +30,11 @@ import torch
 
 from pylth.ops.checks import check_tensor
 from pylth.ops.dispatch import REFERENCE, backend
-from pylth.ops.sparse_conv import (_PLAN_CACHE_SIZE, SparseWeight, _check_input, _check_int, _check_weight,
-                                   _launch_cpu, _launch_cuda, _launch_linear_cpu, _output_size, sparse_conv2d,
-                                   sparse_linear)
+from pylth.ops.sparse_conv import (SparseWeight, _check_input, _check_int, _check_weight, _launch_cuda,
+                                   _output_size, sparse_conv2d, sparse_linear)
+from pylth.ops.sparse_cpu_plan import PLAN_CACHE_SIZE, conv_plan, launch_backward, launch_linear
 
-__all__ = ["sparse_conv2d_grad_input", "sparse_conv2d_grad_input_reference", "sparse_conv2d_grad_weight",
+__all__ = ["sparse_conv2d_backward", "sparse_conv2d_grad_input", "sparse_conv2d_grad_input_reference", "sparse_conv2d_grad_weight",
            "sparse_conv2d_grad_weight_reference", "sparse_linear_grad_input", "sparse_linear_grad_weight",
            "sparse_linear_grad_weight_reference"]
 
@@ -48,18 +51,12 @@ def sparse_conv2d_grad_input(grad_out: torch.Tensor, weight: SparseWeight, input
     n, ci, h, w = _check_input_shape(input_shape, weight)
     grad_out = _check_grad_out(grad_out, weight, (n, weight.shape[0], *_output_size(h, w, weight, stride, padding,
                                                                                   "input_shape")))
+    if grad_out.device.type == "cpu":
+        return _cpu_backward(None, grad_out, weight, (n, ci, h, w), stride, padding, True, False)[0]
     transposed = _conv_transposed(weight, h, w, stride, padding)
     phases = sparse_conv2d(grad_out, transposed.weight.with_values(weight.values[transposed.order]), None, 1,
                            transposed.padding)
-    if stride == 1:
-        return phases if phases.shape[2:] == (h, w) else phases[:, :, :h, :w].contiguous()
-    # One strided copy per phase (a, b) into x[:, :, a::s, b::s] (a 6-D permute was 1.7x slower).
-    grad_x = torch.empty((n, ci, h, w), dtype=torch.float32, device=grad_out.device)
-    planes = phases.view(n, stride, stride, ci, *phases.shape[2:])
-    for a in range(min(stride, h)):
-        for b in range(min(stride, w)):
-            grad_x[:, :, a::stride, b::stride] = planes[:, a, b, :, :-(-(h - a) // stride), :-(-(w - b) // stride)]
-    return grad_x
+    return _from_phases(phases, (n, ci, h, w), stride)
 
 
 @torch.no_grad()
@@ -71,18 +68,72 @@ def sparse_conv2d_grad_weight(x: torch.Tensor, grad_out: torch.Tensor, weight: S
     _check_weight(weight, "weight", ndim=4, values=False)
     stride = _check_int(stride, "stride", minimum=1)
     padding = _check_int(padding, "padding", minimum=0)
-    x = _check_input(x, "x", weight, ndim=4, channels=weight.shape[1], channel_dim=1)
-    n, _, h, w = x.shape
-    grad_out = _check_grad_out(grad_out, weight, (n, weight.shape[0], *_output_size(h, w, weight, stride, padding,
-                                                                                  "x")))
-    if weight.nnz == 0 or n == 0:
+    x, grad_out = _check_x_and_grad_out(x, grad_out, weight, stride, padding)
+    if x.device.type == "cpu":
+        return _cpu_backward(x, grad_out, weight, tuple(x.shape), stride, padding, False, True)[1]
+    if weight.nnz == 0 or x.shape[0] == 0:
         return torch.zeros(weight.nnz, dtype=torch.float32, device=x.device)
     if backend("sparse_conv2d_grad_weight", x.device) == REFERENCE:
         return sparse_conv2d_grad_weight_reference(x, grad_out, weight, stride, padding)
     grad = torch.empty(weight.nnz, dtype=torch.float32, device=x.device)
-    launch = _launch_cuda if x.device.type == "cuda" else _launch_cpu
-    launch(x, weight, None, grad_out, stride, padding, kernel="sparse_conv2d_grad_weight", values=grad)
+    _launch_cuda(x, weight, None, grad_out, stride, padding, kernel="sparse_conv2d_grad_weight", values=grad)
     return grad
+
+
+@torch.no_grad()
+def sparse_conv2d_backward(x: torch.Tensor, grad_out: torch.Tensor, weight: SparseWeight, stride: int = 1,
+                           padding: int = 0, input_grad: bool = True, weight_grad: bool = True,
+                           bias_grad: bool = False) -> tuple:
+    """(dL/dx, dL/d values, dL/d bias), each None unless asked for, of ``sparse_conv2d(x, weight, bias,
+    stride, padding)`` for dL/dy = ``grad_out``: on the CPU in one pass over the batch (dy and x are read
+    from memory once for all three), elsewhere as ``sparse_conv2d_grad_input``,
+    ``sparse_conv2d_grad_weight`` and a sum over dy."""
+    _check_weight(weight, "weight", ndim=4, values=input_grad)
+    stride = _check_int(stride, "stride", minimum=1)
+    padding = _check_int(padding, "padding", minimum=0)
+    x, grad_out = _check_x_and_grad_out(x, grad_out, weight, stride, padding)
+    if x.device.type == "cpu":
+        return _cpu_backward(x, grad_out, weight, tuple(x.shape), stride, padding, input_grad, weight_grad,
+                             bias_grad)
+    return (sparse_conv2d_grad_input(grad_out, weight, tuple(x.shape), stride, padding) if input_grad else None,
+            sparse_conv2d_grad_weight(x, grad_out, weight, stride, padding) if weight_grad else None,
+            grad_out.sum((0, 2, 3)) if bias_grad else None)
+
+
+def _cpu_backward(x, grad_out, weight: SparseWeight, input_shape: tuple, stride: int, padding: int,
+                  input_grad: bool, weight_grad: bool, bias_grad: bool = False) -> tuple:
+    """csrc/sparse_conv.h's one-pass backward (x may be None without the weight gradient)."""
+    backend("sparse_conv2d_backward", grad_out.device)  # a missing or stale native module raises here
+    n, ci, h, w = input_shape
+    if n == 0:
+        return (torch.zeros(input_shape) if input_grad else None, torch.zeros(weight.nnz) if weight_grad else None,
+                torch.zeros(weight.shape[0]) if bias_grad else None)
+    plan = conv_plan(weight, h, w, stride, padding)
+    grad_values = torch.empty(weight.nnz) if weight_grad else None
+    grad_bias = torch.empty(weight.shape[0]) if bias_grad else None
+    phases = transposed = transposed_plan = None
+    if input_grad:
+        transposed = _conv_transposed(weight, h, w, stride, padding)
+        transposed_plan = conv_plan(transposed.weight, *plan.out_shape, 1, transposed.padding)
+        phases = torch.empty((n, transposed.weight.shape[0], *transposed_plan.out_shape))
+    if input_grad or weight_grad or bias_grad:
+        launch_backward(x if x is not None else grad_out, grad_out, weight, plan, grad_values, transposed,
+                        transposed_plan, phases, grad_bias)
+    return (_from_phases(phases, input_shape, stride) if input_grad else None), grad_values, grad_bias
+
+
+def _from_phases(phases: torch.Tensor, input_shape: tuple, stride: int) -> torch.Tensor:
+    """dL/dx from the transposed conv's output: per stride phase (a, b) the plane of x[:, :, a::s, b::s]."""
+    n, ci, h, w = input_shape
+    if stride == 1:
+        return phases if phases.shape[2:] == (h, w) else phases[:, :, :h, :w].contiguous()
+    # One strided copy per phase (a, b) into x[:, :, a::s, b::s] (a 6-D permute was 1.7x slower).
+    grad_x = torch.empty((n, ci, h, w), dtype=torch.float32, device=phases.device)
+    planes = phases.view(n, stride, stride, ci, *phases.shape[2:])
+    for a in range(min(stride, h)):
+        for b in range(min(stride, w)):
+            grad_x[:, :, a::stride, b::stride] = planes[:, a, b, :, :-(-(h - a) // stride), :-(-(w - b) // stride)]
+    return grad_x
 
 
 @torch.no_grad()
@@ -111,7 +162,7 @@ def sparse_linear_grad_weight(x: torch.Tensor, grad_out: torch.Tensor, weight: S
         return sparse_linear_grad_weight_reference(rows, grad_rows, weight)
     grad = torch.empty(weight.nnz, dtype=torch.float32, device=x.device)
     if x.device.type == "cpu":
-        _launch_linear_cpu("sparse_linear_grad_weight", rows, weight, grad, None, grad_rows)
+        launch_linear("sparse_linear_grad_weight", rows, weight, grad, None, grad_rows)
     else:  # the conv's kernel on the transposed batch, a 1 x B image of I channels
         xt = rows.t().reshape(1, i, 1, b).contiguous()
         grad_t = grad_rows.t().reshape(1, o, 1, b).contiguous()
@@ -143,11 +194,13 @@ def _at_kept(dense: torch.Tensor, weight: SparseWeight) -> torch.Tensor:
 
 class _Transposed(NamedTuple):
     """The input gradient's weight: a structure (no values) whose entry j is the forward weight's entry
-    ``order[j]``, and the padding of its stride-1 conv over dy."""
+    ``order[j]`` (``order32``: the same as int32, for the native backward), and the padding of its
+    stride-1 conv over dy."""
 
     weight: SparseWeight
     order: torch.Tensor
     padding: int
+    order32: torch.Tensor
 
 
 def _phase_shifts(size: int, stride: int, padding: int, device) -> tuple:
@@ -195,11 +248,12 @@ def _regrouped(rows: torch.Tensor, taps: torch.Tensor, shape: tuple, padding: in
     order = torch.argsort(rows * math.prod(shape[1:]) + taps)
     row_ptr = torch.zeros(shape[0] + 1, dtype=torch.int64, device=rows.device)
     row_ptr[1:] = torch.bincount(rows, minlength=shape[0]).cumsum(0)
-    return _Transposed(SparseWeight(shape, row_ptr, taps[order].to(torch.int32).contiguous(), None), order, padding)
+    return _Transposed(SparseWeight(shape, row_ptr, taps[order].to(torch.int32).contiguous(), None), order, padding,
+                       order.to(torch.int32))
 
 
 def _cached(weight: SparseWeight, key, transposed: _Transposed) -> _Transposed:
-    if len(weight._transposed) >= _PLAN_CACHE_SIZE:
+    if len(weight._transposed) >= PLAN_CACHE_SIZE:
         weight._transposed.pop(next(iter(weight._transposed)))
     weight._transposed[key] = transposed
     return transposed
@@ -212,6 +266,14 @@ def _check_input_shape(input_shape, weight: SparseWeight) -> tuple:
     if input_shape[1] != weight.shape[1]:
         raise ValueError(f"input_shape has {input_shape[1]} channels but weight has {weight.shape[1]} input channels")
     return tuple(input_shape)
+
+
+def _check_x_and_grad_out(x, grad_out, weight: SparseWeight, stride: int, padding: int) -> tuple:
+    """x and dL/dy of the conv, contiguous, their shapes checked against each other."""
+    x = _check_input(x, "x", weight, ndim=4, channels=weight.shape[1], channel_dim=1)
+    n, _, h, w = x.shape
+    shape = (n, weight.shape[0], *_output_size(h, w, weight, stride, padding, "x"))
+    return x, _check_grad_out(grad_out, weight, shape)
 
 
 def _check_grad_out(grad_out, weight: SparseWeight, shape) -> torch.Tensor:

@@ -5,8 +5,8 @@ values as the weight.
 padding)`` for the masked dense weight W whose kept entries (the structure ``weight``, a SparseWeight
 from compress_weight; its own values, if any, are not read) hold ``values``, differentiable in x,
 values and bias. The backward costs what the kept weights cost (pylth.ops.sparse_grad): dL/dx is the
-forward kernel on the transposed weight, dL/d values one dot product per kept weight, dL/d bias torch's
-sum over dy. ``values`` is meant to be an nn.Parameter that any torch optimizer updates in place: each
+forward kernel on the transposed weight, dL/d values one dot product per kept weight, dL/d bias the sum
+over dy, all three in one pass on the CPU. ``values`` is meant to be an nn.Parameter that any torch optimizer updates in place: each
 call reads it as it is then (only the structure's plans are cached), and its gradient and optimizer
 state hold one entry per kept weight. ``sparse_linear_trainable`` is the same for Linear. Once
 differentiable (no double backward).
@@ -20,7 +20,7 @@ from torch.autograd.function import once_differentiable
 
 from pylth.ops.checks import check_tensor
 from pylth.ops.sparse_conv import SparseWeight, _check_weight, sparse_conv2d, sparse_linear
-from pylth.ops.sparse_grad import (sparse_conv2d_grad_input, sparse_conv2d_grad_weight, sparse_linear_grad_input,
+from pylth.ops.sparse_grad import (_cpu_backward, sparse_conv2d_backward, sparse_linear_grad_input,
                                    sparse_linear_grad_weight)
 
 __all__ = ["sparse_conv2d_trainable", "sparse_linear_trainable"]
@@ -45,18 +45,29 @@ def sparse_linear_trainable(x: torch.Tensor, values: torch.Tensor, weight: Spars
 
 
 class _Kernels(NamedTuple):
-    """One kind of layer: its forward, input and weight gradients (taking the geometry's extra
-    arguments after the weight) and its bias gradient."""
+    """One kind of layer: its forward and its backward, each taking the geometry's extra arguments after
+    the weight; the backward returns (dL/dx, dL/d values, dL/d bias), None where not asked for."""
 
     forward: Callable
-    grad_input: Callable  # (grad_out, weight, input_shape, *geometry)
-    grad_weight: Callable  # (x, grad_out, weight, *geometry)
-    grad_bias: Callable  # (grad_out)
+    backward: Callable  # (x, grad_out, weight, *geometry, input_grad, weight_grad, bias_grad)
 
 
-_CONV = _Kernels(sparse_conv2d, sparse_conv2d_grad_input, sparse_conv2d_grad_weight, lambda g: g.sum((0, 2, 3)))
-_LINEAR = _Kernels(sparse_linear, lambda grad_out, weight, input_shape: sparse_linear_grad_input(grad_out, weight),
-                   sparse_linear_grad_weight, lambda g: g.reshape(-1, g.shape[-1]).sum(0))
+def _conv_backward(x, grad_out, weight, stride: int, padding: int, input_grad: bool, weight_grad: bool,
+                   bias_grad: bool) -> tuple:
+    # The forward checked x, the weight and the geometry; grad_out comes from autograd with y's shape.
+    if x.device.type == "cpu":
+        return _cpu_backward(x, grad_out, weight, tuple(x.shape), stride, padding, input_grad, weight_grad, bias_grad)
+    return sparse_conv2d_backward(x, grad_out, weight, stride, padding, input_grad, weight_grad, bias_grad)
+
+
+def _linear_backward(x, grad_out, weight, input_grad: bool, weight_grad: bool, bias_grad: bool) -> tuple:
+    return (sparse_linear_grad_input(grad_out, weight) if input_grad else None,
+            sparse_linear_grad_weight(x, grad_out, weight) if weight_grad else None,
+            grad_out.reshape(-1, grad_out.shape[-1]).sum(0) if bias_grad else None)
+
+
+_CONV = _Kernels(sparse_conv2d, _conv_backward)
+_LINEAR = _Kernels(sparse_linear, _linear_backward)
 
 
 class _SparseOp(torch.autograd.Function):
@@ -74,9 +85,8 @@ class _SparseOp(torch.autograd.Function):
         weight, kernels, geometry = ctx.weight.with_values(values), ctx.kernels, ctx.geometry
         grad_out = grad_out.contiguous()
         needs_x, needs_values, needs_bias = ctx.needs_input_grad[:3]
-        grad_x = kernels.grad_input(grad_out, weight, x.shape, *geometry) if needs_x else None
-        grad_values = kernels.grad_weight(x, grad_out, weight, *geometry) if needs_values else None
-        grad_bias = kernels.grad_bias(grad_out) if needs_bias else None
+        grad_x, grad_values, grad_bias = kernels.backward(x, grad_out, weight, *geometry, needs_x, needs_values,
+                                                          needs_bias)
         return grad_x, grad_values, grad_bias, None, None, None
 
 

@@ -9,9 +9,11 @@ handling, which only large layers win back: a Linear is made sparse when it has 
 LINEAR_MIN_WEIGHTS weights and at most LINEAR_MAX_DENSITY of them are kept. On CUDA devices nothing is
 made sparse by default: the CUDA kernel has not been measured against cuDNN yet.
 
-``sparsify(..., trainable=True)`` makes the same choice for training (bench/test_bench_sparse_train.py
-measures forward + backward per layer), and the sparse layers' kept values become Parameters that
-autograd trains with the sparse kernels' backward. ``dense_state_dict`` turns such a model back into
+``sparsify(..., trainable=True)`` chooses by the crossover of training instead (forward, backward and
+the optimizer step; bench/sparse_train_crossover.py), which depends on a conv's kernel and its outputs
+per channel in one step (``output_positions``: batch x Ho x Wo; a conv without one takes the fewest
+outputs' crossover): see TRAINING_CONV_MAX_DENSITY. Linear layers train dense. The sparse layers' kept values
+become Parameters that autograd trains with the sparse kernels' backward. ``dense_state_dict`` turns such a model back into
 the dense masked model's state_dict (model.pt's keys and shapes); ``load_dense_state_`` loads one into
 it, each sparse layer gathering its kept values; ``dense_layer_masks`` are the masks of the layers that
 stayed dense, which the optimizer must still keep at zero (MaskedAdam).
@@ -31,6 +33,21 @@ from pylth.sparse.modules import SparseConv2d, SparseLinear, _SparseWeighted, fu
 CONV_MAX_DENSITY = 0.15
 LINEAR_MAX_DENSITY = 0.10
 LINEAR_MIN_WEIGHTS = 1 << 18
+
+# Training: the density up to which a conv trains faster sparse (one step of the layer: forward,
+# backward with dL/dx, dL/d weight and dL/d bias, MaskedAdam), by the outputs per channel of one step
+# (batch x Ho x Wo): pairs (most outputs, density), the first that fits. Measured by
+# bench/sparse_train_crossover.py on this CPU (AMD EPYC, the AVX2 build, one thread), 2026-12-06, over
+# the U-Net of issue 26 (batch 64, 28x28 and 14x14 inputs) and the CIFAR-10 U-Net (batch 8); each value
+# is the lowest crossover of its bucket less a margin. KxK convs (any stride): 128 outputs 4.8 % (CIFAR
+# 4x4 layers, and stride 2 to 4x4); 512-1024: 9.5 % (the small U-Net's 4x4 layers; CIFAR's 8x8 ones
+# 9.9-11.2 %); 2048: 16.4 % (CIFAR 16x16); 3136 and more: 20.4 % (the small U-Net's 7x7 layers; its
+# 8x8-28x28 ones 26-38 %, CIFAR's 32x32 ones 25-26 %). 1x1 convs: 128: 9.6 %; 512: 25.5 %; 1024 and
+# more: 30.1 % (the small U-Net's 128->64 at 7x7; others 33-60 %).
+TRAINING_CONV_MAX_DENSITY = ((256, 0.045), (1536, 0.09), (3072, 0.15), (None, 0.2))
+TRAINING_POINTWISE_CONV_MAX_DENSITY = ((256, 0.09), (768, 0.25), (None, 0.28))
+# No Linear of these U-Nets trains faster sparse, down to 2 % density (512x512 at batch 8: 0.85x): under
+# the crossover rule every Linear trains dense.
 
 
 @dataclass(frozen=True)
@@ -65,8 +82,20 @@ class SparsifyReport(list):
         return "\n".join(lines)
 
 
-def _choose(module: nn.Module, density: float, max_density: float | None, cuda: bool) -> str:
-    """Why ``module`` should stay dense ("" to make it sparse)."""
+def _training_limit(module: nn.Conv2d, positions: int | None) -> float:
+    """The training crossover of ``module`` for ``positions`` outputs per channel and step (None: the
+    fewest)."""
+    table = TRAINING_POINTWISE_CONV_MAX_DENSITY if tuple(module.kernel_size) == (1, 1) else TRAINING_CONV_MAX_DENSITY
+    for most, density in table:
+        if most is None or positions is None or positions <= most:
+            return density
+    return table[-1][1]
+
+
+def _choose(module: nn.Module, density: float, max_density: float | None, cuda: bool, trainable: bool = False,
+            positions: int | None = None) -> str:
+    """Why ``module`` should stay dense ("" to make it sparse); ``positions``: a conv's outputs per channel
+    and training step."""
     base = nn.Conv2d if isinstance(module, nn.Conv2d) else nn.Linear
     if type(module).forward is not base.forward:  # a subclass computing something else: keep it
         return f"{type(module).__name__} overrides {base.__name__}.forward"
@@ -74,10 +103,15 @@ def _choose(module: nn.Module, density: float, max_density: float | None, cuda: 
         unsupported = unsupported_conv(module)
         if unsupported:
             return f"the sparse kernel does not take {unsupported}"
-        limit = CONV_MAX_DENSITY if max_density is None else max_density
+        if max_density is not None:
+            limit = max_density
+        else:
+            limit = _training_limit(module, positions) if trainable else CONV_MAX_DENSITY
     else:
         if module.weight.dtype != torch.float32:
             return f"dtype {module.weight.dtype} (the kernels are fp32)"
+        if max_density is None and trainable:
+            return "a Linear trains faster dense at every measured density"
         if max_density is None and module.weight.numel() < LINEAR_MIN_WEIGHTS:
             return f"fewer than {LINEAR_MIN_WEIGHTS} weights: the dense op is faster"
         limit = LINEAR_MAX_DENSITY if max_density is None else max_density
@@ -89,7 +123,7 @@ def _choose(module: nn.Module, density: float, max_density: float | None, cuda: 
 
 
 def sparsify(model: nn.Module, masks: dict, *, max_density: float | None = None, device=None,
-             trainable: bool = False, layers=None) -> nn.Module:
+             trainable: bool = False, layers=None, output_positions: dict | None = None) -> nn.Module:
     """A copy of ``model`` for sampling: every Conv2d/Linear whose weight has a mask in ``masks``
     (name -> bool tensor, True = kept) becomes a SparseConv2d/SparseLinear holding only its kept
     weights, or, where the dense op is faster (see the module docstring; ``max_density`` overrides
@@ -103,7 +137,9 @@ def sparsify(model: nn.Module, masks: dict, *, max_density: float | None = None,
     ``requires_grad``; each sparse layer's ``values`` (its kept weights) and ``bias`` are Parameters.
     ``layers``: the names of exactly the layers to make sparse, instead of the crossover rule (a
     resumed training run takes the layers its checkpoint was trained with, wherever it resumes).
-    GroupNorm and SiLU stay torch's (the fused pass has no backward)."""
+    ``output_positions``: conv name -> its outputs per channel in one training step (batch x Ho x Wo),
+    which the training crossover depends on (pylth.ddpm.trainer.sparse measures them). GroupNorm + SiLU pairs are fused
+    for training too (the fused pass has its own backward)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if max_density is not None and (isinstance(max_density, bool) or not isinstance(max_density, (int, float))
@@ -111,6 +147,10 @@ def sparsify(model: nn.Module, masks: dict, *, max_density: float | None = None,
         raise ValueError(f"max_density must be a number in [0, 1], got {max_density!r}")
     if not isinstance(trainable, bool):
         raise TypeError(f"trainable must be a bool, got {trainable!r}")
+    if output_positions is not None and (not isinstance(output_positions, dict) or not all(
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v > 0
+            for k, v in output_positions.items())):
+        raise TypeError(f"output_positions must be a dict of module name -> positive int, got {output_positions!r}")
     if layers is not None:
         if isinstance(layers, str) or not all(isinstance(n, str) for n in layers):
             raise TypeError(f"layers must be a list of module names, got {layers!r}")
@@ -124,16 +164,16 @@ def sparsify(model: nn.Module, masks: dict, *, max_density: float | None = None,
     if not trainable:
         model.eval().requires_grad_(False)
     with torch.no_grad():
-        report = _convert(model, masks, max_density, target, trainable, layers)
-    if not trainable and target.type == "cpu" and report.sparse:
-        # Where the convs run sparse, GroupNorm + SiLU is a large share of the forward: one pass for both.
+        report = _convert(model, masks, max_density, target, trainable, layers, output_positions or {})
+    if target.type == "cpu" and report.sparse:
+        # Where the convs run sparse, GroupNorm + SiLU is a large share of the step: one pass for both.
         report.fused_norms = fuse_group_norm_silu(model)
     model.sparsify_report = report
     return model.to(target)
 
 
 def _convert(model: nn.Module, masks: dict, max_density, target: torch.device, trainable: bool,
-             layers: set | None) -> SparsifyReport:
+             layers: set | None, output_positions: dict) -> SparsifyReport:
     report = SparsifyReport()
     for name, module in list(model.named_modules()):
         mask = masks.get(f"{name}.weight" if name else "weight")
@@ -141,7 +181,8 @@ def _convert(model: nn.Module, masks: dict, max_density, target: torch.device, t
             continue
         density = float(mask.float().mean())
         if layers is None:
-            reason = _choose(module, density, max_density, target.type == "cuda")
+            reason = _choose(module, density, max_density, target.type == "cuda", trainable,
+                             output_positions.get(name))
         elif name in layers:
             reason = _choose(module, density, 1.0, False)  # only what the kernels cannot take
             if reason:

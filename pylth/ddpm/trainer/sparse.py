@@ -2,10 +2,12 @@
 and the way back to the dense masked model.
 
 - ``off``: the dense model with its weights masked, MaskedAdam keeping the pruned entries at zero.
-- ``auto`` (the default): pylth.sparse.sparsify's crossover rule per layer (measured on this CPU: a
-  conv is sparse at density <= CONV_MAX_DENSITY, a Linear with at least LINEAR_MIN_WEIGHTS weights at
-  density <= LINEAR_MAX_DENSITY; nothing on CUDA, where the kernels are not measured against cuDNN).
-  A round with no layer that sparse trains exactly as ``off``; round 0 (no masks) always does.
+- ``auto`` (the default): pylth.sparse.sparsify's training crossover per layer, measured on this CPU for
+  forward + backward + optimizer (pylth.sparse.convert.TRAINING_CONV_MAX_DENSITY): a conv is sparse at
+  density <= 4.5-20 % (3x3) or 9-28 % (1x1), the more the more outputs per channel a step has (batch x
+  its output plane, which one forward pass of the model on one zero image measures); Linear layers stay
+  dense; nothing on CUDA, where the kernels are not measured against cuDNN. A round with no layer that sparse trains exactly as ``off``;
+  round 0 (no masks) always does.
 - ``on``: every masked Conv2d/Linear the kernels take is sparse, whatever its density; without masks
   (round 0, ``python -m pylth.train``) every prunable layer is, fully kept (slower than dense: for tests
   and measurements).
@@ -22,6 +24,7 @@ import copy
 import torch
 from torch import nn
 
+from pylth.ddpm.models.registry import kind_of, model_kind
 from pylth.ddpm.trainer.config import SPARSE_TRAINING
 from pylth.pruning import prunable_parameters
 from pylth.sparse import dense_layer_masks, dense_state_dict, sparsify
@@ -33,25 +36,60 @@ def _check_setting(setting) -> str:
     return setting
 
 
-def _sparsified(model: nn.Module, masks: dict, setting: str, layers=None) -> nn.Module | None:
+def _sparsified(model: nn.Module, masks: dict, setting: str, layers=None, batch_size: int | None = None
+                ) -> nn.Module | None:
     """``model`` sparsified for training under ``setting`` (in exactly ``layers`` when given), or None
     for dense training."""
     if _check_setting(setting) == "off" or (setting == "auto" and not masks) or layers == []:
         return None
     if not masks:  # "on" without masks: every prunable layer, fully kept
         masks = {name: torch.ones(p.shape, dtype=torch.bool, device=p.device) for name, p in prunable_parameters(model)}
-    sparse = sparsify(model, masks, max_density=1.0 if setting == "on" else None, trainable=True, layers=layers)
+    positions = None
+    if setting == "auto" and layers is None and batch_size is not None:
+        planes = conv_output_planes(model)
+        positions = None if planes is None else {name: batch_size * plane for name, plane in planes.items()}
+    sparse = sparsify(model, masks, max_density=1.0 if setting == "on" else None, trainable=True, layers=layers,
+                      output_positions=positions)
     return sparse if sparse.sparsify_report.sparse else None
 
 
-def training_module(model: nn.Module, masks: dict, setting: str, layers=None) -> tuple[nn.Module, dict]:
+@torch.no_grad()
+def conv_output_planes(model: nn.Module) -> dict | None:
+    """Conv name -> the size of its output planes (Ho x Wo) in one forward pass of ``model`` (a
+    registered kind that knows its image shape) on one zero image, in eval mode (no dropout: the global
+    random stream is not touched); None for a model it cannot run."""
+    found = kind_of(model)
+    kind = model_kind(found[0]) if found is not None else None
+    if kind is None or kind.image_shape is None:
+        return None
+    device = next(model.parameters(), torch.zeros(())).device
+    planes = {}
+    hooks = [m.register_forward_hook(lambda _m, _inp, out, name=name: planes.__setitem__(name, out[0, 0].numel()))
+             for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    training = model.training
+    try:
+        model.eval()
+        kind.predict(model, torch.zeros(1, *kind.image_shape(found[1]), device=device),
+                     torch.zeros(1, dtype=torch.long, device=device))
+    finally:
+        model.train(training)
+        for h in hooks:
+            h.remove()
+    return planes
+
+
+def training_module(model: nn.Module, masks: dict, setting: str, layers=None, batch_size: int | None = None
+                    ) -> tuple[nn.Module, dict]:
     """(the module to train, the masks its optimizer must keep) for ``model`` masked by ``masks`` (name ->
     bool, already applied). Dense training returns ``model`` itself and ``masks``; sparse training a
     sparsified copy (its ``sparsify_report`` says which layers are sparse) and the masks of the layers
     left dense. ``auto`` without a layer sparse enough is dense training. ``layers``: the layers to
     train sparse instead of choosing them (a resumed run: its checkpoint's, so that ``auto`` choosing
-    otherwise on another device or pylth version cannot refuse or change it)."""
-    sparse = _sparsified(model, masks, setting, layers)
+    otherwise on another device or pylth version cannot refuse or change it). ``batch_size``: the images
+    per step on this process, which ``auto``'s crossover depends on (without it, ``auto`` takes the
+    crossover of the fewest outputs: it never trains a layer slower, but may leave some dense that
+    would be faster sparse)."""
+    sparse = _sparsified(model, masks, setting, layers, batch_size)
     return (model, masks) if sparse is None else (sparse, dense_layer_masks(sparse, masks))
 
 

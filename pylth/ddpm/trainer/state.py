@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from pylth.ddpm.trainer.sparse import sparse_ema, training_module
+from pylth.foundations.distributed import world_size
 from pylth.optim import MaskedAdam
 from pylth.pruning.model_masks import apply_masks, checked_masks
 
@@ -63,7 +64,8 @@ def setup_state(model: nn.Module, config, device: torch.device, masks: dict | No
     if ema_state is not None:
         ema_model.load_state_dict(ema_state)
         apply_masks(ema_model, masks)
-    trained, trained_masks = training_module(model, masks, config.sparse_training, sparse_layers)
+    trained, trained_masks = training_module(model, masks, config.sparse_training, sparse_layers,
+                                             batch_size=max(1, config.batch_size // world_size()))
     ema_model = sparse_ema(ema_model, trained, masks, config.sparse_training)
     optimizer = MaskedAdam(trained.parameters(), lr=config.lr)
     named = dict(trained.named_parameters())
