@@ -3,11 +3,11 @@
 # Resumable: rerun it, or one part of it, after any interruption; a finished step only says so.
 #
 #   bash results/fashion-mnist/run.sh          every part, one after another
-#   bash results/fashion-mnist/run.sh PART     one part: knee reference lane1 lane2 score records publish
+#   bash results/fashion-mnist/run.sh PART     one part: knee reference lane1 lane2 control score records publish
 #                                              (records: copy what the runs have so far, safe mid-study)
 #
 # As it was run (two runs at a time, one thread each, beside the Inception reference):
-#   run.sh knee; then run.sh lane1 & run.sh lane2 & run.sh reference &; then run.sh score; run.sh publish
+#   run.sh knee; then run.sh lane1 & run.sh lane2 & run.sh reference & run.sh control; then run.sh score; run.sh publish
 # Run directories (weights) go to $RUNS, outside the repository; publish copies their small records
 # into results/fashion-mnist/.
 set -euo pipefail
@@ -28,6 +28,7 @@ HEADLINE=(--fid-features inception --fid-samples 5000)  # sampler, steps and bat
 
 A=$RUNS/A-layerwise-rewind; B=$RUNS/B-uniform-rewind; C=$RUNS/C-global-rewind
 D=$RUNS/D-layerwise-reinit; E=$RUNS/E-random-rewind; F=$RUNS/F-layerwise-rewind-seed1
+G=$RUNS/G-dense-retrained
 
 knee() {  # the dense model's FID against training length: one run per learning rate, extended step by step
   local lr=$1; shift
@@ -80,6 +81,11 @@ part_lane2() {
   ticket --strategy layerwise --reset reinit --seed 0 --target-sparsity 0.9 --dense-from "$A" --out "$D"
 }
 
+part_control() {  # A's dense model put through one round's retraining (rewind to theta_tau, fresh Adam, 1,900
+  # iterations) with 11 of its 1.1 M weights pruned: what the retraining alone does to the FID
+  ticket --strategy global --reset rewind --seed 0 --prune-ratio 0.00001 --max-rounds 1 --dense-from "$A" --out "$G"
+}
+
 part_score() {  # headline scores: Inception FID and KID, 5,000 samples, against all 60,000 train images
   python -m pylth.evaluate "$A" --rounds 0 --seeds 0,1,2 "${HEADLINE[@]}"
   python -m pylth.evaluate "$F" --rounds 0 --seeds 0,1,2 "${HEADLINE[@]}"
@@ -88,10 +94,11 @@ part_score() {  # headline scores: Inception FID and KID, 5,000 samples, against
   python -m pylth.evaluate "$C" --sparsity 0.9,0.95 "${HEADLINE[@]}"
   python -m pylth.evaluate "$D" --sparsity 0.9 "${HEADLINE[@]}"
   python -m pylth.evaluate "$E" --sparsity 0.9 "${HEADLINE[@]}"
+  python -m pylth.evaluate "$G" --rounds 1 --seeds 0,1,2 "${HEADLINE[@]}"
 }
 
 part_records() {  # the small records of every run started so far, and the knee (no weights): safe mid-study
-  for run in "$A" "$B" "$C" "$D" "$E" "$F"; do
+  for run in "$A" "$B" "$C" "$D" "$E" "$F" "$G"; do
     [ -f "$run/rounds.jsonl" ] || continue
     mkdir -p "$OUT/records/$(basename "$run")"
     cp "$run"/{config.json,rounds.jsonl} "$OUT/records/$(basename "$run")/"
@@ -144,10 +151,10 @@ PY
 }
 
 parts=("$@")
-[ ${#parts[@]} -eq 0 ] && parts=(knee reference lane1 lane2 score publish)
+[ ${#parts[@]} -eq 0 ] && parts=(knee reference lane1 lane2 control score publish)
 for part in "${parts[@]}"; do
   case "$part" in
-    knee|reference|lane1|lane2|score|records|publish) "part_$part" ;;
-    *) echo "run.sh: unknown part $part (knee reference lane1 lane2 score records publish)" >&2; exit 2 ;;
+    knee|reference|lane1|lane2|control|score|records|publish) "part_$part" ;;
+    *) echo "run.sh: unknown part $part (knee reference lane1 lane2 control score records publish)" >&2; exit 2 ;;
   esac
 done
