@@ -99,11 +99,12 @@ ConvWeight read_weight(const ArgTable& table, int row_ptr_row, int offsets_row, 
   wt.nnz = wt.row_ptr[p.co];
   require(wt.row_ptr[0] == 0 && wt.nnz >= 0 && table.at(offsets_row, 1) == wt.nnz,
           name + ": offsets must hold row_ptr[Co] entries");
-  for (std::int64_t c = 0; c < p.co; ++c) require(wt.row_ptr[c] <= wt.row_ptr[c + 1], name + ": row_ptr must not decrease");
+  require(all_of_entries(p.co, [&](std::int64_t c) { return wt.row_ptr[c] <= wt.row_ptr[c + 1]; }),
+          name + ": row_ptr must not decrease");
   wt.offsets = table.ptr<const std::int32_t>(offsets_row, 0);
   const std::int64_t limit = p.image_floats() - (p.unit_rows - 1) * p.in_row_stride - p.row_len;
-  for (std::int64_t k = 0; k < wt.nnz; ++k)
-    require(wt.offsets[k] >= 0 && wt.offsets[k] <= limit, name + ": an offset reads outside the image's slabs");
+  require(all_of_entries(wt.nnz, [&](std::int64_t k) { return wt.offsets[k] >= 0 && wt.offsets[k] <= limit; }),
+          name + ": an offset reads outside the image's slabs");
   return wt;
 }
 
@@ -313,8 +314,8 @@ void sparse_conv2d_backward_cpu(std::uintptr_t table_address, std::int64_t rows,
     check_numel(table, kSbValues, wt.nnz, name, "values");
     check_numel(table, kSbTOrder, wt.nnz, name, "order");
     t_order = table.ptr<const std::int32_t>(kSbTOrder, 0);
-    for (std::int64_t e = 0; e < twt.nnz; ++e)
-      require(t_order[e] >= 0 && t_order[e] < wt.nnz, name + ": order leaves the values");
+    require(all_of_entries(twt.nnz, [&](std::int64_t e) { return t_order[e] >= 0 && t_order[e] < wt.nnz; }),
+            name + ": order leaves the values");
   }
   // Stride 1: dL/dx has x's layout, so one pass computes both gradients (FusedArgs), without x's slabs.
   const std::int64_t hw = p.h * p.w;

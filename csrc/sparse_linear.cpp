@@ -50,11 +50,13 @@ LinearCall linear_call(const ArgTable& table, std::int64_t rows, std::int64_t ba
   c.nnz = c.row_ptr[out_features];
   require(c.row_ptr[0] == 0 && table.at(kSlOffsets, 1) == c.nnz && table.at(kSlValues, 1) == c.nnz,
           name + ": offsets and values must hold row_ptr[O] entries");
-  for (std::int64_t o = 0; o < out_features; ++o) require(c.row_ptr[o] <= c.row_ptr[o + 1], name + ": row_ptr must not decrease");
+  require(all_of_entries(out_features, [&](std::int64_t o) { return c.row_ptr[o] <= c.row_ptr[o + 1]; }),
+          name + ": row_ptr must not decrease");
   c.offsets = table.ptr<const std::int32_t>(kSlOffsets, 0);
-  for (std::int64_t k = 0; k < c.nnz; ++k)
-    require(c.offsets[k] >= 0 && c.offsets[k] % c.pitch == 0 && c.offsets[k] / c.pitch < in_features,
-            name + ": an offset is not a multiple of the batch pitch within the input features");
+  require(all_of_entries(c.nnz, [&](std::int64_t k) {
+            return c.offsets[k] >= 0 && c.offsets[k] % c.pitch == 0 && c.offsets[k] / c.pitch < in_features;
+          }),
+          name + ": an offset is not a multiple of the batch pitch within the input features");
   const std::int64_t needed = (in_features + out_features) * c.pitch + kSlabSlack + (gradient ? kGradAccFloats * (c.nnz + 1) : 0);
   require(table.at(kSlWorkspace, 0) != 0 && table.at(kSlWorkspace, 1) >= needed,
           name + ": the workspace must hold (I + O) x pitch floats and the accumulators");
