@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from pylth.ddpm.data import images_and_labels, load_dataset
-from pylth.ddpm.fid import fid_from_features
-from pylth.ddpm.inception import InceptionFeatures, find_weights
+from pylth.evaluation.fid import fid_from_features
+from pylth.evaluation.inception import InceptionFeatures, find_weights
 
 ORDER_SEED = 0
 

@@ -1,5 +1,6 @@
-"""What every ``python -m pylth.<command>`` shares: the check of the native module, argument parsers
-whose errors are one line, and one rule for how a command ends.
+"""What every ``python -m pylth.<command>`` shares: the check of the native module, the environment
+variables read once (pylth.foundations.environment), argument parsers whose errors are one line, and
+one rule for how a command ends.
 
 Exit status (README, "Exit status"):
     0    done
@@ -21,10 +22,11 @@ import contextlib
 import os
 import sys
 import traceback
-from typing import Callable
+from typing import Callable, Mapping
 
+from pylth.foundations.environment import Environment
+from pylth.foundations.preemption import EXIT_PREEMPTED, Preempted, ending, stop_on_signals
 from pylth.ops.native import NativeUnavailable, require_native
-from pylth.preemption import EXIT_PREEMPTED, Preempted, ending, stop_on_signals
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -41,67 +43,68 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def _is_main_process() -> bool:
-    from pylth.distributed import is_main
+    from pylth.foundations.distributed import is_main
 
     return is_main()
 
 
-def _debug() -> bool:
-    return os.environ.get("PYLTH_DEBUG") == "1"
-
-
-def report_error(prog: str, exc: BaseException) -> None:
-    """``prog: error: message`` on one line (rank 0 only); the traceback too under PYLTH_DEBUG=1."""
+def report_error(prog: str, exc: BaseException, debug: bool = False) -> None:
+    """``prog: error: message`` on one line (rank 0 only); the traceback too with ``debug``
+    (PYLTH_DEBUG=1)."""
     if not _is_main_process():
         return
-    if _debug():
+    if debug:
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
     message = " ".join(str(exc).split()) or type(exc).__name__
     print(f"{prog}: error: {message}", file=sys.stderr)
 
 
-def _report_lost_process(prog: str, exc: BaseException, reason: str) -> None:
+def _report_lost_process(prog: str, exc: BaseException, reason: str, debug: bool) -> None:
     """The one line of every surviving rank when another process of the job is gone."""
-    from pylth.distributed import rank
+    from pylth.foundations.distributed import rank
 
-    if _debug():
+    if debug:
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
     print(f"{prog}: error: rank {rank()} lost another process of this torchrun job ({reason}): it was killed, ran "
           "out of memory or its machine failed. The files written so far are intact: rerun the same command to "
           "resume from the last checkpoint", file=sys.stderr)
 
 
-def run_command(prog: str, body: Callable[[], int | None], *, needs_native: bool = True,
-                on_interrupt: str = "", stops_on_signals: bool = False) -> int:
+def run_command(prog: str, body: Callable[[Environment], int | None], *, needs_native: bool = True,
+                on_interrupt: str = "", stops_on_signals: bool = False,
+                environ: Mapping[str, str] = os.environ) -> int:
     """Run a command's body under the rules above; returns its exit status (0 when it returns None).
 
+    The body gets the ``Environment`` read from ``environ`` (a bad variable is bad input, one line).
     ``needs_native``: check the native module first, so that a missing or stale build is reported
     before any data is read or any file is written. ``on_interrupt`` is printed after Ctrl-C.
-    ``stops_on_signals``: SIGTERM and SIGUSR1 stop the body cleanly (pylth.preemption), exit 75; once
+    ``stops_on_signals``: SIGTERM and SIGUSR1 stop the body cleanly (pylth.foundations.preemption), exit 75; once
     the body has failed or stopped, further stop signals are ignored until the process exits (torchrun
     and schedulers send SIGTERM again: it must not cut the report short or turn 75 into 143)."""
+    environment = None
     with stop_on_signals(until_exit=True) if stops_on_signals else contextlib.nullcontext():
         try:
+            environment = Environment.from_environ(environ)
             if needs_native:
                 require_native()
-            status = body()
+            status = body(environment)
         except BaseException as exc:  # noqa: BLE001 - each kind is reported below; bugs are re-raised
             if stops_on_signals:
                 ending()
-            return _ended(prog, exc, on_interrupt)
+            return _ended(prog, exc, on_interrupt, debug=environment is not None and environment.debug)
     return 0 if status is None else int(status)
 
 
-def _ended(prog: str, exc: BaseException, on_interrupt: str) -> int:
+def _ended(prog: str, exc: BaseException, on_interrupt: str, debug: bool) -> int:
     """The exit status for the body's exception, after reporting it; a bug is raised again."""
-    from pylth.distributed import lost_process
+    from pylth.foundations.distributed import lost_process
 
     lost = lost_process(exc) if isinstance(exc, Exception) else None
     if lost is not None:
-        _report_lost_process(prog, exc, lost)
+        _report_lost_process(prog, exc, lost, debug)
         return EXIT_PREEMPTED
     if isinstance(exc, USER_ERRORS):
-        report_error(prog, exc)
+        report_error(prog, exc, debug)
         return EXIT_BAD_INPUT
     if isinstance(exc, Preempted):
         if _is_main_process():

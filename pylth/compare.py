@@ -15,8 +15,8 @@ import os
 import sys
 
 from pylth.cli import ArgumentParser, run_command
-from pylth.io import atomic_write_bytes, atomic_write_text
-from pylth.lottery.comparison import METRICS, compare_runs, csv_rows, dense_band, markdown_table, parse_settings
+from pylth.foundations.io import atomic_write_bytes, atomic_write_text
+from pylth.studies.comparison import METRICS, compare_runs, csv_rows, dense_band, markdown_table, parse_settings
 
 PROG = "python -m pylth.compare"
 
@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return run_command(PROG, lambda: run(args), needs_native=False)
+    return run_command(PROG, lambda _environment: run(args), needs_native=False)
 
 
 if __name__ == "__main__":

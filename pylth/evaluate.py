@@ -10,22 +10,24 @@ one run apart.
 from __future__ import annotations
 
 import argparse
-import os
+import dataclasses
+import json
 import sys
 import time
 
 from pylth import __version__
 from pylth.cli import ArgumentParser, run_command
-from pylth.ddpm.config import FID_FEATURES
 from pylth.ddpm.data import load_dataset
 from pylth.ddpm.diffusion import GaussianDiffusion
-from pylth.ddpm.models import DEFAULT_MODEL, model_kind
 from pylth.ddpm.samplers import SAMPLERS
-from pylth.ddpm.trainer import resolve_device
-from pylth.lottery.evaluations import (SETTINGS, Job, append_evaluation, evaluation_lock, identity, make_row,
+from pylth.evaluation.features import FID_FEATURES
+from pylth.foundations.devices import resolve_device
+from pylth.foundations.environment import Environment
+from pylth.foundations.run_dir import RunDirectory
+from pylth.lottery.run_reader import finished_run, load_trained
+from pylth.lottery.spec import RunSpec
+from pylth.studies.evaluations import (SETTINGS, Job, append_evaluation, evaluation_lock, identity, make_row,
                                        nearest_rounds, read_evaluations)
-from pylth.lottery.ticket import load_trained
-from pylth.run_dir import RunDirectory
 
 PROG = "python -m pylth.evaluate"
 
@@ -89,15 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def plan(run: RunDirectory, args: argparse.Namespace) -> tuple[dict, list[dict], list[Job]]:
-    """The run's configuration, its finished rounds, and every job asked for (measured or not);
-    bad input is a ValueError before anything is read twice or written."""
-    config = run.read_config() if os.path.isdir(run.path) else None
-    if config is None or "lottery" not in config:
-        raise ValueError(f"RUN {run.path} holds no find_ticket run (no config.json of one)")
-    records = run.read_rounds()
-    if not records:
-        raise ValueError(f"RUN {run.path} has no finished round yet")
+def plan(run: RunDirectory, args: argparse.Namespace) -> tuple[RunSpec, list[dict], list[Job]]:
+    """The run's spec, its finished rounds, and every job asked for (measured or not); bad input is a
+    ValueError before anything is read twice or written."""
+    spec, records = finished_run(run)
     rounds = list(args.rounds or [])
     for k in rounds:
         if k >= len(records):
@@ -105,26 +102,29 @@ def plan(run: RunDirectory, args: argparse.Namespace) -> tuple[dict, list[dict],
     rounds += nearest_rounds(records, args.sparsity or [])
     if args.rounds is None and args.sparsity is None:
         rounds = list(range(len(records)))
-    own = config["evaluation"]
-    settings = {key: own[key] if getattr(args, key) is None else getattr(args, key) for key in SETTINGS}
+    own = spec.evaluation
+    settings = {key: getattr(own, key) if getattr(args, key) is None else getattr(args, key) for key in SETTINGS}
     if settings["eta"] < 0:
         raise ValueError(f"--eta must be >= 0, got {settings['eta']}")
-    seeds = args.seeds if args.seeds is not None else [config["train"]["seed"]]
+    seeds = args.seeds if args.seeds is not None else [spec.train.seed]
     jobs = [Job(k, seed, settings) for k in dict.fromkeys(rounds) for seed in dict.fromkeys(seeds)]
-    return config, records, jobs
+    return spec, records, jobs
 
 
-def evaluate(args: argparse.Namespace, log=print) -> list[dict]:
-    """Measure the jobs not yet in RUN/evaluations.jsonl; returns the rows written."""
-    from pylth.ddpm.fid import evaluate_fid, resolve_fid_features  # scipy and clean-fid: only when needed
+def evaluate(args: argparse.Namespace, environment: Environment = Environment(), log=print) -> list[dict]:
+    """Measure the jobs not yet in RUN/evaluations.jsonl; returns the rows written. Data, cache and
+    Inception weights: the flags', else the run's, else the environment's."""
+    from pylth.evaluation.features import resolve_fid_features
+    from pylth.evaluation.fid import FidEvaluator  # scipy and clean-fid: only when needed
 
     run = RunDirectory(args.run)
-    config, records, jobs = plan(run, args)
-    data, own = config["data"], config["evaluation"]
-    inception_path = args.inception_path or own.get("inception_path")
-    features = {job.settings["fid_features"] for job in jobs}
-    for kind in features:  # Inception without weights is refused before anything is sampled
-        resolve_fid_features(data["dataset"], kind, inception_path)
+    spec, records, jobs = plan(run, args)
+    data = spec.data
+    own = spec.evaluation
+    where = dict(inception_path=args.inception_path or own.inception_path or environment.inception_path,
+                 cache_dir=args.cache_dir or own.cache_dir or environment.cache_dir)
+    for kind in {job.settings["fid_features"] for job in jobs}:  # Inception without weights: refused first
+        resolve_fid_features(data.dataset, kind, where["inception_path"])
     device = resolve_device(args.device)
     with evaluation_lock(run):
         done = {identity(row) for row in read_evaluations(run)}
@@ -132,22 +132,24 @@ def evaluate(args: argparse.Namespace, log=print) -> list[dict]:
         log(f"{run.path}: {len(jobs) - len(todo)} of {len(jobs)} score(s) already in evaluations.jsonl")
         if not todo:
             return []
-        dataset = load_dataset(data["dataset"], args.data_root or data["data_root"], train=True,
-                               image_size=data.get("image_size"))
-        d = config["diffusion"]
-        diffusion = GaussianDiffusion(d["num_timesteps"], d["beta_start"], d["beta_end"])
-        predict = model_kind(config.get("model_kind", DEFAULT_MODEL)).predict
+        dataset = load_dataset(data.dataset, args.data_root or data.data_root or environment.data_root, train=True,
+                               image_size=data.image_size)
+        d = spec.diffusion
+        diffusion = GaussianDiffusion(d.num_timesteps, d.beta_start, d.beta_end)
         written, loaded = [], {}
+        evaluators, features = {}, {}  # one evaluator per distinct settings; one extractor per feature kind
         for job in todo:
             if job.round not in loaded:
                 loaded = {job.round: load_trained(run.path, job.round, device)[0]}  # digests checked
             started = time.perf_counter(), time.process_time()
             s = job.settings
-            score = evaluate_fid(loaded[job.round], diffusion, data["dataset"], dataset, s["fid_samples"],
-                                 sampler=s["sampler"], steps=s["sample_steps"], eta=s["eta"], seed=job.seed,
-                                 device=device, fid_features=s["fid_features"], inception_path=inception_path,
-                                 cache_dir=args.cache_dir or own.get("cache_dir"),
-                                 batch_size=s["sample_batch_size"], predict=predict)
+            key = json.dumps(s, sort_keys=True)
+            if key not in evaluators:
+                config = dataclasses.replace(spec.evaluation, **s, **where)
+                evaluators[key] = FidEvaluator(config, data.dataset, dataset, device, diffusion,
+                                               features=features.get(s["fid_features"]))
+            score = evaluators[key].score(loaded[job.round], seed=job.seed)
+            features.setdefault(s["fid_features"], evaluators[key].features)
             row = make_row(job, records[job.round], score, time.perf_counter() - started[0],
                            time.process_time() - started[1], __version__)
             append_evaluation(run, read_evaluations(run), row)
@@ -160,8 +162,8 @@ def evaluate(args: argparse.Namespace, log=print) -> list[dict]:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
 
-    def body() -> None:
-        evaluate(args)
+    def body(environment) -> None:
+        evaluate(args, environment)
 
     return run_command(PROG, body)
 

@@ -27,7 +27,7 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
 
-    def body() -> None:
+    def body(_environment) -> None:  # reads no data, cache or weights
         about = export_ticket(args.run, args.out, round=args.round, to=args.to)
         fid = f", FID {about['fid']:.3f} ({about['fid_features']} features)" if about.get("fid") is not None else ""
         print(f"wrote {about['out']}: round {about['round']} of {about['run']} ({about['model_kind']}, sparsity "

@@ -12,13 +12,17 @@ import os
 import sys
 
 from pylth.cli import ArgumentParser, run_command
-from pylth.ddpm.config import DataConfig, DiffusionConfig, EvalConfig, ModelConfig, add_arguments, from_args
+from pylth.ddpm.config import DataConfig, DiffusionConfig, ModelConfig
 from pylth.ddpm.data import dataset_info
 from pylth.ddpm.models import DEFAULT_MODEL, model_kind
 from pylth.ddpm.presets import flag_defaults
-from pylth.ddpm.trainer import TrainConfig, resolve_device
+from pylth.ddpm.trainer import TrainConfig
+from pylth.evaluation.config import EvalConfig
+from pylth.foundations.devices import resolve_device
+from pylth.foundations.distributed import init_distributed, shutdown
+from pylth.foundations.environment import Environment
+from pylth.foundations.hparams import add_arguments, from_args
 from pylth.lottery import LotteryConfig, RunSpec, find_ticket
-from pylth.distributed import init_distributed, shutdown
 
 SECTIONS = (("data", DataConfig), ("model", ModelConfig), ("training (every round)", TrainConfig),
             ("diffusion", DiffusionConfig), ("evaluation (identical every round)", EvalConfig),
@@ -86,12 +90,13 @@ def _config(cls, args):
         raise
 
 
-def spec_from_args(args: argparse.Namespace) -> RunSpec:
+def spec_from_args(args: argparse.Namespace, environment: Environment = Environment()) -> RunSpec:
     data, model, train, diffusion, evaluation, lottery = (_config(cls, args) for _, cls in SECTIONS)
     if evaluation.fid_samples < 2:
         raise ValueError(f"--fid-samples must be >= 2 (every round records FID), got {evaluation.fid_samples}")
     lottery.validate()
-    image_shape = tuple(dataset_info(data.dataset, data.data_root, image_size=data.image_size)["image_shape"])
+    info = dataset_info(data.dataset, data.data_root or environment.data_root, image_size=data.image_size)
+    image_shape = tuple(info["image_shape"])
     config, init_from = model.resolve(data.dataset, image_shape)
     return RunSpec(data=data, model=config, image_shape=image_shape, train=train, diffusion=diffusion,
                    evaluation=evaluation, lottery=lottery, model_kind=model.model, init_from=init_from)
@@ -106,11 +111,12 @@ def main(argv=None, *, parts=None) -> int:
     parser = build_parser(known.dataset)
     args = parser.parse_args(argv)
 
-    def body() -> None:
-        spec = spec_from_args(args)
-        _, device = init_distributed(resolve_device(spec.train.device))  # under torchrun: this rank's device
+    def body(environment: Environment) -> None:
+        spec = spec_from_args(args, environment)
+        _, device = init_distributed(resolve_device(spec.train.device), environment)  # under torchrun: this rank's
         spec.train = dataclasses.replace(spec.train, device=str(device))
-        find_ticket(spec, args.out or default_out(spec), force=args.force, parts=parts, dense_from=args.dense_from)
+        find_ticket(spec, args.out or default_out(spec), force=args.force, parts=parts, dense_from=args.dense_from,
+                    environment=environment)
         shutdown()
 
     return run_command(parser.prog, body, on_interrupt="run the same command again to resume", stops_on_signals=True)

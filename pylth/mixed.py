@@ -12,10 +12,11 @@ import os
 import sys
 
 from pylth.cli import ArgumentParser, run_command
-from pylth.ddpm.trainer import resolve_device
-from pylth.io import atomic_write_bytes, remove_stale_temp_files
-from pylth.lottery.mixed import ORDERS, TIMING_IMAGES, MixedExperiment, summarize
-from pylth.run_lock import DirectoryLock
+from pylth.foundations.devices import resolve_device
+from pylth.foundations.environment import Environment
+from pylth.foundations.io import atomic_write_bytes, remove_stale_temp_files
+from pylth.foundations.run_lock import DirectoryLock
+from pylth.studies.mixed_chain import ORDERS, TIMING_IMAGES, MixedExperiment, summarize
 
 PROG = "python -m pylth.mixed"
 DEFAULT_SWITCH_POINTS = "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1"
@@ -115,8 +116,9 @@ def plot(rows, records, title: str) -> bytes:
     return buffer.getvalue()
 
 
-def run(args) -> None:
-    experiment = MixedExperiment(args.run, dense_run=args.dense_from, device=resolve_device(args.device))
+def run(args, environment: Environment) -> None:
+    experiment = MixedExperiment(args.run, dense_run=args.dense_from, device=resolve_device(args.device),
+                                 environment=environment)
     # One experiment per run at a time (both would rewrite mixed.csv); find_ticket may go on meanwhile.
     with DirectoryLock(experiment.run.path, name=".mixed.lock", flag="RUN", purpose="measures mixed chains in it"):
         remove_stale_temp_files(experiment.run.path, ("mixed.csv", "mixed.png"))  # a dead experiment's
@@ -132,7 +134,7 @@ def _measure(args, experiment: MixedExperiment) -> None:
     for f in switch_points:
         if not 0.0 <= f <= 1.0:
             raise ValueError(f"--switch-points must lie in [0, 1], got {f:g}")
-    seeds = parse_numbers("--seeds", args.seeds, int) if args.seeds else [experiment.config["train"]["seed"]]
+    seeds = parse_numbers("--seeds", args.seeds, int) if args.seeds else [experiment.spec.train.seed]
     orders = list(ORDERS) if args.order == "both" else [args.order]
     rows = experiment.run_points(rounds, switch_points, orders, seeds)
     atomic_write_bytes(plot(rows, records, os.path.basename(experiment.run.path)), experiment.run.file("mixed.png"))
@@ -142,8 +144,8 @@ def _measure(args, experiment: MixedExperiment) -> None:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return run_command(PROG, lambda: run(args), on_interrupt="run the same command again: finished points are kept",
-                       stops_on_signals=True)
+    return run_command(PROG, lambda environment: run(args, environment),
+                       on_interrupt="run the same command again: finished points are kept", stops_on_signals=True)
 
 
 if __name__ == "__main__":

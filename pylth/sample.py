@@ -9,7 +9,6 @@ the first 30 % of the reverse chain to round 0 (the dense model) and the rest to
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import io
 import os
 import sys
@@ -21,17 +20,20 @@ import numpy as np
 import torch
 
 from pylth.cli import ArgumentParser, run_command
-from pylth.ddpm.config import DiffusionConfig, EvalConfig
+from pylth.ddpm.config import DiffusionConfig
 from pylth.ddpm.diffusion import GaussianDiffusion
 from pylth.ddpm.images import grid_png
-from pylth.ddpm.mixing import ModelSchedule, switch_owners
-from pylth.ddpm.models import DEFAULT_MODEL, model_kind
+from pylth.ddpm.model_schedule import ModelSchedule, switch_owners
+from pylth.ddpm.models import model_kind
 from pylth.ddpm.samplers import SAMPLERS, make_sampler, sample_blocks
-from pylth.ddpm.trainer import resolve_device
-from pylth.io import atomic_write_bytes, ensure_file_writable
-from pylth.lottery.ticket import load_trained
-from pylth.run_dir import RunDirectory
-from pylth.sparse import read_sparse, sparsify
+from pylth.evaluation.config import EvalConfig
+from pylth.foundations.devices import resolve_device
+from pylth.foundations.io import atomic_write_bytes, ensure_file_writable
+from pylth.foundations.run_dir import RunDirectory
+from pylth.lottery.run_reader import load_trained
+from pylth.lottery.spec import RunSpec
+from pylth.sparse import sparsify
+from pylth.tickets import read_sparse
 
 PROG = "python -m pylth.sample"
 
@@ -85,27 +87,25 @@ class Source:
     """What is sampled: the rounds of a run directory, or the one model of a ticket file."""
 
     name: str  # for the default output file
-    settings: dict  # sampler, sample_steps, eta, sample_batch_size (the run's evaluation)
-    diffusion: dict  # num_timesteps, beta_start, beta_end
+    settings: EvalConfig  # the run's evaluation: its sampler, sample_steps, eta, sample_batch_size
+    diffusion: DiffusionConfig
     image_shape: tuple
     seed: int
-    kind: str
     rounds: int  # finished rounds (a ticket file: 1)
     load: Callable  # round -> (the dense model with its masked weights, its masks)
 
 
 def _run_source(path: str) -> Source:
     run_dir = RunDirectory(path)
-    config = run_dir.read_config()  # one that lacks what is read here is a DamagedRunError naming it
-    if config is None:
+    if not os.path.isfile(run_dir.config_path):
         raise ValueError(f"{run_dir.path} holds no find_ticket run (no config.json)")
-    rounds = len(run_dir.read_rounds())
-    if not rounds:
+    records = run_dir.read_rounds()
+    spec = RunSpec.read(run_dir, records)  # a damaged config.json is a DamagedRunError naming it
+    if not records:
         raise ValueError(f"{run_dir.path} has no finished round yet: round 0 (dense training) is still running or "
                          "was stopped; run its find_ticket command again to finish it")
-    return Source(os.path.basename(run_dir.path), config["evaluation"], config["diffusion"],
-                  tuple(config["image_shape"]), config["train"]["seed"], config.get("model_kind", DEFAULT_MODEL),
-                  rounds, lambda k: load_trained(run_dir.path, k))
+    return Source(os.path.basename(run_dir.path), spec.evaluation, spec.diffusion, spec.image_shape, spec.train.seed,
+                  len(records), lambda k: load_trained(run_dir.path, k))
 
 
 def _ticket_source(path: str) -> Source:
@@ -113,20 +113,18 @@ def _ticket_source(path: str) -> Source:
     get the defaults of pylth.train."""
     ticket = read_sparse(path)
     extra = ticket.extra
-    settings = extra.get("evaluation") or dataclasses.asdict(EvalConfig())
-    diffusion = extra.get("diffusion") or dataclasses.asdict(DiffusionConfig())
+    settings = EvalConfig(**extra.get("evaluation", {}))
+    diffusion = DiffusionConfig(**extra.get("diffusion", {}))
     kind = model_kind(ticket.kind)
     shape = extra.get("image_shape") or (kind.image_shape(ticket.config) if kind.image_shape else None)
     if shape is None:
         raise ValueError(f"{path} does not say the image shape its {ticket.kind} model denoises")
 
     def load(_round):
-        model = kind.fresh(ticket.config, 0)
-        model.load_state_dict(ticket.state)
-        return model.eval().requires_grad_(False), ticket.masks
+        return ticket.dense_model(), ticket.masks
 
     name = os.path.splitext(os.path.basename(path))[0]
-    return Source(name, settings, diffusion, tuple(shape), int(extra.get("seed", 0)), ticket.kind, 1, load)
+    return Source(name, settings, diffusion, tuple(shape), int(extra.get("seed", 0)), 1, load)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -146,14 +144,14 @@ def run(args: argparse.Namespace) -> None:
         _positive(name.replace("_", "-"), getattr(args, name))
     _positive("eta", args.eta, (int, float))
     ev = source.settings
-    sampler_name = args.sampler or ev["sampler"]
-    steps = args.steps if args.steps is not None else ev["sample_steps"]
-    eta = ev["eta"] if args.eta is None else args.eta
-    batch_size = args.batch_size or ev["sample_batch_size"]
+    sampler_name = args.sampler or ev.sampler
+    steps = args.steps if args.steps is not None else ev.sample_steps
+    eta = ev.eta if args.eta is None else args.eta
+    batch_size = args.batch_size or ev.sample_batch_size
     seed = source.seed if args.seed is None else args.seed
     device = resolve_device(args.device)
     d = source.diffusion
-    diffusion = GaussianDiffusion(d["num_timesteps"], d["beta_start"], d["beta_end"])
+    diffusion = GaussianDiffusion(d.num_timesteps, d.beta_start, d.beta_end)
     sampler = make_sampler(sampler_name, diffusion, steps, eta=eta)
     rounds = "-".join(f"round_{k:02d}" + (f"x{f:g}" if len(mix) > 1 else "") for k, f in mix) if not is_file else ""
     stem = "-".join(filter(None, [source.name, rounds, f"{sampler_name}{len(sampler.timesteps)}", f"s{seed}"]))
@@ -172,8 +170,7 @@ def run(args: argparse.Namespace) -> None:
             layers.append(f"round {k}: {len(model.sparsify_report.sparse)} of {len(model.sparsify_report)} "
                           "masked layers sparse")
         models.append(model)
-    predict = model_kind(source.kind).predict
-    schedule = ModelSchedule(models, owners, [predict] * len(models))
+    schedule = ModelSchedule(models, owners)
     started = time.perf_counter()
     blocks = range(-(-args.num // batch_size))
     images = sample_blocks(schedule, sampler, args.num, source.image_shape, blocks, batch_size=batch_size,
@@ -192,7 +189,7 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return run_command(PROG, lambda: run(args))
+    return run_command(PROG, lambda _environment: run(args))  # reads no data, cache or weights
 
 
 if __name__ == "__main__":

@@ -12,17 +12,21 @@ import time
 
 import torch
 
-from pylth import distributed as D
 from pylth.cli import ArgumentParser, run_command
 from pylth.ddpm import GaussianDiffusion
-from pylth.ddpm.config import DataConfig, DiffusionConfig, EvalConfig, ModelConfig, add_arguments, from_args
+from pylth.ddpm.config import DataConfig, DiffusionConfig, ModelConfig
 from pylth.ddpm.data import dataset_info, load_dataset
 from pylth.ddpm.images import grid_png
 from pylth.ddpm.models import model_kind
 from pylth.ddpm.presets import flag_defaults
-from pylth.ddpm.trainer import Diverged, TrainConfig, resolve_device, train
-from pylth.io import atomic_write_bytes, atomic_write_json, remove_stale_temp_files
-from pylth.run_lock import DirectoryLock
+from pylth.ddpm.trainer import Diverged, TrainConfig, train
+from pylth.evaluation.config import EvalConfig
+from pylth.foundations import distributed as D
+from pylth.foundations.devices import resolve_device
+from pylth.foundations.environment import Environment
+from pylth.foundations.hparams import add_arguments, from_args
+from pylth.foundations.io import atomic_write_bytes, atomic_write_json, remove_stale_temp_files
+from pylth.foundations.run_lock import DirectoryLock
 
 SAMPLE_GRID = 64
 OUT_FILES = ("config.json", "checkpoint.pt", "samples.png", "metrics.json")  # what this command writes to --out
@@ -39,29 +43,30 @@ def build_parser(defaults: dict | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def run(args: argparse.Namespace) -> dict | None:
+def run(args: argparse.Namespace, environment: Environment = Environment()) -> dict | None:
     """Train and evaluate; returns the metrics (None on ranks other than 0, which train and sample
     their share for FID but write nothing). Rank 0 holds --out's lock while it runs."""
     lock = DirectoryLock(args.out)
     try:
-        return _run(args, lock)
+        return _run(args, lock, environment)
     finally:
         lock.release()
 
 
-def _run(args: argparse.Namespace, lock: DirectoryLock) -> dict | None:
+def _run(args: argparse.Namespace, lock: DirectoryLock, environment: Environment) -> dict | None:
     data, model_cfg, train_cfg = from_args(DataConfig, args), from_args(ModelConfig, args), from_args(TrainConfig, args)
     diff_cfg, eval_cfg = from_args(DiffusionConfig, args), from_args(EvalConfig, args)
-    rank, device = D.init_distributed(resolve_device(train_cfg.device))
+    rank, device = D.init_distributed(resolve_device(train_cfg.device), environment)
     if eval_cfg.fid_samples:  # before any work: asking for Inception without weights is an error
-        eval_cfg = eval_cfg.resolved(data.dataset)
+        eval_cfg = eval_cfg.resolved(data.dataset, environment)
     train_cfg = dataclasses.replace(train_cfg, device=str(device))
     torch.manual_seed(train_cfg.seed)
+    root = data.data_root or environment.data_root
     with D.fail_together("downloading the data set"):  # one download per machine, the others wait
         if data.download and D.is_local_main():
-            load_dataset(data.dataset, data.data_root, download=True, train=True)
-    dataset = load_dataset(data.dataset, data.data_root, train=True, image_size=data.image_size)
-    info = dataset_info(data.dataset, data.data_root, dataset=dataset, image_size=data.image_size)
+            load_dataset(data.dataset, root, download=True, train=True)
+    dataset = load_dataset(data.dataset, root, train=True, image_size=data.image_size)
+    info = dataset_info(data.dataset, root, dataset=dataset, image_size=data.image_size)
     kind = model_kind(model_cfg.model)
     model_config, init_from = model_cfg.resolve(data.dataset, info["image_shape"])
     model = kind.initial(model_config, train_cfg.seed, init_from)
@@ -72,13 +77,13 @@ def _run(args: argparse.Namespace, lock: DirectoryLock) -> dict | None:
             lock.acquire()
             remove_stale_temp_files(args.out, OUT_FILES)  # a dead writer's (kill -9 mid-write)
             atomic_write_json(dict(data=dataclasses.asdict(data), train=dataclasses.asdict(train_cfg),
-                                   diffusion=dataclasses.asdict(diff_cfg), eval=dataclasses.asdict(eval_cfg),
+                                   diffusion=dataclasses.asdict(diff_cfg), evaluation=dataclasses.asdict(eval_cfg),
                                    model_kind=kind.name, model=model_config, init_from=init_from),
                               os.path.join(args.out, "config.json"))
     start = time.time()
     try:
         result = train(model, diffusion, dataset, train_cfg, checkpoint_path=os.path.join(args.out, "checkpoint.pt"),
-                       progress_desc=f"train {data.dataset}", predict=kind.predict)
+                       progress_desc=f"train {data.dataset}")
     except Diverged as exc:
         raise Diverged(f"{exc}. Lower --lr (or raise --warmup) and rerun: training goes on from the last good "
                        "checkpoint, if there is one", exc.iteration) from None
@@ -86,14 +91,11 @@ def _run(args: argparse.Namespace, lock: DirectoryLock) -> dict | None:
                    train_seconds=round(time.time() - start, 1))
     samples = None
     if eval_cfg.fid_samples:  # every rank samples its share
-        from pylth.ddpm.fid import evaluate_fid  # clean-fid and scipy: only imported when needed
+        from pylth.evaluation.fid import FidEvaluator  # clean-fid and scipy: only imported when needed
 
-        fid = evaluate_fid(result.ema_model, diffusion, data.dataset, dataset, eval_cfg.fid_samples,
-                           sampler=eval_cfg.sampler, steps=eval_cfg.sample_steps, eta=eval_cfg.eta,
-                           seed=train_cfg.seed, device=device, fid_features=eval_cfg.fid_features,
-                           inception_path=eval_cfg.inception_path,
-                           cache_dir=eval_cfg.cache_dir, batch_size=eval_cfg.sample_batch_size,
-                           progress=rank == 0, return_samples=SAMPLE_GRID, predict=kind.predict)
+        evaluator = FidEvaluator(eval_cfg, data.dataset, dataset, device, diffusion, environment=environment,
+                                 progress=rank == 0)
+        fid = evaluator.score(result.ema_model, seed=train_cfg.seed, return_samples=SAMPLE_GRID)
         samples = fid.pop("samples")
         metrics.update(fid, sampler=eval_cfg.sampler, sample_steps=eval_cfg.sample_steps)
     else:
@@ -103,7 +105,7 @@ def _run(args: argparse.Namespace, lock: DirectoryLock) -> dict | None:
     if samples is None or len(samples) < SAMPLE_GRID:
         samples = diffusion.sample(result.ema_model, SAMPLE_GRID, info["image_shape"], sampler=eval_cfg.sampler,
                                    steps=eval_cfg.sample_steps, eta=eval_cfg.eta, seed=train_cfg.seed,
-                                   batch_size=eval_cfg.sample_batch_size, device=device, predict=kind.predict)
+                                   batch_size=eval_cfg.sample_batch_size, device=device)
     atomic_write_bytes(grid_png(samples), os.path.join(args.out, "samples.png"))
     atomic_write_json(metrics, os.path.join(args.out, "metrics.json"))
     return metrics
@@ -121,8 +123,8 @@ def main(argv=None) -> int:
         except ValueError as exc:
             parser.error(str(exc))
 
-    def body() -> None:
-        metrics = run(args)
+    def body(environment: Environment) -> None:
+        metrics = run(args, environment)
         D.shutdown()
         if metrics is not None:
             print(", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))

@@ -15,7 +15,7 @@ THREE_LEVEL_UNET2D = dict(TINY_UNET2D, block_out_channels=(8, 16, 16), layers_pe
 
 
 def tiny_config(**overrides) -> dict:
-    from pylth.ddpm.models.diffusers_unet import complete_config
+    from pylth.ddpm.models.diffusers_unet2d import complete_config
 
     return complete_config(dict(TINY_UNET2D, **overrides))
 

@@ -1,10 +1,10 @@
-"""A disk that fills up, for pylth.io.using_file_system: what a small tmpfs does, without mounting one."""
+"""A disk that fills up, for pylth.foundations.io.using_file_system: what a small tmpfs does, without mounting one."""
 from __future__ import annotations
 
 import errno
 import os
 
-from pylth.io import FileSystem
+from pylth.foundations.io import FileSystem
 
 
 def used_bytes(root: str, but: str | None = None) -> int:

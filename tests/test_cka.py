@@ -128,11 +128,10 @@ def odd_sparse_pairs():
 
 
 @pytest.mark.parametrize("kernel", ["rbf", "linear"])
-def test_gathered_gram_matches_numpy_on_odd_shapes(monkeypatch, kernel):
-    monkeypatch.setattr(ops_cka, "SPARSE_GRAM_MAX_DENSITY", 1.0)  # every Gram gathered from nonzeros
+def test_gathered_gram_matches_numpy_on_odd_shapes(kernel):
     xs, ys = odd_sparse_pairs()
-    assert all(ops_cka._mostly_zero(xs + ys))
-    got = ops_cka.cka(xs, ys, kernel=kernel, threshold=0.5)
+    assert all(ops_cka._mostly_zero(xs + ys, max_density=1.0))
+    got = ops_cka.cka(xs, ys, kernel=kernel, threshold=0.5, sparse_gram_max_density=1.0)  # every Gram gathered
     if kernel == "rbf":
         want = [np_rbf_cka(x.numpy(), y.numpy(), 0.5, False) for x, y in zip(xs, ys)]
     else:
@@ -167,14 +166,19 @@ def test_the_first_non_finite_matrix_is_named(sparse):
 
 
 @pytest.mark.parametrize("kernel", ["rbf", "linear"])
-def test_sparse_and_dense_gram_paths_agree(monkeypatch, kernel):
+def test_sparse_and_dense_gram_paths_agree(kernel):
     xs = [sparse_pair(50, 301, 0.3, 5), sparse_pair(17, 64, 0.04, 6)]
     ys = [sparse_pair(50, 77, 0.1, 7), sparse_pair(17, 90, 0.5, 8)]
-    monkeypatch.setattr(ops_cka, "SPARSE_GRAM_MAX_DENSITY", 0.0)
-    dense = ops_cka.cka(xs, ys, kernel=kernel)
-    monkeypatch.setattr(ops_cka, "SPARSE_GRAM_MAX_DENSITY", 1.0)
-    sparse = ops_cka.cka(xs, ys, kernel=kernel)
+    dense = ops_cka.cka(xs, ys, kernel=kernel, sparse_gram_max_density=0.0)
+    sparse = ops_cka.cka(xs, ys, kernel=kernel, sparse_gram_max_density=1.0)
     np.testing.assert_allclose(sparse.numpy(), dense.numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5, math.nan, True, "0.5"])
+def test_a_bad_sparse_gram_density_names_the_argument(value):
+    xs, ys = [sparse_pair(8, 5, 0.5, 1)], [sparse_pair(8, 6, 0.5, 2)]
+    with pytest.raises(ValueError, match="sparse_gram_max_density must be a number in"):
+        ops_cka.cka(xs, ys, sparse_gram_max_density=value)
 
 
 def test_identical_inputs_give_one_and_rbf_is_scale_invariant():

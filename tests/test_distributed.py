@@ -23,29 +23,26 @@ import time
 import pytest
 import torch
 
-from pylth import distributed as D
-from pylth.ddpm import GaussianDiffusion, classifier
+from pylth.ddpm import GaussianDiffusion
 from pylth.ddpm.data import ImageDataset, load_dataset
-from pylth.ddpm.fid import evaluate_fid
-from pylth.ddpm.trainer import TrainConfig, train
 from pylth.ddpm.models import UNet
-from pylth.io import torch_load
+from pylth.ddpm.trainer import TrainConfig, train
+from pylth.evaluation.classifier import load_or_train_classifier
+from pylth.evaluation.config import EvalConfig
+from pylth.evaluation.fid import FidEvaluator
+from pylth.foundations import distributed as D
+from pylth.foundations.environment import DIST_TIMEOUT_ENV, Environment
+from pylth.foundations.io import torch_load
+from pylth.foundations.preemption import Preempted, stop_on_signals
 from pylth.lottery import find_ticket
-from pylth.preemption import Preempted, stop_on_signals
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # when run as the torchrun worker
-from test_lottery_helpers import TINY_MODEL, tiny_spec  # noqa: E402
+from test_lottery_helpers import QUICK_CLASSIFIER_STEPS, TINY_MODEL, tiny_spec  # noqa: E402
 
 FAILING_MESSAGE = "rank 1 fails on purpose"
 
 
 # -- the work, the same in one process and under torchrun -----------------------------------------
-def quick_classifier():
-    """FID features from a classifier trained for a few steps: the tests compare features, not accuracy."""
-    original = classifier.train_classifier
-    classifier.train_classifier = lambda dataset, device, **kw: original(dataset, device, steps=20)
-
-
 def tiny_model() -> UNet:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -115,8 +112,9 @@ def preempted_tiny(checkpoint: str, rank: int) -> dict:
 def fid_tiny(cache: str) -> dict:
     """10 samples in blocks of 4 (3 blocks: the ranks get unequal shares), ancestral sampler (fresh
     noise every step)."""
-    return evaluate_fid(tiny_model(), GaussianDiffusion(), "digits", load_dataset("digits"), 10, sampler="ddpm",
-                        steps=3, seed=5, cache_dir=cache, batch_size=4, progress=False, return_samples=True)
+    config = EvalConfig(fid_samples=10, sampler="ddpm", sample_steps=3, sample_batch_size=4, cache_dir=cache)
+    evaluator = FidEvaluator(config, "digits", load_dataset("digits"), "cpu", GaussianDiffusion(), progress=False)
+    return evaluator.score(tiny_model(), seed=5, return_samples=True)
 
 
 def lottery_spec(cache: str):
@@ -145,8 +143,7 @@ def train_with_dropout_and_flips() -> torch.Tensor:
 # -- the torchrun worker ---------------------------------------------------------------------------
 def worker(out: str, cache: str) -> None:
     torch.set_num_threads(1)
-    quick_classifier()
-    rank, device = D.init_distributed(torch.device("cpu"))
+    rank, device = D.init_distributed(torch.device("cpu"), Environment.from_environ(os.environ))  # as a command
     import torch.distributed as dist
     from pylth.lottery import LotteryParts
 
@@ -238,8 +235,9 @@ def runs(tmp_path_factory):
     out.mkdir()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    original = classifier.train_classifier
-    quick_classifier()
+    # FID features from a classifier trained for a few steps (the tests compare features, not accuracy),
+    # cached before both parts: the torchrun job reads it from the same cache
+    load_or_train_classifier("digits", load_dataset("digits"), cache, "cpu", steps=QUICK_CLASSIFIER_STEPS)
     try:
         weights, loss = train_tiny()
         single = dict(weights=weights, loss=loss, fid=fid_tiny(cache),
@@ -249,9 +247,8 @@ def runs(tmp_path_factory):
                                                   log=lambda _m: None),
                       dropout_dir=str(tmp / "single-dropout"), dropout_flips_weights=train_with_dropout_and_flips())
     finally:
-        classifier.train_classifier = original
         torch.set_num_threads(threads)
-    env = dict(os.environ, OMP_NUM_THREADS="1", **{D.TIMEOUT_ENV: "300"})
+    env = dict(os.environ, OMP_NUM_THREADS="1", **{DIST_TIMEOUT_ENV: "300"})
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            os.path.abspath(__file__), str(out), cache],
                           capture_output=True, text=True, timeout=600, env=env, cwd=str(tmp))
@@ -358,36 +355,29 @@ def test_a_failing_rank_ends_the_job_with_its_error(runs):
 # -- single-process checks ---------------------------------------------------------------------------
 def test_init_distributed_uses_gloo_on_cpu_and_the_configured_timeout(monkeypatch):
     calls = []
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv(D.TIMEOUT_ENV, "42")
+    environment = Environment(world_size=2, dist_timeout=datetime.timedelta(seconds=42))
     monkeypatch.setattr(D.dist, "init_process_group", lambda backend, **kw: calls.append((backend, kw)))
     monkeypatch.setattr(D.dist, "get_rank", lambda: 1)
-    assert D.init_distributed(torch.device("cpu")) == (1, torch.device("cpu"))
+    assert D.init_distributed(torch.device("cpu"), environment) == (1, torch.device("cpu"))
     assert calls == [("gloo", dict(timeout=datetime.timedelta(seconds=42)))]
 
 
 @pytest.mark.parametrize("value", ["soon", "0", "-5"])
-def test_a_bad_timeout_is_refused_naming_the_variable(monkeypatch, value):
-    monkeypatch.setenv(D.TIMEOUT_ENV, value)
-    with pytest.raises(ValueError, match=D.TIMEOUT_ENV):
-        D.timeout()
+def test_a_bad_timeout_is_refused_naming_the_variable(value):
+    with pytest.raises(ValueError, match=DIST_TIMEOUT_ENV):
+        Environment.from_environ({DIST_TIMEOUT_ENV: value})
 
 
-def test_one_process_needs_no_process_group(monkeypatch):
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
-    assert D.init_distributed(torch.device("cpu")) == (0, torch.device("cpu"))
+def test_one_process_needs_no_process_group():
+    assert D.init_distributed(torch.device("cpu"), Environment()) == (0, torch.device("cpu"))
     assert not D.is_distributed() and D.is_main() and D.world_size() == 1
     assert list(D.shard(5)) == [0, 1, 2, 3, 4]
     assert D.broadcast_object("x") == "x" and D.all_gather_rows(torch.ones(2, 3)).shape == (2, 3)
 
 
 @pytest.mark.parametrize("world", [1, 2, 3, 8])
-def test_shards_cover_the_range_in_order(monkeypatch, world):
-    monkeypatch.setattr(D, "world_size", lambda: world)
-    parts = []
-    for r in range(world):
-        monkeypatch.setattr(D, "rank", lambda r=r: r)
-        parts.append(list(D.shard(11)))
+def test_shards_cover_the_range_in_order(world):
+    parts = [list(D.shard(11, rank=r, world=world)) for r in range(world)]
     assert sum(parts, []) == list(range(11))
     assert max(map(len, parts)) - min(map(len, parts)) <= 1
 

@@ -10,12 +10,14 @@ import pytest
 import torch
 
 from pylth.ddpm import GaussianDiffusion
-from pylth.ddpm.fid import evaluate_fid
 from pylth.ddpm.trainer import Diverged, TrainConfig, train
 from pylth.ddpm.trainer.loop import REPORT_EVERY
+from pylth.evaluation.config import EvalConfig
+from pylth.evaluation.fid import FidEvaluator
 from pylth.find_ticket import main as find_ticket_main
-from pylth.io import torch_load
+from pylth.foundations.io import torch_load
 from pylth.lottery import LotteryParts
+
 from test_lottery_helpers import fid_cache, small_digits_unet  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -56,8 +58,10 @@ def test_no_fid_from_a_model_with_non_finite_weights(digits):
     model = fresh_model()
     with torch.no_grad():
         next(model.parameters()).view(-1)[0] = float("nan")
+    evaluator = FidEvaluator(EvalConfig(fid_samples=4, sample_steps=1), "digits", digits, "cpu", GaussianDiffusion(),
+                             progress=False)
     with pytest.raises(ValueError, match="NaN or infinity .*no FID is computed"):
-        evaluate_fid(model, GaussianDiffusion(), "digits", digits, 4, steps=1, progress=False)
+        evaluator.score(model, seed=0)
 
 
 # tau = 27 comes after the first read-back of the losses (step 25)
@@ -69,11 +73,12 @@ def test_find_ticket_with_a_huge_lr_is_one_line_naming_round_and_iteration_then_
         tmp_path, capsys, fid_cache):  # noqa: F811
     scored = []
 
-    def evaluate_fid_spy(model, *args, **kwargs):
-        scored.append(model)
-        return evaluate_fid(model, *args, **kwargs)
+    class Spy(FidEvaluator):
+        def score(self, model, **kwargs):
+            scored.append(model)
+            return super().score(model, **kwargs)
 
-    parts = LotteryParts(evaluate_fid=evaluate_fid_spy)
+    parts = LotteryParts(fid_evaluator=Spy)
     out = tmp_path / "run"
     argv = QUICK + ["--cache-dir", fid_cache, "--out", str(out)]
     assert find_ticket_main(argv + ["--lr", "10000", "--warmup", "0"], parts=parts) == 2

@@ -10,9 +10,10 @@ import pytest
 
 from pylth.compare import main as compare_main
 from pylth.evaluate import main as evaluate_main
+from pylth.foundations.run_lock import DirectoryLock
 from pylth.lottery import find_ticket
-from pylth.lottery.evaluations import EVALUATION_LOCK
-from pylth.run_lock import DirectoryLock
+from pylth.studies.evaluations import EVALUATION_LOCK
+
 from test_lottery_helpers import fid_cache, file_digests, tiny_spec  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.usefixtures("one_thread")

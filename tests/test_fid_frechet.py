@@ -4,7 +4,7 @@ import warnings
 import numpy as np
 import pytest
 
-from pylth.ddpm.fid import frechet_distance
+from pylth.evaluation.fid import frechet_distance
 
 
 def _covariance(rng, n, d, constant_feature=False):

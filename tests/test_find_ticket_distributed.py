@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from pylth.find_ticket import main
-from pylth.io import torch_load
+from pylth.foundations.io import torch_load
+
 from test_lottery_helpers import fid_cache  # noqa: F401  (fixtures)
 from test_preemption import Progress
 

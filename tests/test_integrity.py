@@ -1,4 +1,4 @@
-"""Integrity: every finished round records the SHA-256 of its files; resume, load_ticket and the
+"""Integrity: every finished round records the SHA-256 of its files; resume, load_round_start and the
 read-only commands check them. A damaged or missing file of each kind, or an unreadable line of
 rounds.jsonl, is one line that names the file and says what to do, with exit 2 and nothing written."""
 from __future__ import annotations
@@ -16,11 +16,12 @@ from pylth.cka.__main__ import main as cka_main
 from pylth.ddpm import GaussianDiffusion
 from pylth.ddpm.trainer import TrainConfig, train
 from pylth.find_ticket import main
-from pylth.io import UnreadableFileError, atomic_torch_save, torch_load
-from pylth.lottery import LotteryParts, load_ticket
-from pylth.lottery.ticket import load_trained
-from pylth.run_dir import DamagedRunError
+from pylth.foundations.io import UnreadableFileError, atomic_torch_save, torch_load
+from pylth.foundations.run_dir import DamagedRunError
+from pylth.lottery import LotteryParts, load_round_start
+from pylth.lottery.run_reader import load_trained
 from pylth.sample import main as sample_main
+
 from test_lottery_helpers import fake, fake_calls, file_digests, small_digits_unet, stopped_in  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -111,7 +112,7 @@ def test_init_pt_of_reset_init_is_recorded_and_checked(fake, tmp_path, capsys): 
     assert err.count("\n") == 1 and err.startswith(f"{PROG}{out / 'init.pt'} (a file of finished round 0) is damaged")
     assert file_digests(str(out)) == before
     with pytest.raises(DamagedRunError, match="init.pt"):
-        load_ticket(str(out), 1)
+        load_round_start(str(out), 1)
 
 
 def test_the_redo_recipe_of_the_message_works(finished, capsys):
@@ -179,25 +180,25 @@ def test_a_damaged_mask_of_the_unfinished_round_names_it_and_deleting_it_recover
     assert main(longer, parts=parts) == 0 and len(records(out)) == 3
 
 
-def test_load_ticket_and_load_trained_check_the_files_they_read(finished):
+def test_load_round_start_and_load_trained_check_the_files_they_read(finished):
     out, _, _ = finished
-    model, masks = load_ticket(str(out), 1)
+    model, masks = load_round_start(str(out), 1)
     flip_a_byte(out / "round_01" / "mask.pt")
     with pytest.raises(DamagedRunError, match=f"^{out / 'round_01' / 'mask.pt'} \\(a file of finished round 1\\) "
                                               "is damaged"):
-        load_ticket(str(out), 1)
+        load_round_start(str(out), 1)
     with pytest.raises(DamagedRunError, match="round_01/mask.pt"):
         load_trained(str(out), 1)
     os.remove(out / "rewind.pt")
     with pytest.raises(DamagedRunError, match=f"^{out / 'rewind.pt'} \\(a file of finished round 0\\) is missing"):
-        load_ticket(str(out), 0)
+        load_round_start(str(out), 0)
 
 
 def test_runs_recorded_before_digests_still_load(finished):
     out, _, _ = finished
     path = out / "rounds.jsonl"
     path.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "files"}) + "\n" for r in records(out)))
-    load_ticket(str(out), 1)
+    load_round_start(str(out), 1)
 
 
 def test_read_only_commands_refuse_a_damaged_run_with_one_line(finished, tmp_path, capsys):
@@ -321,13 +322,12 @@ def test_runs_stopped_before_unfinished_rounds_had_digests_still_resume(fake, tm
 
 def test_a_file_damaged_between_its_write_and_the_commit_is_not_recorded(fake, tmp_path, capsys):  # noqa: F811
     out, argv = tmp_path / "run", QUICK + ["--out", str(tmp_path / "run")]
-    real_fid = fake.parts.evaluate_fid
+    class Damaging(fake.parts.fid_evaluator):
+        def score(self, *args, **kwargs):  # round 1 is evaluated after its masks were written and used
+            if (out / "round_01" / "mask.pt").exists():
+                flip_a_byte(out / "round_01" / "mask.pt")
+            return super().score(*args, **kwargs)
 
-    def damaging_fid(*args, **kwargs):  # round 1 is evaluated after its masks were written and used
-        if (out / "round_01" / "mask.pt").exists():
-            flip_a_byte(out / "round_01" / "mask.pt")
-        return real_fid(*args, **kwargs)
-
-    assert main(argv, parts=dataclasses.replace(fake.parts, evaluate_fid=damaging_fid)) == 2
+    assert main(argv, parts=dataclasses.replace(fake.parts, fid_evaluator=Damaging)) == 2
     assert f"{out / 'round_01' / 'mask.pt'} (a file of unfinished round 1) is damaged" in capsys.readouterr().err
     assert len(records(out)) == 1, "round 1 was not committed"

@@ -6,8 +6,9 @@ import stat
 import pytest
 import torch
 
-from pylth.io import (UnreadableFileError, atomic_torch_save, atomic_write_json, digest_path, digest_problem,
-                      ensure_file_writable, remove_digest, remove_file, remove_stale_temp_files, sha256_file, torch_load)
+from pylth.foundations.io import (UnreadableFileError, atomic_torch_save, atomic_write_json, digest_path,
+                                  digest_problem, ensure_file_writable, remove_digest, remove_file,
+                                  remove_stale_temp_files, sha256_file, torch_load)
 
 
 def test_atomic_writes_round_trip_and_leave_no_temp_files(tmp_path):

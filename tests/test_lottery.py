@@ -11,10 +11,11 @@ import torch
 from pylth.ddpm import GaussianDiffusion
 from pylth.ddpm.data import load_dataset
 from pylth.ddpm.trainer import train
-from pylth.io import torch_load
-from pylth.lottery import ConfigMismatchError, LotteryParts, RunDirectory, find_ticket, load_ticket
-from pylth.lottery.ticket import fresh_model
+from pylth.foundations.io import torch_load
+from pylth.lottery import ConfigMismatchError, LotteryParts, RunDirectory, find_ticket, load_round_start
+from pylth.lottery.run_reader import fresh_model
 from pylth.pruning import module_groups
+
 from test_lottery_helpers import fid_cache, file_digests, tiny_spec  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -99,9 +100,9 @@ def test_rewind_point_is_the_weights_after_tau_steps(uniform_run, fid_cache):  #
         assert torch.equal(rewind[name], value.cpu()), name
 
 
-def test_load_ticket_returns_theta_tau_times_mask(uniform_run):
+def test_load_round_start_returns_theta_tau_times_mask(uniform_run):
     _, out, _ = uniform_run
-    model, masks = load_ticket(out, 2)
+    model, masks = load_round_start(out, 2)
     rewind = load(os.path.join(out, "rewind.pt"))
     saved = load(os.path.join(out, "round_02", "mask.pt"))
     assert list(masks) == list(saved) and all(torch.equal(masks[n], saved[n]) for n in saved)
@@ -109,9 +110,9 @@ def test_load_ticket_returns_theta_tau_times_mask(uniform_run):
         expected = rewind[name] * saved[name] if name in saved else rewind[name]
         assert torch.equal(value, expected), name
     with pytest.raises(ValueError, match="round 3"):
-        load_ticket(out, 3)
+        load_round_start(out, 3)
     with pytest.raises(ValueError, match="round must be an int"):
-        load_ticket(out, True)
+        load_round_start(out, True)
 
 
 def test_same_command_on_a_finished_run_changes_nothing(uniform_run):

@@ -9,12 +9,16 @@ import os
 import pytest
 import torch
 
-from pylth.ddpm import build_model, classifier
-from pylth.ddpm.config import DataConfig, DiffusionConfig, EvalConfig
+from pylth.ddpm import build_model
+from pylth.ddpm.config import DataConfig, DiffusionConfig
 from pylth.ddpm.trainer import TrainConfig, TrainResult
+from pylth.ddpm.data import load_dataset
+from pylth.evaluation.classifier import load_or_train_classifier
+from pylth.evaluation.config import EvalConfig
 from pylth.lottery import LotteryConfig, LotteryParts, RunSpec
 from pylth.pruning import apply_masks
 
+QUICK_CLASSIFIER_STEPS = 20  # the FID classifier of the tests' caches: features, not accuracy
 # 8x8 digits U-Net, ~20k weights: the same code paths as the presets, a fraction of the time.
 TINY_MODEL = dict(in_channels=1, image_size=8, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,),
                   dropout=0.0, norm_groups=4)
@@ -38,13 +42,12 @@ def tiny_spec(cache_dir: str, iterations: int = 6, train: dict | None = None, **
 
 @pytest.fixture(scope="session")
 def fid_cache(tmp_path_factory):
-    """A cache folder for FID whose label classifier trains for a few steps only (features, not accuracy,
-    are what the tests need), so the user's cache never holds a weak classifier."""
-    mp = pytest.MonkeyPatch()
-    original = classifier.train_classifier
-    mp.setattr(classifier, "train_classifier", lambda dataset, device, **kw: original(dataset, device, steps=20))
-    yield str(tmp_path_factory.mktemp("fid-cache"))
-    mp.undo()
+    """A cache folder for FID holding a digits label classifier trained for a few steps only (features,
+    not accuracy, are what the tests need), so the user's cache never holds a weak classifier. Every
+    test that scores with it scores digits at their own size: that classifier is the cache's."""
+    cache = str(tmp_path_factory.mktemp("fid-cache"))
+    load_or_train_classifier("digits", load_dataset("digits"), cache, "cpu", steps=QUICK_CLASSIFIER_STEPS)
+    return cache
 
 
 LOCK_FILES = (".lock", ".mixed.lock", ".evaluate.lock")  # every writer rewrites its lock file (the holder's pid): not run content
@@ -81,7 +84,7 @@ def fake_calls(step_size: float = 1.0) -> FakeCalls:
     calls = FakeCalls()
 
     def train(model, diffusion, dataset, config, *, masks=None, start_iteration=0, end_iteration=None,
-              ema_state=None, checkpoint_path=None, on_iteration=None, progress_desc="train", predict=None):
+              ema_state=None, checkpoint_path=None, on_iteration=None, progress_desc="train"):
         calls.append(dict(start=start_iteration, end=end_iteration, masks=masks,
                           state={k: v.detach().clone() for k, v in model.state_dict().items()}))
         gen = torch.Generator().manual_seed(len(calls))
@@ -94,12 +97,15 @@ def fake_calls(step_size: float = 1.0) -> FakeCalls:
                 on_iteration(it, model)
         return TrainResult(model=model, ema_model=copy.deepcopy(model), loss=0.5, iterations=end_iteration)
 
-    def evaluate_fid(model, diffusion, name, dataset, num_samples, **kw):
-        return dict(fid=10.0, kid=0.0, fid_features="classifier", fid_weights="classifier:fake",
-                    num_samples=num_samples,
-                    samples=torch.zeros(num_samples, *dataset[0][0].shape))
+    class FakeEvaluator:
+        def __init__(self, config, name, dataset, device, schedule, **kw):
+            self.num_samples, self.image_shape = config.fid_samples, dataset[0][0].shape
 
-    calls.parts = LotteryParts(train=train, evaluate_fid=evaluate_fid,
+        def score(self, model, *, seed, return_samples=False):
+            return dict(fid=10.0, kid=0.0, fid_features="classifier", fid_weights="classifier:fake",
+                        num_samples=self.num_samples, samples=torch.zeros(self.num_samples, *self.image_shape))
+
+    calls.parts = LotteryParts(train=train, fid_evaluator=FakeEvaluator,
                                render_report=lambda records, title="": b"not drawn")
     return calls
 

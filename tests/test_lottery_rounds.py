@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from pylth.io import torch_load
+from pylth.foundations.io import torch_load
 from pylth.lottery import ConfigMismatchError, RunDirectory, find_ticket
-from pylth.lottery.ticket import fresh_model, reinit_seed
+from pylth.lottery.run_reader import fresh_model, reinit_seed
 from pylth.pruning import module_groups
+
 from test_lottery_helpers import fake, file_digests, tiny_spec  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.usefixtures("one_thread")

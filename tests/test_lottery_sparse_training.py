@@ -8,8 +8,9 @@ import os
 import pytest
 import torch
 
-from pylth.io import torch_load
+from pylth.foundations.io import torch_load
 from pylth.lottery import ConfigMismatchError, LotteryParts, RunDirectory, find_ticket
+
 from test_lottery_helpers import fid_cache, tiny_spec  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -10,12 +10,13 @@ import pytest
 import torch
 
 from pylth.ddpm import GaussianDiffusion, build_model
-from pylth.ddpm.mixing import ModelSchedule, switch_owners
+from pylth.ddpm.model_schedule import ModelSchedule, switch_owners
 from pylth.ddpm.samplers import make_sampler, sample
 from pylth.lottery import find_ticket
-from pylth.lottery.mixed import ORDERS, MixedExperiment, read_rows
 from pylth.mixed import main as mixed_main
 from pylth.sample import main as sample_main
+from pylth.studies.mixed_chain import ORDERS, MixedExperiment, read_rows
+
 from test_lottery_helpers import fid_cache, tiny_spec  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.usefixtures("one_thread")

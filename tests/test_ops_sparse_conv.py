@@ -5,6 +5,7 @@ import torch.nn.functional as F
 
 from pylth.ddpm import UNet, build_model
 from pylth.ops.native import native as _C
+from pylth.ops.sparse_cpu_plan import group_size, workspace_budget
 from pylth.ops.sparse_conv import (SparseWeight, compress_weight, sparse_conv2d, sparse_conv2d_reference,
                                    sparse_linear, sparse_linear_reference)
 
@@ -363,10 +364,22 @@ def test_rows_of_every_width(stride, cpu_isa_path):
 
 
 @pytest.mark.parametrize("n,ci,co,h,w,k,stride,padding", CONV_CASES[::2])
-def test_groups_of_one_image_compute_the_same(n, ci, co, h, w, k, stride, padding, monkeypatch, cpu_isa_path):
+def test_groups_of_one_image_compute_the_same(n, ci, co, h, w, k, stride, padding, cpu_isa_path):
     # The kernel takes images a group at a time into its workspace: a budget of one image per group.
     x, weight, mask, b = conv_case(max(n, 3), ci, co, h, w, k, density=0.3)
     want = check_conv(x, weight, mask, b, stride, padding)
-    monkeypatch.setattr("pylth.ops.sparse_cpu_plan.WORKSPACE_BYTES", 1)
-    with torch.no_grad():
+    with torch.no_grad(), workspace_budget(1):
+        assert group_size(3, 1) == 1
         torch.testing.assert_close(sparse_conv2d(x, compress_weight(weight, mask), b, stride, padding), want, **TOL)
+
+
+def test_the_workspace_budget_is_restored_and_checked():
+    before = group_size(64, 1000)
+    with pytest.raises(ValueError, match="nbytes"):
+        with workspace_budget(0):
+            pass
+    with pytest.raises(RuntimeError):
+        with workspace_budget(1):
+            assert group_size(64, 1000) == 1
+            raise RuntimeError("a failing block")
+    assert group_size(64, 1000) == before > 1

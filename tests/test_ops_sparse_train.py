@@ -11,6 +11,7 @@ from pylth.ops.sparse_grad import (sparse_conv2d_backward, sparse_conv2d_grad_in
                                    sparse_conv2d_grad_weight, sparse_conv2d_grad_weight_reference,
                                    sparse_linear_grad_input, sparse_linear_grad_weight,
                                    sparse_linear_grad_weight_reference)
+from pylth.ops.sparse_cpu_plan import group_size, workspace_budget
 from pylth.ops.sparse_train import sparse_conv2d_trainable, sparse_linear_trainable
 from pylth.optim import MaskedAdam
 from test_ops_sparse_conv import CONV_CASES, conv_case
@@ -160,11 +161,12 @@ def test_threads_do_not_change_a_bit_of_the_gradients(stride, cpu_isa_path):
 
 
 @pytest.mark.parametrize("n,ci,co,h,w,k,stride,padding", GRAD_CASES[::2])
-def test_the_one_pass_backward_in_groups_of_one_image(n, ci, co, h, w, k, stride, padding, monkeypatch, cpu_isa_path):
+def test_the_one_pass_backward_in_groups_of_one_image(n, ci, co, h, w, k, stride, padding, cpu_isa_path):
     # A budget of one image per group: every group's slabs, accumulators and (stride 1) x offsets move on.
-    monkeypatch.setattr("pylth.ops.sparse_cpu_plan.WORKSPACE_BYTES", 1)
     x, weight, mask, bias = conv_case(max(n, 3), ci, co, h, w, k, density=0.3)
-    check_conv_grads(x, weight, mask, bias, stride, padding)
+    with workspace_budget(1):
+        assert group_size(3, 1) == 1
+        check_conv_grads(x, weight, mask, bias, stride, padding)
 
 
 @pytest.mark.parametrize("stride", [1, 2])

@@ -179,8 +179,8 @@ def test_load_state_dict_rewinds_mid_run():
 def test_params_whose_device_has_no_kernel_step_on_the_reference(monkeypatch):
     # CUDA params in a build without CUDA go to the reference for their device, not their layout; the
     # plan must accept them step after step (it once rebuilt, and rejected, itself on every step).
-    monkeypatch.setattr("pylth.optim.runs_natively", lambda device: False)
-    monkeypatch.setattr("pylth.optim_plan.runs_natively", lambda device: False)
+    monkeypatch.setattr("pylth.optim.masked_adam.runs_natively", lambda device: False)
+    monkeypatch.setattr("pylth.optim.plan.runs_natively", lambda device: False)
     run = Pair()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # the reference's one-time fallback warning

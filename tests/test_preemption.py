@@ -16,12 +16,13 @@ import torch
 from pylth import train as train_cli
 from pylth.cli import run_command
 from pylth.ddpm import GaussianDiffusion
-from pylth.ddpm.classifier import load_or_train_classifier
 from pylth.ddpm.data import load_dataset
 from pylth.ddpm.trainer import TrainConfig, train
+from pylth.evaluation.classifier import load_or_train_classifier
 from pylth.find_ticket import main as find_ticket_main
-from pylth.io import torch_load
-from pylth.preemption import EXIT_PREEMPTED, Preempted, deferred_stop, stop_on_signals, stop_requested
+from pylth.foundations.io import torch_load
+from pylth.foundations.preemption import EXIT_PREEMPTED, Preempted, deferred_stop, stop_on_signals, stop_requested
+
 from test_lottery_helpers import fid_cache, small_digits_unet  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -81,7 +82,7 @@ def test_a_request_the_training_loop_could_not_answer_stops_as_its_block_ends():
 
 
 def test_run_command_ends_a_stopped_command_with_75_and_one_line(capsys):
-    def body():
+    def body(_environment):
         os.kill(os.getpid(), signal.SIGUSR1)
         time.sleep(30)
 
@@ -207,7 +208,7 @@ def test_a_second_sigterm_while_stopping_changes_nothing(tmp_path, fid_cache, ga
 def test_after_a_stop_the_command_ignores_further_stop_signals_until_it_exits():
     before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
 
-    def body():
+    def body(_environment):
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(30)
 
@@ -216,5 +217,5 @@ def test_after_a_stop_the_command_ignores_further_stop_signals_until_it_exits():
     os.kill(os.getpid(), signal.SIGTERM)  # would end this process with 143
     for s, handler in before.items():
         signal.signal(s, handler)
-    assert run_command("prog", lambda: None, needs_native=False, stops_on_signals=True) == 0
+    assert run_command("prog", lambda _environment: None, needs_native=False, stops_on_signals=True) == 0
     assert {s: signal.getsignal(s) for s in before} == before, "a command that ends well gives the handlers back"

@@ -8,7 +8,7 @@ import pytest
 
 from pylth.ddpm import GaussianDiffusion
 from pylth.ddpm.trainer import TrainConfig, train
-from pylth.io import torch_load
+from pylth.foundations.io import torch_load
 from pylth.lottery import LotteryParts, find_ticket
 from test_lottery_helpers import fid_cache, small_digits_unet, tiny_spec  # noqa: F401  (fixtures)
 
@@ -47,9 +47,13 @@ def test_a_resumed_training_counts_the_seconds_of_the_invocation_before_it(tmp_p
 
 def test_rounds_record_training_and_evaluation_seconds_within_the_wall_time(tmp_path, fid_cache):  # noqa: F811
     real_train = LotteryParts().train
+    steps = []  # iterations each round trained (round 1 on starts at the rewind point)
 
     def slow_train(*args, on_iteration=None, **kw):  # training that takes long against the rest of a round
+        steps.append(0)
+
         def step(iteration, model):
+            steps[-1] += 1
             time.sleep(SLOW / 2)
             if on_iteration is not None:
                 on_iteration(iteration, model)
@@ -59,8 +63,9 @@ def test_rounds_record_training_and_evaluation_seconds_within_the_wall_time(tmp_
     records = find_ticket(tiny_spec(fid_cache, max_rounds=1), str(tmp_path / "run"), log=lambda _m: None,
                           parts=LotteryParts(train=slow_train))
     wall = time.monotonic() - began
-    for r in records:
-        assert r["train_seconds"] >= 6 * SLOW / 2 - 1e-6 and 0 < r["train_cpu_seconds"] and 0 < r["eval_seconds"]
+    assert len(steps) == len(records) == 2 and min(steps) >= 2
+    for r, n in zip(records, steps):
+        assert r["train_seconds"] >= n * SLOW / 2 - 1e-6 and 0 < r["train_cpu_seconds"] and 0 < r["eval_seconds"]
         assert 0 < r["eval_cpu_seconds"] and r["seconds"] >= r["train_seconds"] + r["eval_seconds"] - 1e-6
     # an uninterrupted run: the rounds' seconds are parts of the wall time, no training counted twice
     assert sum(r["seconds"] for r in records) <= wall

@@ -12,16 +12,17 @@ import pytest
 from pylth import train as train_cli
 from pylth.cka.__main__ import main as cka_main
 from pylth.find_ticket import main
-from pylth.lottery import LotteryParts, load_ticket
+from pylth.foundations.run_lock import DirectoryLock, RunLocked
+from pylth.lottery import LotteryParts, load_round_start
 from pylth.mixed import main as mixed_main
-from pylth.run_lock import DirectoryLock, RunLocked
 from pylth.sample import main as sample_main
+
 from test_lottery_helpers import fake, file_digests  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 QUICK = ["--iterations", "4", "--batch-size", "8", "--fid-samples", "4", "--sample-steps", "1",
          "--heldout-samples", "8", "--max-rounds", "1"]
-HOLD = ("import sys, time; from pylth.run_lock import DirectoryLock; "
+HOLD = ("import sys, time; from pylth.foundations.run_lock import DirectoryLock; "
         "DirectoryLock(sys.argv[1], name=sys.argv[2]).acquire(); print('locked', flush=True); time.sleep(300)")
 
 
@@ -82,7 +83,7 @@ def test_read_only_commands_work_while_a_writer_holds_the_run(finished, tmp_path
     out, _ = finished
     holder = Holder(out)
     try:
-        load_ticket(str(out), 1)
+        load_round_start(str(out), 1)
         assert cka_main([str(out), str(out), "--out", str(tmp_path / "cka")]) == 0
         assert sample_main([str(out), "--num", "2", "--steps", "1", "--out", str(tmp_path / "s.png")]) == 0
     finally:
@@ -114,7 +115,7 @@ def test_force_locks_the_new_folder_and_lets_the_moved_one_go(finished):
             checked.append(moved[0])
         return parts.train(*args, **kwargs)
 
-    forced = LotteryParts(train=train_checking_the_locks, evaluate_fid=parts.evaluate_fid,
+    forced = LotteryParts(train=train_checking_the_locks, fid_evaluator=parts.fid_evaluator,
                           render_report=parts.render_report)
     assert main(QUICK + ["--prune-ratio", "0.3", "--force", "--out", str(out)], parts=forced) == 0
     assert len(checked) == 1

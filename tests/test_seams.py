@@ -2,6 +2,7 @@
 schedules, and a Lottery driven through its collaborators with a model kind registered here."""
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -13,8 +14,9 @@ from pylth.ddpm.models import MODELS, ModelKind, model_kind, register
 from pylth.ddpm.presets import DATASET_PRESETS, flag_defaults
 from pylth.ddpm.samplers import SAMPLERS, DDIMSampler, Sampler, make_sampler, sample
 from pylth.ddpm.trainer import TrainConfig, ema_decay, learning_rate
-from pylth.io import torch_load
+from pylth.foundations.io import torch_load
 from pylth.lottery import find_ticket
+
 from test_lottery_helpers import fake, tiny_spec  # noqa: F401  (fixtures)
 
 
@@ -48,6 +50,20 @@ def test_an_unknown_model_kind_names_the_known_ones():
 def test_a_kind_registered_twice_is_refused(two_convs_kind):
     with pytest.raises(ValueError, match="registered twice"):
         register(two_convs_kind)
+
+
+def test_a_kind_s_models_and_their_deep_copies_answer_with_the_noise(two_convs_kind):
+    # register() applies the kind's predict once: model(x_t, t) is the noise, not the kind's tuple, and
+    # a deep copy (sparsify, the EMA) answers with its own weights, not the original's.
+    model = two_convs_kind.fresh({"channels": 4}, 0)
+    assert type(model) is TwoConvs and list(model.state_dict()) == list(TwoConvs(4).state_dict())
+    x, t = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 7, 999])
+    torch.testing.assert_close(model(x, t), TwoConvs.forward(model, x, t)[0], rtol=0, atol=0)
+    copied = copy.deepcopy(model)
+    with torch.no_grad():
+        copied.second.bias.add_(1.0)
+    torch.testing.assert_close(copied(x, t), TwoConvs.forward(copied, x, t)[0], rtol=0, atol=0)
+    torch.testing.assert_close(copied(x, t), model(x, t) + 1.0)
 
 
 def test_fresh_models_depend_on_the_seed_only_and_leave_the_global_rng_alone():

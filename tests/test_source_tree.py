@@ -11,9 +11,10 @@ import sys
 import pytest
 
 import pylth
-from pylth.ddpm.classifier import load_or_train_classifier
 from pylth.ddpm.data import load_dataset
+from pylth.evaluation.classifier import load_or_train_classifier
 from pylth.ops.native import source_hash
+
 from test_lottery_helpers import fid_cache  # noqa: F401  (fixture)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -10,11 +10,11 @@ import torch
 from torch import nn
 
 from pylth.ddpm import build_model
-from pylth.io import UnreadableFileError
+from pylth.foundations.io import UnreadableFileError
 from pylth.pruning import apply_masks, compute_masks, prunable_parameters
-from pylth.sparse import (CONV_MAX_DENSITY, SparseConv2d, SparseLinear, load_sparse, read_sparse, save_sparse,
-                          sparsify)
+from pylth.sparse import CONV_MAX_DENSITY, SparseConv2d, SparseLinear, sparsify
 from pylth.sparse.convert import _choose
+from pylth.tickets import load_sparse, read_sparse, save_sparse
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

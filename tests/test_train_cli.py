@@ -7,8 +7,12 @@ import sys
 import pytest
 
 from pylth import train as train_cli
-from pylth.ddpm import classifier as classifier_module
-from pylth.io import torch_load
+from pylth.ddpm.data import load_dataset
+from pylth.evaluation.classifier import load_or_train_classifier
+from pylth.foundations.io import torch_load
+
+from test_lottery_helpers import QUICK_CLASSIFIER_STEPS
+from test_run_spec import FIND_TICKET, TRAIN_NOW
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -43,8 +47,10 @@ def test_missing_data_is_a_one_line_error_without_traceback(tmp_path):
     assert proc.stderr.strip().count("\n") == 0 and "train-images-idx3-ubyte" in proc.stderr
 
 
-def test_digits_run_writes_outputs_and_the_same_command_resumes(tmp_path, monkeypatch):
-    monkeypatch.setattr(classifier_module, "TRAIN_STEPS", 20)
+def test_digits_run_writes_outputs_and_the_same_command_resumes(tmp_path):
+    # the FID classifier, trained briefly into the run's cache first: the command uses the cached one
+    load_or_train_classifier("digits", load_dataset("digits"), str(tmp_path / "cache"), "cpu",
+                             steps=QUICK_CLASSIFIER_STEPS)
     out = tmp_path / "run"
     argv = ["--dataset", "digits", "--iterations", "2", "--batch-size", "8", "--out", str(out),
             "--fid-samples", "10", "--sample-steps", "2", "--cache-dir", str(tmp_path / "cache"),
@@ -59,6 +65,14 @@ def test_digits_run_writes_outputs_and_the_same_command_resumes(tmp_path, monkey
     assert train_cli.main(argv) == 0
     assert json.loads((out / "metrics.json").read_text())["iterations"] == 3
     assert torch_load(str(out / "checkpoint.pt"))["iteration"] == 3
+
+
+def test_the_config_json_train_writes_names_its_settings_as_find_ticket_s_does(tmp_path):
+    out = tmp_path / "run"
+    assert train_cli.main(["--dataset", "digits", "--iterations", "1", "--fid-samples", "0", "--out", str(out)]) == 0
+    written, ticket = json.loads((out / "config.json").read_text()), json.loads(FIND_TICKET)
+    assert set(written) == set(json.loads(TRAIN_NOW)) and set(written) <= set(ticket)
+    assert all(set(written[k]) == set(ticket[k]) for k in written if isinstance(written[k], dict) and k != "model")
 
 
 def test_help_lists_shared_flags_and_digits_defaults(capsys):

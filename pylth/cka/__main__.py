@@ -13,9 +13,9 @@ import math
 import os
 import sys
 
+from pylth.cka.between_runs import LayerCka, compare_tickets, pick_round, trained_weight_rows, upstream_downstream
 from pylth.cli import ArgumentParser, run_command
-from pylth.cka.compare import LayerCka, compare_tickets, pick_round, trained_weight_rows, upstream_downstream
-from pylth.io import atomic_write_bytes, atomic_write_text
+from pylth.foundations.io import atomic_write_bytes, atomic_write_text
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -93,7 +93,7 @@ def run(args) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    return run_command("python -m pylth.cka", lambda: run(args))
+    return run_command("python -m pylth.cka", lambda _environment: run(args))
 
 
 if __name__ == "__main__":

@@ -1,80 +1,14 @@
-"""Hyper-parameters as dataclasses whose fields (with ``help`` metadata) generate argparse flags.
-
-``add_arguments(parser, SomeConfig)`` adds ``--field-name`` for every field; ``from_args(SomeConfig,
-args)`` builds the dataclass back. Command lines share flags by sharing dataclasses (open_lth style).
-"""
+"""The flags of the data, the model and the diffusion (DataConfig, ModelConfig, DiffusionConfig), and
+--model-config's KEY=VALUE text."""
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import typing
 
 from pylth.ddpm.data import DATASETS
 from pylth.ddpm.models import DEFAULT_MODEL, MODELS, model_kind, resolve_model
 from pylth.ddpm.models.registry import apply_overrides
-from pylth.ddpm.samplers import SAMPLERS
-
-FID_FEATURES = ("auto", "inception", "classifier")
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def add_arguments(parser: argparse.ArgumentParser, cls, *, exclude=(), defaults: dict | None = None,
-                  required=()) -> None:
-    """Add one flag per field of dataclass ``cls`` (except ``exclude``); ``defaults`` overrides field
-    defaults, ``required`` makes fields mandatory. Fields without a default are required."""
-    hints = typing.get_type_hints(cls)
-    defaults = defaults or {}
-    for field in dataclasses.fields(cls):
-        if field.name in exclude:
-            continue
-        help_text = field.metadata.get("help", "")
-        kind = hints[field.name]
-        if field.name in defaults:
-            default = defaults[field.name]
-        elif field.default is not dataclasses.MISSING:
-            default = field.default
-        elif field.default_factory is not dataclasses.MISSING:
-            default = field.default_factory()
-        else:
-            default = dataclasses.MISSING
-        kwargs: dict = dict(dest=field.name, help=help_text)
-        if default is dataclasses.MISSING or field.name in required:
-            kwargs["required"] = True
-        else:
-            kwargs["default"] = default
-            if default is not None:
-                kwargs["help"] = f"{help_text} (default: {default})" if help_text else f"default: {default}"
-        if "choices" in field.metadata:
-            kwargs["choices"] = field.metadata["choices"]
-        if kind is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        else:
-            args = [a for a in typing.get_args(kind) if a is not type(None)]
-            base = args[0] if args else kind
-            if typing.get_origin(base) is tuple:
-                kwargs["nargs"] = "+"
-                base = typing.get_args(base)[0]
-            kwargs["type"] = base
-            if "choices" not in kwargs:
-                kwargs["metavar"] = field.name.upper()
-        parser.add_argument(_flag(field.name), **kwargs)
-
-
-def from_args(cls, args: argparse.Namespace, **overrides):
-    """The ``cls`` instance made of the parsed fields of ``args`` (fields absent from args keep
-    their defaults); ``overrides`` win."""
-    values = {}
-    for field in dataclasses.fields(cls):
-        if hasattr(args, field.name):
-            value = getattr(args, field.name)
-            if isinstance(value, list):
-                value = tuple(value)
-            values[field.name] = value
-    values.update(overrides)
-    return cls(**values)
+from pylth.foundations.hparams import help_field
 
 
 def parse_overrides(text: str) -> dict[str, str]:
@@ -92,11 +26,6 @@ def parse_overrides(text: str) -> dict[str, str]:
     return overrides
 
 
-def help_field(text: str, **extra) -> dict:
-    """``dataclasses.field`` keyword arguments carrying a flag's help text (and e.g. ``choices``)."""
-    return dict(metadata=dict(help=text, **extra))
-
-
 @dataclasses.dataclass
 class DataConfig:
     dataset: str = dataclasses.field(default="digits", **help_field(
@@ -104,11 +33,13 @@ class DataConfig:
         choices=DATASETS))
     data_root: typing.Optional[str] = dataclasses.field(default=None, **help_field(
         "folder holding the data set's files (default: $PYLTH_DATA_ROOT or ~/.cache/pylth/data; "
-        "fashion-mnist: /usr/share/datasets/fashion-mnist when present)"))
-    download: bool = dataclasses.field(default=False, **help_field("download the data set into --data-root if missing"))
+        "fashion-mnist: /usr/share/datasets/fashion-mnist when present)", resumable=True))
+    download: bool = dataclasses.field(default=False, **help_field("download the data set into --data-root if missing",
+                                                                   resumable=True))
     image_size: typing.Optional[int] = dataclasses.field(default=None, **help_field(
         "resize the images to N x N for training, the held-out loss and the FID reference alike: area "
-        "averaging when shrinking, bilinear when enlarging (default: the data set's own size)"))
+        "averaging when shrinking, bilinear when enlarging (default: the data set's own size)",
+        older_runs=None))  # runs made before --image-size: the data set's own size
 
     def __post_init__(self):
         if self.dataset not in DATASETS:
@@ -154,57 +85,3 @@ class DiffusionConfig:
     num_timesteps: int = dataclasses.field(default=1000, **help_field("diffusion steps T"))
     beta_start: float = dataclasses.field(default=1e-4, **help_field("first beta of the linear schedule"))
     beta_end: float = dataclasses.field(default=0.02, **help_field("last beta of the linear schedule"))
-
-
-@dataclasses.dataclass
-class EvalConfig:
-    fid_samples: int = dataclasses.field(default=500, **help_field(
-        "samples for FID/KID, in all over every process (0: skip FID in pylth.train; find_ticket "
-        "records FID every round and needs >= 2)"))
-    sampler: str = dataclasses.field(default="ddim", **help_field("sampler for FID and samples.png",
-                                                                  choices=tuple(SAMPLERS)))
-    sample_steps: typing.Optional[int] = dataclasses.field(default=100, **help_field(
-        "denoising steps of the sampler (ddpm with T steps is Ho et al.'s ancestral sampler)"))
-    eta: float = dataclasses.field(default=0.0, **help_field("DDIM eta (0: deterministic)"))
-    sample_batch_size: int = dataclasses.field(default=256, **help_field(
-        "images per sampling batch; FID samples come in blocks of this size, each with its own seed, "
-        "shared out across processes (so the samples depend on it, not on the number of processes)"))
-    fid_features: str = dataclasses.field(default="auto", **help_field(
-        "features for FID: inception (Inception-v3: the weights of pylth[inception], or --inception-path), "
-        "classifier (a small CNN trained on the data set's labels), or auto: inception where the weights "
-        "are found, except on digits without --inception-path", choices=FID_FEATURES))
-    inception_path: typing.Optional[str] = dataclasses.field(default=None, **help_field(
-        "clean-fid's local inception-2015-12-05.pt (or its folder) for Inception FID, instead of the "
-        "bundled weights; default $PYLTH_INCEPTION_PATH"))
-    cache_dir: typing.Optional[str] = dataclasses.field(default=None, **help_field(
-        "cache for FID reference statistics and classifiers (default $PYLTH_CACHE_DIR or ~/.cache/pylth)"))
-
-    def __post_init__(self):
-        if not isinstance(self.fid_samples, int) or self.fid_samples < 0 or self.fid_samples == 1:
-            raise ValueError(f"fid_samples must be 0 or an int >= 2, got {self.fid_samples!r}")
-        if self.sample_steps is not None and (not isinstance(self.sample_steps, int) or self.sample_steps < 1):
-            raise ValueError(f"sample_steps must be a positive int, got {self.sample_steps!r}")
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
-        if isinstance(self.eta, bool) or not isinstance(self.eta, (int, float)):
-            raise TypeError(f"eta must be a number, got {self.eta!r}")
-        if self.eta < 0:
-            raise ValueError(f"eta must be >= 0, got {self.eta!r}")
-        if not isinstance(self.sample_batch_size, int) or self.sample_batch_size < 1:
-            raise ValueError(f"sample_batch_size must be a positive int, got {self.sample_batch_size!r}")
-        if self.fid_features not in FID_FEATURES:
-            raise ValueError(f"fid_features must be one of {', '.join(FID_FEATURES)}, got {self.fid_features!r}")
-
-    def resolved(self, dataset: str) -> "EvalConfig":
-        """This configuration with fid_features "auto" made concrete for ``dataset`` (what a run
-        records in config.json, so that it keeps its features when resumed); a FileNotFoundError
-        when inception is asked for and no weights are installed. Under torch.distributed rank 0
-        decides and every rank gets its answer, so that all extract the same features."""
-        from pylth import distributed as D
-        from pylth.ddpm.fid import resolve_fid_features  # scipy and clean-fid: only when needed
-
-        kind = None
-        with D.fail_together("choosing the FID features"):
-            if D.is_main():
-                kind = resolve_fid_features(dataset, self.fid_features, self.inception_path)
-        return dataclasses.replace(self, fid_features=D.broadcast_object(kind))

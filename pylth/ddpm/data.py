@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from pylth.ddpm.presets import DATASET_PRESETS, FOLDER_UNET_PRESET
+from pylth.foundations.environment import DEFAULT_DATA_ROOT
 
 DATASETS = tuple(DATASET_PRESETS)
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
@@ -145,11 +146,12 @@ def dataset_fingerprint(dataset) -> str:
 
 
 def default_root(name: str) -> str:
-    """Where a data set is looked for without --data-root: $PYLTH_DATA_ROOT, else ~/.cache/pylth/data
-    (Fashion-MNIST: Debian's /usr/share/datasets/fashion-mnist when it exists)."""
-    if name == "fashion-mnist" and "PYLTH_DATA_ROOT" not in os.environ and os.path.isdir(DEBIAN_FASHION_MNIST):
+    """Where a data set is looked for without a root (--data-root, or $PYLTH_DATA_ROOT which the
+    commands pass as one): ~/.cache/pylth/data (Fashion-MNIST: Debian's
+    /usr/share/datasets/fashion-mnist when it exists)."""
+    if name == "fashion-mnist" and os.path.isdir(DEBIAN_FASHION_MNIST):
         return DEBIAN_FASHION_MNIST
-    return os.environ.get("PYLTH_DATA_ROOT", os.path.join(os.path.expanduser("~"), ".cache", "pylth", "data"))
+    return DEFAULT_DATA_ROOT
 
 
 def _check_name(name: str) -> None:

@@ -8,12 +8,10 @@ between the steps of one chain (a multistep solver); ``reset()`` starts a new ch
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
-from pylth.ddpm.models.registry import call_model
 from pylth.ddpm.schedule import NoiseSchedule
 from pylth.ddpm.seeds import derived_seed
 
@@ -141,9 +139,9 @@ def make_sampler(name: str, schedule: NoiseSchedule, steps: int | None = None, e
 
 @torch.no_grad()
 def sample(model, sampler: Sampler, num_samples: int, image_shape, *, seed: int = 0, batch_size: int = 256,
-           device=None, progress: bool = True, predict: Callable = call_model) -> torch.Tensor:
+           device=None, progress: bool = True) -> torch.Tensor:
     """``num_samples`` images in [-1, 1] (on the CPU), made in batches of ``batch_size`` by ``sampler``
-    with ``predict(model, x_t, t)``'s noise predictions.
+    with ``model(x_t, t)``'s noise predictions.
 
     All noise comes from one CPU generator seeded with ``seed``: each image's starting noise first,
     then, per batch, one draw per step but the last (whatever the sampler uses of it). So results do
@@ -170,7 +168,7 @@ def sample(model, sampler: Sampler, num_samples: int, image_shape, *, seed: int 
             sampler.reset()
             for i, t in enumerate(ts):
                 z = torch.randn(x.shape, generator=generator).to(device) if i + 1 < len(ts) else None
-                eps = predict(model, x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)).float()
+                eps = model(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)).float()
                 x = sampler.step(eps, i, x, z)
                 bar.update(x.shape[0])
             out.append(x.clamp(-1.0, 1.0).float().cpu())
@@ -187,8 +185,7 @@ def block_seed(seed: int, block: int) -> int:
 
 
 def sample_blocks(model, sampler: Sampler, num_samples: int, image_shape, blocks: range, *, batch_size: int,
-                  seed: int, device=None, progress: bool = False, predict: Callable = call_model,
-                  desc: str = "samples") -> torch.Tensor:
+                  seed: int, device=None, progress: bool = False, desc: str = "samples") -> torch.Tensor:
     """Samples ``blocks.start * batch_size`` up to the end of block ``blocks.stop - 1`` (at most
     ``num_samples``) of a run's sequence of samples: block j holds samples [j * batch_size, (j + 1) *
     batch_size) and is drawn from seed ``block_seed(seed, j)``. So the sequence does not depend on how
@@ -199,6 +196,6 @@ def sample_blocks(model, sampler: Sampler, num_samples: int, image_shape, blocks
         for j in blocks:
             n = min(batch_size, num_samples - j * batch_size)
             out.append(sample(model, sampler, n, image_shape, seed=block_seed(seed, j), batch_size=batch_size,
-                              device=device, progress=False, predict=predict))
+                              device=device, progress=False))
             bar.update(n)
     return torch.cat(out) if out else torch.empty((0, *image_shape))

@@ -4,14 +4,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from pylth.ddpm.config import help_field
+from pylth.foundations.hparams import help_field
 
 RESETS = ("rewind", "init", "reinit")
 STRATEGY_NAMES = ("layerwise", "uniform", "global", "random")
 
 
-def _opt(default, help: str, choices=None):
-    return field(default=default, **help_field(help, **({} if choices is None else {"choices": choices})))
+def _opt(default, help: str, choices=None, resumable: bool = False):
+    return field(default=default, **help_field(help, resumable=resumable,
+                                               **({} if choices is None else {"choices": choices})))
 
 
 @dataclass
@@ -22,9 +23,9 @@ class LotteryConfig:
     prune_ratio: float = _opt(0.2, "p: fraction of the still-active weights pruned per round")
     increment: float = _opt(0.01, "q: extra fraction per module downstream (layerwise and random)")
     cap: float = _opt(0.95, "largest fraction of a module's active weights pruned in one round")
-    target_sparsity: float = _opt(0.99, "stop once this fraction of the prunable weights is zero")
+    target_sparsity: float = _opt(0.99, "stop once this fraction of the prunable weights is zero", resumable=True)
     max_rounds: int = _opt(25, "stop after this many pruning rounds (round 0, dense, is extra); "
-                           "raise it to extend a finished run")
+                           "raise it to extend a finished run", resumable=True)
     rewind_fraction: float = _opt(0.05, "tau = this fraction of --iterations: the rewind point")
     reset: str = _opt("rewind", "survivors restart from theta_tau (rewind), theta_0 (init) or fresh random "
                       "weights (reinit, the control)", RESETS)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 
-from pylth.io import atomic_write_bytes, sha256_file
-from pylth.lottery.resume import config_differences, with_implicit_settings
-from pylth.run_dir import RunDirectory
+from pylth.foundations.io import atomic_write_bytes, sha256_file
+from pylth.foundations.run_dir import RunDirectory
+from pylth.lottery.spec import RunSpec, config_differences
 
 # What may differ between RUN and the new run: how the rounds after round 0 prune and reset, and how
 # far they go. Everything else (data, model, training, diffusion, evaluation, rewind point, held-out
@@ -21,18 +21,18 @@ ARM_SETTINGS = frozenset({"lottery.strategy", "lottery.reset", "lottery.prune_ra
                           "lottery.cap", "lottery.target_sparsity", "lottery.max_rounds"})
 
 
-def read_source(source: str, config: dict) -> tuple[RunDirectory, dict]:
+def read_source(source: str, spec: RunSpec) -> tuple[RunDirectory, dict]:
     """RUN's directory and its round-0 record, once RUN is known to hold a finished round 0 made with the
-    settings of ``config`` that round 0 depends on; otherwise a ValueError naming --dense-from and, for
+    settings of ``spec`` that round 0 depends on; otherwise a ValueError naming --dense-from and, for
     settings, every difference in one message."""
     run = RunDirectory(source)
-    old = run.read_config() if os.path.isdir(run.path) else None
-    if old is None or "lottery" not in old:
+    if not os.path.isfile(run.config_path):
         raise ValueError(f"--dense-from {run.path} holds no find_ticket run (no config.json of one)")
     records = run.read_rounds()
     if not records:
         raise ValueError(f"--dense-from {run.path} has not finished round 0 yet")
-    differences = config_differences(with_implicit_settings(old, records), config, ignore=ARM_SETTINGS)
+    old = RunSpec.read(run, records)
+    differences = config_differences(old.to_json(), spec.to_json(), ignore=ARM_SETTINGS)
     if differences:
         raise ValueError(f"--dense-from {run.path} trained its round 0 with other settings than this run's ("
                          + "; ".join(differences) + "); only " + ", ".join(
@@ -40,10 +40,10 @@ def read_source(source: str, config: dict) -> tuple[RunDirectory, dict]:
     return run, records[0]
 
 
-def adopt_round_zero(run: RunDirectory, source: str, config: dict) -> dict:
+def adopt_round_zero(run: RunDirectory, source: str, spec: RunSpec) -> dict:
     """Copy RUN's round-0 files into ``run`` (rank 0, holding ``run``'s lock) and return the round-0
     record for ``run``: RUN's, with ``dense_from`` = {path, files} saying where it came from."""
-    origin, record = read_source(source, config)
+    origin, record = read_source(source, spec)
     files = record.get("files")
     if not files:
         raise ValueError(f"--dense-from {origin.path}: its round 0 records no file digests (a run made before "

@@ -6,9 +6,10 @@ import pickle
 import torch
 
 from pylth import __version__
-from pylth.ddpm.diffusers_pipeline import ddpm_scheduler_config, save_ddpm_pipeline
-from pylth.ddpm.models import DEFAULT_MODEL, model_kind
-from pylth.run_dir import RunDirectory
+from pylth.ddpm.models import model_kind
+from pylth.foundations.run_dir import RunDirectory
+from pylth.lottery.run_reader import finished_run
+from pylth.tickets.diffusers_pipeline import ddpm_scheduler_config, save_ddpm_pipeline
 
 FORMATS = ("diffusers",)
 
@@ -33,17 +34,12 @@ def export_ticket(run_dir: str, out: str, round: int | None = None, to: str = "d
     if to not in FORMATS:
         raise ValueError(f"--to must be one of {', '.join(FORMATS)}, got {to!r}")
     run = RunDirectory(run_dir)
-    config = run.read_config()
-    if config is None or "lottery" not in config:
-        raise ValueError(f"RUN {run.path} holds no find_ticket run (no config.json of one)")
-    records = run.read_rounds()
-    if not records:
-        raise ValueError(f"RUN {run.path} has no finished round yet")
+    spec, records = finished_run(run)
     if round is None:
         round = len(records) - 1
     if not isinstance(round, int) or isinstance(round, bool) or not 0 <= round < len(records):
         raise ValueError(f"--round must be a finished round of {run.path} (0..{len(records) - 1}), got {round!r}")
-    kind = model_kind(config.get("model_kind", DEFAULT_MODEL))
+    kind = model_kind(spec.model_kind)
     if kind.as_diffusers is None:
         raise ValueError(f"model kind {kind.name} has no diffusers UNet2DModel form and cannot be exported")
     model_path, mask_path = run.round_file(round, "model.pt"), run.round_file(round, "mask.pt")
@@ -52,13 +48,13 @@ def export_ticket(run_dir: str, out: str, round: int | None = None, to: str = "d
         if name not in state or state[name].shape != mask.shape or bool(state[name][~mask].any()):
             raise ValueError(f"{model_path} does not hold the ticket of {mask_path} ({name!r} is missing, "
                              f"shaped otherwise or nonzero where pruned)")
-    unet_config, unet_state = kind.as_diffusers(config["model"], state)
-    diffusion, record = config["diffusion"], records[round]
+    unet_config, unet_state = kind.as_diffusers(spec.model, state)
+    diffusion, record = spec.diffusion, records[round]
     about = dict(exported_by=f"pylth {__version__}", run=run.path, round=round, model_kind=kind.name,
                  sparsity=record["sparsity"], active_weights=record.get("active_weights"),
                  fid=record.get("fid"), fid_features=record.get("fid_features"), fid_samples=record.get("fid_samples"),
-                 sampler=config["evaluation"]["sampler"], sample_steps=config["evaluation"]["sample_steps"],
-                 reset=config["lottery"]["reset"], init_from=config.get("init_from"))
-    scheduler = ddpm_scheduler_config(diffusion["num_timesteps"], diffusion["beta_start"], diffusion["beta_end"])
+                 sampler=spec.evaluation.sampler, sample_steps=spec.evaluation.sample_steps,
+                 reset=spec.lottery.reset, init_from=spec.init_from)
+    scheduler = ddpm_scheduler_config(diffusion.num_timesteps, diffusion.beta_start, diffusion.beta_end)
     about["out"] = save_ddpm_pipeline(unet_config, unet_state, scheduler, out, about)
     return about

@@ -5,13 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from pylth.ddpm.fid import evaluate_fid
 from pylth.ddpm.trainer import train
+from pylth.evaluation.fid import FidEvaluator
 from pylth.lottery.report import render_report
 
 
 @dataclass(frozen=True)
 class LotteryParts:
     train: Callable = train  # pylth.ddpm.trainer.train's signature
-    evaluate_fid: Callable = evaluate_fid  # pylth.ddpm.fid.evaluate_fid's signature
+    # (EvalConfig, data set name, data set, device, schedule, environment=, progress=) -> an object whose
+    # score(model, seed=, return_samples=) is FidEvaluator.score's; the Lottery builds it once
+    fid_evaluator: Callable = FidEvaluator
     render_report: Callable = render_report  # (records, title) -> PNG bytes

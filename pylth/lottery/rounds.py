@@ -1,7 +1,7 @@
 """Algorithm 1: train dense, then prune -> reset -> retrain -> evaluate, one round at a time.
 
 A Lottery is given everything it works with: the spec, the opened run directory and its finished
-rounds, the data, and its collaborators (LotteryParts: train, evaluate_fid, render_report). Every
+rounds, the data, and its collaborators (LotteryParts: train, fid_evaluator, render_report). Every
 decision that depends on files is made by rank 0 and broadcast, so a ``torchrun`` job resumes
 exactly like one process and every rank trains on the same masks and starting weights.
 """
@@ -14,23 +14,26 @@ from typing import Callable
 
 import torch
 
-from pylth import distributed as D
 from pylth.ddpm.diffusion import GaussianDiffusion
 from pylth.ddpm.finite import first_nonfinite
 from pylth.ddpm.images import grid_png
 from pylth.ddpm.models import model_kind
-from pylth.ddpm.trainer import Diverged, resolve_device
-from pylth.io import remove_file
+from pylth.ddpm.trainer import Diverged
+from pylth.evaluation.heldout import HeldOut, heldout_loss
+from pylth.foundations import distributed as D
+from pylth.foundations.devices import resolve_device
+from pylth.foundations.environment import Environment
+from pylth.foundations.io import remove_file
+from pylth.foundations.run_dir import TICKET_FILE, RunDirectory
 from pylth.lottery.dense_from import adopt_round_zero, check_adopted
-from pylth.lottery.evaluate import HeldOut, heldout_loss
 from pylth.lottery.parts import LotteryParts
 from pylth.lottery.report import fid_label, format_table
+from pylth.lottery.run_reader import reinit_seed
 from pylth.lottery.spec import RunSpec
-from pylth.lottery.ticket import reinit_seed
 from pylth.pruning import (apply_masks, check_masked_zero, compute_masks, count_macs, module_groups,
                            prunable_parameters, sparsity_report)
-from pylth.run_dir import TICKET_FILE, RunDirectory
-from pylth.sparse import dense_state_dict, save_sparse
+from pylth.sparse import dense_state_dict
+from pylth.tickets import save_sparse
 
 SAMPLE_GRID = 64  # images in round_XX/samples.png
 SAMPLING_SETTINGS = ("sampler", "sample_steps", "eta", "sample_batch_size")  # kept in each ticket file
@@ -47,7 +50,7 @@ class LotteryData:
 class Lottery:
     def __init__(self, spec: RunSpec, run: RunDirectory, records: list[dict], data: LotteryData,
                  parts: LotteryParts = LotteryParts(), log: Callable[[str], None] = print,
-                 dense_from: str | None = None):
+                 dense_from: str | None = None, environment: Environment = Environment()):
         self.spec, self.run, self.records, self.data, self.parts = spec, run, records, data, parts
         self.dense_from = dense_from  # a run whose finished round 0 this one takes instead of training it
         self.log = log if D.is_main() else (lambda _msg: None)
@@ -58,6 +61,8 @@ class Lottery:
         self.model = self.kind.fresh(spec.model, spec.train.seed)
         self.prunable = [name for name, _ in prunable_parameters(self.model)]
         self.groups = module_groups(self.model, blocks=self.kind.pruning_groups(self.model))
+        self.evaluator = parts.fid_evaluator(spec.evaluation, spec.data.dataset, data.dataset, self.device,
+                                             self.diffusion, environment=environment, progress=D.is_main())
 
     # -- files, read on rank 0 and broadcast ---------------------------------------------------
     def _shared_state(self, path: str) -> dict[str, torch.Tensor]:
@@ -114,7 +119,7 @@ class Lottery:
             result = self.parts.train(self.model, self.diffusion, self.data.dataset, spec.train, masks=masks,
                                       start_iteration=start, end_iteration=spec.train.iterations,
                                       checkpoint_path=self._checkpoint(k), on_iteration=on_iteration,
-                                      progress_desc=desc, predict=self.kind.predict)
+                                      progress_desc=desc)
         except Diverged as exc:
             raise Diverged(f"round {k}: {exc}. {DIVERGED_REMEDY}", exc.iteration) from None
         return result, time.monotonic() - began
@@ -165,7 +170,7 @@ class Lottery:
         record = None
         with D.fail_together(f"taking round 0 from --dense-from {self.dense_from}"):
             if D.is_main():
-                record = adopt_round_zero(self.run, self.dense_from, self.spec.to_json())
+                record = adopt_round_zero(self.run, self.dense_from, self.spec)
                 if self.spec.lottery.reset == "init" and not os.path.exists(self.run.init_path):
                     # RUN reset otherwise and kept no theta_0: it is the seed's, made again.
                     theta0 = self.kind.initial(self.spec.model, self.spec.train.seed, self.spec.init_from)
@@ -235,8 +240,7 @@ class Lottery:
         check_masked_zero(ema, masks)
         clocks = time.monotonic(), time.process_time()
         fid = self._evaluate(ema)
-        loss = heldout_loss(ema, self.diffusion, self.data.heldout, self.device, self.spec.evaluation.sample_batch_size,
-                            predict=self.kind.predict)
+        loss = heldout_loss(ema, self.diffusion, self.data.heldout, self.device, self.spec.evaluation.sample_batch_size)
         record = self._measure(k, masks, ema, fid, loss, result)
         record.update(train_seconds=result.seconds, train_cpu_seconds=result.cpu_seconds,
                       eval_seconds=time.monotonic() - clocks[0], eval_cpu_seconds=time.process_time() - clocks[1],
@@ -253,13 +257,7 @@ class Lottery:
     def _evaluate(self, ema) -> dict:
         """FID of the round's EMA model (every rank samples its share), with the first SAMPLE_GRID
         samples. The samples come from the same seed every round, so samples.png compares rounds too."""
-        spec, ev = self.spec, self.spec.evaluation
-        return self.parts.evaluate_fid(
-            ema, self.diffusion, spec.data.dataset, self.data.dataset, ev.fid_samples, sampler=ev.sampler,
-            steps=ev.sample_steps, eta=ev.eta, seed=spec.train.seed, device=self.device,
-            fid_features=ev.fid_features, inception_path=ev.inception_path, cache_dir=ev.cache_dir,
-            batch_size=ev.sample_batch_size, progress=D.is_main(), return_samples=SAMPLE_GRID,
-            predict=self.kind.predict)
+        return self.evaluator.score(ema, seed=self.spec.train.seed, return_samples=SAMPLE_GRID)
 
     def _measure(self, k: int, masks: dict, ema, fid: dict, loss: float, result) -> dict:
         """Round k's record for rounds.jsonl: sparsity per module, FID, losses, MACs (times: _finish_round)."""
@@ -290,7 +288,7 @@ class Lottery:
 
     def _commit(self, k: int, record: dict) -> None:
         """The round is finished once it is in rounds.jsonl, with the digests of the files it wrote
-        (checked on resume and by load_ticket), after checking them against the digests written with
+        (checked on resume and by load_round_start), after checking them against the digests written with
         them; its checkpoint is then of no use."""
         self.run.verify_unfinished(k)
         self.records = self.run.append_round(self.records, dict(record, files=self.run.round_digests(k)))

@@ -74,11 +74,17 @@ def check_threshold(threshold) -> float:
     return float(threshold)
 
 
-def cka(xs, ys, *, kernel: str = "rbf", threshold: float = 1.0, unbiased: bool = False) -> torch.Tensor:
-    """CKA of each pair (xs[i], ys[i]) as a float64 tensor on the inputs' device (NaN where undefined)."""
+def cka(xs, ys, *, kernel: str = "rbf", threshold: float = 1.0, unbiased: bool = False,
+        sparse_gram_max_density: float = SPARSE_GRAM_MAX_DENSITY) -> torch.Tensor:
+    """CKA of each pair (xs[i], ys[i]) as a float64 tensor on the inputs' device (NaN where undefined).
+    ``sparse_gram_max_density``: the fraction of nonzeros up to which a CPU matrix's Gram is gathered
+    from its nonzeros instead of a dense product (the measured crossover; the results agree to rounding)."""
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {sorted(KERNELS)}, got {kernel!r}")
     threshold = check_threshold(threshold)
+    if (isinstance(sparse_gram_max_density, bool) or not isinstance(sparse_gram_max_density, (int, float))
+            or not 0.0 <= sparse_gram_max_density <= 1.0):
+        raise ValueError(f"sparse_gram_max_density must be a number in [0, 1], got {sparse_gram_max_density!r}")
     device = check_tensor_list(xs, "xs")[0].device
     native = backend("cka", device) == NATIVE  # a missing or stale native module is an error
     # The native kernels see a NaN or infinity in the Gram diagonals, at O(n) instead of O(n d).
@@ -87,7 +93,8 @@ def cka(xs, ys, *, kernel: str = "rbf", threshold: float = 1.0, unbiased: bool =
         return cka_reference(xs, ys, kernel=kernel, threshold=threshold, unbiased=unbiased)
     if device.type == "cuda":
         return _cka_cuda(xs, ys, kernel, threshold, unbiased)
-    return _cka_cpu([x.contiguous() for x in xs], [y.contiguous() for y in ys], kernel, threshold, unbiased)
+    return _cka_cpu([x.contiguous() for x in xs], [y.contiguous() for y in ys], kernel, threshold, unbiased,
+                    sparse_gram_max_density)
 
 
 # Kernel (and HSIC) entries per CUDA work unit: a pair is split into blocks of whole rows of about
@@ -154,13 +161,13 @@ def _cpu_table(mats) -> torch.Tensor:
                        for m in mats], CPU_TABLE_WIDTH)
 
 
-def _cka_cpu(xs, ys, kernel, threshold, unbiased) -> torch.Tensor:
+def _cka_cpu(xs, ys, kernel, threshold, unbiased, sparse_gram_max_density: float) -> torch.Tensor:
     """BLAS Grams for the dense matrices the native call does not compute itself; it gathers the
     mostly-zero ones' Grams (and, on the AVX-512 path, computes the dense float32 ones), pair by pair
     in per-thread memory, and computes every pair's CKA."""
     mats = xs + ys
     table = _cpu_table(mats)
-    sparse = _mostly_zero(mats, table)
+    sparse = _mostly_zero(mats, table, sparse_gram_max_density)
     computes_dense = require_native().cka_cpu_dense_gram()
     sources = [GRAM_FROM_NONZEROS if sparse[i]
                else GRAM_COMPUTED if computes_dense and m.dtype == torch.float32 else GRAM_GIVEN
@@ -177,12 +184,12 @@ def _cka_cpu(xs, ys, kernel, threshold, unbiased) -> torch.Tensor:
     return out
 
 
-def _mostly_zero(mats, table: torch.Tensor | None = None) -> list:
-    """Which contiguous CPU matrices have at most SPARSE_GRAM_MAX_DENSITY nonzeros (judged from a sample of
-    rows); ``table``: their CPU table when the caller has it already."""
+def _mostly_zero(mats, table: torch.Tensor | None = None, max_density: float = SPARSE_GRAM_MAX_DENSITY) -> list:
+    """Which contiguous CPU matrices have at most ``max_density`` nonzeros (judged from a sample of rows);
+    ``table``: their CPU table when the caller has it already."""
     table = _cpu_table(mats) if table is None else table
     flags = torch.zeros(len(mats), dtype=torch.uint8)
-    launch("mostly_zero", "cpu", table, SPARSE_GRAM_MAX_DENSITY, flags.data_ptr())
+    launch("mostly_zero", "cpu", table, max_density, flags.data_ptr())
     return flags.tolist()
 
 

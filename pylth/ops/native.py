@@ -8,8 +8,9 @@ pylth version and a hash of the sources it was built from (CMakeLists.txt comput
 mismatch makes the module unavailable with a one-line message that says what to run.
 
 The CPU kernels run the widest vector instruction set (``CPU_ISAS``) that the CPU supports, chosen by
-the module when it loads. ``PYLTH_CPU_ISA`` (read here, once, when pylth is imported) or
-``set_cpu_isa`` forces a lower one, for tests and benchmarks; a path the CPU lacks is an error.
+the module when it loads. ``PYLTH_CPU_ISA`` (a process-wide setting, like OMP_NUM_THREADS: asked once,
+when pylth is imported, through pylth.foundations.environment) or ``set_cpu_isa`` forces a lower one,
+for tests and benchmarks; a path the CPU lacks is an error.
 """
 from __future__ import annotations
 
@@ -20,13 +21,13 @@ import os
 import warnings
 
 import pylth
+from pylth.foundations.environment import CPU_ISA_ENV, requested_cpu_isa
 
 NATIVE_MODULE = "_pylth"
 # The files whose hash the build records (CMakeLists.txt globs the same patterns, non-recursively).
 HASHED_PATTERNS = ("*.h", "*.cpp", "*.cu")
-# The CPU kernels' paths, widest first (csrc/cpu_dispatch.h), and the variable that forces one.
+# The CPU kernels' paths, widest first (csrc/cpu_dispatch.h); CPU_ISA_ENV forces one.
 CPU_ISAS = ("avx512", "avx2", "baseline")
-CPU_ISA_ENV = "PYLTH_CPU_ISA"
 
 
 class NativeUnavailable(ImportError):
@@ -69,7 +70,7 @@ def _load():
     if root is not None and source_hash(root) != info.get("source_hash"):
         return None, (f"pylth's native module {module.__file__} was built from other sources than {root}/csrc "
                       f"(the kernels changed since the last `pip install .`); run `pip install .` in {root}")
-    requested = os.environ.get(CPU_ISA_ENV, "").strip()
+    requested = requested_cpu_isa()
     if requested:
         problem = _cpu_isa_problem(requested, module.cpu_isa_supported(), f"{CPU_ISA_ENV}={requested}")
         if problem:

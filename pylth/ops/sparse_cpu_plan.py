@@ -11,8 +11,8 @@ cost (one copy of the input) outweighs the lanes a narrow row leaves empty: ever
 """
 from __future__ import annotations
 
-
-from typing import NamedTuple
+import contextlib
+from typing import Iterator, NamedTuple
 
 import torch
 
@@ -26,6 +26,7 @@ GRAD_ACC_FLOATS = 16
 # The kernels take a group of images at a time into their workspace: about this many bytes of slabs
 # (at least one image), so that they stay in the L2 cache from being written to being read.
 WORKSPACE_BYTES = 1 << 19
+_workspace_bytes = WORKSPACE_BYTES  # the budget in force (workspace_budget)
 PLAN_CACHE_SIZE = 8  # input geometries whose plans a weight keeps
 
 
@@ -54,7 +55,21 @@ class CpuPlan(NamedTuple):
 
 def group_size(n: int, image_floats: int) -> int:
     """Images whose slabs (``image_floats`` each; 0: none, read in place) the workspace holds at a time."""
-    return max(n, 1) if image_floats == 0 else max(1, min(n, WORKSPACE_BYTES // 4 // image_floats))
+    return max(n, 1) if image_floats == 0 else max(1, min(n, _workspace_bytes // 4 // image_floats))
+
+
+@contextlib.contextmanager
+def workspace_budget(nbytes: int) -> Iterator[None]:
+    """The kernels' workspace budget is about ``nbytes`` inside the block (1: one image per group, which
+    moves every group's slabs and accumulators on: what the tests use to check the group walk)."""
+    global _workspace_bytes
+    if not isinstance(nbytes, int) or nbytes < 1:
+        raise ValueError(f"workspace_budget: nbytes must be a positive int, got {nbytes!r}")
+    before, _workspace_bytes = _workspace_bytes, nbytes
+    try:
+        yield
+    finally:
+        _workspace_bytes = before
 
 
 def conv_plan(weight, h: int, w: int, stride: int, pad: int) -> CpuPlan:

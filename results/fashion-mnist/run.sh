@@ -3,7 +3,8 @@
 # Resumable: rerun it, or one part of it, after any interruption; a finished step only says so.
 #
 #   bash results/fashion-mnist/run.sh          every part, one after another
-#   bash results/fashion-mnist/run.sh PART     one part: knee reference lane1 lane2 score publish
+#   bash results/fashion-mnist/run.sh PART     one part: knee reference lane1 lane2 score records publish
+#                                              (records: copy what the runs have so far, safe mid-study)
 #
 # As it was run (two runs at a time, one thread each, beside the Inception reference):
 #   run.sh knee; then run.sh lane1 & run.sh lane2 & run.sh reference &; then run.sh score; run.sh publish
@@ -55,7 +56,8 @@ part_reference() {  # Inception statistics of all 60,000 train images at 14x14 (
 import sys
 import torch
 from pylth.ddpm.data import load_dataset
-from pylth.ddpm.fid import feature_extractor, reference_statistics
+from pylth.evaluation.features import feature_extractor
+from pylth.evaluation.fid import reference_statistics
 torch.set_num_threads(1)
 dataset = load_dataset("fashion-mnist", train=True, image_size=14)
 extract = feature_extractor("fashion-mnist", dataset, fid_features="inception", cache_dir=sys.argv[1])
@@ -88,19 +90,12 @@ part_score() {  # headline scores: Inception FID and KID, 5,000 samples, against
   python -m pylth.evaluate "$E" --sparsity 0.9 "${HEADLINE[@]}"
 }
 
-part_publish() {  # the records behind docs/results-fashion-mnist.md (no weights)
-  local labels=A-layerwise-rewind,B-uniform-rewind,C-global-rewind,D-layerwise-reinit,E-random-rewind,F-layerwise-rewind-seed1
-  python -m pylth.compare "$A" "$B" "$C" "$D" "$E" "$F" --labels "$labels" --out "$OUT/compare-classifier" \
-    --title "Fashion-MNIST 14x14: FID (classifier features, 1,000 samples) every round"
-  python -m pylth.compare "$A" "$B" "$C" "$D" "$E" "$F" --labels "$labels" --out "$OUT/compare-inception" \
-    --evaluation fid_features=inception,fid_samples=5000 --title "Fashion-MNIST 14x14: Inception FID, 5,000 samples"
-  python -m pylth.compare "$A" "$B" "$C" "$D" "$E" "$F" --labels "$labels" --out "$OUT/compare-kid" \
-    --evaluation fid_features=inception,fid_samples=5000 --metric kid --title "Fashion-MNIST 14x14: KID (Inception)"
-  python -m pylth.cka "$A" "$F" --out "$OUT/cka"  # the last round both finished
+part_records() {  # the small records of every run started so far, and the knee (no weights): safe mid-study
   for run in "$A" "$B" "$C" "$D" "$E" "$F"; do
-    mkdir -p "$OUT/runs/$(basename "$run")"
-    cp "$run"/{config.json,rounds.jsonl} "$OUT/runs/$(basename "$run")/"
-    [ -f "$run/evaluations.jsonl" ] && cp "$run/evaluations.jsonl" "$OUT/runs/$(basename "$run")/"
+    [ -f "$run/rounds.jsonl" ] || continue
+    mkdir -p "$OUT/records/$(basename "$run")"
+    cp "$run"/{config.json,rounds.jsonl} "$OUT/records/$(basename "$run")/"
+    if [ -f "$run/evaluations.jsonl" ]; then cp "$run/evaluations.jsonl" "$OUT/records/$(basename "$run")/"; fi
   done
   python - "$RUNS" "$OUT" <<'PY'
 import glob, json, os, shutil, sys
@@ -114,6 +109,25 @@ for lr in ("1e-3", "3e-4"):
 rows.sort(key=lambda r: (r["lr"], r["iterations"]))
 with open(f"{out}/knee.jsonl", "w") as f:
     f.writelines(json.dumps(r) + "\n" for r in rows)
+for n in (500, 2000, 6000):  # what the dense model draws before, at and past the chosen length
+    if os.path.exists(f"{runs}/knee-lr1e-3/samples-{n}.png"):
+        shutil.copy(f"{runs}/knee-lr1e-3/samples-{n}.png", f"{out}/knee-samples-{n}.png")
+PY
+}
+
+part_publish() {  # the records behind docs/results-fashion-mnist.md (no weights)
+  local labels=A-layerwise-rewind,B-uniform-rewind,C-global-rewind,D-layerwise-reinit,E-random-rewind,F-layerwise-rewind-seed1
+  python -m pylth.compare "$A" "$B" "$C" "$D" "$E" "$F" --labels "$labels" --out "$OUT/compare-classifier" \
+    --title "Fashion-MNIST 14x14: FID (classifier features, 1,000 samples) every round"
+  python -m pylth.compare "$A" "$B" "$C" "$D" "$E" "$F" --labels "$labels" --out "$OUT/compare-inception" \
+    --evaluation fid_features=inception,fid_samples=5000 --title "Fashion-MNIST 14x14: Inception FID, 5,000 samples"
+  python -m pylth.compare "$A" "$B" "$C" "$D" "$E" "$F" --labels "$labels" --out "$OUT/compare-kid" \
+    --evaluation fid_features=inception,fid_samples=5000 --metric kid --title "Fashion-MNIST 14x14: KID (Inception)"
+  python -m pylth.cka "$A" "$F" --out "$OUT/cka"  # the last round both finished
+  part_records
+  python - "$RUNS" "$OUT" <<'PY'
+import glob, json, os, shutil, sys
+runs, out = sys.argv[1:]
 # the two sample grids: the dense model, and the best ticket at >= 90 % sparsity (Inception FID)
 a = f"{runs}/A-layerwise-rewind"
 shutil.copy(f"{a}/round_00/samples.png", f"{out}/samples-dense.png")
@@ -133,7 +147,7 @@ parts=("$@")
 [ ${#parts[@]} -eq 0 ] && parts=(knee reference lane1 lane2 score publish)
 for part in "${parts[@]}"; do
   case "$part" in
-    knee|reference|lane1|lane2|score|publish) "part_$part" ;;
-    *) echo "run.sh: unknown part $part (knee reference lane1 lane2 score publish)" >&2; exit 2 ;;
+    knee|reference|lane1|lane2|score|records|publish) "part_$part" ;;
+    *) echo "run.sh: unknown part $part (knee reference lane1 lane2 score records publish)" >&2; exit 2 ;;
   esac
 done

@@ -6,7 +6,7 @@ records the kind and its configuration, and everything that builds or loads a mo
 from pylth.ddpm.models.registry import (MODELS, ModelKind, SavedModel, call_model, kind_of, model_kind, register,
                                         resolve_model)
 from pylth.ddpm.models.unet import PRESETS, UNet, build_model  # registers "unet"
-from pylth.ddpm.models import diffusers_unet  # noqa: F401  registers "diffusers-unet2d" (imports diffusers lazily)
+from pylth.ddpm.models import diffusers_unet2d  # noqa: F401  registers "diffusers-unet2d" (imports diffusers lazily)
 
 DEFAULT_MODEL = "unet"
 

@@ -1,18 +1,40 @@
 """The registry of model kinds: name -> how to configure, build, prune and call a model of that kind."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
+import types
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import nn
 
+from pylth.foundations.hparams import parses_as, value_of
+
 
 def call_model(model, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """A model that returns its noise prediction when called as ``model(x_t, t)``."""
     return model(x, t)
+
+
+def _answering_noise(build: Callable[[dict], nn.Module], predict: Callable) -> Callable[[dict], nn.Module]:
+    """``build`` whose models answer ``model(x_t, t)`` with ``predict``'s noise: the one place a kind's
+    calling convention is applied, so that nothing downstream needs to know it. A call with more
+    arguments reaches the model's own forward (diffusers' ``predict`` passes ``return_dict=False``, so
+    it still works on a built model). The forward is bound to the instance: ``copy.deepcopy`` binds it
+    to the copy, and state_dict keys, parameter names and the model's class stay the kind's own."""
+    def forward(self, x, t, *args, **kwargs):
+        own = type(self).forward.__get__(self)
+        return own(x, t, *args, **kwargs) if args or kwargs else predict(own, x, t)
+
+    def built(config: dict) -> nn.Module:
+        model = build(config)
+        model.forward = types.MethodType(forward, model)
+        return model
+
+    return built
 
 
 @dataclass(frozen=True)
@@ -22,7 +44,9 @@ class ModelKind:
     config_for: Callable[[str, tuple], dict]  # (data set name, image shape C x H x W) -> constructor config (JSON)
     build: Callable[[dict], nn.Module]  # config -> a fresh model, initialised from the global RNG
     pruning_groups: Callable[[nn.Module], list]  # model -> [(group name, submodule)], forward order
-    predict: Callable = call_model  # (model, x_t, t) -> the predicted noise, a tensor shaped like x_t
+    # (raw model, x_t, t) -> the predicted noise, a tensor shaped like x_t. register() applies it once:
+    # the models ``build`` returns answer ``model(x_t, t)`` with the noise.
+    predict: Callable = call_model
     # Raises ValueError saying how to fix it when the kind cannot run here (an optional package is missing).
     check_usable: Callable[[], None] = lambda: None
     # --init-from: (folder, image shape) -> the SavedModel there, checked against the images; and
@@ -68,8 +92,12 @@ MODELS: dict[str, ModelKind] = {}
 
 
 def register(kind: ModelKind) -> ModelKind:
+    """Register ``kind`` under its name; its ``build`` then makes models that answer ``model(x_t, t)``
+    with the noise (``kind.predict`` applied once, here). Returns the registered kind."""
     if kind.name in MODELS:
         raise ValueError(f"model kind {kind.name!r} is registered twice")
+    if kind.predict is not call_model:
+        kind = dataclasses.replace(kind, build=_answering_noise(kind.build, kind.predict))
     MODELS[kind.name] = kind
     return kind
 
@@ -105,32 +133,19 @@ def _convert(key: str, text: str, like):
     """The override ``text`` of ``key`` as a value of the type of ``like`` (the configuration's value)."""
     if isinstance(like, (list, tuple)):
         items = [t.strip() for t in text.split(":")] if text else []
-        return tuple(_convert(key, t, like[0]) if like else _guess(t) for t in items)
+        return tuple(_convert(key, t, like[0]) if like else value_of(t) for t in items)
     if isinstance(like, bool):
         if text.lower() not in ("true", "false", "1", "0"):
             raise ValueError(f"--model-config: {key} must be true or false, got {text!r}")
         return text.lower() in ("true", "1")
     for kind, word in ((int, "an integer"), (float, "a number")):
         if isinstance(like, kind):
-            if not _parses(kind, text):
+            if not parses_as(kind, text):
                 raise ValueError(f"--model-config: {key} must be {word}, got {text!r}")
             return kind(text)
     if like is None:  # an optional setting: none, a number or a word
-        return None if text.lower() in ("none", "null", "") else _guess(text)
+        return None if text.lower() in ("none", "null", "") else value_of(text)
     return text
-
-
-def _guess(text: str):
-    """An integer, a number, or the word itself."""
-    return next((kind(text) for kind in (int, float) if _parses(kind, text)), text)
-
-
-def _parses(kind, text: str) -> bool:
-    try:
-        kind(text)
-        return True
-    except ValueError:
-        return False
 
 
 def apply_overrides(kind: ModelKind, config: dict, overrides: dict[str, str], image_shape) -> dict:

@@ -17,7 +17,7 @@ from torch import nn
 
 from pylth.ddpm.models.dropout import KeyedDropout
 from pylth.ddpm.models.registry import ModelKind, register
-from pylth.ddpm.models.unet_diffusers import as_diffusers
+from pylth.ddpm.models.unet_to_diffusers import as_diffusers
 from pylth.ddpm.presets import DATASET_PRESETS
 
 

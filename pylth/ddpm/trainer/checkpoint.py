@@ -9,12 +9,12 @@ import os
 import torch
 import torch.distributed as dist
 
-from pylth import distributed as D
 from pylth.ddpm.finite import first_nonfinite
 from pylth.ddpm.trainer.divergence import Diverged
 from pylth.ddpm.trainer.sparse import sparse_layers
 from pylth.ddpm.trainer.state import TrainState
-from pylth.io import atomic_torch_save, torch_load
+from pylth.foundations import distributed as D
+from pylth.foundations.io import atomic_torch_save, torch_load
 
 
 def _rng_state(device: torch.device) -> dict:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pylth.ddpm.config import help_field
+from pylth.foundations.hparams import help_field
 
 SPARSE_TRAINING = ("auto", "on", "off")  # see pylth.ddpm.trainer.sparse
 
@@ -20,17 +20,19 @@ class TrainConfig:
     warmup: int = field(default=5000, **help_field("iterations of linear learning-rate warm-up"))
     grad_clip: float = field(default=1.0, **help_field("clip the gradient norm to this (0: no clipping)"))
     ema_decay: float = field(default=0.9999, **help_field("EMA decay, reached after a (1+n)/(10+n) warm-up"))
-    num_workers: int = field(default=0, **help_field("DataLoader worker processes"))
+    num_workers: int = field(default=0, **help_field("DataLoader worker processes", resumable=True))
     bf16: bool = field(default=False, **help_field("bf16 autocast for forward/backward (CUDA only)"))
     seed: int = field(default=0, **help_field("random seed"))
     device: str = field(default="cpu", **help_field("torch device, e.g. cpu, cuda, cuda:1, or auto; under torchrun "
-                                                 "cuda means each process's own GPU, cuda:$LOCAL_RANK"))
-    checkpoint_every: int = field(default=1000, **help_field("write a resumable checkpoint every this many iterations"))
+                                                 "cuda means each process's own GPU, cuda:$LOCAL_RANK",
+                                                 resumable=True))
+    checkpoint_every: int = field(default=1000, **help_field("write a resumable checkpoint every this many iterations",
+                                                             resumable=True))
     sparse_training: str = field(default="auto", **help_field(
         "train the masked layers on the sparse kernels with state sized by the kept weights: auto (each layer "
         "whose density is below the measured crossover; dense when none is, as in round 0), on (every masked "
         "layer the kernels take, whatever its density), off (dense masked, MaskedAdam)",
-        choices=SPARSE_TRAINING))
+        choices=SPARSE_TRAINING, older_runs="off"))  # runs made before --sparse-training trained dense
 
     def __post_init__(self):
         for name in ("iterations", "batch_size", "checkpoint_every"):
@@ -56,20 +58,13 @@ class TrainConfig:
                              f"{self.sparse_training!r}")
         if not isinstance(self.device, str):
             raise TypeError(f"device must be a str such as cpu, cuda or auto, got {self.device!r}")
-        try:
-            resolve_device(self.device)
-        except RuntimeError as exc:
-            raise ValueError(f"device {self.device!r}: {exc}") from None
-
-
-def resolve_device(device: str) -> torch.device:
-    """torch.device(device), with "auto" meaning CUDA when available; unknown devices raise."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for but CUDA is not available")
-    return dev
+        # A device name, not a device this machine has: a run trained on a GPU is read back anywhere
+        # (sampled, exported, compared); the commands that train check it with resolve_device.
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except RuntimeError as exc:
+                raise ValueError(f"device {self.device!r}: {exc}") from None
 
 
 def learning_rate(config: TrainConfig, iteration: int) -> float:

@@ -11,19 +11,19 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from pylth import distributed as D
 from pylth.ddpm.data import without_flips
 from pylth.ddpm.finite import first_nonfinite
 from pylth.ddpm.models.dropout import clear_dropout_step, keyed_dropouts, set_dropout_step
-from pylth.ddpm.models.registry import call_model
 from pylth.ddpm.trainer.checkpoint import checkpoint_sparse_layers, read_checkpoint, restore, write_checkpoint
-from pylth.ddpm.trainer.config import TrainConfig, learning_rate, resolve_device
+from pylth.ddpm.trainer.config import TrainConfig, learning_rate
 from pylth.ddpm.trainer.divergence import Diverged, read_window
 from pylth.ddpm.trainer.loader import make_loader
 from pylth.ddpm.trainer.sparse import dense_copy, to_dense
 from pylth.ddpm.trainer.state import TrainState, setup_state
 from pylth.ddpm.trainer.step import iteration_flips, iteration_noise, train_step, update_ema
-from pylth.preemption import Preempted, deferred_stop, stop_requested
+from pylth.foundations import distributed as D
+from pylth.foundations.devices import resolve_device
+from pylth.foundations.preemption import Preempted, deferred_stop, stop_requested
 from pylth.pruning.model_masks import check_masked_zero
 
 # Steps between reading the losses back (one sync): the progress bar, the divergence check and,
@@ -67,15 +67,14 @@ def _wrap_for_processes(model: nn.Module, device: torch.device) -> nn.Module:
 
 def train(model: nn.Module, diffusion, dataset, config: TrainConfig, *, masks: dict | None = None,
           start_iteration: int = 0, end_iteration: int | None = None, ema_state: dict | None = None,
-          checkpoint_path: str | None = None, on_iteration=None, progress_desc: str = "train",
-          predict=call_model) -> TrainResult:
+          checkpoint_path: str | None = None, on_iteration=None, progress_desc: str = "train") -> TrainResult:
     """Train ``model`` (masked by ``masks``, name -> bool) for iterations [start_iteration,
     end_iteration) with a fresh MaskedAdam, a linear LR warm-up, gradient clipping and a masked EMA.
     ``ema_state`` initialises the EMA (default: the model as it is at the start). ``checkpoint_path``:
     resume from it when it exists, write it every ``config.checkpoint_every`` iterations and at the
     end. ``on_iteration(steps_taken, model)`` runs after every step, with the module being trained
     (under sparse training a sparsified copy: pylth.sparse.dense_state_dict reads it in model.pt's
-    format); ``predict`` is how the model kind is asked for its noise prediction.
+    format). ``model(x_t, t)`` is its noise prediction (as every model kind's models answer).
 
     ``config.sparse_training`` picks what trains (see ``sparse``); whatever it picks, the returned model
     is ``model`` itself holding the trained weights, and the EMA model a dense copy: both in the dense
@@ -98,7 +97,7 @@ def train(model: nn.Module, diffusion, dataset, config: TrainConfig, *, masks: d
     with deferred_stop():  # a signal during training is answered below, once the checkpoint is written
         try:
             stop = _run_steps(state, _wrap_for_processes(state.model, device), diffusion, dataset, config, device, end,
-                              checkpoint_path, on_iteration, progress_desc, predict)
+                              checkpoint_path, on_iteration, progress_desc)
             check_masked_zero(state.model, state.masks)
             check_masked_zero(state.ema_model, state.masks)
             for what, module in (("the model", state.model), ("the EMA model", state.ema_model)):
@@ -131,7 +130,7 @@ def _last_good(state: TrainState, checkpoint_path) -> str:
 
 
 def _run_steps(state: TrainState, net, diffusion, dataset, config: TrainConfig, device, end: int,
-               checkpoint_path, on_iteration, progress_desc: str, predict) -> bool:
+               checkpoint_path, on_iteration, progress_desc: str) -> bool:
     """Step until ``end``; returns True when the processes agreed to stop on a signal first."""
     rank, world = D.rank(), D.world_size()
     dataset, flips = without_flips(dataset)  # the data set's random flips come from the step's key instead
@@ -156,7 +155,7 @@ def _run_steps(state: TrainState, net, diffusion, dataset, config: TrainConfig, 
             t, noise = iteration_noise(diffusion, config, state.iteration, x0, rank, world)
             set_dropout_step(dropouts, config.seed, state.iteration, rank, world)  # this rank's rows: rank::world
             loss, grad_norm = train_step(net, diffusion, x0, state.optimizer, params, pruned, config.grad_clip,
-                                         use_bf16, t, noise, predict=predict)
+                                         use_bf16, t, noise)
             update_ema(ema_params, params, config, state.ema_updates)
             state.ema_updates += 1
             state.iteration += 1

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from pylth.ddpm.trainer.sparse import sparse_ema, training_module
-from pylth.distributed import world_size
+from pylth.foundations.distributed import world_size
 from pylth.optim import MaskedAdam
 from pylth.pruning.model_masks import apply_masks, checked_masks
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pylth.ddpm.models.registry import call_model
 from pylth.ddpm.seeds import derived_seed
 from pylth.ddpm.trainer.config import TrainConfig, ema_decay
 
@@ -36,13 +35,13 @@ def iteration_flips(config: TrainConfig, iteration: int, x0: torch.Tensor, rank:
 
 
 def train_step(net, diffusion, x0, optimizer, params, pruned, grad_clip: float, bf16: bool,
-               t=None, noise=None, predict=call_model) -> tuple[torch.Tensor, torch.Tensor | None]:
+               t=None, noise=None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One optimizer step on batch ``x0``; ``pruned`` lists (param, bool tensor True where pruned);
-    ``t`` and ``noise`` as for diffusion.loss (default: drawn from the global RNG); ``predict`` asks
-    the model for its noise prediction (its kind's). Returns the (detached) loss and the gradient
-    norm before clipping (None without clipping), both still on the device: reading them is a sync."""
+    ``t`` and ``noise`` as for diffusion.loss (default: drawn from the global RNG). Returns the
+    (detached) loss and the gradient norm before clipping (None without clipping), both still on the
+    device: reading them is a sync."""
     with torch.autocast(device_type=x0.device.type, dtype=torch.bfloat16, enabled=bf16):
-        loss = diffusion.loss(net, x0, t=t, noise=noise, predict=predict)
+        loss = diffusion.loss(net, x0, t=t, noise=noise)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     with torch.no_grad():

@@ -9,12 +9,10 @@ what that model samples alone. ``switch_owners`` splits a chain into consecutive
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
-
-from pylth.ddpm.models import call_model
 
 
 def switch_owners(timesteps: Sequence[int], fractions: Sequence[float]) -> dict[int, int]:
@@ -40,15 +38,11 @@ def switch_owners(timesteps: Sequence[int], fractions: Sequence[float]) -> dict[
 
 class ModelSchedule(nn.Module):
     """Calls ``models[owners[t]]`` for the steps at timestep t (one timestep per call, as the
-    sampling loop makes them); ``predicts[i]`` asks model i for its noise prediction."""
+    sampling loop makes them); each model answers ``model(x_t, t)`` with its noise prediction."""
 
-    def __init__(self, models: Sequence[nn.Module], owners: dict[int, int],
-                 predicts: Sequence[Callable] | None = None):
+    def __init__(self, models: Sequence[nn.Module], owners: dict[int, int]):
         super().__init__()
         self.models = nn.ModuleList(models)
-        self.predicts = list(predicts) if predicts is not None else [call_model] * len(models)
-        if len(self.predicts) != len(self.models):
-            raise ValueError(f"{len(self.models)} models but {len(self.predicts)} predict functions")
         bad = sorted({i for i in owners.values() if not 0 <= i < len(self.models)})
         if bad:
             raise ValueError(f"owners names models {bad}, but there are {len(self.models)}")
@@ -64,4 +58,4 @@ class ModelSchedule(nn.Module):
         if bool((t != first).any()):
             raise ValueError("a ModelSchedule call must hold one timestep for the whole batch")
         i = self.owner(first)
-        return self.predicts[i](self.models[i], x, t)
+        return self.models[i](x, t)

@@ -14,9 +14,11 @@ import os
 import statistics
 from dataclasses import dataclass, field
 
-from pylth.lottery.evaluations import read_evaluations
-from pylth.lottery.resume import RESUMABLE_KEYS, flatten
-from pylth.run_dir import RunDirectory
+from pylth.foundations.run_dir import RunDirectory
+from pylth.foundations.hparams import value_of
+from pylth.lottery.run_reader import finished_run
+from pylth.lottery.spec import RunSpec, flatten_as_json, resumable_keys
+from pylth.studies.evaluations import read_evaluations
 
 METRICS = ("fid", "kid", "loss")
 TARGETS = (0.8, 0.9, 0.95, 0.99)  # the table's columns: the round nearest each sparsity
@@ -42,7 +44,7 @@ class Point:
 class ComparedRun:
     path: str
     label: str
-    config: dict
+    spec: RunSpec
     records: list
     points: list  # Point per round that has a score, in round order
 
@@ -57,30 +59,15 @@ def parse_settings(text: str | None) -> dict | None:
         if not sep or key.strip() not in EVALUATION_FACTS + ("fid_features", "fid_samples", "sample_batch_size"):
             raise ValueError(f"--evaluation takes KEY=VALUE pairs of fid_features, fid_samples, sampler, sample_steps, "
                              f"eta, sample_batch_size; got {pair!r}")
-        value = value.strip()
-        settings[key.strip()] = next((kind(value) for kind in (int, float) if _parses(kind, value)), value)
+        settings[key.strip()] = value_of(value.strip())
     return settings
 
 
-def _parses(kind, text: str) -> bool:
-    try:
-        kind(text)
-        return True
-    except ValueError:
-        return False
-
-
-def open_runs(paths: list[str]) -> list[tuple[RunDirectory, dict, list]]:
+def open_runs(paths: list[str]) -> list[tuple[RunDirectory, RunSpec, list]]:
     runs = []
     for path in paths:
         run = RunDirectory(path)
-        config = run.read_config() if os.path.isdir(run.path) else None
-        if config is None or "lottery" not in config:
-            raise ValueError(f"RUN {run.path} holds no find_ticket run (no config.json of one)")
-        records = run.read_rounds()
-        if not records:
-            raise ValueError(f"RUN {run.path} has no finished round yet")
-        runs.append((run, config, records))
+        runs.append((run, *finished_run(run)))
     return runs
 
 
@@ -91,12 +78,12 @@ def model_digest(record: dict) -> str | None:
 def _scores(runs, metric: str, settings: dict | None) -> dict:
     """(model digest or (run, round), seed) -> (metric value, the facts that make it comparable)."""
     scores = {}
-    for run, config, records in runs:
+    for run, spec, records in runs:
         if settings is None:
             for r in records:
-                facts = {k: r.get(k) for k in SCORE_FACTS} | {k: config["evaluation"][k] for k in EVALUATION_FACTS}
+                facts = {k: r.get(k) for k in SCORE_FACTS} | {k: getattr(spec.evaluation, k) for k in EVALUATION_FACTS}
                 model = model_digest(r) or (run.path, r["round"])
-                scores[(model, config["train"]["seed"])] = (r[metric], facts)
+                scores[(model, spec.train.seed)] = (r[metric], facts)
             continue
         for row in read_evaluations(run):
             if any(row.get(k) != v for k, v in settings.items()) or metric not in row:
@@ -109,8 +96,7 @@ def _scores(runs, metric: str, settings: dict | None) -> dict:
 
 def check_comparable(runs, scores: dict) -> None:
     """One line naming the first difference that makes the runs' scores incomparable."""
-    images = {run.path: f"{config['data']['dataset']} at {'x'.join(map(str, config['image_shape'][1:]))}"
-              for run, config, _ in runs}
+    images = {run.path: f"{spec.data.dataset} at {'x'.join(map(str, spec.image_shape[1:]))}" for run, spec, _ in runs}
     first = runs[0][0].path
     for path, value in images.items():
         if value != images[first]:
@@ -126,10 +112,11 @@ def check_comparable(runs, scores: dict) -> None:
             seen.setdefault(key, (value, model if isinstance(model, tuple) else "model " + model[:12]))
 
 
-def default_labels(configs: list[dict], paths: list[str]) -> list[str]:
+def default_labels(specs: list[RunSpec], paths: list[str]) -> list[str]:
     """What differs between the runs' configurations (e.g. layerwise/rewind, uniform/rewind), or the
     folders' names where nothing does."""
-    flat = [{k: v for k, v in flatten(c).items() if k not in RESUMABLE_KEYS} for c in configs]
+    resumable = resumable_keys()
+    flat = [{k: v for k, v in flatten_as_json(s.to_json()).items() if k not in resumable} for s in specs]
     keys = sorted({k for f in flat for k in f if any(f.get(k) != g.get(k) for g in flat)},
                   key=lambda k: (not k.startswith("lottery."), k))
     if not keys:
@@ -153,16 +140,16 @@ def compare_runs(paths: list[str], metric: str = "fid", labels: list[str] | None
     scores = _scores(runs, metric, settings)
     if metric != "loss":
         check_comparable(runs, scores)
-    labels = labels or default_labels([c for _, c, _ in runs], [r.path for r, _, _ in runs])
+    labels = labels or default_labels([s for _, s, _ in runs], [r.path for r, _, _ in runs])
     compared = []
-    for (run, config, records), label in zip(runs, labels):
+    for (run, spec, records), label in zip(runs, labels):
         points = []
         for r in records:
             model = model_digest(r) or (run.path, r["round"])
             values = {seed: v for (m, seed), (v, _) in scores.items() if m == model and v is not None}
             if values:
                 points.append(Point(r["round"], r["sparsity"], values))
-        compared.append(ComparedRun(run.path, label, config, records, points))
+        compared.append(ComparedRun(run.path, label, spec, records, points))
     if not any(c.points for c in compared):
         raise ValueError("no run has a score with these settings" + (f" ({settings})" if settings else ""))
     return compared

@@ -14,9 +14,9 @@ import os
 import time
 from dataclasses import dataclass
 
-from pylth.io import atomic_write_text
-from pylth.run_dir import DamagedRunError, RunDirectory
-from pylth.run_lock import DirectoryLock
+from pylth.foundations.io import atomic_write_text
+from pylth.foundations.run_dir import DamagedRunError, RunDirectory
+from pylth.foundations.run_lock import DirectoryLock
 
 EVALUATIONS_FILE = "evaluations.jsonl"
 EVALUATION_LOCK = ".evaluate.lock"

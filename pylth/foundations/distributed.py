@@ -8,20 +8,16 @@ them and broadcasts what it read.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import hashlib
-import os
 import re
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-TIMEOUT_ENV = "PYLTH_DIST_TIMEOUT"
-# Longest a collective may wait for a slow rank before the job fails. Rank 0 alone may spend minutes
-# on first-time work (a data set download, FID reference statistics or classifier): the default
-# covers that, and a dead rank on another machine still ends the job within it.
-DEFAULT_TIMEOUT_S = 1800
+from pylth.foundations.environment import Environment
+
+_local_rank = 0  # this process's index on its machine (torchrun's LOCAL_RANK), set by init_distributed
 
 
 def is_distributed() -> bool:
@@ -30,6 +26,9 @@ def is_distributed() -> bool:
 
 def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
+
+
+_this_rank = rank  # for shard, whose parameter ``rank`` shadows the function
 
 
 def world_size() -> int:
@@ -44,7 +43,7 @@ def is_main() -> bool:
 def is_local_main() -> bool:
     """True on the first process of each machine (LOCAL_RANK 0), or in a single process: the one that
     fills a machine's local caches (a data set download) while the others wait."""
-    return not is_distributed() or int(os.environ.get("LOCAL_RANK", "0")) == 0
+    return not is_distributed() or _local_rank == 0
 
 
 def barrier() -> None:
@@ -52,39 +51,25 @@ def barrier() -> None:
         dist.barrier()
 
 
-def launched_with_several_processes() -> bool:
-    """True under ``torchrun`` (or any launcher setting WORLD_SIZE) with more than one process."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+def init_distributed(device: torch.device, environment: Environment) -> tuple[int, torch.device]:
+    """Join the job when started by ``torchrun`` with more than one process (``environment.world_size``);
+    returns (rank, device).
 
-
-def timeout() -> datetime.timedelta:
-    """The collective timeout: $PYLTH_DIST_TIMEOUT seconds, default DEFAULT_TIMEOUT_S."""
-    raw = os.environ.get(TIMEOUT_ENV, "")
-    try:
-        seconds = float(raw) if raw else DEFAULT_TIMEOUT_S
-    except ValueError:
-        raise ValueError(f"${TIMEOUT_ENV} must be a number of seconds, got {raw!r}") from None
-    if not seconds > 0:
-        raise ValueError(f"${TIMEOUT_ENV} must be > 0 seconds, got {raw!r}")
-    return datetime.timedelta(seconds=seconds)
-
-
-def init_distributed(device: torch.device) -> tuple[int, torch.device]:
-    """Join the job when started by ``torchrun`` with WORLD_SIZE > 1; returns (rank, device).
-
-    CUDA devices become ``cuda:$LOCAL_RANK`` (one GPU per process) with NCCL; anything else uses gloo.
-    A process group that already exists is kept (e.g. one made by a test harness). In a single
-    process this returns (0, device) unchanged."""
+    CUDA devices become ``cuda:<local rank>`` (one GPU per process) with NCCL; anything else uses gloo;
+    collectives wait ``environment.dist_timeout`` for a slow rank. A process group that already exists
+    is kept (e.g. one made by a test harness). In a single process this returns (0, device) unchanged."""
+    global _local_rank
     device = torch.device(device)
-    if not launched_with_several_processes() and not is_distributed():
+    if environment.world_size <= 1 and not is_distributed():
         return 0, device
+    _local_rank = environment.local_rank
     if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        device = torch.device("cuda", environment.local_rank)
         torch.cuda.set_device(device)
     if not is_distributed():
         backend = "nccl" if device.type == "cuda" else "gloo"
         kwargs = dict(device_id=device) if device.type == "cuda" else {}
-        dist.init_process_group(backend, timeout=timeout(), **kwargs)
+        dist.init_process_group(backend, timeout=environment.dist_timeout, **kwargs)
     return dist.get_rank(), device
 
 
@@ -194,10 +179,11 @@ def lost_process(exc: BaseException) -> str | None:
     return None
 
 
-def shard(num_items: int) -> range:
-    """This rank's contiguous share of ``range(num_items)``; shares differ in length by at most one
-    and, concatenated in rank order, give back ``range(num_items)``."""
-    r, w = rank(), world_size()
+def shard(num_items: int, *, rank: int | None = None, world: int | None = None) -> range:
+    """This rank's contiguous share of ``range(num_items)`` (``rank`` of ``world``: another's); shares
+    differ in length by at most one and, concatenated in rank order, give back ``range(num_items)``."""
+    r = _this_rank() if rank is None else rank
+    w = world_size() if world is None else world
     return range(num_items * r // w, num_items * (r + 1) // w)
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from pylth.cka import linear_cka, rbf_cka, weight_rows
-from pylth.run_dir import RunDirectory
+from pylth.foundations.run_dir import RunDirectory
 
 TICKET_FILES = ("model.pt", "mask.pt")
 

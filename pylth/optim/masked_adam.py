@@ -10,7 +10,7 @@ from pylth.ops.adam import (AdamHyper, adam_step_constants, check_masked_adam_ar
                             masked_adam_reference_, runs_natively)
 from pylth.ops.checks import check_tensor
 from pylth.ops.native import warn_fallback
-from pylth.optim_plan import DeviceBatch, StepPlan, StepWork, runs_fused
+from pylth.optim.plan import DeviceBatch, StepPlan, StepWork, runs_fused
 
 __all__ = ["MaskedAdam"]
 
@@ -23,7 +23,7 @@ class MaskedAdam(Optimizer):
     the active entries exactly the Adam update of ``grad * mask``. Masks are optimizer state: they
     travel through ``state_dict()`` / ``load_state_dict()``. float32 contiguous params take the fused
     kernel (all params of a device in one call); other dtypes or layouts take the pure-torch reference.
-    The tables of that call are kept between steps (pylth.optim_plan) and rebuilt, with the full
+    The tables of that call are kept between steps (pylth.optim.plan) and rebuilt, with the full
     argument checks, whenever a param, grad, state tensor, mask or param group changes.
     """
 

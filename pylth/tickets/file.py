@@ -19,8 +19,9 @@ from torch import nn
 
 import pylth
 from pylth.ddpm.models import kind_of, model_kind
-from pylth.io import UnreadableFileError, atomic_write_bytes
+from pylth.foundations.io import UnreadableFileError, atomic_write_bytes
 from pylth.pruning.model_masks import checked_masks
+from pylth.sparse import sparsify
 
 FORMAT = "pylth-sparse-ticket"
 FORMAT_VERSION = "1"
@@ -36,6 +37,13 @@ class SparseTicket:
     state: dict  # the full state_dict, exactly zero where masked
     masks: dict  # name -> bool tensor (True = kept)
     extra: dict  # what the writer added (find_ticket: the run's diffusion, image shape, sampling settings, seed)
+
+    def dense_model(self) -> nn.Module:
+        """The dense model of its kind holding the ticket's weights (exactly zero where masked), in eval
+        mode without gradients."""
+        model = model_kind(self.kind).fresh(self.config, 0)  # its initial weights are all overwritten
+        model.load_state_dict(self.state)
+        return model.eval().requires_grad_(False)
 
 
 def _kind_and_config(model: nn.Module, kind: str | None, config: dict | None) -> tuple[str, dict]:
@@ -134,12 +142,8 @@ def load_sparse(path: str, *, dense: bool = False, device=None, max_density: flo
     """The model in the ticket file ``path``: sparsified for sampling (pylth.sparse.sparsify, with its
     crossover rule or ``max_density``), or with ``dense=True`` the dense model with its masked weights
     exactly zero. The masks are in the model's ``ticket_masks``."""
-    from pylth.sparse.convert import sparsify
-
     ticket = read_sparse(path)
-    model = model_kind(ticket.kind).fresh(ticket.config, 0)  # its initial weights are all overwritten
-    model.load_state_dict(ticket.state)
-    model.eval().requires_grad_(False)
+    model = ticket.dense_model()
     if not dense:
         model = sparsify(model, ticket.masks, max_density=max_density, device=device)
     elif device is not None:

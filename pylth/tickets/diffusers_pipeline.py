@@ -13,7 +13,7 @@ import tempfile
 
 import torch
 
-from pylth.ddpm.models.diffusers_unet import import_diffusers
+from pylth.ddpm.models.diffusers_unet2d import import_diffusers
 
 PYLTH_FILE = "pylth.json"  # where the exported ticket came from; diffusers ignores it
 

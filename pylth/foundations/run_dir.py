@@ -6,12 +6,12 @@
     init.pt              theta_0 (only with --reset init)
     round_XX/mask.pt     parameter name -> bool tensor, prunable weights in forward order
     round_XX/model.pt    the trained EMA state_dict, exactly zero where the mask is False
-    round_XX/ticket.safetensors  the same model with only its kept weights (pylth.sparse.load_sparse)
+    round_XX/ticket.safetensors  the same model with only its kept weights (pylth.tickets.load_sparse)
     round_XX/samples.png a grid of samples from that model
     round_XX/checkpoint.pt  mid-round training state, removed when the round finishes
     report.png           FID against sparsity, sparsity per module for every round
-    .lock                held by the process writing the run (pylth.run_lock); read-only commands ignore it
-    .<name>.sha256       the digest written with a file of the unfinished round (pylth.io's sidecar)
+    .lock                held by the process writing the run (pylth.foundations.run_lock); read-only commands ignore it
+    .<name>.sha256       the digest written with a file of the unfinished round (pylth.foundations.io's sidecar)
 
 Integrity: a round's record in rounds.jsonl holds ``files``, the SHA-256 of every file the round
 wrote (its round_XX folder but checkpoint.pt, and for round 0 rewind.pt / init.pt too), as paths
@@ -29,21 +29,18 @@ import os
 import re
 import tempfile
 
-from pylth.io import (UnreadableFileError, atomic_torch_save, atomic_write_bytes, atomic_write_json, atomic_write_text,
-                      digest_path, digest_problem, remove_digest, remove_file, remove_stale_temp_files, sha256_file,
-                      torch_load)
-from pylth.run_lock import DirectoryLock
+from pylth.foundations.io import (UnreadableFileError, atomic_torch_save, atomic_write_bytes, atomic_write_json,
+                                  atomic_write_text, digest_path, digest_problem, remove_digest, remove_file,
+                                  remove_stale_temp_files, sha256_file, torch_load)
+from pylth.foundations.run_lock import DirectoryLock
 
 ROUND_DIR_FORMAT = "round_{:02d}"
-TICKET_FILE = "ticket.safetensors"  # a round's model with only its kept weights (pylth.sparse.save_sparse)
+TICKET_FILE = "ticket.safetensors"  # a round's model with only its kept weights (pylth.tickets.save_sparse)
 _ROUND_DIR = re.compile(r"^round_(\d+)$")
 UNRECORDED_ROUND_FILES = frozenset({"checkpoint.pt"})  # mid-round state: changes, then goes
 RUN_FILES_OF_ROUND_0 = ("rewind.pt", "init.pt")  # written during round 0, read by every later round
 RUN_FILES = ("config.json", "rounds.jsonl", *RUN_FILES_OF_ROUND_0, "report.png")  # the writer's files at the top
-# What every reader of config.json uses, in every version's config.json: section -> its keys (None: any).
-CONFIG_KEYS = {"data": ("dataset",), "model": None, "image_shape": None, "train": ("seed",),
-               "diffusion": ("num_timesteps", "beta_start", "beta_end"),
-               "evaluation": ("sampler", "sample_steps", "eta", "sample_batch_size"), "lottery": ("reset",)}
+CONFIG_REMEDY = "restore it from a copy, or start over with --force (the run is moved aside)"
 # What every reader of a round's record uses, in every version's rounds.jsonl.
 RECORD_KEYS = ("sparsity", "module_sparsity", "fid", "loss", "macs", "dense_macs", "seconds")
 
@@ -163,22 +160,18 @@ class RunDirectory:
 
     # -- reads --------------------------------------------------------------------------------
     def read_config(self) -> dict | None:
+        """config.json's JSON object (None when there is none): the file only. Its settings are read,
+        checked and upgraded by pylth.lottery.spec.RunSpec.from_json, the one reader of them."""
         if not os.path.exists(self.config_path):
             return None
         try:
             with open(self.config_path, encoding="utf-8") as f:
                 config = json.load(f)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            config = exc
-        if isinstance(config, dict):
-            missing = _missing_config_keys(config)
-            if not missing:
-                return config
-            reason = f"it lacks {', '.join(missing[:6])}{', ...' if len(missing) > 6 else ''}"
-        else:
-            reason = f"not valid JSON: {config}" if isinstance(config, Exception) else "not a JSON object"
-        raise DamagedRunError(f"{self.config_path} is damaged ({reason})",
-                              "restore it from a copy, or start over with --force (the run is moved aside)")
+            raise DamagedRunError(f"{self.config_path} is damaged (not valid JSON: {exc})", CONFIG_REMEDY) from None
+        if not isinstance(config, dict):
+            raise DamagedRunError(f"{self.config_path} is damaged (not a JSON object)", CONFIG_REMEDY)
+        return config
 
     def read_rounds(self) -> list[dict]:
         """The finished rounds, in order; a line that is not a record, or rounds that are not 0, 1, 2...,
@@ -285,14 +278,3 @@ class RunDirectory:
         remove_file(self.round_file(k, "checkpoint.pt"))
         for path in self.unfinished_files(k):
             remove_digest(path)
-
-
-def _missing_config_keys(config: dict) -> list[str]:
-    missing = []
-    for section, keys in CONFIG_KEYS.items():
-        value = config.get(section)
-        if value is None or (keys is not None and not isinstance(value, dict)):
-            missing.append(section)
-        elif keys is not None:
-            missing += [f"{section}.{key}" for key in keys if key not in value]
-    return missing
