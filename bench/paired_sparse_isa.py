@@ -1,13 +1,11 @@
-"""Issue 29's sparse forward check: every distinct conv of the CIFAR-10 U-Net (bench/unet_layers.py,
-batch 8, uniform random masks, as bench/test_bench_sparse.py) at 95 % and 99 %, torch's dense conv on
-the masked weight against pylth's sparse conv on each CPU path, the calls of one layer alternating
-(dense, then pylth on each path, round after round) so that a machine whose speed drifts slows all of
-them alike. The order rotates from round to round: a call right after the dense conv finds the memory
-the dense conv freed returned to the OS and pays page faults for its output (2-4x the time of a
-sparse 99 % layer here), so each side follows the dense conv as often as the others. Per layer the
-ratio dense / pylth from the minimum times; then the U-Net's convs together,
-each shape weighted by its count, each layer taking the faster of dense and pylth (the crossover rule
-of bench/unet_layers.unet_summary), per path.
+"""The convs of issue 29's sparse forward check (the whole forward: bench/paired_forward.py): every
+distinct conv of the CIFAR-10 U-Net (bench/unet_layers.py, batch 8, uniform random masks, as
+bench/test_bench_sparse.py) at 95 % and 99 %, torch's dense conv on the masked weight against pylth's
+sparse conv on each CPU path, the calls of one layer alternating (dense, then pylth on each path, round
+after round, in an order that rotates: paired_isa.measure) so that a machine whose speed drifts slows
+all of them alike. Per layer the ratio dense / pylth from the minimum times; then the U-Net's convs
+together, each shape weighted by its count, each layer taking the faster of dense and pylth (the
+crossover rule of bench/unet_layers.unet_summary), per path.
 
     OMP_NUM_THREADS=1 python bench/paired_sparse_isa.py [--sparsities 0.95 0.99] [--rounds 10]
         [--cpu-isa avx512 avx2] [--layers]
@@ -23,6 +21,7 @@ import torch.nn.functional as F
 import pylth
 from pylth.ops import set_cpu_isa
 from pylth.ops.sparse_conv import compress_weight, sparse_conv2d
+from paired_isa import measure
 from ratios import cpu_model
 from unet_layers import layer_input_and_mask, layer_name, unet_layers
 
@@ -41,23 +40,6 @@ def layer_case(layer, sparsity: float):
     ours = lambda: sparse_conv2d(x, sparse, bias, s, p)  # noqa: E731
     torch.testing.assert_close(ours(), dense(), rtol=1e-4, atol=1e-3)
     return dense, ours
-
-
-def measure(dense, ours, paths, rounds, timer) -> dict:
-    """Seconds of each round, the calls alternating: the dense conv's under None, pylth's under its path."""
-    names = [None, *paths]
-    times = {name: [] for name in names}
-    for path in paths:
-        set_cpu_isa(path)
-        ours()  # warm-up: the plan, the path's code into cache
-    for round_ in range(rounds):
-        for path in names[round_ % len(names):] + names[:round_ % len(names)]:
-            if path is not None:
-                set_cpu_isa(path)
-            start = timer()
-            (dense if path is None else ours)()
-            times[path].append(timer() - start)
-    return {name: min(t) for name, t in times.items()}
 
 
 def main() -> None:
@@ -83,7 +65,8 @@ def main() -> None:
             dense_total = 0.0
             totals = {path: 0.0 for path in args.cpu_isa}
             for layer, count in convs.items():
-                best = measure(*layer_case(layer, sparsity), args.cpu_isa, args.rounds, timer)
+                times = measure(*layer_case(layer, sparsity), args.cpu_isa, args.rounds, timer)
+                best = {name: min(t) for name, t in times.items()}
                 dense_total += count * best[None]
                 for path in args.cpu_isa:
                     totals[path] += count * min(best[None], best[path])
