@@ -67,14 +67,18 @@ CASES = {
 
 
 def measure(baseline, ours, paths, rounds, timer) -> dict:
-    """The seconds of each round, the calls alternating: the baseline's under None, pylth's under its path."""
-    times = {name: [] for name in [None, *paths]}
+    """The seconds of each round, the calls alternating: the baseline's under None, pylth's under its path.
+    The order rotates from round to round: a call right after the baseline may find the memory the
+    baseline freed returned to the OS and pay page faults for its output, so each side follows the
+    baseline equally often."""
+    names = [None, *paths]
+    times = {name: [] for name in names}
     baseline()
     for path in paths:
         set_cpu_isa(path)
         ours()  # warm-up: first-call allocations, the path's code into cache
-    for _ in range(rounds):
-        for path in times:
+    for round_ in range(rounds):
+        for path in names[round_ % len(names):] + names[:round_ % len(names)]:
             if path is not None:
                 set_cpu_isa(path)
             start = timer()

@@ -1,6 +1,7 @@
 """Issue 26's measurements on the U-Net a study on this CPU trains (ch 32, ch_mult (1, 2, 2), one res
-block, attention at 7x7, 1.1 M parameters), batch 64, one thread, CPU time, every case measured in
-alternation with its baseline so that a drifting machine slows both alike.
+block, attention at 7x7 where the model has that level: at 28x28, not at 14x14, whose levels are 16x16,
+8x8 and 4x4; 1.1 M parameters), batch 64, one thread, CPU time, every case measured in alternation with
+its baseline so that a drifting machine slows both alike.
 
 **Step** (``--part step``): at 14x14 and 28x28, with layerwise masks (p = 0.2, q = 0.01, applied round
 after round until the model is 95 % / 99 % sparse), one whole training step
@@ -9,8 +10,9 @@ of the dense masked model (``--sparse-training off``) against the model ``on`` t
 layer sparse: sparsify(trainable=True), MaskedAdam on the kept values) and the one ``auto`` trains (the
 layers below the training crossover). Every side starts from the same weights and computes the same
 loss on the same batch, timesteps, noise and dropout. It prints sparse time / dense time (min of the
-pairs, and the median of the per-pair ratios), and the share of the dense step that dropout's masks
-(torch's ``bernoulli_``, the same in both steps) take.
+pairs, and the median of the per-pair ratios), and the share of the dense step that dropout (pylth's
+keyed dropout, issue 27: one pass in the forward and one in the backward per layer, the same in both
+steps) takes.
 
 **Kernels** (``--part kernels``): the issue's table: 3x3 convs of 64 -> 64 at 14x14 and 7x7 and of
 32 -> 32 at 14x14, batch 64, uniform random masks at 95 % and 99 %: torch's dense conv forward and the
@@ -20,7 +22,11 @@ weight (what does not scale with the kept weights: the copy of the input into sl
 stores, the tiles' loops, the call), and one copy of the input (``copy_`` into an existing tensor, and
 ``clone``).
 
+With ``--cpu-isa avx512 avx2`` the steps of both CPU paths alternate in one run (each path's sparse
+steps against its own dense step: MaskedAdam and keyed dropout have per-path kernels too).
+
     OMP_NUM_THREADS=1 python bench/sparse_train_small_unet.py [--part step kernels] [--pairs 8]
+        [--cpu-isa avx512 avx2]
 """
 from __future__ import annotations
 
@@ -32,10 +38,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import pylth
 from pylth.ddpm import GaussianDiffusion
-from pylth.ddpm.models.unet import UNet
+from pylth.ddpm.models.dropout import KeyedDropout
+from pylth.ddpm.models.unet import UNet, level_sizes
 from pylth.ddpm.trainer import train_step
 from pylth.ddpm.trainer.sparse import sparse_layers, training_module
+from pylth.ops import set_cpu_isa
+from pylth.ops.dropout import keyed_dropout
 from pylth.ops.sparse_conv import compress_weight, sparse_conv2d
 from pylth.ops.sparse_grad import sparse_conv2d_backward, sparse_conv2d_grad_input, sparse_conv2d_grad_weight
 from pylth.optim import MaskedAdam
@@ -48,8 +58,9 @@ SETTINGS = ("off", "on", "auto")  # --sparse-training
 
 
 def small_unet(size: int) -> UNet:
-    return UNet(in_channels=1, image_size=size, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(7,),
-                dropout=0.1)
+    attention = tuple(r for r in (7,) if r in level_sizes(size, 3))  # the model refuses a level it never reaches
+    return UNet(in_channels=1, image_size=size, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
+                attn_resolutions=attention, dropout=0.1)
 
 
 def layerwise_masks(model: nn.Module, sparsity: float) -> tuple:
@@ -93,7 +104,7 @@ def dropout_shapes(net: nn.Module, step) -> list:
     """The input shapes of the dropout layers of one training step."""
     shapes = []
     hooks = [m.register_forward_hook(lambda mod, inp, out: shapes.append(tuple(inp[0].shape)))
-             for m in net.modules() if isinstance(m, nn.Dropout)]
+             for m in net.modules() if isinstance(m, KeyedDropout)]
     step()
     for h in hooks:
         h.remove()
@@ -111,31 +122,49 @@ def alternate(fns: dict, rounds: int) -> dict:
     return times
 
 
-def run_steps(pairs: int) -> None:
+def on_path(path: str, fn):
+    """fn, run with pylth's kernels on CPU path ``path`` (csrc/cpu_dispatch.h)."""
+    def call():
+        set_cpu_isa(path)
+        return fn()
+    return call
+
+
+def run_steps(pairs: int, paths: list) -> None:
     print(f"Training step, batch {BATCH}, {torch.get_num_threads()} thread(s), CPU time, {pairs} alternating rounds "
-          f"(off, on, auto); sparse / dense: min (median of the rounds' ratios)")
+          f"(off, on, auto on each CPU path: {', '.join(paths)}); sparse / dense of the same path: min (median of "
+          f"the rounds' ratios)")
     for size in SIZES:
         for sparsity in SPARSITIES:
-            cases = {s: step_case(size, sparsity, s) for s in SETTINGS}
-            losses = {s: case[0]() for s, case in cases.items()}  # warm-up; every side computes the same loss
-            for s in SETTINGS:
-                assert abs(losses[s] - losses["off"]) <= 1e-4 * abs(losses["off"]), (s, losses)
-            shapes = dropout_shapes(cases["off"][1], cases["off"][0])
-            masks = [torch.empty(shape) for shape in shapes]
+            cases, fns = {}, {}
+            for path in paths:  # fresh models per path: every side starts from the same weights
+                set_cpu_isa(path)
+                for s in SETTINGS:
+                    cases[s, path] = step_case(size, sparsity, s)
+                    fns[s, path] = on_path(path, cases[s, path][0])
+            losses = {key: fn() for key, fn in fns.items()}  # warm-up; every side computes the same loss
+            first = losses["off", paths[0]]
+            assert all(abs(loss - first) <= 1e-4 * abs(first) for loss in losses.values()), losses
+            shapes = dropout_shapes(cases["off", paths[0]][1], fns["off", paths[0]])
+            dropout_inputs = [torch.randn(shape) for shape in shapes]
 
-            def dropout_masks():
-                for m in masks:
-                    m.bernoulli_(0.9)
+            def dropout_passes():  # the forward's pass and the backward's, per layer
+                for x in dropout_inputs:
+                    keyed_dropout(x, 0.1, 1)
+                    keyed_dropout(x, 0.1, 1)
 
-            times = alternate({**{s: case[0] for s, case in cases.items()}, "dropout masks": dropout_masks}, pairs)
-            dense = times["off"]
-            cells = []
-            for s in ("on", "auto"):
-                ratios = [a / b for a, b in zip(times[s], dense)]
-                cells.append(f"{s} {min(times[s]) / min(dense):.3f} ({statistics.median(ratios):.3f}), "
-                             f"{len(sparse_layers(cases[s][1]))} layers sparse")
-            print(f"{size}x{size} at {100 * cases['off'][2]:.2f} %: dense {1e3 * min(dense):.1f} ms; " + "; ".join(cells)
-                  + f"; dropout's masks {min(times['dropout masks']) / min(dense):.3f} of the dense step", flush=True)
+            fns.update({("dropout", path): on_path(path, dropout_passes) for path in paths})
+            times = alternate(fns, pairs)
+            for path in paths:
+                dense = times["off", path]
+                cells = []
+                for s in ("on", "auto"):
+                    ratios = [a / b for a, b in zip(times[s, path], dense)]
+                    cells.append(f"{s} {min(times[s, path]) / min(dense):.3f} ({statistics.median(ratios):.3f}), "
+                                 f"{len(sparse_layers(cases[s, path][1]))} layers sparse")
+                print(f"{size}x{size} at {100 * cases['off', path][2]:.2f} %, {path}: dense {1e3 * min(dense):.1f} ms; "
+                      + "; ".join(cells) + f"; keyed dropout {min(times['dropout', path]) / min(dense):.3f} of the "
+                      "dense step", flush=True)
 
 
 KERNEL_LAYERS = ((64, 64, 14), (64, 64, 7), (32, 32, 14))
@@ -197,11 +226,16 @@ def main() -> None:
     parser.add_argument("--part", nargs="+", default=["step", "kernels"], choices=["step", "kernels"])
     parser.add_argument("--pairs", type=int, default=8, help="alternating rounds of the steps (default 8)")
     parser.add_argument("--rounds", type=int, default=30, help="rounds of the kernels (default 30)")
+    supported = pylth.build_info()["cpu_isa_supported"]
+    parser.add_argument("--cpu-isa", nargs="+", default=[pylth.build_info()["cpu_isa"]], choices=supported,
+                        help="CPU paths of pylth's kernels to time the steps on, alternating (default: the active one)")
     args = parser.parse_args()
     if args.pairs < 1 or args.rounds < 1:
         parser.error("--pairs and --rounds must be >= 1")
     if "step" in args.part:
-        run_steps(args.pairs)
+        start_path = pylth.build_info()["cpu_isa"]
+        run_steps(args.pairs, args.cpu_isa)
+        set_cpu_isa(start_path)
     if "kernels" in args.part:
         run_kernels(args.rounds)
 

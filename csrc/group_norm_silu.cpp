@@ -1,6 +1,7 @@
 // GroupNorm + SiLU on the CPU: see group_norm_silu.h. One image's group is contiguous in NCHW and
 // small (a few channels' planes: 16 KB in the CIFAR-10 U-Net), so the statistics pass leaves it in
-// L1/L2 for the normalising pass; OpenMP runs the (image, group) blocks in parallel.
+// L1/L2 for the normalising pass; OpenMP runs the (image, group) blocks in parallel. The per-channel
+// loops exist per CPU path (group_norm_silu_kernels.h); each call runs those of active_cpu_isa().
 #include "group_norm_silu.h"
 
 #include <pybind11/pybind11.h>
@@ -11,23 +12,15 @@
 
 #include "common.h"
 #include "cpu_dispatch.h"
+#include "group_norm_silu_kernels.h"
 #include "omp_error.h"
-
-#ifdef PYLTH_X86_DISPATCH
-#include <immintrin.h>
-#endif
 
 namespace py = pybind11;
 
 namespace pylth {
 namespace {
 
-// Sums in double of the values less a pivot near them: the variance as E[d^2] - E[d]^2 then keeps what
-// fp32 data holds.
-struct Moments {
-  double sum = 0.0, squares = 0.0;  // of x - pivot
-  double pivot = 0.0;
-};
+using gn::Moments;
 
 Moments moments_baseline(const float* x, std::int64_t count) {
   Moments m;
@@ -51,10 +44,8 @@ void normalize_silu_baseline(const float* x, float* y, float* s, std::int64_t co
   }
 }
 
-#if defined(PYLTH_X86_DISPATCH) && !defined(__clang__)
-#define PYLTH_GN_AVX2 1
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
+#ifdef PYLTH_ISA_VARIANTS
+PYLTH_BEGIN_AVX2
 
 // Moments of x - pivot (the group's first value, so that a mean far from 0 does not cancel the
 // variance away): fp32 vector sums over runs of at most 512 values, added into double after each run.
@@ -112,17 +103,19 @@ void normalize_silu_avx2(const float* x, float* y, float* s, std::int64_t count,
   }
 }
 
-#pragma GCC pop_options
+PYLTH_END_TARGET
 #endif
 
-struct Kernels {
-  Moments (*moments)(const float*, std::int64_t);
-  void (*normalize_silu)(const float*, float*, float*, std::int64_t, float, float, float);
-};
-
-Kernels pick_kernels() {
-#ifdef PYLTH_GN_AVX2
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return {moments_avx2, normalize_silu_avx2};
+// The loops of the CPU path active now (a path without its own falls to the next lower one).
+gn::ForwardKernels kernels_for(CpuIsa isa) {
+#ifdef PYLTH_ISA_VARIANTS
+  switch (isa) {
+    case CpuIsa::avx512: return gn::forward_kernels_avx512();
+    case CpuIsa::avx2: return {moments_avx2, normalize_silu_avx2};
+    default: break;
+  }
+#else
+  (void)isa;
 #endif
   return {moments_baseline, normalize_silu_baseline};
 }
@@ -153,7 +146,7 @@ void group_norm_silu_cpu(std::uintptr_t table_address, std::int64_t rows, std::i
   float* saved_rstd = saves ? table.ptr<float>(kGnRstd, 0) : nullptr;
   float* saved_sigmoid = saves ? table.ptr<float>(kGnSigmoid, 0) : nullptr;
   if (numel == 0) return;
-  const Kernels k = pick_kernels();
+  const gn::ForwardKernels k = kernels_for(active_cpu_isa());
   const std::int64_t per_group = c / groups, group_len = per_group * hw, blocks = n * groups;
   py::gil_scoped_release no_gil;
   FirstError error;

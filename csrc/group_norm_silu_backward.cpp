@@ -12,27 +12,16 @@
 #include "common.h"
 #include "cpu_dispatch.h"
 #include "group_norm_silu.h"
+#include "group_norm_silu_kernels.h"
 #include "omp_error.h"
-
-#ifdef PYLTH_X86_DISPATCH
-#include <immintrin.h>
-#endif
 
 namespace py = pybind11;
 
 namespace pylth {
 namespace {
 
-// One channel's constants: xhat = ((x - pivot) - shifted) * rstd, v = xhat * gamma + beta. The group's
-// first value as the pivot keeps the digits that x - mean loses where the mean is far from 0.
-struct ChannelTerms {
-  float pivot, shifted, rstd, gamma, beta;
-};
-
-// Sums of one channel's first pass.
-struct ChannelSums {
-  double dv = 0.0, dv_xhat = 0.0;
-};
+using gn::ChannelSums;
+using gn::ChannelTerms;
 
 // dv of `count` positions into `dv` from x, dy and the forward's sigmoid, and their sums.
 ChannelSums silu_grad_baseline(const float* x, const float* dy, const float* sigmoid, float* dv, std::int64_t count,
@@ -55,10 +44,8 @@ void input_grad_baseline(const float* x, const float* dv, float* dx, std::int64_
   for (std::int64_t i = 0; i < count; ++i) dx[i] = k_dv * dv[i] + k_x * (x[i] - t.pivot - t.shifted) + k_0;
 }
 
-#if defined(PYLTH_X86_DISPATCH) && !defined(__clang__)
-#define PYLTH_GN_BACKWARD_AVX2 1
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
+#ifdef PYLTH_ISA_VARIANTS
+PYLTH_BEGIN_AVX2
 #include "silu_avx2.h"
 
 float lane_sum(__m256 v) {
@@ -113,17 +100,19 @@ void input_grad_avx2(const float* x, const float* dv, float* dx, std::int64_t co
   input_grad_baseline(x + i, dv + i, dx + i, count - i, t, k_dv, k_x, k_0);
 }
 
-#pragma GCC pop_options
+PYLTH_END_TARGET
 #endif
 
-struct Kernels {
-  ChannelSums (*silu_grad)(const float*, const float*, const float*, float*, std::int64_t, ChannelTerms);
-  void (*input_grad)(const float*, const float*, float*, std::int64_t, ChannelTerms, float, float, float);
-};
-
-Kernels pick_kernels() {
-#ifdef PYLTH_GN_BACKWARD_AVX2
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return {silu_grad_avx2, input_grad_avx2};
+// The loops of the CPU path active now (a path without its own falls to the next lower one).
+gn::BackwardKernels kernels_for(CpuIsa isa) {
+#ifdef PYLTH_ISA_VARIANTS
+  switch (isa) {
+    case CpuIsa::avx512: return gn::backward_kernels_avx512();
+    case CpuIsa::avx2: return {silu_grad_avx2, input_grad_avx2};
+    default: break;
+  }
+#else
+  (void)isa;
 #endif
   return {silu_grad_baseline, input_grad_baseline};
 }
@@ -166,7 +155,7 @@ void group_norm_silu_backward_cpu(std::uintptr_t table_address, std::int64_t row
       if (g) std::fill(g, g + c, 0.0f);
     return;
   }
-  const Kernels k = pick_kernels();
+  const gn::BackwardKernels k = kernels_for(active_cpu_isa());
   py::gil_scoped_release no_gil;
   FirstError error;
 #pragma omp parallel num_threads(num_threads)

@@ -1,5 +1,6 @@
-// exp and the sigmoid on 8 floats with AVX2 + FMA, for the GroupNorm + SiLU kernels. Include inside a
-// `#pragma GCC target("avx2,fma")` region (no include guard on purpose: each file includes it once).
+// exp and the sigmoid on 8 floats with AVX2 + FMA, for the GroupNorm + SiLU kernels. Include between
+// PYLTH_BEGIN_AVX2 and PYLTH_END_TARGET (csrc/cpu_dispatch.h; no include guard on purpose: each file
+// includes it once).
 // Needs <immintrin.h>.
 
 // exp(t) for t clamped to [-87, 88]: t = n ln2 + r, |r| <= ln2 / 2 (ln2 split in two so n * ln2_hi is

@@ -2,7 +2,8 @@
 // sparse_conv.h). They check every table row against the plan, then walk the batch a group of images at
 // a time: the OpenMP team builds the group's slabs, then shares its tiles (forward, input gradient) and
 // its blocks of output channels (weight gradient). The weight gradient's threads own whole output
-// channels, so every kept weight's sum is taken in one order whatever the thread count.
+// channels, so every kept weight's sum is taken in one order whatever the thread count. Each call runs
+// the kernels of the CPU path active then (sparse::kernels_for(active_cpu_isa())).
 #include "sparse_conv.h"
 
 #include <omp.h>
@@ -14,6 +15,7 @@
 #include <vector>
 
 #include "common.h"
+#include "cpu_dispatch.h"
 #include "sparse_conv_kernels.h"
 
 namespace py = pybind11;
@@ -97,22 +99,69 @@ ConvWeight read_weight(const ArgTable& table, int row_ptr_row, int offsets_row, 
   wt.nnz = wt.row_ptr[p.co];
   require(wt.row_ptr[0] == 0 && wt.nnz >= 0 && table.at(offsets_row, 1) == wt.nnz,
           name + ": offsets must hold row_ptr[Co] entries");
-  for (std::int64_t c = 0; c < p.co; ++c) require(wt.row_ptr[c] <= wt.row_ptr[c + 1], name + ": row_ptr must not decrease");
+  require(all_of_entries(p.co, [&](std::int64_t c) { return wt.row_ptr[c] <= wt.row_ptr[c + 1]; }),
+          name + ": row_ptr must not decrease");
   wt.offsets = table.ptr<const std::int32_t>(offsets_row, 0);
   const std::int64_t limit = p.image_floats() - (p.unit_rows - 1) * p.in_row_stride - p.row_len;
-  for (std::int64_t k = 0; k < wt.nnz; ++k)
-    require(wt.offsets[k] >= 0 && wt.offsets[k] <= limit, name + ": an offset reads outside the image's slabs");
+  require(all_of_entries(wt.nnz, [&](std::int64_t k) { return wt.offsets[k] >= 0 && wt.offsets[k] <= limit; }),
+          name + ": an offset reads outside the image's slabs");
   return wt;
 }
 
+// How a conv's outputs are cut into tiles: which build's tiles run (the path's, or its narrow build:
+// Kernels::narrow), on the plan's unit rows or, with a build's flat tiles, on each image's rows as one
+// flat row of padded positions (sparse_conv_flat_tile.h: narrow rows, e.g. 8x8, 7x7 and 4x4 planes on
+// 16 lanes), whichever costs least (TileShape::cost) for a group's images.
+struct Tiling {
+  const Kernels* k;
+  bool flat;
+  std::int64_t unit_rows;  // per image
+  RowGeometry g;
+  TileShape shape;
+
+  sparse::TileFn tile_fn() const { return (flat ? k->flat_tile_function : k->tile_function)(shape.vectors, shape.units); }
+  sparse::FusedFn fused_fn() const {
+    return (flat ? k->flat_fused_function : k->fused_function)(shape.vectors, shape.units);
+  }
+};
+
+// The flat tiles store each vector with a compress and a masked store: they must save a tenth to be taken.
+constexpr double kFlatPenalty = 1.1;
+
+Tiling tiling_of(const ConvPlan& p, const Kernels& path, bool fused = false) {
+  const RowGeometry rows = p.rows();
+  Tiling best{};
+  for (const Kernels* k : {&path, path.narrow}) {
+    if (!k) continue;
+    const Tiling by_rows{k, false, p.unit_rows, rows, tile_shape(p.row_len, p.group * p.unit_rows, *k, fused)};
+    if (!best.k || by_rows.shape.cost < best.shape.cost) best = by_rows;
+    // Flat: unit rows of one image at a constant stride, their outputs consecutive.
+    if (!k->flat_tile_function || p.direct || p.unit_rows == 1 || p.out_row_stride != p.row_len ||
+        p.in_row_stride < p.row_len)
+      continue;
+    const std::int64_t len = (p.unit_rows - 1) * p.in_row_stride + p.row_len;
+    const std::int64_t positions = (len + k->lanes - 1) / k->lanes * k->lanes;
+    Tiling flat{k, true, 1, RowGeometry{rows.image_floats, 0, rows.out_image, 0, rows.out_pitch, 1, positions},
+                tile_shape(positions, p.group, *k, fused)};
+    flat.shape.cost *= kFlatPenalty;
+    if (flat.shape.cost < best.shape.cost) best = flat;
+  }
+  return best;
+}
+
 // The forward's arguments, but for where a group's slabs and outputs start and its unit count.
-TileArgs tile_args(const ConvPlan& p, const ConvWeight& wt, const TileShape& shape, const float* values,
+TileArgs tile_args(const ConvPlan& p, const Tiling& tiling, const ConvWeight& wt, const float* values,
                    const float* bias) {
   TileArgs a{};
-  a.g = p.rows();
+  a.g = tiling.g;
+  const TileShape& shape = tiling.shape;
   a.chunks_per_row = shape.chunks_per_row, a.last_start = shape.last_start, a.tail = shape.tail;
   a.partial = shape.partial;
   a.row_ptr = wt.row_ptr, a.offsets = wt.offsets, a.values = values, a.bias = bias;
+  if (tiling.flat) {
+    a.flat_pitch = p.in_row_stride, a.flat_width = p.row_len;
+    a.flat_len = (p.unit_rows - 1) * p.in_row_stride + p.row_len;
+  }
   return a;
 }
 
@@ -204,16 +253,17 @@ void sparse_conv2d_cpu(std::uintptr_t table_address, std::int64_t rows, std::int
   require(p.direct || (table.at(kScWorkspace, 0) != 0 && table.at(kScWorkspace, 1) >= p.slab_region()),
           name + ": the workspace is too small for the plan");
   if (p.n == 0) return;
-  const Kernels& k = sparse::best_kernels();
-  const TileShape shape = tile_shape(p.row_len, k);
-  const sparse::TileFn tile_fn = k.tile_function(shape.vectors, shape.units);
+  const Kernels& k = sparse::kernels_for(active_cpu_isa());
+  const Tiling tiling = tiling_of(p, k);
+  const TileShape& shape = tiling.shape;
+  const sparse::TileFn tile_fn = tiling.tile_fn();
   const float* x = table.ptr<const float>(kScInput, 0);
   float* slabs = p.direct ? nullptr : table.ptr<float>(kScWorkspace, 0);
   float* y = table.ptr<float>(kScOutput, 0);
-  const std::int64_t vectors = p.unit_rows * shape.chunks_per_row * shape.vectors;
+  const std::int64_t vectors = tiling.unit_rows * shape.chunks_per_row * shape.vectors;
   const int threads = std::max<std::int64_t>(wt.nnz, 1) * p.n * vectors >= kParallelMinWork ? num_threads : 1;
-  const TileArgs args = tile_args(p, wt, shape, table.ptr<const float>(kScValues, 0), table.ptr<const float>(kScBias, 0));
-  const GroupItems groups(p, p.unit_rows, shape, p.co, threads);
+  const TileArgs args = tile_args(p, tiling, wt, table.ptr<const float>(kScValues, 0), table.ptr<const float>(kScBias, 0));
+  const GroupItems groups(p, tiling.unit_rows, shape, p.co, threads);
   py::gil_scoped_release no_gil;
   if (!p.direct) clear_slab_region(p, slabs);
 #pragma omp parallel num_threads(threads)
@@ -264,8 +314,8 @@ void sparse_conv2d_backward_cpu(std::uintptr_t table_address, std::int64_t rows,
     check_numel(table, kSbValues, wt.nnz, name, "values");
     check_numel(table, kSbTOrder, wt.nnz, name, "order");
     t_order = table.ptr<const std::int32_t>(kSbTOrder, 0);
-    for (std::int64_t e = 0; e < twt.nnz; ++e)
-      require(t_order[e] >= 0 && t_order[e] < wt.nnz, name + ": order leaves the values");
+    require(all_of_entries(twt.nnz, [&](std::int64_t e) { return t_order[e] >= 0 && t_order[e] < wt.nnz; }),
+            name + ": order leaves the values");
   }
   // Stride 1: dL/dx has x's layout, so one pass computes both gradients (FusedArgs), without x's slabs.
   const std::int64_t hw = p.h * p.w;
@@ -285,7 +335,7 @@ void sparse_conv2d_backward_cpu(std::uintptr_t table_address, std::int64_t rows,
   float* grad_bias = wants_bias ? table.ptr<float>(kSbGradBias, 0) : nullptr;
   if (grad_bias) std::fill(grad_bias, grad_bias + p.co, 0.0f);
   if (p.n == 0 || (!wants_weight && !wants_input && !wants_bias)) return;
-  const Kernels& k = sparse::best_kernels();
+  const Kernels& k = sparse::kernels_for(active_cpu_isa());
   const float* x = wants_weight ? table.ptr<const float>(kSbInput, 0) : nullptr;
   const float* dy = table.ptr<const float>(kSbGradOutput, 0);
   float* x_slabs = table.ptr<float>(kSbWorkspace, 0);
@@ -296,21 +346,23 @@ void sparse_conv2d_backward_cpu(std::uintptr_t table_address, std::int64_t rows,
   float* acc = reinterpret_cast<float*>((acc_address + 63) / 64 * 64);
   float* plane_sums = values + t_values + acc_floats;  // [N, Co], past the accumulators (aligned or not)
   float* dx = wants_input ? table.ptr<float>(kSbGradInput, 0) : nullptr;
-  const TileShape shape = wants_input ? tile_shape(t.row_len, k, fused) : TileShape{};
-  const sparse::TileFn tile_fn = wants_input && !fused ? k.tile_function(shape.vectors, shape.units) : nullptr;
-  const sparse::FusedFn fused_fn = fused ? k.fused_function(shape.vectors, shape.units) : nullptr;
+  const Tiling tiling = wants_input ? tiling_of(t, k, fused) : Tiling{};
+  const TileShape& shape = tiling.shape;
+  const sparse::TileFn tile_fn = wants_input && !fused ? tiling.tile_fn() : nullptr;
+  const sparse::FusedFn fused_fn = fused ? tiling.fused_fn() : nullptr;
   const std::int64_t work = std::max<std::int64_t>(wt.nnz, 1) * p.n * p.unit_rows * ((p.row_len + k.lanes - 1) / k.lanes);
   const int threads = work >= kParallelMinWork ? num_threads : 1;
-  const TileArgs targs = wants_input ? tile_args(t, twt, shape, values, nullptr) : TileArgs{};
+  const TileArgs targs = wants_input ? tile_args(t, tiling, twt, values, nullptr) : TileArgs{};
   std::vector<sparse::GradPosition> positions;
-  const GradArgs gargs = grad_args(p, wt, k, acc, &positions);
+  const Kernels& gk = sparse::grad_kernels(p.row_len, k);
+  const GradArgs gargs = grad_args(p, wt, gk, acc, &positions);
   // The weight gradient's threads own blocks of output channels (fused: of the transposed weight's).
   const std::vector<std::int64_t> weight_blocks =
       !wants_weight ? std::vector<std::int64_t>{0}
       : fused       ? weight_balanced_blocks(twt.row_ptr, t.co, threads)
                     : weight_balanced_blocks(wt.row_ptr, p.co, threads);
   const std::int64_t weight_items = static_cast<std::int64_t>(weight_blocks.size()) - 1;
-  const GroupItems input_groups(p, t.unit_rows, wants_input && !fused ? shape : TileShape{1, 1, 0, 1, 0, 0},
+  const GroupItems input_groups(p, tiling.unit_rows, wants_input && !fused ? shape : TileShape{1, 1, 0, 1, 0, 0},
                                 wants_input ? t.co : 1, threads);
   py::gil_scoped_release no_gil;
   if (wants_input) {
@@ -342,7 +394,7 @@ void sparse_conv2d_backward_cpu(std::uintptr_t table_address, std::int64_t rows,
       if (wants_input) {
         a.slabs = t.direct ? dy + first * t.image_floats() : dy_slabs;
         a.out = dx + first * t.out_image;
-        a.units = images * t.unit_rows * shape.chunks_per_row;
+        a.units = images * tiling.unit_rows * shape.chunks_per_row;
       }
       if (fused) {  // items: blocks of x's channels, each running all the group's tiles in order
         const sparse::FusedArgs f{x + first * p.ci * hw, acc};  // x itself, not its slabs
@@ -364,14 +416,15 @@ void sparse_conv2d_backward_cpu(std::uintptr_t table_address, std::int64_t rows,
         if (item < input_items)
           run_tile_item(a, tile_fn, shape, it, item);
         else
-          k.grad_channels(g, weight_blocks[item - input_items], weight_blocks[item - input_items + 1]);
+          gk.grad_channels(g, weight_blocks[item - input_items], weight_blocks[item - input_items + 1]);
       }
     }
     if (wants_weight) {
+      const int lanes = fused ? tiling.k->lanes : gk.lanes;  // the partial sums of the build that made them
 #pragma omp for schedule(static) nowait
       for (std::int64_t e = 0; e < wt.nnz; ++e) {
         float sum = 0.0f;
-        for (int lane = 0; lane < k.lanes; ++lane) sum += acc[e * kGradAccFloats + lane];
+        for (int lane = 0; lane < lanes; ++lane) sum += acc[e * kGradAccFloats + lane];
         grad[fused ? t_order[e] : e] = sum;
       }
     }

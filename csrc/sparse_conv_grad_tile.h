@@ -1,7 +1,9 @@
 // The sparse conv's weight-gradient kernel, compiled once per instruction set like sparse_conv_tile.h
 // (included right after it, in the same namespaces; no include guard on purpose). Needs, declared
 // before: GradArgs, GroupFn, kGradGroup (this build's kept weights per group: as many accumulators as
-// its registers hold beside the dy vector), kGradAccFloats, and sparse_conv_tile.h's helpers.
+// its registers hold beside the dy vector, and as many input pointers as its general registers hold),
+// kGradAccFloats, sparse_conv_tile.h's helpers, and grad_lane_mask(words): the LaneMask of a row of
+// GradArgs::masks.
 //
 // dL/dw of kept weight k (output channel co, input offset o_k) is one dot product over the batch's
 // outputs: the sum over unit rows r and outputs c of dy[co][r][c] * slab[o_k + r * in_row_stride + c],
@@ -22,6 +24,9 @@ __attribute__((noinline)) void grad_group(const GradArgs& p, std::int64_t co, co
   std::int64_t o[G];
 #pragma GCC unroll 8
   for (int g = 0; g < G; ++g) o[g] = offsets[g];
+  LaneMask masks[kGradMasks];
+#pragma GCC unroll 4
+  for (int m = 0; m < kGradMasks; ++m) masks[m] = grad_lane_mask(p.masks[m]);
   const GradPosition* const last = p.positions + p.position_count;
   for (std::int64_t n = 0; n < p.images; ++n) {
     const float* dy = p.dy + n * p.g.out_image + co * p.g.out_pitch;
@@ -30,7 +35,7 @@ __attribute__((noinline)) void grad_group(const GradArgs& p, std::int64_t co, co
 #pragma GCC unroll 8
     for (int g = 0; g < G; ++g) in[g] = p.slabs + n * p.g.image_floats + o[g];
     for (const GradPosition* q = p.positions; q != last; ++q) {
-      const Vec d = load_masked(dy + q->dy, p.masks[q->mask]);
+      const Vec d = load_masked(dy + q->dy, masks[q->mask]);
       const std::int64_t at = q->x;
 #pragma GCC unroll 8
       for (int g = 0; g < G; ++g) a[g] += d * load_vec(in[g] + at);

@@ -1,10 +1,13 @@
 // What the sparse conv and linear entry points (sparse_conv.cpp, sparse_linear.cpp) share with the
-// per-instruction-set builds of their kernels (sparse_conv_builds.cpp): the arguments of one group of
-// images, and the functions and tile shapes of the build this CPU runs. Layouts: sparse_conv.h.
+// per-instruction-set builds of their kernels (sparse_conv_builds.cpp, sparse_conv_avx512.cpp): the
+// arguments of one group of images, and the functions and tile shapes of each build. Layouts:
+// sparse_conv.h.
 #pragma once
 #include <algorithm>
 #include <cstdint>
 #include <vector>
+
+#include "cpu_dispatch.h"
 
 namespace pylth {
 namespace sparse {
@@ -35,6 +38,10 @@ struct TileArgs {
   const std::int32_t* offsets;
   const float* values;
   const float* bias;   // [Co] or null
+  // Flat tiles only (sparse_conv_flat_tile.h): each image's unit rows as one row of padded positions,
+  // flat_pitch per output row (the slab's row stride), of which the first flat_width are outputs, and
+  // flat_len in all.
+  std::int64_t flat_pitch, flat_width, flat_len;
 };
 
 // Where one vector of an image's outputs lies for the weight gradient: its inputs at slab + x (+ a kept
@@ -85,36 +92,62 @@ struct Kernels {
   int max_units;           // units per tile (each needs a general-purpose register)
   TileFn (*tile_function)(int vectors, int units);
   FusedFn (*fused_function)(int vectors, int units);
+  // The flat tiles (sparse_conv_flat_tile.h), or null in a build without them.
+  TileFn (*flat_tile_function)(int vectors, int units);
+  FusedFn (*flat_fused_function)(int vectors, int units);
   void (*build_slab)(const float* src, float* dst, const SlabLayout& s);
   void (*grad_channels)(const GradArgs& p, std::int64_t co_begin, std::int64_t co_end);
   float (*sum)(const float* src, std::int64_t n);  // in lanes, then across them (one order per n)
+  // What one vector multiply-add with its load costs next to an 8-float one (AVX2's): the tile choice
+  // weighs builds and tile shapes by it. On the Zen 5 EPYC this was tuned on, a 16-float one costs 1.5x
+  // (1.5-1.8x measured, L1 to L2 resident inputs).
+  double vector_cost;
+  // A build of the same path with half the lanes, for rows that fill its vectors better (the AVX-512
+  // path's 8-float build for 8-wide rows), or null.
+  const Kernels* narrow;
 };
 
-// How a unit row is cut into units of whole vectors: the fewest vectors per row (a row's last vector or
-// last unit overlaps the one before it instead of running past the row), then the most vectors per tile.
+// What a tile pays per kept weight besides its multiply-adds (the weight's broadcast, its offset, the
+// loop), in 8-float multiply-adds.
+constexpr double kWeightOverhead = 2.0;
+
+// How a unit row is cut into units of whole vectors (a row's last vector or last unit overlaps the one
+// before it instead of running past the row), and how many units a tile takes: the cheapest for `rows`
+// unit rows (a group's), where the last tile of a group repeats its last unit to fill up. `cost`: per
+// kept weight, in 8-float multiply-adds (Kernels::vector_cost, kWeightOverhead).
 struct TileShape {
   int vectors, units, partial;
   std::int64_t chunks_per_row, last_start, tail;
+  double cost;
 };
 
-inline TileShape tile_shape(std::int64_t row_len, const Kernels& k, bool fused = false) {
+inline TileShape tile_shape(std::int64_t row_len, std::int64_t rows, const Kernels& k, bool fused = false) {
   const int most = fused ? k.fused_tile_vectors : k.tile_vectors;
-  if (row_len < k.lanes) return {1, std::min(k.max_units, most), static_cast<int>(row_len), 1, 0, 0};
-  const std::int64_t needed = (row_len + k.lanes - 1) / k.lanes;
   TileShape best{};
-  std::int64_t best_total = 0;
-  auto consider = [&](int v, std::int64_t chunks, std::int64_t last_start, std::int64_t tail) {
-    const int units = std::min(k.max_units, most / v);
-    const std::int64_t total = chunks * v;
-    if (best.vectors == 0 || total < best_total || (total == best_total && v * units > best.vectors * best.units)) {
-      best = {v, units, 0, chunks, last_start, tail};
-      best_total = total;
+  auto consider = [&](int v, std::int64_t chunks, std::int64_t last_start, std::int64_t tail, int partial) {
+    const std::int64_t units = rows * chunks;
+    for (int r = 1; r <= std::min(k.max_units, most / v); ++r) {
+      const double cost = static_cast<double>((units + r - 1) / r) * (r * v * k.vector_cost + kWeightOverhead);
+      if (best.vectors == 0 || cost < best.cost || (cost == best.cost && v * r > best.vectors * best.units))
+        best = {v, r, partial, chunks, last_start, tail, cost};
     }
   };
-  if (needed <= most) consider(static_cast<int>(needed), 1, 0, row_len - k.lanes);  // whole rows
+  if (row_len < k.lanes) {  // one partial vector per row
+    consider(1, 1, 0, 0, static_cast<int>(row_len));
+    return best;
+  }
+  const std::int64_t needed = (row_len + k.lanes - 1) / k.lanes;
+  if (needed <= most) consider(static_cast<int>(needed), 1, 0, row_len - k.lanes, 0);  // whole rows
   for (int v = 1; v <= most && v * k.lanes <= row_len; ++v)  // chunks, the last one overlapping
-    consider(v, (row_len + v * k.lanes - 1) / (v * k.lanes), row_len - v * k.lanes, (v - 1) * k.lanes);
+    consider(v, (row_len + v * k.lanes - 1) / (v * k.lanes), row_len - v * k.lanes, (v - 1) * k.lanes, 0);
   return best;
+}
+
+// The build whose weight-gradient kernel runs on rows of row_len outputs: the path's, or its narrow build
+// where a row's vectors cost less in it (8-wide rows on the AVX-512 path).
+inline const Kernels& grad_kernels(std::int64_t row_len, const Kernels& path) {
+  auto cost = [row_len](const Kernels& k) { return static_cast<double>((row_len + k.lanes - 1) / k.lanes) * k.vector_cost; };
+  return path.narrow && cost(*path.narrow) < cost(path) ? *path.narrow : path;
 }
 
 // The weight gradient's positions of one image's vectors (GradPosition) for rows of `g`, and their lane
@@ -141,8 +174,14 @@ inline std::vector<GradPosition> grad_positions(const RowGeometry& g, int lanes,
   return positions;
 }
 
-// The best build this CPU runs (AVX2 + FMA where it has them, else the baseline x86-64 one).
-const Kernels& best_kernels();
+// The build of CPU path `isa` (csrc/cpu_dispatch.h): the entry points ask for active_cpu_isa()'s on every
+// call, so that PYLTH_CPU_ISA and set_cpu_isa choose it.
+const Kernels& kernels_for(CpuIsa isa);
+
+#ifdef PYLTH_ISA_VARIANTS
+const Kernels& avx512_kernels();     // 16 floats: sparse_conv_avx512.cpp
+const Kernels& avx512_vl_kernels();  // 8 floats, 32 registers: sparse_conv_avx512_vl.cpp
+#endif
 
 }  // namespace sparse
 }  // namespace pylth

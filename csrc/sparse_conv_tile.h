@@ -5,9 +5,11 @@
 //   Vec                             kLanes floats (a GCC vector type)
 //   load_vec, store_vec, splat      whole vectors (unaligned)
 //   load_first(p, n), store_first   the first n < kLanes lanes only (lanes >= n read as 0, never touched)
-//   load_masked(p, mask)            the lanes whose int32 word at mask is nonzero (others 0, not read)
+//   LaneMask                        a set of lanes (a mask register, or a table row of int32 words)
+//   lanes_first(f), lanes_last(f)   the first / last f lanes (0 <= f <= kLanes)
+//   load_masked(p, m)               the lanes in m (others 0, not read)
+//   keep_lanes(v, m)                v with the lanes outside m zeroed
 //   split_pairs(even, odd, src, n)  src[2i] to even[i], src[2i + 1] to odd[i], for 2i (+ 1) < n
-//   and_bits(v, mask)               v AND the kLanes int32 words at mask
 //   kTileVectors, kFusedTileVectors, kMaxUnits   the tile shapes this build's registers hold
 // and, from sparse_conv_kernels.h: SlabLayout, TileArgs, FusedArgs, TileFn, FusedFn. Needs <algorithm>,
 // <array>, <cstdint>, <cstring>, <utility>.
@@ -71,6 +73,73 @@ inline void build_slab(const float* src, float* dst, const SlabLayout& s) {
   }
 }
 
+// Where unit u of a tile of VR-vector units lies: its image, its unit row in the image, and the offset of
+// its first vector in the row.
+struct UnitPlace {
+  std::int64_t image, row, start;
+};
+inline __attribute__((always_inline)) UnitPlace unit_place(const TileArgs& p, std::int64_t u, int vr) {
+  const std::int64_t chunk = u % p.chunks_per_row, row = u / p.chunks_per_row;
+  return {row / p.g.rows_per_image, row % p.g.rows_per_image,
+          chunk == p.chunks_per_row - 1 ? p.last_start : chunk * vr * kLanes};
+}
+
+// Offset of vector v of a unit of VR vectors from the unit's start (`tail`: its last vector's).
+template <int VR>
+constexpr std::int64_t vector_at(int v, std::int64_t tail) {
+  return v == VR - 1 ? tail : v * kLanes;
+}
+
+// The multiply-adds of output channel co into a tile's accumulators: per kept weight one broadcast and
+// one multiply-add per vector, its input loaded at the weight's offset from the unit's inputs.
+template <int R, int VR>
+inline __attribute__((always_inline)) void accumulate(Vec (&acc)[R][VR], const float* const (&in)[R],
+                                                      const TileArgs& p, std::int64_t co) {
+  const std::int64_t end = p.row_ptr[co + 1], tail = p.tail;
+  for (std::int64_t k = p.row_ptr[co]; k < end; ++k) {
+    const Vec w = splat(p.values[k]);
+    const std::int64_t o = p.offsets[k];
+#pragma GCC unroll 32
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 32
+      for (int v = 0; v < VR; ++v) acc[r][v] += w * load_vec(in[r] + o + vector_at<VR>(v, tail));
+  }
+}
+
+// accumulate's multiply-adds, and per kept weight k the dot product of the inputs it loads with the
+// tile's x vectors `xv`, added into f.acc[k] (the fused backward: FusedArgs).
+template <int R, int VR>
+inline __attribute__((always_inline)) void accumulate_fused(Vec (&acc)[R][VR], const Vec (&xv)[R][VR],
+                                                            const float* const (&in)[R], const TileArgs& p,
+                                                            const FusedArgs& f, std::int64_t co) {
+  const std::int64_t end = p.row_ptr[co + 1], tail = p.tail;
+  for (std::int64_t k = p.row_ptr[co]; k < end; ++k) {
+    const Vec w = splat(p.values[k]);
+    const std::int64_t o = p.offsets[k];
+    Vec dot = splat(0.0f);
+#pragma GCC unroll 32
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 32
+      for (int v = 0; v < VR; ++v) {
+        const Vec d = load_vec(in[r] + o + vector_at<VR>(v, tail));
+        acc[r][v] += w * d;
+        dot += xv[r][v] * d;
+      }
+    float* sum = f.acc + k * kGradAccFloats;
+    store_vec(sum, load_vec(sum) + dot);
+  }
+}
+
+// The lanes of vector v (at `s` in its unit row) of a tile's unit that no earlier vector counted: a row's
+// overlapping last vector, or a row's overlapping last unit, shares lanes with the vectors before it.
+template <int VR>
+inline int fresh_lanes(const TileArgs& p, std::int64_t chunk, int v, std::int64_t s) {
+  const std::int64_t chunks = p.chunks_per_row;
+  const std::int64_t before = chunks == 1 ? (v == VR - 1 ? (VR - 1) * kLanes : 0)
+                                          : (chunk == chunks - 1 ? (chunks - 1) * VR * kLanes : 0);
+  return static_cast<int>(std::clamp<std::int64_t>(s + kLanes - before, 0, kLanes));
+}
+
 // Output channels [co_begin, co_end) of the R units from `first_unit` on, VR vectors each. Units past the
 // group's last repeat it: they recompute and store the same values again, so no store needs a test. One
 // function per (R, VR): inlined into one big function, GCC allocated only part of the registers and
@@ -80,59 +149,32 @@ __attribute__((noinline)) void conv_tile(const TileArgs& p, std::int64_t first_u
                                          std::int64_t co_end) {
   const float* in[R];
   float* out[R];
-#pragma GCC unroll 12
+#pragma GCC unroll 32
   for (int r = 0; r < R; ++r) {
-    const std::int64_t u = std::min(first_unit + r, p.units - 1);
-    const std::int64_t chunk = u % p.chunks_per_row, row = u / p.chunks_per_row;
-    const std::int64_t n = row / p.g.rows_per_image, y = row % p.g.rows_per_image;
-    const std::int64_t start = chunk == p.chunks_per_row - 1 ? p.last_start : chunk * VR * kLanes;
-    in[r] = p.slabs + n * p.g.image_floats + y * p.g.in_row_stride + start;
-    out[r] = p.out + n * p.g.out_image + y * p.g.out_row_stride + start;
+    const UnitPlace u = unit_place(p, std::min(first_unit + r, p.units - 1), VR);
+    in[r] = p.slabs + u.image * p.g.image_floats + u.row * p.g.in_row_stride + u.start;
+    out[r] = p.out + u.image * p.g.out_image + u.row * p.g.out_row_stride + u.start;
   }
-  const std::int64_t tail = p.tail;  // the offset of each unit's last vector
   for (std::int64_t co = co_begin; co < co_end; ++co) {
     Vec acc[R][VR];
     const Vec bias = splat(p.bias ? p.bias[co] : 0.0f);
-#pragma GCC unroll 12
+#pragma GCC unroll 32
     for (int r = 0; r < R; ++r)
-#pragma GCC unroll 12
+#pragma GCC unroll 32
       for (int v = 0; v < VR; ++v) acc[r][v] = bias;
-    const std::int64_t end = p.row_ptr[co + 1];
-    for (std::int64_t k = p.row_ptr[co]; k < end; ++k) {
-      const Vec w = splat(p.values[k]);
-      const std::int64_t o = p.offsets[k], last = o + tail;
-#pragma GCC unroll 12
-      for (int r = 0; r < R; ++r)
-#pragma GCC unroll 12
-        for (int v = 0; v < VR; ++v) acc[r][v] += w * load_vec(in[r] + (v == VR - 1 ? last : o + v * kLanes));
-    }
+    accumulate<R, VR>(acc, in, p, co);
     const std::int64_t channel = co * p.g.out_pitch;
     if (p.partial) {
-#pragma GCC unroll 12
+#pragma GCC unroll 32
       for (int r = 0; r < R; ++r) store_first(out[r] + channel, acc[r][0], p.partial);
       continue;
     }
-#pragma GCC unroll 12
+#pragma GCC unroll 32
     for (int r = 0; r < R; ++r)
-#pragma GCC unroll 12
-      for (int v = 0; v < VR; ++v) store_vec(out[r] + channel + (v == VR - 1 ? tail : v * kLanes), acc[r][v]);
+#pragma GCC unroll 32
+      for (int v = 0; v < VR; ++v) store_vec(out[r] + channel + vector_at<VR>(v, p.tail), acc[r][v]);
   }
 }
-
-// Lane masks for load_masked: last[f] keeps the last f lanes, first[f] the first f.
-struct LaneMasks {
-  std::int32_t last[kLanes + 1][kLanes], first[kLanes + 1][kLanes];
-};
-constexpr LaneMasks make_lane_masks() {
-  LaneMasks m{};
-  for (int f = 0; f <= kLanes; ++f)
-    for (int lane = 0; lane < kLanes; ++lane) {
-      m.last[f][lane] = lane >= kLanes - f ? -1 : 0;
-      m.first[f][lane] = lane < f ? -1 : 0;
-    }
-  return m;
-}
-inline constexpr LaneMasks kLaneMasks = make_lane_masks();
 
 // conv_tile's input-gradient tile with the weight gradient's dot products (FusedArgs): per output channel
 // co of the transposed weight (an input channel of x) its x tile is loaded once, each output counted
@@ -146,109 +188,91 @@ __attribute__((noinline)) void fused_tile(const TileArgs& p, const FusedArgs& f,
   const float* in[R];
   float* out[R];
   const float* xs[R];
-  const std::int32_t* counted[R][VR];
-  const std::int64_t tail = p.tail, chunks = p.chunks_per_row;
-#pragma GCC unroll 12
+  LaneMask counted[R][VR];
+#pragma GCC unroll 32
   for (int r = 0; r < R; ++r) {
     const bool real = first_unit + r < p.units;
-    const std::int64_t u = std::min(first_unit + r, p.units - 1);
-    const std::int64_t chunk = u % chunks, row = u / chunks;
-    const std::int64_t n = row / p.g.rows_per_image, y = row % p.g.rows_per_image;
-    const std::int64_t start = chunk == chunks - 1 ? p.last_start : chunk * VR * kLanes;
-    in[r] = p.slabs + n * p.g.image_floats + y * p.g.in_row_stride + start;
-    const std::int64_t at = n * p.g.out_image + y * p.g.out_row_stride + start;
+    const std::int64_t unit = std::min(first_unit + r, p.units - 1);
+    const UnitPlace u = unit_place(p, unit, VR);
+    in[r] = p.slabs + u.image * p.g.image_floats + u.row * p.g.in_row_stride + u.start;
+    const std::int64_t at = u.image * p.g.out_image + u.row * p.g.out_row_stride + u.start;
     out[r] = p.out + at;
     xs[r] = f.x + at;
-#pragma GCC unroll 12
+#pragma GCC unroll 32
     for (int v = 0; v < VR; ++v) {
-      const std::int64_t s = start + (v == VR - 1 ? tail : v * kLanes);
-      // Outputs of the row before this vector's that earlier vectors counted.
-      const std::int64_t before = chunks == 1 ? (v == VR - 1 ? (VR - 1) * kLanes : 0)
-                                              : (chunk == chunks - 1 ? (chunks - 1) * VR * kLanes : 0);
-      const int fresh = static_cast<int>(std::clamp<std::int64_t>(s + kLanes - before, 0, kLanes));
-      counted[r][v] = p.partial ? kLaneMasks.first[real ? p.partial : 0] : kLaneMasks.last[real ? fresh : 0];
+      const int fresh = fresh_lanes<VR>(p, unit % p.chunks_per_row, v, u.start + vector_at<VR>(v, p.tail));
+      counted[r][v] = p.partial ? lanes_first(real ? p.partial : 0) : lanes_last(real ? fresh : 0);
     }
   }
   for (std::int64_t co = co_begin; co < co_end; ++co) {
-    const std::int64_t channel = co * p.g.out_pitch, end = p.row_ptr[co + 1];
+    const std::int64_t channel = co * p.g.out_pitch;
     Vec xv[R][VR], acc[R][VR];
-    if (p.row_ptr[co] == end) {  // no kept weight reads this input channel: its gradient is 0, x is not read
-#pragma GCC unroll 12
+    if (p.row_ptr[co] == p.row_ptr[co + 1]) {  // no kept weight reads this input channel: its gradient is 0
+#pragma GCC unroll 32
       for (int r = 0; r < R; ++r)
-#pragma GCC unroll 12
+#pragma GCC unroll 32
         for (int v = 0; v < VR; ++v) {
           if (p.partial)
             store_first(out[r] + channel, splat(0.0f), p.partial);
           else
-            store_vec(out[r] + channel + (v == VR - 1 ? tail : v * kLanes), splat(0.0f));
+            store_vec(out[r] + channel + vector_at<VR>(v, p.tail), splat(0.0f));
         }
       continue;
     }
-#pragma GCC unroll 12
+#pragma GCC unroll 32
     for (int r = 0; r < R; ++r)
-#pragma GCC unroll 12
+#pragma GCC unroll 32
       for (int v = 0; v < VR; ++v) {
-        // A masked load is slow where it misses the cache (x comes from memory): rows of whole vectors
-        // load whole vectors and mask them; only a row shorter than a vector must not read past it.
-        const float* at = xs[r] + channel + (v == VR - 1 ? tail : v * kLanes);
-        xv[r][v] = p.partial ? load_masked(at, counted[r][v]) : and_bits(load_vec(at), counted[r][v]);
+        // A masked load is slow where it misses the cache on AVX2 (x comes from memory): rows of whole
+        // vectors load whole vectors and mask them; only a row shorter than a vector must not read past it.
+        const float* at = xs[r] + channel + vector_at<VR>(v, p.tail);
+        xv[r][v] = p.partial ? load_masked(at, counted[r][v]) : keep_lanes(load_vec(at), counted[r][v]);
         // The next tile's inputs of this channel usually follow these: ask for them now.
         if (v == 0) __builtin_prefetch(at + R * VR * kLanes);
         acc[r][v] = splat(0.0f);
       }
-    for (std::int64_t k = p.row_ptr[co]; k < end; ++k) {
-      const Vec w = splat(p.values[k]);
-      const std::int64_t o = p.offsets[k], last = o + tail;
-      Vec dot = splat(0.0f);
-#pragma GCC unroll 12
-      for (int r = 0; r < R; ++r)
-#pragma GCC unroll 12
-        for (int v = 0; v < VR; ++v) {
-          const Vec d = load_vec(in[r] + (v == VR - 1 ? last : o + v * kLanes));
-          acc[r][v] += w * d;
-          dot += xv[r][v] * d;
-        }
-      float* sum = f.acc + k * kGradAccFloats;
-      store_vec(sum, load_vec(sum) + dot);
-    }
+    accumulate_fused<R, VR>(acc, xv, in, p, f, co);
     if (p.partial) {
-#pragma GCC unroll 12
+#pragma GCC unroll 32
       for (int r = 0; r < R; ++r) store_first(out[r] + channel, acc[r][0], p.partial);
       continue;
     }
-#pragma GCC unroll 12
+#pragma GCC unroll 32
     for (int r = 0; r < R; ++r)
-#pragma GCC unroll 12
-      for (int v = 0; v < VR; ++v) store_vec(out[r] + channel + (v == VR - 1 ? tail : v * kLanes), acc[r][v]);
+#pragma GCC unroll 32
+      for (int v = 0; v < VR; ++v) store_vec(out[r] + channel + vector_at<VR>(v, p.tail), acc[r][v]);
   }
 }
 
-// conv_tile<R, VR> (fused_tile) for R = 1 .. kMaxUnits, clamped to what a tile holds (larger R is never
-// asked for).
-template <int VR, int... Rs>
-constexpr std::array<TileFn, kMaxUnits> tiles_of_width(std::integer_sequence<int, Rs...>) {
-  return {{&conv_tile<std::max(1, std::min(Rs + 1, kTileVectors / VR)), VR>...}};
-}
-template <int VR, int... Rs>
-constexpr std::array<FusedFn, kMaxUnits> fused_of_width(std::integer_sequence<int, Rs...>) {
-  return {{&fused_tile<std::max(1, std::min(Rs + 1, kFusedTileVectors / VR)), VR>...}};
-}
+// One function per (VR, R) of a tile kernel, R = 1 .. kMaxUnits clamped to what a tile of `most`
+// accumulators holds (larger R is never asked for), VR = 1 .. most.
+template <typename Fn, template <int, int> class Kernel, int kMost>
+struct TileTable {
+  template <int VR, int... Rs>
+  static constexpr std::array<Fn, kMaxUnits> of_width(std::integer_sequence<int, Rs...>) {
+    return {{Kernel<std::max(1, std::min(Rs + 1, kMost / VR)), VR>::fn...}};
+  }
+  template <int... Vs>
+  static constexpr std::array<std::array<Fn, kMaxUnits>, sizeof...(Vs)> all(std::integer_sequence<int, Vs...>) {
+    return {{of_width<Vs + 1>(std::make_integer_sequence<int, kMaxUnits>{})...}};
+  }
+  static constexpr auto table = all(std::make_integer_sequence<int, kMost>{});
+  static Fn at(int vectors, int units) { return table[vectors - 1][units - 1]; }
+};
 
-template <int... Vs>
-constexpr std::array<std::array<TileFn, kMaxUnits>, sizeof...(Vs)> all_tiles(std::integer_sequence<int, Vs...>) {
-  return {{tiles_of_width<Vs + 1>(std::make_integer_sequence<int, kMaxUnits>{})...}};
-}
-template <int... Vs>
-constexpr std::array<std::array<FusedFn, kMaxUnits>, sizeof...(Vs)> all_fused(std::integer_sequence<int, Vs...>) {
-  return {{fused_of_width<Vs + 1>(std::make_integer_sequence<int, kMaxUnits>{})...}};
-}
+template <int R, int VR>
+struct ConvTile {
+  static constexpr TileFn fn = &conv_tile<R, VR>;
+};
+template <int R, int VR>
+struct FusedTile {
+  static constexpr FusedFn fn = &fused_tile<R, VR>;
+};
 
 // The kernel for tiles of `units` units of `vectors` vectors (units * vectors within the build's tile).
 inline TileFn tile_function(int vectors, int units) {
-  static constexpr auto table = all_tiles(std::make_integer_sequence<int, kTileVectors>{});
-  return table[vectors - 1][units - 1];
+  return TileTable<TileFn, ConvTile, kTileVectors>::at(vectors, units);
 }
 inline FusedFn fused_function(int vectors, int units) {
-  static constexpr auto table = all_fused(std::make_integer_sequence<int, kFusedTileVectors>{});
-  return table[vectors - 1][units - 1];
+  return TileTable<FusedFn, FusedTile, kFusedTileVectors>::at(vectors, units);
 }

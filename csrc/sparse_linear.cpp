@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "common.h"
+#include "cpu_dispatch.h"
 #include "sparse_conv.h"
 #include "sparse_conv_kernels.h"
 
@@ -49,11 +50,13 @@ LinearCall linear_call(const ArgTable& table, std::int64_t rows, std::int64_t ba
   c.nnz = c.row_ptr[out_features];
   require(c.row_ptr[0] == 0 && table.at(kSlOffsets, 1) == c.nnz && table.at(kSlValues, 1) == c.nnz,
           name + ": offsets and values must hold row_ptr[O] entries");
-  for (std::int64_t o = 0; o < out_features; ++o) require(c.row_ptr[o] <= c.row_ptr[o + 1], name + ": row_ptr must not decrease");
+  require(all_of_entries(out_features, [&](std::int64_t o) { return c.row_ptr[o] <= c.row_ptr[o + 1]; }),
+          name + ": row_ptr must not decrease");
   c.offsets = table.ptr<const std::int32_t>(kSlOffsets, 0);
-  for (std::int64_t k = 0; k < c.nnz; ++k)
-    require(c.offsets[k] >= 0 && c.offsets[k] % c.pitch == 0 && c.offsets[k] / c.pitch < in_features,
-            name + ": an offset is not a multiple of the batch pitch within the input features");
+  require(all_of_entries(c.nnz, [&](std::int64_t k) {
+            return c.offsets[k] >= 0 && c.offsets[k] % c.pitch == 0 && c.offsets[k] / c.pitch < in_features;
+          }),
+          name + ": an offset is not a multiple of the batch pitch within the input features");
   const std::int64_t needed = (in_features + out_features) * c.pitch + kSlabSlack + (gradient ? kGradAccFloats * (c.nnz + 1) : 0);
   require(table.at(kSlWorkspace, 0) != 0 && table.at(kSlWorkspace, 1) >= needed,
           name + ": the workspace must hold (I + O) x pitch floats and the accumulators");
@@ -100,11 +103,17 @@ void sparse_linear_cpu(std::uintptr_t table_address, std::int64_t rows, std::int
   const ArgTable table(table_address, rows, width, kSparseConvTableWidth, name.c_str());
   const LinearCall c = linear_call(table, rows, batch, in_features, out_features, num_threads, false, name);
   if (batch == 0) return;
-  const Kernels& k = sparse::best_kernels();
-  const sparse::TileShape shape = sparse::tile_shape(batch, k);
+  // The path's build, or its narrow one where the batch fills those vectors at less cost (batch 8 on AVX-512).
+  const Kernels& path = sparse::kernels_for(active_cpu_isa());
+  const Kernels* k = &path;
+  sparse::TileShape shape = sparse::tile_shape(batch, 1, path);
+  if (path.narrow) {
+    const sparse::TileShape narrow = sparse::tile_shape(batch, 1, *path.narrow);
+    if (narrow.cost < shape.cost) k = path.narrow, shape = narrow;
+  }
   const int units = shape.units;
   const TileArgs a = linear_tile_args(c, shape, table.ptr<const float>(kSlValues, 0), table.ptr<const float>(kSlBias, 0));
-  const sparse::TileFn tile_fn = k.tile_function(shape.vectors, units);
+  const sparse::TileFn tile_fn = k->tile_function(shape.vectors, units);
   const std::int64_t tiles = (a.units + units - 1) / units;
   py::gil_scoped_release no_gil;
 #pragma omp parallel num_threads(c.threads)
@@ -140,7 +149,7 @@ void sparse_linear_grad_weight_cpu(std::uintptr_t table_address, std::int64_t ro
   float* grad = table.ptr<float>(kSlValues, 0);
   std::fill(grad, grad + c.nnz, 0.0f);
   if (batch == 0 || c.nnz == 0) return;
-  const Kernels& k = sparse::best_kernels();
+  const Kernels& k = sparse::grad_kernels(batch, sparse::kernels_for(active_cpu_isa()));
   const auto acc_address = reinterpret_cast<std::uintptr_t>(c.scratch);
   float* acc = reinterpret_cast<float*>((acc_address + 63) / 64 * 64);
   GradArgs g{};

@@ -24,7 +24,7 @@ def oracle(x, groups, weight, bias, eps):
 @pytest.mark.parametrize("shape,groups", [((8, 128, 32, 32), 32), ((3, 12, 7, 5), 4), ((2, 6, 1, 1), 3),
                                           ((1, 5, 3), 5), ((4, 64, 28, 28), 32), ((2, 8, 9, 9), 1)])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_matches_group_norm_then_silu(shape, groups, threads, monkeypatch):
+def test_matches_group_norm_then_silu(shape, groups, threads, monkeypatch, cpu_isa_path):
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads)  # what pylth's launcher passes to OpenMP
     g = torch.Generator().manual_seed(sum(shape))
     x = torch.randn(shape, generator=g) * 3 + 1
@@ -38,7 +38,7 @@ def test_matches_group_norm_then_silu(shape, groups, threads, monkeypatch):
     assert (got.double() - want).abs().max() <= 4 * torch_error + 1e-6
 
 
-def test_a_mean_far_from_zero_keeps_the_variance():
+def test_a_mean_far_from_zero_keeps_the_variance(cpu_isa_path):
     # mean 1000, std 0.01: E[x^2] - mean^2 in fp32 would lose every digit of the variance
     x = 1000 + 0.01 * torch.randn(2, 8, 6, 6, generator=torch.Generator().manual_seed(3))
     got = group_norm_silu(x, 2)
@@ -46,7 +46,7 @@ def test_a_mean_far_from_zero_keeps_the_variance():
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)  # torch's fp32 ops: off by 5e-3
 
 
-def test_extremes_saturate_like_silu():
+def test_extremes_saturate_like_silu(cpu_isa_path):
     x = torch.tensor([-1e4, -100.0, -30.0, -1.0, 0.0, 1.0, 30.0, 100.0, 1e4]).repeat(2, 1).reshape(1, 2, 9)
     weight, bias = torch.full((2,), 60.0), torch.zeros(2)  # normalised values spread to about +-200
     got = group_norm_silu(x, 1, weight, bias, 0.0)
@@ -56,7 +56,7 @@ def test_extremes_saturate_like_silu():
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-7 * want.abs().max().item())
 
 
-def test_non_contiguous_input_and_empty_batch():
+def test_non_contiguous_input_and_empty_batch(cpu_isa_path):
     x = torch.randn(4, 6, 5, 7).transpose(2, 3)
     torch.testing.assert_close(group_norm_silu(x, 3).double(), oracle(x, 3, None, None, 1e-5), rtol=1e-5, atol=1e-5)
     assert group_norm_silu(torch.empty(0, 6, 4, 4), 3).shape == (0, 6, 4, 4)
@@ -93,7 +93,7 @@ def assert_grads_close(got, want):
                                           ((1, 5, 3), 5), ((2, 8, 9, 9), 1), ((5, 32, 7, 7), 32)])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("affine", [True, False])
-def test_gradients_match_group_norm_then_silu_autograd(shape, groups, threads, affine, monkeypatch):
+def test_gradients_match_group_norm_then_silu_autograd(shape, groups, threads, affine, monkeypatch, cpu_isa_path):
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads)  # what pylth's launcher passes to OpenMP
     g = torch.Generator().manual_seed(sum(shape))
     x = torch.randn(shape, generator=g) * 3 + 1
@@ -103,7 +103,22 @@ def test_gradients_match_group_norm_then_silu_autograd(shape, groups, threads, a
                        oracle_grads(x, groups, weight, bias, 1e-5, grad_out))
 
 
-def test_gradients_with_a_mean_far_from_zero_and_extreme_values():
+def test_every_plane_size_forward_and_backward(cpu_isa_path):
+    # Planes of 1 to 70 positions (a vector of 16 or 8 floats and a tail, two and four vectors a step) and
+    # groups longer than one 512-value run of the moments' fp32 sums, each against the float64 oracle.
+    g = torch.Generator().manual_seed(11)
+    for hw in [*range(1, 71), 255, 513, 1100]:
+        shape, groups = (2, 4, hw), 2 if hw % 2 else 1
+        x = torch.randn(shape, generator=g) * 2 - 0.5
+        weight, bias = torch.randn(4, generator=g), torch.randn(4, generator=g)
+        torch.testing.assert_close(group_norm_silu(x, groups, weight, bias).double(),
+                                   oracle(x, groups, weight, bias, 1e-5), rtol=1e-5, atol=1e-5)
+        grad_out = torch.randn(shape, generator=g)
+        assert_grads_close(ours_grads(x, groups, weight, bias, 1e-5, grad_out),
+                           oracle_grads(x, groups, weight, bias, 1e-5, grad_out))
+
+
+def test_gradients_with_a_mean_far_from_zero_and_extreme_values(cpu_isa_path):
     g = torch.Generator().manual_seed(5)
     x = 1000 + 0.01 * torch.randn(2, 8, 6, 6, generator=g)  # x - mean in fp32 would lose the spread
     grad_out = torch.randn(2, 8, 6, 6, generator=g)
@@ -116,7 +131,7 @@ def test_gradients_with_a_mean_far_from_zero_and_extreme_values():
     assert_grads_close(got, oracle_grads(x, 1, weight, bias, 0.0, grad_out))
 
 
-def test_gradients_only_where_asked_non_contiguous_grad_and_empty_batch():
+def test_gradients_only_where_asked_non_contiguous_grad_and_empty_batch(cpu_isa_path):
     g = torch.Generator().manual_seed(6)
     x, weight, bias = torch.randn(3, 6, 5, 4, generator=g), torch.randn(6, generator=g), torch.randn(6, generator=g)
     weight.requires_grad_()

@@ -49,19 +49,19 @@ CONV_CASES = [
 
 
 @pytest.mark.parametrize("n,ci,co,h,w,k,stride,padding", CONV_CASES)
-def test_conv_matches_torch_on_the_masked_weight(n, ci, co, h, w, k, stride, padding):
+def test_conv_matches_torch_on_the_masked_weight(n, ci, co, h, w, k, stride, padding, cpu_isa_path):
     x, weight, mask, b = conv_case(n, ci, co, h, w, k, density=0.3)
     check_conv(x, weight, mask, b, stride, padding)
 
 
 @pytest.mark.parametrize("density", [0.0, 0.01, 0.1, 0.5, 1.0])
-def test_conv_at_every_density(density):
+def test_conv_at_every_density(density, cpu_isa_path):
     x, weight, mask, b = conv_case(3, 20, 12, 12, 12, 3, density)
     check_conv(x, weight, mask, b, 1, 1)
     check_conv(x, weight, mask, b, 2, 1)
 
 
-def test_fully_pruned_layer_gives_the_bias_exactly():
+def test_fully_pruned_layer_gives_the_bias_exactly(cpu_isa_path):
     x, weight, _, b = conv_case(2, 6, 5, 9, 9, 3, 0.5)
     mask = torch.zeros_like(weight, dtype=torch.bool)
     got = check_conv(x, weight, mask, b, 1, 1)
@@ -70,14 +70,14 @@ def test_fully_pruned_layer_gives_the_bias_exactly():
         assert torch.equal(sparse_conv2d(x, compress_weight(weight, mask), None, 1, 1), torch.zeros_like(got))
 
 
-def test_an_output_channel_without_kept_weights_is_its_bias():
+def test_an_output_channel_without_kept_weights_is_its_bias(cpu_isa_path):
     x, weight, mask, b = conv_case(2, 6, 5, 16, 16, 3, 0.5)
     mask[2] = False
     got = check_conv(x, weight, mask, b, 1, 1)
     assert torch.equal(got[:, 2], torch.full_like(got[:, 2], float(b[2])))
 
 
-def test_all_kept_layer_and_kept_zero_weights():
+def test_all_kept_layer_and_kept_zero_weights(cpu_isa_path):
     x, weight, _, b = conv_case(2, 6, 5, 16, 16, 3, 1.0)
     weight[0, 0] = 0.0  # kept by the mask although zero: part of the sparse weight
     sparse = compress_weight(weight, torch.ones_like(weight, dtype=torch.bool))
@@ -105,7 +105,7 @@ def test_compressed_form_is_per_output_channel_in_tap_order():
     assert torch.equal(sparse.to_dense(), weight * mask)
 
 
-def test_threads_do_not_change_a_bit():
+def test_threads_do_not_change_a_bit(cpu_isa_path):
     x, weight, mask, b = conv_case(4, 32, 48, 16, 16, 3, 0.3)
     sparse = compress_weight(weight, mask)
     threads = torch.get_num_threads()
@@ -133,7 +133,7 @@ def test_non_contiguous_input_is_made_contiguous():
         torch.testing.assert_close(sparse_conv2d(x, sparse, b[::1].clone(), 1, 1), want, **TOL)
 
 
-def test_one_weight_serves_several_input_sizes():
+def test_one_weight_serves_several_input_sizes(cpu_isa_path):
     _, weight, mask, b = conv_case(1, 4, 3, 1, 1, 3, 0.5)
     sparse = compress_weight(weight, mask)
     for size in (8, 28, 8, 5, 28, 32, 16, 4, 7, 9, 10, 11, 8):  # more sizes than the plan cache holds
@@ -169,7 +169,7 @@ def _conv_inputs(model, x, t):
     ("cifar10", 28, dict(in_channels=1, image_size=28, ch=16, norm_groups=8)),  # 28 padded to 32 inside
     ("cifar10", 32, dict(ch=16, norm_groups=8)),
 ])
-def test_every_conv_of_the_presets(model_name, size, overrides, one_thread):
+def test_every_conv_of_the_presets(model_name, size, overrides, one_thread, cpu_isa_path):
     model = build_model(model_name, **overrides).eval()
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, model.config["in_channels"], size, size, generator=gen)
@@ -185,7 +185,7 @@ def test_unet_with_the_28_padding_sees_32():
 
 
 @pytest.mark.parametrize("batch", [1, 8, 13, 64])
-def test_linear_matches_torch(batch):
+def test_linear_matches_torch(batch, cpu_isa_path):
     gen = torch.Generator().manual_seed(batch)
     x = torch.randn(batch, 512, generator=gen)
     weight = torch.randn(256, 512, generator=gen) / 512**0.5
@@ -198,7 +198,7 @@ def test_linear_matches_torch(batch):
         torch.testing.assert_close(sparse_linear_reference(x, sparse, b), F.linear(x, weight * mask, b), **TOL)
 
 
-def test_linear_leading_dimensions_empty_rows_and_odd_sizes():
+def test_linear_leading_dimensions_empty_rows_and_odd_sizes(cpu_isa_path):
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(2, 3, 7, generator=gen)
     weight = torch.randn(5, 7, generator=gen)
@@ -354,16 +354,17 @@ def test_cuda_linear_fully_pruned_channels_and_device_mismatch():
 
 
 @pytest.mark.parametrize("stride", [1, 2, 3])
-def test_rows_of_every_width(stride):
+def test_rows_of_every_width(stride, cpu_isa_path):
     # Rows shorter than a vector (partial), whole vectors, and tails that overlap the vector before them,
-    # for each column phase count.
-    for width in range(1, 21):
+    # for each column phase count: up to three 16-float vectors (the AVX-512 path), each width also as
+    # the narrow plane the flat tiles and the 8-float build take.
+    for width in range(1, 50):
         x, weight, mask, b = conv_case(2, 3, 4, 5, width, 3, 0.5, seed=width)
         check_conv(x, weight, mask, b, stride, 1)
 
 
 @pytest.mark.parametrize("n,ci,co,h,w,k,stride,padding", CONV_CASES[::2])
-def test_groups_of_one_image_compute_the_same(n, ci, co, h, w, k, stride, padding):
+def test_groups_of_one_image_compute_the_same(n, ci, co, h, w, k, stride, padding, cpu_isa_path):
     # The kernel takes images a group at a time into its workspace: a budget of one image per group.
     x, weight, mask, b = conv_case(max(n, 3), ci, co, h, w, k, density=0.3)
     want = check_conv(x, weight, mask, b, stride, padding)
