@@ -122,17 +122,7 @@ inline __attribute__((always_inline)) Vec load_masked(const float* p, LaneMask m
 inline __attribute__((always_inline)) Vec keep_lanes(Vec v, LaneMask mask) {
   return Vec(_mm256_and_ps(__m256(v), _mm256_loadu_ps(reinterpret_cast<const float*>(mask))));
 }
-// Eight floats at a time: one permute puts the even ones in the low half and the odd ones in the high.
-inline void split_pairs(float* even, float* odd, const float* src, std::int64_t n) {
-  const __m256i order = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
-  std::int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const __m256 v = _mm256_permutevar8x32_ps(_mm256_loadu_ps(src + i), order);
-    _mm_storeu_ps(even + i / 2, _mm256_castps256_ps128(v));
-    _mm_storeu_ps(odd + i / 2, _mm256_extractf128_ps(v, 1));
-  }
-  for (; i < n; ++i) (i % 2 ? odd : even)[i / 2] = src[i];
-}
+#include "sparse_conv_split_pairs8.h"
 #include "sparse_conv_tile.h"
 #include "sparse_conv_grad_tile.h"
 }  // namespace avx2

@@ -212,12 +212,14 @@ def test_sparsify_fuses_the_unet_pairs_and_keeps_its_outputs_and_keys():
 
 
 
-def test_small_planes_train_on_torchs_pair_and_large_ones_on_the_fused_pass(monkeypatch):
+def test_small_planes_train_on_torchs_pair_and_large_ones_on_the_fused_pass(monkeypatch, cpu_isa_path):
     from pylth.sparse import modules
     calls = []
     monkeypatch.setattr(modules, "group_norm_silu", lambda *a, **k: calls.append(a[0].shape) or group_norm_silu(*a, **k))
     norm = GroupNormSiLU(2, 4)
-    side = int(modules.FUSED_TRAINING_MIN_PLANE ** 0.5)
+    assert modules.fused_training_min_plane() == modules.FUSED_TRAINING_MIN_PLANE[cpu_isa_path]
+    side = int(modules.fused_training_min_plane() ** 0.5)
+    assert side * side == modules.fused_training_min_plane()  # the edge is a square plane
     for size, fused in ((side - 1, False), (side, True)):
         calls.clear()
         x = torch.randn(2, 4, size, size, requires_grad=True)

@@ -375,9 +375,10 @@ def test_groups_of_one_image_compute_the_same(n, ci, co, h, w, k, stride, paddin
 
 def test_the_workspace_budget_is_restored_and_checked():
     before = group_size(64, 1000)
-    with pytest.raises(ValueError, match="nbytes"):
-        with workspace_budget(0):
-            pass
+    for bad in (0, True, 2.5):
+        with pytest.raises(ValueError, match="nbytes"):
+            with workspace_budget(bad):
+                pass
     with pytest.raises(RuntimeError):
         with workspace_budget(1):
             assert group_size(64, 1000) == 1

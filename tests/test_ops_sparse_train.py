@@ -56,9 +56,11 @@ def check_conv_grads(x, weight, mask, bias, stride, padding, seed=1):
 
 
 # The forward's cases (every layout the CPU kernel picks, odd sizes, strides 1 to 3, 1x1 to 5x5 kernels)
-# and what the backward adds: odd channel counts on 28x28, 7x7 and 4x4 planes at stride 2, batch 1.
+# and what the backward adds: odd channel counts on 28x28, 7x7 and 4x4 planes at stride 2, batch 1; and
+# two shapes whose flat tiles (sparse_conv_flat_tile.h) have padding units and overlapping chunks.
 GRAD_CASES = CONV_CASES + [(2, 7, 9, 28, 28, 3, 1, 1), (1, 5, 3, 7, 7, 3, 2, 1), (2, 15, 9, 7, 7, 1, 1, 0),
-                           (2, 8, 8, 4, 4, 3, 2, 1), (1, 9, 5, 28, 28, 3, 2, 1)]
+                           (2, 8, 8, 4, 4, 3, 2, 1), (1, 9, 5, 28, 28, 3, 2, 1), (5, 4, 4, 25, 25, 3, 1, 1),
+                           (13, 4, 4, 21, 21, 3, 1, 1)]
 
 
 @pytest.mark.parametrize("n,ci,co,h,w,k,stride,padding", GRAD_CASES)

@@ -63,7 +63,7 @@ def test_rounds_record_training_and_evaluation_seconds_within_the_wall_time(tmp_
     records = find_ticket(tiny_spec(fid_cache, max_rounds=1), str(tmp_path / "run"), log=lambda _m: None,
                           parts=LotteryParts(train=slow_train))
     wall = time.monotonic() - began
-    assert len(steps) == len(records) == 2 and min(steps) >= 2
+    assert len(records) == 2 and steps == [6, 4]  # 6 iterations, rewind point 2 (tiny_spec: a third)
     for r, n in zip(records, steps):
         assert r["train_seconds"] >= n * SLOW / 2 - 1e-6 and 0 < r["train_cpu_seconds"] and 0 < r["eval_seconds"]
         assert 0 < r["eval_cpu_seconds"] and r["seconds"] >= r["train_seconds"] + r["eval_seconds"] - 1e-6

@@ -63,7 +63,7 @@ def workspace_budget(nbytes: int) -> Iterator[None]:
     """The kernels' workspace budget is about ``nbytes`` inside the block (1: one image per group, which
     moves every group's slabs and accumulators on: what the tests use to check the group walk)."""
     global _workspace_bytes
-    if not isinstance(nbytes, int) or nbytes < 1:
+    if not isinstance(nbytes, int) or isinstance(nbytes, bool) or nbytes < 1:
         raise ValueError(f"workspace_budget: nbytes must be a positive int, got {nbytes!r}")
     before, _workspace_bytes = _workspace_bytes, nbytes
     try:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pylth.ops.group_norm_silu import group_norm_silu
+from pylth.ops.native import cpu_isa
 from pylth.ops.sparse_conv import SparseWeight, compress_weight, sparse_conv2d, sparse_linear
 from pylth.ops.sparse_train import sparse_conv2d_trainable, sparse_linear_trainable
 
@@ -146,17 +147,23 @@ def unsupported_conv(conv: nn.Conv2d) -> str:
 
 
 # Training (gradients wanted) takes the fused pass from this many positions per plane on, torch's
-# GroupNorm and SiLU below: bench/group_norm_silu_train.py, batch 64, one thread, on this CPU (AMD EPYC,
-# whose torch runs AVX-512 kernels; pylth's pass is AVX2), 2026-12-06: forward + backward 1.19x torch's
-# at 28x28, 1.01x at 14x14, 0.74-0.78x at 7x7 (the fused backward alone 1.74x / 1.33x / 0.80-0.86x).
-FUSED_TRAINING_MIN_PLANE = 256
+# GroupNorm and SiLU below, by the CPU path the kernels run: bench/group_norm_silu_train.py, batch 64,
+# one thread, on this CPU (AMD EPYC Zen 5, whose torch runs AVX-512 kernels), 2026-12-06, forward +
+# backward against torch's pair at 28x28 / 14x14 / 7x7: avx512 1.47x / 1.39x / 0.84x, avx2 1.19x /
+# 1.01x / 0.74-0.78x. The baseline path was not measured: it keeps the AVX2 rule.
+FUSED_TRAINING_MIN_PLANE = {"avx512": 196, "avx2": 256, "baseline": 256}
+
+
+def fused_training_min_plane() -> int:
+    """The smallest plane (positions) GroupNormSiLU trains on its fused pass, for the CPU path active now."""
+    return FUSED_TRAINING_MIN_PLANE[cpu_isa()]
 
 
 class GroupNormSiLU(nn.GroupNorm):
     """``nn.GroupNorm`` followed by SiLU, run as one native pass on the CPU (pylth.ops.group_norm_silu):
     with the convs sparse, these elementwise passes are a large share of the step. A GroupNorm
     subclass, so its parameters and state-dict keys stay the GroupNorm's; differentiable (its backward
-    is one native pass too; planes smaller than FUSED_TRAINING_MIN_PLANE train on torch's two ops)."""
+    is one native pass too; planes smaller than fused_training_min_plane() train on torch's two ops)."""
 
     @classmethod
     def from_group_norm(cls, norm: nn.GroupNorm) -> GroupNormSiLU:
@@ -168,7 +175,7 @@ class GroupNormSiLU(nn.GroupNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tracked = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, self.weight))
-        if tracked and x.ndim > 2 and x[0, 0].numel() < FUSED_TRAINING_MIN_PLANE:
+        if tracked and x.ndim > 2 and x[0, 0].numel() < fused_training_min_plane():
             return F.silu(F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps))
         return group_norm_silu(x, self.num_groups, self.weight, self.bias, self.eps)
 
