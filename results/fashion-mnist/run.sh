@@ -7,7 +7,8 @@
 #                                              (records: copy what the runs have so far, safe mid-study)
 #
 # As it was run (two runs at a time, one thread each, beside the Inception reference):
-#   run.sh knee; then run.sh lane1 & run.sh lane2 & run.sh reference & run.sh control; then run.sh score; run.sh publish
+#   run.sh knee; then run.sh lane1 & run.sh lane2 & run.sh reference &; run.sh control when a lane was free
+#   (it waits for A's round 0); then run.sh score; run.sh publish
 # Run directories (weights) go to $RUNS, outside the repository; publish copies their small records
 # into results/fashion-mnist/.
 set -euo pipefail
@@ -15,6 +16,9 @@ cd "$(dirname "$0")/../.."  # python -m from the repository root
 RUNS=${RUNS:-$HOME/pylth-runs/fashion-mnist}
 OUT=results/fashion-mnist
 export OMP_NUM_THREADS=1
+case " $* " in
+  *" records "*|*" publish "*) [ -d "$RUNS" ] || { echo "run.sh: RUNS=$RUNS does not exist: set RUNS to the study's folder" >&2; exit 2; } ;;
+esac
 mkdir -p "$RUNS"
 
 DATA=(--dataset fashion-mnist --image-size 14)
@@ -74,7 +78,8 @@ part_lane1() {
 }
 
 part_lane2() {
-  ticket --strategy layerwise --reset rewind --seed 1 --target-sparsity 0.9 --max-rounds 0 --out "$F"
+  # F's own dense round first (its pruning rounds wait for B); once it has one, straight on
+  [ -s "$F/rounds.jsonl" ] || ticket --strategy layerwise --reset rewind --seed 1 --target-sparsity 0.9 --max-rounds 0 --out "$F"
   round0_of "$A"
   ticket --strategy uniform --reset rewind --seed 0 --target-sparsity 0.95 --dense-from "$A" --out "$B"
   ticket --strategy layerwise --reset rewind --seed 1 --target-sparsity 0.9 --out "$F"
@@ -83,6 +88,7 @@ part_lane2() {
 
 part_control() {  # A's dense model put through one round's retraining (rewind to theta_tau, fresh Adam, 1,900
   # iterations) with 11 of its 1.1 M weights pruned: what the retraining alone does to the FID
+  round0_of "$A"
   ticket --strategy global --reset rewind --seed 0 --prune-ratio 0.00001 --max-rounds 1 --dense-from "$A" --out "$G"
 }
 
@@ -107,6 +113,8 @@ part_records() {  # the small records of every run started so far, and the knee 
   python - "$RUNS" "$OUT" <<'PY'
 import glob, json, os, shutil, sys
 runs, out = sys.argv[1:]
+if not glob.glob(f"{runs}/knee-lr*/metrics-*.json"):  # a wrong $RUNS must not empty the committed record
+    sys.exit(f"run.sh records: no knee measurements under {runs} (is RUNS set to the study's folder?)")
 rows = []
 for lr in ("1e-3", "3e-4"):
     for path in sorted(glob.glob(f"{runs}/knee-lr{lr}/metrics-*.json")):
