@@ -3,12 +3,12 @@
 # Resumable: rerun it, or one part of it, after any interruption; a finished step only says so.
 #
 #   bash results/fashion-mnist/run.sh          every part, one after another
-#   bash results/fashion-mnist/run.sh PART     one part: knee reference lane1 lane2 control score records publish
+#   bash results/fashion-mnist/run.sh PART     one part: knee reference lane1 lane2 control band score records publish
 #                                              (records: copy what the runs have so far, safe mid-study)
 #
 # As it was run (two runs at a time, one thread each, beside the Inception reference):
 #   run.sh knee; then run.sh lane1 & run.sh lane2 & run.sh reference &; run.sh control when a lane was free
-#   (it waits for A's round 0); then run.sh score; run.sh publish
+#   (it waits for A's round 0); then run.sh band; run.sh score; run.sh publish
 # Run directories (weights) go to $RUNS, outside the repository; publish copies their small records
 # into results/fashion-mnist/.
 set -euo pipefail
@@ -92,6 +92,16 @@ part_control() {  # A's dense model put through one round's retraining (rewind t
   ticket --strategy global --reset rewind --seed 0 --prune-ratio 0.00001 --max-rounds 1 --dense-from "$A" --out "$G"
 }
 
+part_band() {  # the per-round score's noise: three sampling seeds (classifier features, the runs' own settings)
+  # for both dense models, the control and the tickets nearest 90 and 95 %; B and C once their lanes are done
+  python -m pylth.evaluate "$A" --rounds 0 --seeds 0,1,2
+  python -m pylth.evaluate "$F" --rounds 0 --seeds 0,1,2
+  python -m pylth.evaluate "$G" --rounds 1 --seeds 0,1,2
+  python -m pylth.evaluate "$A" --sparsity 0.9,0.95 --seeds 0,1,2
+  python -m pylth.evaluate "$B" --sparsity 0.9,0.95 --seeds 0,1,2
+  python -m pylth.evaluate "$C" --sparsity 0.9,0.95 --seeds 0,1,2
+}
+
 part_score() {  # headline scores: Inception FID and KID, 5,000 samples, against all 60,000 train images
   python -m pylth.evaluate "$A" --rounds 0 --seeds 0,1,2 "${HEADLINE[@]}"
   python -m pylth.evaluate "$F" --rounds 0 --seeds 0,1,2 "${HEADLINE[@]}"
@@ -159,10 +169,10 @@ PY
 }
 
 parts=("$@")
-[ ${#parts[@]} -eq 0 ] && parts=(knee reference lane1 lane2 control score publish)
+[ ${#parts[@]} -eq 0 ] && parts=(knee reference lane1 lane2 control band score publish)
 for part in "${parts[@]}"; do
   case "$part" in
-    knee|reference|lane1|lane2|control|score|records|publish) "part_$part" ;;
-    *) echo "run.sh: unknown part $part (knee reference lane1 lane2 control score records publish)" >&2; exit 2 ;;
+    knee|reference|lane1|lane2|control|band|score|records|publish) "part_$part" ;;
+    *) echo "run.sh: unknown part $part (knee reference lane1 lane2 control band score records publish)" >&2; exit 2 ;;
   esac
 done
