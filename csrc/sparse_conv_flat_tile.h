@@ -34,6 +34,17 @@ inline FlatSlot flat_slot(const TileArgs& p, std::int64_t s) {
 }
 
 // conv_tile on flat units: the same multiply-adds, the outputs packed on the way out.
+// A flat tile's results to its outputs of one channel, each vector's real lanes packed to where they go.
+template <int R, int VR>
+inline __attribute__((always_inline)) void store_flat_tile(float* const (&out)[R], std::int64_t channel,
+                                                           const Vec (&acc)[R][VR], const FlatSlot (&slot)[R][VR]) {
+#pragma GCC unroll 32
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 32
+    for (int v = 0; v < VR; ++v)
+      store_compressed(out[r] + channel + slot[r][v].at, acc[r][v], slot[r][v].valid, slot[r][v].store);
+}
+
 template <int R, int VR>
 __attribute__((noinline)) void flat_conv_tile(const TileArgs& p, std::int64_t first_unit, std::int64_t co_begin,
                                               std::int64_t co_end) {
@@ -57,11 +68,7 @@ __attribute__((noinline)) void flat_conv_tile(const TileArgs& p, std::int64_t fi
       for (int v = 0; v < VR; ++v) acc[r][v] = bias;
     accumulate<R, VR>(acc, in, p, co);
     const std::int64_t channel = co * p.g.out_pitch;
-#pragma GCC unroll 32
-    for (int r = 0; r < R; ++r)
-#pragma GCC unroll 32
-      for (int v = 0; v < VR; ++v)
-        store_compressed(out[r] + channel + slot[r][v].at, acc[r][v], slot[r][v].valid, slot[r][v].store);
+    store_flat_tile<R, VR>(out, channel, acc, slot);
   }
 }
 
@@ -112,11 +119,7 @@ __attribute__((noinline)) void flat_fused_tile(const TileArgs& p, const FusedArg
         acc[r][v] = splat(0.0f);
       }
     accumulate_fused<R, VR>(acc, xv, in, p, f, co);
-#pragma GCC unroll 32
-    for (int r = 0; r < R; ++r)
-#pragma GCC unroll 32
-      for (int v = 0; v < VR; ++v)
-        store_compressed(out[r] + channel + slot[r][v].at, acc[r][v], slot[r][v].valid, slot[r][v].store);
+    store_flat_tile<R, VR>(out, channel, acc, slot);
   }
 }
 

@@ -144,6 +144,21 @@ inline int fresh_lanes(const TileArgs& p, std::int64_t chunk, int v, std::int64_
 // group's last repeat it: they recompute and store the same values again, so no store needs a test. One
 // function per (R, VR): inlined into one big function, GCC allocated only part of the registers and
 // spilled accumulators.
+// A tile's results to its outputs of one channel: the partial row's first lanes, or every vector.
+template <int R, int VR>
+inline __attribute__((always_inline)) void store_tile(float* const (&out)[R], std::int64_t channel,
+                                                      const Vec (&acc)[R][VR], const TileArgs& p) {
+  if (p.partial) {
+#pragma GCC unroll 32
+    for (int r = 0; r < R; ++r) store_first(out[r] + channel, acc[r][0], p.partial);
+    return;
+  }
+#pragma GCC unroll 32
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 32
+    for (int v = 0; v < VR; ++v) store_vec(out[r] + channel + vector_at<VR>(v, p.tail), acc[r][v]);
+}
+
 template <int R, int VR>
 __attribute__((noinline)) void conv_tile(const TileArgs& p, std::int64_t first_unit, std::int64_t co_begin,
                                          std::int64_t co_end) {
@@ -164,15 +179,7 @@ __attribute__((noinline)) void conv_tile(const TileArgs& p, std::int64_t first_u
       for (int v = 0; v < VR; ++v) acc[r][v] = bias;
     accumulate<R, VR>(acc, in, p, co);
     const std::int64_t channel = co * p.g.out_pitch;
-    if (p.partial) {
-#pragma GCC unroll 32
-      for (int r = 0; r < R; ++r) store_first(out[r] + channel, acc[r][0], p.partial);
-      continue;
-    }
-#pragma GCC unroll 32
-    for (int r = 0; r < R; ++r)
-#pragma GCC unroll 32
-      for (int v = 0; v < VR; ++v) store_vec(out[r] + channel + vector_at<VR>(v, p.tail), acc[r][v]);
+    store_tile<R, VR>(out, channel, acc, p);
   }
 }
 
@@ -232,15 +239,7 @@ __attribute__((noinline)) void fused_tile(const TileArgs& p, const FusedArgs& f,
         acc[r][v] = splat(0.0f);
       }
     accumulate_fused<R, VR>(acc, xv, in, p, f, co);
-    if (p.partial) {
-#pragma GCC unroll 32
-      for (int r = 0; r < R; ++r) store_first(out[r] + channel, acc[r][0], p.partial);
-      continue;
-    }
-#pragma GCC unroll 32
-    for (int r = 0; r < R; ++r)
-#pragma GCC unroll 32
-      for (int v = 0; v < VR; ++v) store_vec(out[r] + channel + vector_at<VR>(v, p.tail), acc[r][v]);
+    store_tile<R, VR>(out, channel, acc, p);
   }
 }
 
