@@ -48,7 +48,7 @@ from pylth.ops import set_cpu_isa
 from pylth.ops.dropout import keyed_dropout
 from pylth.ops.sparse_conv import compress_weight, sparse_conv2d
 from pylth.ops.sparse_grad import sparse_conv2d_backward, sparse_conv2d_grad_input, sparse_conv2d_grad_weight
-from pylth.optim import MaskedAdam
+from pylth.optim import masked_adam_for
 from pylth.pruning import apply_masks, compute_masks
 
 BATCH = 64
@@ -82,10 +82,8 @@ def step_case(size: int, sparsity: float, setting: str):
     masks, reached = layerwise_masks(model, sparsity)
     apply_masks(model, masks)
     net, net_masks = training_module(model.train(), masks, setting, batch_size=BATCH)
-    optimizer = MaskedAdam(net.parameters(), lr=2e-4)
+    optimizer = masked_adam_for(net, net_masks, lr=2e-4)
     named = dict(net.named_parameters())
-    for name, mask in net_masks.items():
-        optimizer.set_mask(named[name], mask)
     pruned = [(named[name], ~mask) for name, mask in net_masks.items()]
     params = list(net.parameters())
     g = torch.Generator().manual_seed(1)

@@ -41,7 +41,7 @@ from pylth.ddpm.trainer import train_step
 from pylth.ddpm.trainer.sparse import sparse_layers, training_module
 from pylth.ops.sparse_conv import compress_weight
 from pylth.ops.sparse_train import sparse_conv2d_trainable, sparse_linear_trainable
-from pylth.optim import MaskedAdam
+from pylth.optim import masked_adam_for
 from pylth.pruning import apply_masks, compute_masks
 from ratios import benchmark_into, min_and_median, print_after_module
 from unet_layers import layer_crossover, layer_id, layer_input_and_mask, layer_name, unet_layers, unet_summary
@@ -138,10 +138,8 @@ def step_case(preset: str, sparsity: float, impl: str):
     apply_masks(model, masks)
     net, net_masks = training_module(model.train(), masks, STEP_IMPLS[impl], batch_size=STEP_MODELS[preset])
     _step_layers[preset, sparsity, impl] = f"{len(sparse_layers(net))} of {len(masks)}"
-    optimizer = MaskedAdam(net.parameters(), lr=2e-4)
+    optimizer = masked_adam_for(net, net_masks, lr=2e-4)
     named = dict(net.named_parameters())
-    for name, mask in net_masks.items():
-        optimizer.set_mask(named[name], mask)
     pruned = [(named[name], ~mask) for name, mask in net_masks.items()]
     params = list(net.parameters())
     c, side, batch = model.config["in_channels"], model.config["image_size"], STEP_MODELS[preset]

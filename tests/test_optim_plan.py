@@ -228,3 +228,17 @@ def test_param_listed_twice_raises():
     run.opt.param_groups[1]["params"].append(run.ours[0])  # behind add_param_group's back
     with pytest.raises(ValueError, match=r"param_groups\[1\] lists a param"):
         run.opt.step()
+
+
+def test_masked_adam_for_holds_each_named_mask_and_names_a_stranger():
+    from pylth.optim import masked_adam_for
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Linear(5, 3))
+    mask = torch.rand(5, 6) > 0.5
+    optimizer = masked_adam_for(net, {"0.weight": mask}, lr=0.1)
+    net(torch.randn(4, 6)).sum().backward()
+    optimizer.step()
+    assert torch.equal(net[0].weight[~mask], torch.zeros(int((~mask).sum())))  # pruned: exactly zero
+    assert bool((net[0].weight[mask] != 0).all()) and bool((net[1].weight != 0).all())
+    with pytest.raises(KeyError, match="'2.weight'"):
+        masked_adam_for(net, {"2.weight": mask})

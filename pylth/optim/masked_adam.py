@@ -12,7 +12,7 @@ from pylth.ops.checks import check_tensor
 from pylth.ops.native import warn_fallback
 from pylth.optim.plan import DeviceBatch, StepPlan, StepWork, runs_fused
 
-__all__ = ["MaskedAdam"]
+__all__ = ["MaskedAdam", "masked_adam_for"]
 
 
 class MaskedAdam(Optimizer):
@@ -173,3 +173,15 @@ class MaskedAdam(Optimizer):
             params, grads, exp_avgs, exp_avg_sqs, masks, states, groups = zip(*work.reference)
             masked_adam_reference_(params, grads, exp_avgs, exp_avg_sqs, masks,
                                    [self._hyper(self.param_groups[gi], s["step"]) for gi, s in zip(groups, states)])
+
+
+def masked_adam_for(module: torch.nn.Module, masks: dict, **hyper) -> MaskedAdam:
+    """MaskedAdam over ``module``'s parameters, the one named ``name`` in ``masks`` kept to its mask
+    (True = kept); ``hyper``: MaskedAdam's arguments (lr, betas, ...)."""
+    optimizer = MaskedAdam(module.parameters(), **hyper)
+    named = dict(module.named_parameters())
+    for name, mask in masks.items():
+        if name not in named:
+            raise KeyError(f"masked_adam_for: masks name {name!r}, which is not a parameter of the module")
+        optimizer.set_mask(named[name], mask)
+    return optimizer

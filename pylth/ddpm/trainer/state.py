@@ -11,7 +11,7 @@ from torch import nn
 
 from pylth.ddpm.trainer.sparse import sparse_ema, training_module
 from pylth.foundations.distributed import world_size
-from pylth.optim import MaskedAdam
+from pylth.optim import MaskedAdam, masked_adam_for
 from pylth.pruning.model_masks import apply_masks, checked_masks
 
 LOSS_WINDOW = 100  # the reported training loss is the mean of the last this many steps
@@ -67,9 +67,6 @@ def setup_state(model: nn.Module, config, device: torch.device, masks: dict | No
     trained, trained_masks = training_module(model, masks, config.sparse_training, sparse_layers,
                                              batch_size=max(1, config.batch_size // world_size()))
     ema_model = sparse_ema(ema_model, trained, masks, config.sparse_training)
-    optimizer = MaskedAdam(trained.parameters(), lr=config.lr)
-    named = dict(trained.named_parameters())
-    for name, mask in trained_masks.items():
-        optimizer.set_mask(named[name], mask)
+    optimizer = masked_adam_for(trained, trained_masks, lr=config.lr)
     return TrainState(model=trained, ema_model=ema_model, optimizer=optimizer, masks=trained_masks, dense_model=model,
                       sparse_training=config.sparse_training, iteration=start_iteration)
