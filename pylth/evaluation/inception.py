@@ -159,4 +159,7 @@ class InceptionFeatures:
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> np.ndarray:
-        return self.model(self.preprocess(images).to(self.device)).cpu().numpy()
+        # Channels-last: oneDNN's convolutions and the pools skip their layout conversions, 1.2-1.3x
+        # faster on CPU (bench/inception_layout.py); the features differ from NCHW's in the sum order only.
+        x = self.preprocess(images).to(self.device, memory_format=torch.channels_last)
+        return self.model(x).cpu().numpy()
