@@ -56,6 +56,8 @@ def test_compares_the_last_common_round_layer_by_layer(runs, tmp_path, capsys):
     assert (out / "cka.png").read_bytes()[:4] == b"\x89PNG"
     printed = capsys.readouterr().out
     assert "round 1: 4 layers" in printed and "upstream" in printed and "downstream" in printed
+    kept = (out / "summary.txt").read_text()
+    assert kept.splitlines()[0] == "seed0 vs seed1" and kept in printed
 
 
 def test_round_flag_and_module_entry_point(runs, tmp_path):

@@ -27,15 +27,18 @@ pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings(
 
 
 class TinyLayers(torch.nn.Module):
-    """Position- and value-sensitive stand-in for Inception's layers: 3 x 299 x 299 -> 8 x 16 x 16 = 2048."""
+    """Position- and value-sensitive stand-in for Inception's layers: 3 x 299 x 299 -> 2048 x 1 x 1, the
+    shape of Inception's last pool (InceptionV3W views it as N x 2048), through a layer that sees every
+    one of 8 x 8 pooled positions."""
 
     def __init__(self):
         super().__init__()
-        self.conv = torch.nn.Conv2d(3, 8, 5, stride=4)
-        self.pool = torch.nn.AdaptiveAvgPool2d(16)
+        self.conv = torch.nn.Conv2d(3, 2, 5, stride=4)
+        self.pool = torch.nn.AdaptiveAvgPool2d(8)
+        self.mix = torch.nn.Conv2d(2, 2048, 8)
 
     def forward(self, x):
-        return self.pool(torch.tanh(self.conv(x)))
+        return self.mix(self.pool(torch.tanh(self.conv(x))))
 
 
 class TinyInception(torch.nn.Module):

@@ -85,10 +85,13 @@ def run(args) -> None:
     if os.path.exists(out) and not os.path.isdir(out):
         raise ValueError(f"--out {out} exists and is not a directory")
     csv_path, png_path = os.path.join(out, "cka.csv"), os.path.join(out, "cka.png")
+    summary_path = os.path.join(out, "summary.txt")  # the verdict kept with the numbers it comes from
+    text = f"{name_a} vs {name_b}\n{summary(results, round_k, args)}\n"
     atomic_write_text(to_csv(results), csv_path)
     atomic_write_bytes(to_png(results, f"{name_a} vs {name_b}, round {round_k}"), png_path)
-    print(summary(results, round_k, args))
-    print(f"wrote {csv_path} and {png_path}")
+    atomic_write_text(text, summary_path)
+    print(text, end="")
+    print(f"wrote {csv_path}, {png_path} and {summary_path}")
 
 
 def main(argv=None) -> int:
