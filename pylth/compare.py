@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--metric", choices=METRICS, default="fid", help="default: fid")
     parser.add_argument("--evaluation", default=None, metavar="KEY=VALUE,...",
                         help="take the scores from evaluations.jsonl rows with these settings, e.g. "
-                             "fid_features=inception,fid_samples=5000 (default: rounds.jsonl)")
+                             "fid_features=inception,fid_samples=5000 (default: rounds.jsonl, and the rows of "
+                             "evaluations.jsonl with the run's own settings: other sampling seeds)")
     parser.add_argument("--title", default=None, help="the figure's title")
     return parser
 

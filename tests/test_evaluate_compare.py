@@ -89,13 +89,19 @@ def test_compare_writes_the_table_figure_and_csv_read_back_from_the_records(runs
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     ours = {row["label"]: row for row in csv.DictReader(open(out / "compare.csv"))}
     assert set(ours) == {"layerwise", "uniform"}  # labels: what differs between the configurations
+    # The evaluate test above scored the layerwise round 0 at seeds 1 and 2 with the run's own settings:
+    # those rows pool with rounds.jsonl's seed 0, and the uniform arm shares that dense model.
+    extra = [r for r in _lines(os.path.join(layerwise, "evaluations.jsonl")) if r["seed"] != 0]
+    assert {(r["round"], r["seed"]) for r in extra} == {(0, 1), (0, 2)}
     for path, label in ((layerwise, "layerwise"), (uniform, "uniform")):
         records = _lines(os.path.join(path, "rounds.jsonl"))
         rows = [r for r in csv.DictReader(open(out / "compare.csv")) if r["label"] == label]
-        assert [float(r["mean"]) for r in rows] == [r["fid"] for r in records]
+        pooled = [[rec["fid"]] + [r["fid"] for r in extra if r["round"] == rec["round"] and rec["round"] == 0]
+                  for rec in records]
+        assert [float(r["mean"]) for r in rows] == pytest.approx([sum(v) / len(v) for v in pooled], rel=1e-12)
+        assert [json.loads(r["seeds"]) for r in rows] == [[0, 1, 2]] + [[0]] * (len(records) - 1)
         assert [float(r["sparsity"]) for r in rows] == [r["sparsity"] for r in records]
-        dense = f"{records[0]['fid']:.4g} (0.0 %)"
-        assert f"| {label} | {dense} |" in table
+        assert f"| {label} | {sum(pooled[0]) / 3:.4g} ± " in table
     assert compare_main([layerwise, uniform, "--out", str(out), "--labels", "A,B"]) == 0
     assert "| A |" in (out / "compare.md").read_text()
 

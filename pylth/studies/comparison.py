@@ -18,7 +18,7 @@ from pylth.foundations.run_dir import RunDirectory
 from pylth.foundations.hparams import value_of
 from pylth.lottery.run_reader import finished_run
 from pylth.lottery.spec import RunSpec, flatten_as_json, resumable_keys
-from pylth.studies.evaluations import read_evaluations
+from pylth.studies.evaluations import SETTINGS, read_evaluations
 
 METRICS = ("fid", "kid", "loss")
 TARGETS = (0.8, 0.9, 0.95, 0.99)  # the table's columns: the round nearest each sparsity
@@ -79,18 +79,23 @@ def _scores(runs, metric: str, settings: dict | None) -> dict:
     """(model digest or (run, round), seed) -> (metric value, the facts that make it comparable)."""
     scores = {}
     for run, spec, records in runs:
+        wanted = settings
         if settings is None:
             for r in records:
                 facts = {k: r.get(k) for k in SCORE_FACTS} | {k: getattr(spec.evaluation, k) for k in EVALUATION_FACTS}
                 model = model_digest(r) or (run.path, r["round"])
                 scores[(model, spec.train.seed)] = (r[metric], facts)
-            continue
+            # evaluations.jsonl's rows with the run's own settings are the same measurement at other
+            # sampling seeds (at the run's seed it reproduces rounds.jsonl, which stays the one read)
+            wanted = {k: getattr(spec.evaluation, k) for k in SETTINGS}
         for row in read_evaluations(run):
-            if any(row.get(k) != v for k, v in settings.items()) or metric not in row:
+            if any(row.get(k) != v for k, v in wanted.items()) or metric not in row:
                 continue
-            facts = {k: row.get(k) for k in SCORE_FACTS + EVALUATION_FACTS}
             model = model_digest(records[row["round"]]) if row["round"] < len(records) else None
-            scores[(model or (run.path, row["round"]), row["seed"])] = (row[metric], facts)
+            key = (model or (run.path, row["round"]), row["seed"])
+            if settings is None and key in scores:
+                continue
+            scores[key] = (row[metric], {k: row.get(k) for k in SCORE_FACTS + EVALUATION_FACTS})
     return scores
 
 

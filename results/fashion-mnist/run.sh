@@ -140,15 +140,35 @@ for n in (500, 2000, 6000):  # what the dense model draws before, at and past th
 PY
 }
 
-part_publish() {  # the records behind docs/results-fashion-mnist.md (no weights)
-  local labels=A-layerwise-rewind,B-uniform-rewind,C-global-rewind,D-layerwise-reinit,E-random-rewind,F-layerwise-rewind-seed1
-  python -m pylth.compare "$A" "$B" "$C" "$D" "$E" "$F" --labels "$labels" --out "$OUT/compare-classifier" \
+inputs_digest() {  # what publish reads: this script and every run's records (digests, no paths)
+  echo "$(sha256sum < "$OUT/run.sh" | cut -c1-64)  run.sh"
+  local run f
+  for run in "$A" "$B" "$C" "$D" "$E" "$F" "$G"; do
+    for f in config.json rounds.jsonl evaluations.jsonl; do
+      if [ -f "$run/$f" ]; then echo "$(sha256sum < "$run/$f" | cut -c1-64)  $(basename "$run")/$f"; fi
+    done
+  done
+}
+
+part_publish() {  # the records behind docs/results-fashion-mnist.md (no weights); the arms started so far
+  local stamp="$OUT/published-inputs.sha256"  # delete it to publish again with changed code
+  if [ -f "$stamp" ] && [ "$(inputs_digest)" = "$(cat "$stamp")" ]; then
+    echo "publish: done (run.sh and the runs' records are those $stamp lists)"; return
+  fi
+  local runs=() labels="" run
+  for run in "$A" "$B" "$C" "$D" "$E" "$F"; do
+    if [ -s "$run/rounds.jsonl" ]; then runs+=("$run"); labels+="${labels:+,}$(basename "$run")"; fi
+  done
+  python -m pylth.compare "${runs[@]}" --labels "$labels" --out "$OUT/compare-classifier" \
     --title "Fashion-MNIST 14x14: FID (classifier features, 1,000 samples) every round"
-  python -m pylth.compare "$A" "$B" "$C" "$D" "$E" "$F" --labels "$labels" --out "$OUT/compare-inception" \
-    --evaluation fid_features=inception,fid_samples=5000 --title "Fashion-MNIST 14x14: Inception FID, 5,000 samples"
-  python -m pylth.compare "$A" "$B" "$C" "$D" "$E" "$F" --labels "$labels" --out "$OUT/compare-kid" \
-    --evaluation fid_features=inception,fid_samples=5000 --metric kid --title "Fashion-MNIST 14x14: KID (Inception)"
-  python -m pylth.cka "$A" "$F" --out "$OUT/cka"  # the last round both finished
+  if grep -qs '"fid_features": "inception"' "${runs[@]/%//evaluations.jsonl}"; then
+    python -m pylth.compare "${runs[@]}" --labels "$labels" --out "$OUT/compare-inception" \
+      --evaluation fid_features=inception,fid_samples=5000 --title "Fashion-MNIST 14x14: Inception FID, 5,000 samples"
+    python -m pylth.compare "${runs[@]}" --labels "$labels" --out "$OUT/compare-kid" \
+      --evaluation fid_features=inception,fid_samples=5000 --metric kid --title "Fashion-MNIST 14x14: KID (Inception)"
+  fi
+  python -m pylth.cka "$A" "$F" --out "$OUT/cka"  # the tickets: the last round both finished
+  python -m pylth.cka "$A" "$F" --round 0 --out "$OUT/cka-dense"  # the two dense models: the control
   part_records
   python - "$RUNS" "$OUT" <<'PY'
 import glob, json, os, shutil, sys
@@ -166,6 +186,7 @@ if best is not None:
     shutil.copy(f"{best[1]}/round_{best[2]:02d}/samples.png", f"{out}/samples-best-ticket.png")
     print(f"best ticket at >= 90 %: {os.path.basename(best[1])} round {best[2]}, Inception FID {best[0]:.2f}")
 PY
+  inputs_digest > "$stamp"
 }
 
 parts=("$@")
