@@ -26,8 +26,8 @@ from pylth.foundations.environment import Environment
 from pylth.foundations.run_dir import RunDirectory
 from pylth.lottery.run_reader import finished_run, load_trained
 from pylth.lottery.spec import RunSpec
-from pylth.studies.evaluations import (SETTINGS, Job, append_evaluation, evaluation_lock, identity, make_row,
-                                       nearest_rounds, read_evaluations)
+from pylth.studies.evaluations import (NEAR, SETTINGS, Job, append_evaluation, evaluation_lock, identity,
+                                       make_row, nearest_rounds, read_evaluations)
 
 PROG = "python -m pylth.evaluate"
 
@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     which = parser.add_argument_group("which rounds (default: every finished round)")
     which.add_argument("--rounds", type=_int_list, default=None, metavar="K,K,...", help="finished rounds to score")
     which.add_argument("--sparsity", type=_fraction_list, default=None, metavar="S,S,...",
-                       help="also the finished round nearest each of these sparsities (e.g. 0.9,0.95)")
+                       help="also the finished round nearest each of these sparsities (e.g. 0.9,0.95); "
+                            f"one within {100 * NEAR:g} points of each must exist")
     how = parser.add_argument_group("evaluation settings (default: the run's own)")
     how.add_argument("--seeds", type=_int_list, default=None, metavar="N,N,...",
                      help="sampling seeds, one row each (default: the run's seed, whose samples rounds.jsonl scored)")

@@ -56,6 +56,7 @@ def test_evaluate_with_the_runs_own_settings_reproduces_its_fid_and_resumes(runs
 
 @pytest.mark.parametrize("argv, message", [
     (["--rounds", "9"], "round 9 of"),
+    (["--sparsity", "0.99"], "--sparsity 0.99: no finished round is within 2.5 points of it (the nearest is round 2"),
     (["--fid-features", "inception", "--inception-path", "/nonexistent.pt"], "nonexistent"),
 ])
 def test_bad_evaluate_input_is_one_line_and_writes_nothing(runs, capsys, argv, message):

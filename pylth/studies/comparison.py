@@ -18,11 +18,10 @@ from pylth.foundations.run_dir import RunDirectory
 from pylth.foundations.hparams import value_of
 from pylth.lottery.run_reader import finished_run
 from pylth.lottery.spec import RunSpec, flatten_as_json, resumable_keys
-from pylth.studies.evaluations import SETTINGS, read_evaluations
+from pylth.studies.evaluations import NEAR, SETTINGS, read_evaluations
 
 METRICS = ("fid", "kid", "loss")
 TARGETS = (0.8, 0.9, 0.95, 0.99)  # the table's columns: the round nearest each sparsity
-NEAR = 0.025  # a round this close to a target stands for it; none closer: "-"
 # What makes scores of two runs comparable (records and rows); the data set and image side decide the
 # reference statistics.
 SCORE_FACTS = ("fid_features", "fid_weights", "fid_samples")

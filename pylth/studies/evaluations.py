@@ -86,7 +86,18 @@ def make_row(job: Job, record: dict, score: dict, seconds: float, cpu_seconds: f
                 evaluated_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
 
 
+NEAR = 0.025  # a round this close to a target sparsity stands for it
+
+
 def nearest_rounds(records: list[dict], sparsities) -> list[int]:
-    """For each target sparsity, the finished round whose sparsity is nearest (the sparser on a tie)."""
-    return [min(range(len(records)), key=lambda k: (abs(records[k]["sparsity"] - s), -records[k]["sparsity"]))
-            for s in sparsities]
+    """For each target sparsity, the finished round whose sparsity is nearest (the sparser on a tie); a
+    ValueError naming the target when no finished round is within NEAR of it (a run still pruning
+    towards it, or one that stopped short): scoring some other round in its place would mislead."""
+    rounds = []
+    for s in sparsities:
+        k = min(range(len(records)), key=lambda k: (abs(records[k]["sparsity"] - s), -records[k]["sparsity"]))
+        if abs(records[k]["sparsity"] - s) > NEAR + 1e-12:
+            raise ValueError(f"--sparsity {s:g}: no finished round is within {100 * NEAR:g} points of it (the nearest "
+                             f"is round {k} at {100 * records[k]['sparsity']:.2f} %)")
+        rounds.append(k)
+    return rounds

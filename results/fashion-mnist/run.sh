@@ -105,12 +105,12 @@ part_band() {  # the per-round score's noise: three sampling seeds (classifier f
 part_score() {  # headline scores: Inception FID and KID, 5,000 samples, against all 60,000 train images
   python -m pylth.evaluate "$A" --rounds 0 --seeds 0,1,2 "${HEADLINE[@]}"
   python -m pylth.evaluate "$F" --rounds 0 --seeds 0,1,2 "${HEADLINE[@]}"
-  python -m pylth.evaluate "$A" --sparsity 0.9,0.95,0.99 "${HEADLINE[@]}"
+  python -m pylth.evaluate "$A" --sparsity "0.9,0.95${A_TARGET:+,$A_TARGET}" "${HEADLINE[@]}"
   python -m pylth.evaluate "$B" --sparsity 0.9,0.95 "${HEADLINE[@]}"
   python -m pylth.evaluate "$C" --sparsity 0.9,0.95 "${HEADLINE[@]}"
+  python -m pylth.evaluate "$G" --rounds 1 --seeds 0,1,2 "${HEADLINE[@]}"
   python -m pylth.evaluate "$D" --sparsity 0.9 "${HEADLINE[@]}"
   python -m pylth.evaluate "$E" --sparsity 0.9 "${HEADLINE[@]}"
-  python -m pylth.evaluate "$G" --rounds 1 --seeds 0,1,2 "${HEADLINE[@]}"
 }
 
 part_records() {  # the small records of every run started so far, and the knee (no weights): safe mid-study
