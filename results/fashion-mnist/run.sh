@@ -186,6 +186,7 @@ if best is not None:
     shutil.copy(f"{best[1]}/round_{best[2]:02d}/samples.png", f"{out}/samples-best-ticket.png")
     print(f"best ticket at >= 90 %: {os.path.basename(best[1])} round {best[2]}, Inception FID {best[0]:.2f}")
 PY
+  python "$OUT/tables.py" --into docs/results-fashion-mnist.md  # the page's quoted tables, from these records
   inputs_digest > "$stamp"
 }
 
