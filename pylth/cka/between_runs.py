@@ -10,6 +10,7 @@ import math
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from pylth.cka import linear_cka, rbf_cka, weight_rows
@@ -128,3 +129,23 @@ def upstream_downstream(results: list[LayerCka]) -> tuple[float, float]:
     """Mean RBF CKA of the first and of the second half of the layers (forward order; NaN layers skipped)."""
     half = (len(results) + 1) // 2
     return (_nanmean(r.rbf_cka for r in results[:half]), _nanmean(r.rbf_cka for r in results[half:]))
+
+
+def halves_permutation_p(results: list[LayerCka], splits: int = 10_000, seed: int = 0) -> float:
+    """How often a random split of the layers' RBF CKAs into halves of the same sizes gives a gap
+    between the halves' means at least as large as the forward-order split's (two-sided; NaN layers
+    skipped; seeded). A small value says the upstream/downstream gap is more than layer-to-layer
+    scatter; with (count + 1) / (splits + 1) it is never 0."""
+    half = (len(results) + 1) // 2
+    up = np.array([r.rbf_cka for r in results[:half]], np.float64)
+    down = np.array([r.rbf_cka for r in results[half:]], np.float64)
+    up, down = up[~np.isnan(up)], down[~np.isnan(down)]
+    if len(up) == 0 or len(down) == 0:
+        return math.nan
+    values = np.concatenate([up, down])
+    observed = abs(up.mean() - down.mean())
+    rng = np.random.default_rng(seed)
+    shuffled = np.stack([rng.permutation(values) for _ in range(splits)])
+    gaps = np.abs(shuffled[:, :len(up)].mean(axis=1) - shuffled[:, len(up):].mean(axis=1))
+    count = int((gaps >= observed - 1e-12).sum())  # ties (equal values) count as at least as large
+    return (count + 1) / (splits + 1)
