@@ -45,15 +45,13 @@ def main() -> None:
     last = nchw.contiguous(memory_format=torch.channels_last)
     extract.model(nchw[:2]), extract.model(last[:2])  # first-call setup out of the timings
     times = {"nchw": [], "channels_last": []}
+    features = {}  # layout -> the features of its last timed call
     for pair in range(args.pairs):
         order = (("nchw", nchw), ("channels_last", last))
         for name, x in order if pair % 2 == 0 else order[::-1]:
-            seconds, features = cpu_seconds(extract.model, x)
+            seconds, features[name] = cpu_seconds(extract.model, x)
             times[name].append(seconds / len(x))
-            if name == "nchw":
-                f_nchw = features
-            else:
-                f_last = features
+    f_nchw, f_last = features["nchw"], features["channels_last"]
     half = len(images) // 2
     fids = [fid_from_features(f[:half], f[half:]) for f in (f_nchw, f_last)]
     print(f"{cpu_model()}, one thread, {args.images} images of {args.dataset} at {args.image_size}px, {args.pairs} pairs")

@@ -1,15 +1,19 @@
 """python -m pylth.cka on two small fake find_ticket run directories written here."""
 import csv
+import itertools
+import math
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from pylth.cka import rbf_cka, weight_rows
 from pylth.cka.__main__ import main
+from pylth.cka.between_runs import LayerCka, halves_permutation_p
 
 LAYERS = ["0.weight", "1.weight", "3.weight", "4.weight"]  # forward order, as mask.pt lists them
 
@@ -128,13 +132,6 @@ def test_missing_run_directory(tmp_path, capsys):
 def test_the_halves_permutation_p_is_the_exact_share_of_splits(values):
     """Against every one of the C(n, n_up) splits, counted with itertools: the seeded estimate from
     10,000 random splits lands within 0.015 of the exact share."""
-    import itertools
-    import math
-
-    import numpy as np
-
-    from pylth.cka.between_runs import LayerCka, halves_permutation_p
-
     results = [LayerCka(i, f"l{i}", 4, 4, 0.0, 0.0, v, v) for i, v in enumerate(values)]
     up = [v for v in values[:5] if not math.isnan(v)]
     down = [v for v in values[5:] if not math.isnan(v)]

@@ -13,8 +13,8 @@ import math
 import os
 import sys
 
-from pylth.cka.between_runs import (LayerCka, compare_tickets, halves_permutation_p, pick_round, trained_weight_rows,
-                                    upstream_downstream)
+from pylth.cka.between_runs import (PERMUTATION_SPLITS, LayerCka, compare_tickets, halves_permutation_p, pick_round,
+                                    trained_weight_rows, upstream_downstream)
 from pylth.cli import ArgumentParser, run_command
 from pylth.foundations.io import atomic_write_bytes, atomic_write_text
 
@@ -74,7 +74,7 @@ def summary(results: list[LayerCka], round_k: int, args) -> str:
         gap = upstream - downstream
         verdict = "as alike as" if abs(gap) < 5e-4 else ("more alike than" if gap > 0 else "less alike than")
         lines.append(f"upstream layers are {verdict} downstream ones ({gap:+.4f})")
-        lines.append(f"permutation test (10,000 random splits of the layers into halves of these sizes): p = "
+        lines.append(f"permutation test ({PERMUTATION_SPLITS:,} random splits of the layers into halves of these sizes): p = "
                      f"{halves_permutation_p(results):.3g}, the share of splits whose gap is at least as large")
     return "\n".join(lines)
 

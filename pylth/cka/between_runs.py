@@ -125,21 +125,29 @@ def _nanmean(values) -> float:
     return sum(finite) / len(finite) if finite else math.nan
 
 
+PERMUTATION_SPLITS = 10_000  # random splits behind halves_permutation_p
+
+
+def _halves(results: list[LayerCka]) -> tuple[list[float], list[float]]:
+    """The defined RBF CKAs of the first and of the second half of the layers (forward order; the
+    first half takes the middle layer of an odd count; NaN layers dropped)."""
+    half = (len(results) + 1) // 2
+    defined = [[r.rbf_cka for r in part if not math.isnan(r.rbf_cka)] for part in (results[:half], results[half:])]
+    return defined[0], defined[1]
+
+
 def upstream_downstream(results: list[LayerCka]) -> tuple[float, float]:
     """Mean RBF CKA of the first and of the second half of the layers (forward order; NaN layers skipped)."""
-    half = (len(results) + 1) // 2
-    return (_nanmean(r.rbf_cka for r in results[:half]), _nanmean(r.rbf_cka for r in results[half:]))
+    up, down = _halves(results)
+    return _nanmean(up), _nanmean(down)
 
 
-def halves_permutation_p(results: list[LayerCka], splits: int = 10_000, seed: int = 0) -> float:
+def halves_permutation_p(results: list[LayerCka], splits: int = PERMUTATION_SPLITS, seed: int = 0) -> float:
     """How often a random split of the layers' RBF CKAs into halves of the same sizes gives a gap
     between the halves' means at least as large as the forward-order split's (two-sided; NaN layers
     skipped; seeded). A small value says the upstream/downstream gap is more than layer-to-layer
     scatter; with (count + 1) / (splits + 1) it is never 0."""
-    half = (len(results) + 1) // 2
-    up = np.array([r.rbf_cka for r in results[:half]], np.float64)
-    down = np.array([r.rbf_cka for r in results[half:]], np.float64)
-    up, down = up[~np.isnan(up)], down[~np.isnan(down)]
+    up, down = (np.array(part, np.float64) for part in _halves(results))
     if len(up) == 0 or len(down) == 0:
         return math.nan
     values = np.concatenate([up, down])
