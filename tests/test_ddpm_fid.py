@@ -8,7 +8,7 @@ import pytest
 from pylth.ddpm import GaussianDiffusion, build_model
 from pylth.ddpm.data import load_dataset
 from pylth.evaluation.config import EvalConfig
-from pylth.evaluation.features import feature_extractor
+from pylth.evaluation.features import batched_features, feature_extractor
 from pylth.evaluation.fid import FidEvaluator, fid_from_features, kid_from_features
 
 
@@ -35,6 +35,26 @@ def test_fid_and_kid_of_a_set_against_itself_and_a_shifted_copy():
     assert kid_from_features(feats, shifted) > 0.5
     other = rng.normal(size=(300, 8)) * 1.5
     assert fid_from_features(feats, other) == pytest.approx(numpy_fid(feats, other), rel=1e-6)
+
+
+def test_batched_features_match_one_batch_and_show_their_progress(capsys):
+    class Halves:  # a stand-in extractor: the mean of each image's halves, and how many calls it got
+        dim, calls = 2, 0
+
+        def __call__(self, images):
+            self.calls += 1
+            flat = images.reshape(len(images), -1)
+            return np.stack([flat[:, :2].mean(1), flat[:, 2:].mean(1)], axis=1).astype(np.float32)
+
+    images = np.random.default_rng(0).normal(size=(10, 1, 2, 2)).astype(np.float32)
+    extract = Halves()
+    feats = batched_features(extract, images, 4, progress=True, desc="features under test")
+    np.testing.assert_array_equal(feats, Halves()(images))
+    assert extract.calls == 3  # 4 + 4 + 2
+    err = capsys.readouterr().err
+    assert "features under test" in err and "/10 " in err  # a bar over the 10 images (cleared when done)
+    assert batched_features(Halves(), images[:0], 4).shape == (0, 2)
+    assert capsys.readouterr().err == ""  # no bar unless asked
 
 
 def test_classifier_fid_of_data_vs_itself_is_small_and_vs_shifted_data_large(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from pylth.evaluation.classifier import TRAIN_STEPS, ClassifierFeatures
 from pylth.evaluation.inception import BUNDLED_SHA1, INSTALL_HINT, InceptionFeatures, find_weights
@@ -45,7 +46,13 @@ def feature_extractor(dataset_name: str, dataset, *, fid_features: str = "auto",
                               steps=classifier_steps)
 
 
-def batched_features(extract, images, batch_size: int) -> np.ndarray:
-    """The features of ``images`` extracted ``batch_size`` at a time, as one [N, dim] array."""
-    parts = [extract(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+def batched_features(extract, images, batch_size: int, *, progress: bool = False,
+                     desc: str = "FID features") -> np.ndarray:
+    """The features of ``images`` extracted ``batch_size`` at a time, as one [N, dim] array.
+    ``progress``: a bar per image (Inception on a CPU takes about 0.12 s an image)."""
+    parts = []
+    with tqdm(total=len(images), desc=desc, unit="img", disable=not progress, leave=False) as bar:
+        for i in range(0, len(images), batch_size):
+            parts.append(extract(images[i:i + batch_size]))
+            bar.update(len(parts[-1]))
     return np.concatenate(parts) if parts else np.zeros((0, extract.dim), np.float32)

@@ -198,7 +198,9 @@ class FidEvaluator:
         samples = sample_blocks(model, self.sampler, num_samples, self.image_shape, blocks, batch_size=batch_size,
                                 seed=seed, device=self.device, progress=self.progress and D.is_main(),
                                 desc="FID samples")
-        feats = D.all_gather_rows(torch.from_numpy(batched_features(extract, samples, batch_size))).numpy()
+        feats = batched_features(extract, samples, batch_size, progress=self.progress and D.is_main(),
+                                 desc=f"FID features ({extract.kind})")
+        feats = D.all_gather_rows(torch.from_numpy(feats)).numpy()
         result = None
         with D.fail_together("FID"):
             if D.is_main():
