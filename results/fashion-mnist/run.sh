@@ -8,7 +8,9 @@
 #
 # As it was run (two runs at a time, one thread each, beside the Inception reference):
 #   run.sh knee; then run.sh lane1 & run.sh lane2 & run.sh reference &; run.sh control when a lane was free
-#   (it waits for A's round 0); then run.sh band; run.sh score; run.sh publish
+#   (it waits for A's round 0); run.sh band and run.sh score (their commands in two streams, beside the
+#   lanes' last arms, D and E); run.sh publish. Two commands may not evaluate one run at once: the
+#   second is refused, names the first, and goes next time.
 # Run directories (weights) go to $RUNS, outside the repository; publish copies their small records
 # into results/fashion-mnist/.
 set -euo pipefail
@@ -112,6 +114,7 @@ part_score() {  # headline scores: Inception FID and KID, 5,000 samples, against
   python -m pylth.evaluate "$F" --rounds 0 --seeds 0 "${HEADLINE[@]}"
   python -m pylth.evaluate "$A" --sparsity "0.9,0.95${A_TARGET:+,$A_TARGET}" "${HEADLINE[@]}"
   python -m pylth.evaluate "$B" --sparsity 0.9,0.95 "${HEADLINE[@]}"
+  python -m pylth.evaluate "$B" --rounds 14 "${HEADLINE[@]}"  # 95.6 %: B's nearest to 95 % (94.5 %) is below it
   python -m pylth.evaluate "$C" --sparsity 0.9,0.95 "${HEADLINE[@]}"
 }
 
