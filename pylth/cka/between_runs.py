@@ -132,8 +132,8 @@ def _halves(results: list[LayerCka]) -> tuple[list[float], list[float]]:
     """The defined RBF CKAs of the first and of the second half of the layers (forward order; the
     first half takes the middle layer of an odd count; NaN layers dropped)."""
     half = (len(results) + 1) // 2
-    defined = [[r.rbf_cka for r in part if not math.isnan(r.rbf_cka)] for part in (results[:half], results[half:])]
-    return defined[0], defined[1]
+    up, down = ([r.rbf_cka for r in part if not math.isnan(r.rbf_cka)] for part in (results[:half], results[half:]))
+    return up, down
 
 
 def upstream_downstream(results: list[LayerCka]) -> tuple[float, float]:

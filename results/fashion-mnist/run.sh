@@ -107,7 +107,7 @@ part_band() {  # the per-round score's noise: three sampling seeds (classifier f
 }
 
 part_score() {  # headline scores: Inception FID and KID, 5,000 samples, against all 60,000 train images
-  # (about 16 CPU-minutes each). The dense band: A's dense model at three sampling seeds, F's (the
+  # (about 20 CPU-minutes each: 11 took 3.53 CPU-hours). The dense band: A's dense model at three sampling seeds, F's (the
   # second dense seed) at one. G, D and E have classifier scores only (their band is in part_band):
   # Inception for them did not fit the budget.
   python -m pylth.evaluate "$A" --rounds 0 --seeds 0,1,2 "${HEADLINE[@]}"
